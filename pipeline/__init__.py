@@ -1,0 +1,1 @@
+"""Distributed hyperparameter tuning of PyTorch networks: Ray Tune + HyperOpt TPE + ASHA + MLflow."""

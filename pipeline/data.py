@@ -1,0 +1,288 @@
+"""Examples in memory and a seeded, stratified split of them.
+
+Features stay raw (float32); each model standardizes with statistics of its own training rows
+(`model.Standardize`), so scaling can never see validation or test rows and travels with the model.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import struct
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn import datasets as sk_datasets
+from sklearn.model_selection import StratifiedKFold, train_test_split
+
+from pipeline.config import DataConfig
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+# MD5 of the published .gz files (as verified by torchvision).
+IDX_SOURCES: dict[str, tuple[str, dict[str, str], tuple[str, ...]]] = {
+    "mnist": (
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        {
+            "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+            "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+            "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+        },
+        tuple(str(d) for d in range(10)),
+    ),
+    "fashion_mnist": (
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        {
+            "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+            "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+            "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+        },
+        ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+         "ankle-boot"),
+    ),
+}
+IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """All examples of a data set: raw float32 features (rows flattened) and integer labels."""
+
+    name: str
+    features: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    image_shape: tuple[int, int, int] | None = None  # (channels, height, width) for images
+    test_rows: np.ndarray | None = None  # the data set's own test split (MNIST's t10k)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Row indices into a Dataset. `folds` index into `tuning_rows` (train + validation)."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    folds: tuple[tuple[np.ndarray, np.ndarray], ...]
+    fingerprint: str
+
+    @property
+    def tuning_rows(self) -> np.ndarray:
+        return np.concatenate([self.train, self.val])
+
+
+@dataclass(frozen=True)
+class TuningData:
+    """What a trial may see: the train and validation rows only, never the test split."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    folds: tuple[tuple[np.ndarray, np.ndarray], ...]
+    num_classes: int
+    image_shape: tuple[int, int, int] | None
+
+
+def load_dataset(config: DataConfig, seed: int, cache_dir: Path) -> Dataset:
+    """Load the configured data set (a stratified subset of `limit` rows if set)."""
+    if config.source in ("digits", "wine", "breast_cancer"):
+        dataset = load_bundled(config.source)
+    elif config.source == "csv":
+        assert config.path is not None and config.target is not None
+        dataset = load_csv(Path(config.path), config.target)
+    else:
+        folder = Path(config.path) if config.path else cache_dir / config.source
+        if config.download:
+            url, checksums, _ = IDX_SOURCES[config.source]
+            download_idx(folder, config.mirror or url, checksums)
+        dataset = load_idx_dataset(config.source, folder)
+    return subset(dataset, config.limit, seed) if config.limit else dataset
+
+
+def load_bundled(name: str) -> Dataset:
+    """A real data set shipped inside scikit-learn (no network)."""
+    loader = {
+        "digits": sk_datasets.load_digits,
+        "wine": sk_datasets.load_wine,
+        "breast_cancer": sk_datasets.load_breast_cancer,
+    }[name]
+    bunch = loader()
+    class_names = tuple(str(c) for c in bunch.target_names)
+    shape = (1, 8, 8) if name == "digits" else None
+    return Dataset(name, bunch.data.astype(np.float32), bunch.target.astype(np.int64),
+                   class_names, shape)
+
+
+def load_csv(path: Path, target: str) -> Dataset:
+    """Any CSV: `target` is the label column, every other column must be numeric and complete."""
+    try:
+        frame = pd.read_csv(path)
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: no such CSV file") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"{path}: cannot parse as CSV: {exc}") from None
+    if target not in frame.columns:
+        raise PipelineError(f"{path}: no column '{target}' (columns: {', '.join(frame.columns)})")
+    labels_raw = frame.pop(target)
+    if labels_raw.isna().any():
+        raise PipelineError(f"{path}: column '{target}' has {int(labels_raw.isna().sum())} empty labels")
+    for column in frame.columns:
+        values = frame[column]
+        if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            example = values.dropna().astype(str).iloc[0] if values.notna().any() else ""
+            raise PipelineError(
+                f"{path}: column '{column}' is not numeric (e.g. {example!r}); "
+                "encode it as numbers or drop it"
+            )
+        missing = int(values.isna().sum())
+        if missing:
+            raise PipelineError(
+                f"{path}: column '{column}' has {missing} missing values; fill or drop them"
+            )
+    if frame.shape[1] == 0:
+        raise PipelineError(f"{path}: no feature columns besides '{target}'")
+    classes, labels = np.unique(labels_raw.astype(str).to_numpy(), return_inverse=True)
+    if len(classes) < 2:
+        raise PipelineError(f"{path}: column '{target}' has a single class; nothing to learn")
+    return Dataset(path.stem, frame.to_numpy(np.float32), labels.astype(np.int64),
+                   tuple(str(c) for c in classes))
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file (optionally gzipped), the format of MNIST and Fashion-MNIST."""
+    raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in IDX_DTYPES:
+        raise PipelineError(f"{path}: not an IDX file (bad magic number)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    dtype = np.dtype(IDX_DTYPES[raw[2]])
+    expected = int(np.prod(dims)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise PipelineError(f"{path}: {len(raw) - header} data bytes, header promises {expected}")
+    return np.frombuffer(raw, dtype, offset=header).reshape(dims)
+
+
+def find_idx(folder: Path, stem: str) -> Path:
+    for candidate in (folder / stem, folder / f"{stem}.gz"):
+        if candidate.exists():
+            return candidate
+    raise PipelineError(
+        f"{folder}: missing {stem}[.gz]; set data.download: true or put the IDX files there"
+    )
+
+
+def load_idx_dataset(name: str, folder: Path) -> Dataset:
+    """MNIST-style folder: train and t10k images/labels; t10k becomes the test split."""
+    parts = {key: read_idx(find_idx(folder, stem)) for key, stem in IDX_FILES.items()}
+    for prefix in ("train", "test"):
+        images, labels = parts[f"{prefix}_images"], parts[f"{prefix}_labels"]
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise PipelineError(
+                f"{folder}: {prefix} images {images.shape} and labels {labels.shape} do not match"
+            )
+    images = np.concatenate([parts["train_images"], parts["test_images"]])
+    labels = np.concatenate([parts["train_labels"], parts["test_labels"]]).astype(np.int64)
+    n_train = len(parts["train_labels"])
+    class_names = IDX_SOURCES[name][2] if name in IDX_SOURCES else ()
+    if len(class_names) <= int(labels.max()):
+        class_names = tuple(str(c) for c in range(int(labels.max()) + 1))
+    return Dataset(name, images.reshape(len(images), -1).astype(np.float32), labels, class_names,
+                   (1, *images.shape[1:]), np.arange(n_train, len(labels)))
+
+
+def download_idx(folder: Path, base_url: str, checksums: dict[str, str]) -> None:
+    """Fetch missing IDX files into `folder`, keeping each only if its MD5 matches."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for filename, md5 in checksums.items():
+        target = folder / filename
+        if target.exists() or (folder / filename.removesuffix(".gz")).exists():
+            continue
+        url = base_url.rstrip("/") + "/" + filename
+        log.info("downloading %s", url)
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response:
+                payload = response.read()
+        except OSError as exc:
+            raise PipelineError(f"cannot download {url}: {exc}") from None
+        digest = hashlib.md5(payload).hexdigest()
+        if digest != md5:
+            raise PipelineError(f"{url}: checksum mismatch (md5 {digest}, expected {md5}); not saved")
+        partial = target.with_suffix(".part")
+        partial.write_bytes(payload)
+        partial.replace(target)
+
+
+def subset(dataset: Dataset, limit: int, seed: int) -> Dataset:
+    """A stratified subset of `limit` rows (the data set's own test rows keep their share)."""
+    if limit >= len(dataset.labels):
+        return dataset
+    rows, _ = train_test_split(np.arange(len(dataset.labels)), train_size=limit,
+                               stratify=dataset.labels, random_state=seed)
+    rows = np.sort(rows)
+    test_rows = None
+    if dataset.test_rows is not None:
+        test_rows = np.flatnonzero(np.isin(rows, dataset.test_rows))
+    return Dataset(dataset.name, dataset.features[rows], dataset.labels[rows],
+                   dataset.class_names, dataset.image_shape, test_rows)
+
+
+def split_dataset(dataset: Dataset, config: DataConfig, seed: int) -> Split:
+    """Seeded, stratified train / validation / test split, or k folds over train + validation."""
+    rows = np.arange(len(dataset.labels))
+    labels = dataset.labels
+    counts = np.bincount(labels)
+    if counts[counts > 0].min() < 3:
+        raise PipelineError(f"{dataset.name}: every class needs at least 3 examples to split")
+    try:
+        if dataset.test_rows is not None and len(dataset.test_rows):
+            test = np.sort(dataset.test_rows)
+            rest = np.setdiff1d(rows, test)
+        else:
+            rest, test = train_test_split(rows, test_size=config.test_fraction,
+                                          stratify=labels, random_state=seed)
+        val_share = config.val_fraction / (1 - config.test_fraction)
+        train, val = train_test_split(rest, test_size=val_share, stratify=labels[rest],
+                                      random_state=seed)
+    except ValueError as exc:
+        raise PipelineError(f"{dataset.name}: cannot split {len(rows)} rows: {exc}") from None
+    train, val, test = np.sort(train), np.sort(val), np.sort(test)
+    if config.cv_folds:
+        pool = np.concatenate([train, val])
+        folder = StratifiedKFold(config.cv_folds, shuffle=True, random_state=seed)
+        folds = tuple((a, b) for a, b in folder.split(pool, labels[pool]))
+    else:
+        folds = ((np.arange(len(train)), np.arange(len(train), len(train) + len(val))),)
+    hashed = [dataset.features, dataset.labels, train, val, test, *(r for f in folds for r in f)]
+    return Split(train, val, test, folds, fingerprint(hashed))
+
+
+def fingerprint(arrays: list[np.ndarray]) -> str:
+    """Short hash of the examples and of the split, to tell data sets and splits apart."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def tuning_data(dataset: Dataset, split: Split) -> TuningData:
+    """The rows a sweep may use (train + validation), with fold indices into them."""
+    rows = split.tuning_rows
+    return TuningData(dataset.features[rows], dataset.labels[rows], split.folds,
+                      dataset.num_classes, dataset.image_shape)

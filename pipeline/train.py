@@ -1,0 +1,181 @@
+"""Plain PyTorch training of one configuration: no Ray, no MLflow.
+
+`fit` trains one model per fold in lockstep and calls `report` once per epoch with the mean over
+folds, so the same loop serves a single split, k-fold cross-validation and the final retrain.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.config import Hyperparameters
+from pipeline.data import TuningData
+from pipeline.model import build_model, feature_stats
+
+# Stand-ins for the metrics of a diverged run: finite (so ASHA's and TPE's arithmetic stays sane)
+# and worse than anything a real run reports.
+DIVERGED_LOSS = 1e30
+DIVERGED_ACC = 0.0
+EVAL_BATCH = 8192
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    """What one epoch reports; the names are the metric names used everywhere."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_acc: float
+    train_seconds: float
+    diverged: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Report = Callable[[EpochMetrics, dict[str, Any]], None]
+
+
+def make_optimizer(hp: Hyperparameters, params: Any) -> torch.optim.Optimizer:
+    """The configured update rule; weight_decay is the L2 penalty (decoupled for AdamW)."""
+    if hp.optimizer in ("gd", "sgd"):
+        return torch.optim.SGD(params, lr=hp.lr, weight_decay=hp.weight_decay)
+    if hp.optimizer == "momentum":
+        return torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+    if hp.optimizer == "adam":
+        return torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+    if hp.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+    if hp.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=hp.lr, weight_decay=hp.weight_decay)
+    raise ValueError(f"unknown optimizer {hp.optimizer!r}")
+
+
+class FoldTrainer:
+    """One model, its optimizer and its training rows, on one device."""
+
+    def __init__(
+        self,
+        family: str,
+        hp: Hyperparameters,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        train_rows: np.ndarray,
+        num_classes: int,
+        image_shape: tuple[int, int, int] | None,
+    ) -> None:
+        self.hp = hp
+        self.features, self.labels = features, labels
+        device = features.device
+        self.train_rows = torch.as_tensor(train_rows, device=device)
+        # Scaling statistics come from this model's own training rows only.
+        mean, std = feature_stats(features[self.train_rows].cpu().numpy())
+        self.model = build_model(family, hp, mean, std, num_classes, image_shape).to(device)
+        self.optimizer = make_optimizer(hp, self.model.parameters())
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    def train_epoch(self) -> float:
+        """One pass over the training rows in shuffled mini-batches; mean training loss."""
+        self.model.train()
+        n = len(self.train_rows)
+        batch = n if self.hp.batch_size is None else min(self.hp.batch_size, n)
+        order = self.train_rows[torch.randperm(n, device=self.train_rows.device)]
+        total = torch.zeros((), device=self.features.device)
+        for start in range(0, n, batch):
+            rows = order[start : start + batch]
+            loss = self.loss_fn(self.model(self.features[rows]), self.labels[rows])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += loss.detach() * len(rows)
+        return float(total) / n  # one device sync per epoch, not per batch
+
+    @torch.no_grad()
+    def evaluate(self, rows: torch.Tensor) -> tuple[float, float, torch.Tensor]:
+        """Mean loss, accuracy and predicted classes on the given rows."""
+        self.model.eval()
+        losses, predictions = [], []
+        for start in range(0, len(rows), EVAL_BATCH):
+            part = rows[start : start + EVAL_BATCH]
+            logits = self.model(self.features[part])
+            losses.append(nn.functional.cross_entropy(logits, self.labels[part], reduction="sum"))
+            predictions.append(logits.argmax(dim=1))
+        predicted = torch.cat(predictions)
+        loss = float(torch.stack(losses).sum()) / len(rows)
+        accuracy = float((predicted == self.labels[rows]).float().mean())
+        return loss, accuracy, predicted
+
+    def state(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def as_tensors(data: TuningData, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features and labels as tensors on `device`, sharing memory with the arrays on the CPU."""
+    # Arrays from Ray's object store are read-only; training never writes to them, so sharing
+    # them avoids a copy per trial (torch warns about non-writable arrays regardless).
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        features = torch.from_numpy(data.features)
+        labels = torch.from_numpy(data.labels)
+    return features.to(device), labels.to(device)
+
+
+def fit(
+    family: str,
+    hp: Hyperparameters,
+    data: TuningData,
+    max_epochs: int,
+    report: Report,
+    device: torch.device,
+    seed: int,
+    resume: dict[str, Any] | None = None,
+) -> None:
+    """Train for `hp.epochs` (capped at `max_epochs`), reporting the mean over folds each epoch.
+
+    A non-finite loss ends training: the epoch is reported as diverged with worst-case metrics.
+    `resume` is a state passed to an earlier `report`; training continues after its epoch.
+    """
+    torch.manual_seed(seed)
+    features, labels = as_tensors(data, device)
+    trainers = [
+        FoldTrainer(family, hp, features, labels, train, data.num_classes, data.image_shape)
+        for train, _ in data.folds
+    ]
+    val_rows = [torch.as_tensor(val, device=device) for _, val in data.folds]
+    first_epoch = 1
+    if resume is not None:
+        for trainer, state in zip(trainers, resume["folds"], strict=True):
+            trainer.load_state(state)
+        torch.set_rng_state(resume["rng"].cpu())
+        first_epoch = int(resume["epoch"]) + 1
+    epochs = hp.planned_epochs(max_epochs)
+    for epoch in range(first_epoch, epochs + 1):
+        started = time.perf_counter()
+        train_losses, val_losses, val_accs = [], [], []
+        for trainer, rows in zip(trainers, val_rows, strict=True):
+            train_losses.append(trainer.train_epoch())
+            loss, acc, _ = trainer.evaluate(rows)
+            val_losses.append(loss)
+            val_accs.append(acc)
+        seconds = time.perf_counter() - started
+        if not all(math.isfinite(v) for v in train_losses + val_losses):
+            report(EpochMetrics(epoch, DIVERGED_LOSS, DIVERGED_LOSS, DIVERGED_ACC, seconds, True), {})
+            return
+        metrics = EpochMetrics(epoch, float(np.mean(train_losses)), float(np.mean(val_losses)),
+                               float(np.mean(val_accs)), seconds)
+        state = {"epoch": epoch, "rng": torch.get_rng_state(), "folds": [t.state() for t in trainers]}
+        report(metrics, state)

@@ -1,0 +1,194 @@
+"""Ray Tune: the HyperOpt search space and searcher, the scheduler, and the Tuner."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ray
+from hyperopt import hp
+from hyperopt.pyll import scope
+from ray import tune
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search.hyperopt import HyperOptSearch
+
+from pipeline.config import (
+    ChoiceParam,
+    ConditionalOption,
+    Experiment,
+    FloatParam,
+    IntParam,
+    ParamSpec,
+    Scalar,
+    option_name,
+)
+from pipeline.data import TuningData
+from pipeline.errors import PipelineError
+from pipeline.trainable import TrialSettings, run_trial
+
+log = logging.getLogger(__name__)
+
+# Hyperopt labels carry this prefix so that they never equal a key of the space: Ray would then
+# try to translate warm-start values itself, which it cannot do for conditional options.
+LABEL_PREFIX = "hp:"
+
+
+def hyperopt_space(params: dict[str, ParamSpec], path: str = "") -> dict[str, Any]:
+    """The search space as hyperopt expressions; a conditional option becomes a nested dict."""
+    space: dict[str, Any] = {}
+    for name, spec in params.items():
+        label = f"{LABEL_PREFIX}{path}{name}"
+        if isinstance(spec, FloatParam):
+            space[name] = float_expression(label, spec)
+        elif isinstance(spec, IntParam):
+            space[name] = int_expression(label, spec)
+        elif isinstance(spec, ChoiceParam):
+            options = [
+                {"name": o.name, **hyperopt_space(o.params, f"{path}{name}/{o.name}/")}
+                if isinstance(o, ConditionalOption)
+                else o
+                for o in spec.values
+            ]
+            if any(isinstance(o, ConditionalOption) for o in spec.values):
+                options = [o if isinstance(o, dict) else {"name": o} for o in options]
+            space[name] = hp.choice(label, options)
+        else:
+            space[name] = spec
+    return space
+
+
+def float_expression(label: str, spec: FloatParam) -> Any:
+    if spec.log:
+        return hp.loguniform(label, math.log(spec.low), math.log(spec.high))
+    if spec.step is not None:
+        return hp.quniform(label, spec.low, spec.high, spec.step)
+    return hp.uniform(label, spec.low, spec.high)
+
+
+def int_expression(label: str, spec: IntParam) -> Any:
+    if spec.log:
+        expression = hp.qloguniform(label, math.log(spec.low), math.log(spec.high), spec.step)
+    else:
+        # Widened by half a step so that both ends are as likely as the values between them.
+        half = spec.step / 2
+        expression = hp.quniform(label, spec.low - half, spec.high + half, spec.step)
+    return scope.int(scope.minimum(scope.maximum(expression, spec.low), spec.high))
+
+
+def hyperopt_point(params: dict[str, ParamSpec], point: dict[str, Scalar], path: str = "") -> dict[str, Any]:
+    """A warm-start point (parameter values) in hyperopt's terms: labels, and indices for choices."""
+    native: dict[str, Any] = {}
+    for name, spec in params.items():
+        label = f"{LABEL_PREFIX}{path}{name}"
+        if isinstance(spec, ChoiceParam):
+            names = [option_name(o) for o in spec.values]
+            index = names.index(point[name])
+            native[label] = index
+            chosen = spec.values[index]
+            if isinstance(chosen, ConditionalOption):
+                native.update(hyperopt_point(chosen.params, point, f"{path}{name}/{chosen.name}/"))
+        elif isinstance(spec, (FloatParam, IntParam)):
+            native[label] = point[name]
+    return native
+
+
+def make_searcher(experiment: Experiment) -> HyperOptSearch:
+    """TPE over the space (random search: every trial drawn before TPE would start), seeded."""
+    points = [hyperopt_point(experiment.params, p) for p in experiment.search.points_to_evaluate]
+    return HyperOptSearch(
+        space=hyperopt_space(experiment.params),
+        metric=experiment.metric,
+        mode=experiment.mode,
+        points_to_evaluate=points or None,
+        n_initial_points=experiment.n_initial_points,
+        random_state_seed=experiment.seed,
+    )
+
+
+def make_scheduler(experiment: Experiment) -> TrialScheduler:
+    """ASHA on the epoch (max_t = budget.max_epochs), or FIFO, which lets every trial finish."""
+    if experiment.scheduler.name == "fifo":
+        return FIFOScheduler()
+    return AsyncHyperBandScheduler(
+        time_attr="epoch",
+        max_t=experiment.budget.max_epochs,
+        grace_period=experiment.scheduler.grace_period,
+        reduction_factor=experiment.scheduler.reduction_factor,
+        brackets=1,
+    )
+
+
+def connect_ray(address: str | None, worker_setup: Callable[[], None] | None = None) -> None:
+    """Join the cluster at `address`, or start a local Ray; errors say which address failed.
+
+    `worker_setup` runs in every worker process before its first task (e.g. to set log levels).
+    """
+    if ray.is_initialized():
+        return
+    runtime_env = {"worker_process_setup_hook": worker_setup} if worker_setup else None
+    try:
+        ray.init(
+            address=address or "local",
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            runtime_env=runtime_env,
+        )
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise PipelineError(f"cannot connect to Ray at {address or 'local'}: {exc}") from None
+
+
+def make_trainable(experiment: Experiment, data: TuningData) -> Any:
+    """`run_trial` with the data put in the object store once and the trial's resources."""
+    settings = TrialSettings(
+        family=experiment.model.family,
+        max_epochs=experiment.budget.max_epochs,
+        seed=experiment.seed,
+        cpus=experiment.resources.cpus,
+    )
+    trainable = tune.with_parameters(run_trial, data=data, settings=settings)
+    return tune.with_resources(
+        trainable, {"cpu": experiment.resources.cpus, "gpu": experiment.resources.gpus}
+    )
+
+
+def make_tuner(
+    experiment: Experiment,
+    data: TuningData,
+    storage: Path | str,
+    run_name: str,
+    callbacks: list[tune.Callback],
+) -> tune.Tuner:
+    """The Tuner for one sweep; trial state lands in `storage`/`run_name`."""
+    return tune.Tuner(
+        make_trainable(experiment, data),
+        tune_config=tune.TuneConfig(
+            metric=experiment.metric,
+            mode=experiment.mode,
+            search_alg=make_searcher(experiment),
+            scheduler=make_scheduler(experiment),
+            num_samples=experiment.budget.num_samples,
+            max_concurrent_trials=experiment.budget.max_concurrent,
+            # A reused actor skips process start-up and `import torch` for every trial.
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=run_name,
+            storage_path=str(storage),
+            callbacks=callbacks,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=experiment.budget.max_failures),
+            verbose=0,
+        ),
+    )
+
+
+def restore_tuner(experiment: Experiment, data: TuningData, sweep_path: str) -> tune.Tuner:
+    """Resume an interrupted sweep: finished trials stay, unfinished ones continue from checkpoints."""
+    if not tune.Tuner.can_restore(sweep_path):
+        raise PipelineError(f"{sweep_path}: no sweep state to resume from")
+    return tune.Tuner.restore(
+        sweep_path, make_trainable(experiment, data), resume_unfinished=True, resume_errored=True
+    )
