@@ -95,10 +95,27 @@ def hyperopt_point(params: dict[str, ParamSpec], point: dict[str, Scalar], path:
     return native
 
 
+class ConditionalHyperOptSearch(HyperOptSearch):  # type: ignore[misc]
+    """HyperOptSearch whose warm-start points may leave out parameters of options not chosen.
+
+    TPE expects every label in a trial's `misc.idxs` (an empty list when inactive), but hyperopt's
+    `generate_trials_to_calculate` writes only the labels a point gives, so TPE's first model
+    fails with a KeyError on a conditional space. Pad the missing labels.
+    """
+
+    def _setup_hyperopt(self) -> None:
+        super()._setup_hyperopt()
+        for trial in self._hpopt_trials._dynamic_trials:
+            for label in self.domain.params:
+                trial["misc"]["idxs"].setdefault(label, [])
+                trial["misc"]["vals"].setdefault(label, [])
+        self._hpopt_trials.refresh()
+
+
 def make_searcher(experiment: Experiment) -> HyperOptSearch:
     """TPE over the space (random search: every trial drawn before TPE would start), seeded."""
     points = [hyperopt_point(experiment.params, p) for p in experiment.search.points_to_evaluate]
-    return HyperOptSearch(
+    return ConditionalHyperOptSearch(
         space=hyperopt_space(experiment.params),
         metric=experiment.metric,
         mode=experiment.mode,

@@ -1,0 +1,340 @@
+"""Benchmark: how much of a sweep's wall time the trials spend training, and what MLflow costs.
+
+Runs two fixed sweeps through the real pipeline (`pipeline.sweep.run_sweep`: Ray Tune, HyperOpt,
+our MLflow `TrialLogger`), with a SQLite MLflow store and Ray's trial storage in a fresh temporary
+folder, FIFO scheduling (every trial trains all its epochs), 2 concurrent trials of 1 CPU each:
+
+- realistic: an MLP on a generated MNIST-shaped data set (60,000 x 784 float32, 10 classes of
+  noisy random prototypes), 5 epochs per trial;
+- tiny: the digits MLP of search_spaces/default.yaml, 10 epochs per trial.
+
+For each sweep it prints the sweep's wall seconds, the trials' own training seconds (summed
+`train_seconds`, measured inside the trials around training and validation), the efficiency
+(training seconds / (wall seconds x concurrent trials)), the overhead per trial in seconds
+((wall x concurrent - training seconds) / trials) and the share of wall time the MLflow writer
+spent in MLflow calls, next to the goals: efficiency >= 0.85 (realistic) / 0.45 (tiny), MLflow
+share <= 5%.
+
+    .venv/bin/python benchmarks/overhead.py [--only realistic|tiny] [--trials N] [--repeat N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from pipeline.cli import quiet_worker_logs
+from pipeline.config import Experiment, load_experiment, parse_experiment
+from pipeline.data import Dataset, load_dataset, split_dataset
+from pipeline.sweep import SweepResult, TrackingSettings, run_sweep
+from pipeline.tune import connect_ray
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SPACE = ROOT / "search_spaces" / "default.yaml"
+SWEEPS = ("realistic", "tiny")
+GOAL_EFFICIENCY = {"realistic": 0.85, "tiny": 0.45}
+GOAL_MLFLOW_SHARE = 0.05
+DEFAULT_TRIALS = 32
+MAX_CONCURRENT = 2
+
+# MNIST's shape: 60,000 rows of 28 x 28 pixels, 10 classes.
+ROWS, SIDE, CLASSES = 60_000, 28, 10
+PROTOTYPES_PER_CLASS = 4  # each class a mixture of blobs, so that depth can help a little
+PROTOTYPE_SCALE = 0.12  # distance between blobs relative to unit noise: learnable, not trivial
+
+# A space sized for 60k rows: an epoch is about a second on one core.
+BATCH_SIZES = [128, 256, 512]
+REALISTIC_PARAMS: dict[str, Any] = {
+    "lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
+    "hidden_layers": {"type": "int", "low": 1, "high": 2},
+    "hidden_units": {"type": "choice", "values": [64, 128, 256]},
+    "activation": {"type": "choice", "values": ["relu", "tanh", "gelu"]},
+    "dropout": {"type": "float", "low": 0.0, "high": 0.3},
+    "weight_decay": {"type": "float", "low": 1.0e-7, "high": 1.0e-3, "log": True},
+    "optimizer": {
+        "type": "choice",
+        "values": [
+            {"name": "adam", "batch_size": {"type": "choice", "values": BATCH_SIZES}},
+            {"name": "adamw", "batch_size": {"type": "choice", "values": BATCH_SIZES}},
+            {
+                "name": "momentum",
+                "momentum": {"type": "float", "low": 0.5, "high": 0.95},
+                "batch_size": {"type": "choice", "values": BATCH_SIZES},
+            },
+        ],
+    },
+}
+
+
+@dataclass(frozen=True)
+class Figures:
+    """What one sweep measured."""
+
+    trials: int
+    wall_seconds: float
+    train_seconds: float
+    tracking_seconds: float
+    concurrent: int
+
+    @property
+    def efficiency(self) -> float:
+        return self.train_seconds / (self.wall_seconds * self.concurrent)
+
+    @property
+    def overhead_per_trial(self) -> float:
+        return (self.wall_seconds * self.concurrent - self.train_seconds) / self.trials
+
+    @property
+    def mlflow_share(self) -> float:
+        return self.tracking_seconds / self.wall_seconds
+
+
+# --- the two sweeps -----------------------------------------------------------------------------
+
+
+def budget_overrides(trials: int, max_epochs: int) -> list[str]:
+    """Budget, FIFO and concurrency settings shared by both sweeps, as `--set` overrides."""
+    overrides = [
+        f"budget.num_samples={trials}",
+        f"budget.max_epochs={max_epochs}",
+        f"budget.max_concurrent={MAX_CONCURRENT}",
+        "scheduler.name=fifo",
+        "scheduler.grace_period=1",
+        "resources.cpus=1",
+        "resources.gpus=0",
+    ]
+    if trials < 2:  # TPE needs at least one random trial before it and one after
+        return [*overrides, "search.algorithm=random"]
+    return [*overrides, f"search.n_initial_points={max(1, min(8, trials // 4))}"]
+
+
+def realistic_experiment(trials: int) -> Experiment:
+    """The default space's settings with the benchmark's budget and a space sized for 60k rows."""
+    base = load_experiment(DEFAULT_SPACE, budget_overrides(trials, max_epochs=5))
+    raw = base.model_dump(mode="json", exclude={"params"})
+    raw.update(
+        name="bench-realistic",
+        description="MLP on MNIST-shaped synthetic blobs",
+        registered_model=None,
+        params=REALISTIC_PARAMS,
+    )
+    raw["data"].update(source="mnist", limit=None)
+    return parse_experiment(raw, "benchmarks/overhead.py (realistic)")
+
+
+def synthetic_mnist(seed: int) -> Dataset:
+    """60,000 x 784 float32 rows: each class a few random prototypes, each row one plus noise."""
+    rng = np.random.default_rng(seed)
+    features_per_row = SIDE * SIDE
+    prototypes = (
+        rng.standard_normal((CLASSES * PROTOTYPES_PER_CLASS, features_per_row), dtype=np.float32)
+        * PROTOTYPE_SCALE
+    )
+    labels = rng.integers(0, CLASSES, ROWS, dtype=np.int64)
+    blob = labels * PROTOTYPES_PER_CLASS + rng.integers(0, PROTOTYPES_PER_CLASS, ROWS)
+    features = rng.standard_normal((ROWS, features_per_row), dtype=np.float32)
+    features += prototypes[blob]
+    return Dataset(
+        "synthetic-mnist", features, labels, tuple(str(c) for c in range(CLASSES)), (1, SIDE, SIDE)
+    )
+
+
+def tiny_experiment(trials: int) -> Experiment:
+    """The default digits MLP with the benchmark's budget."""
+    overrides = [*budget_overrides(trials, max_epochs=10), "name=bench-tiny"]
+    return load_experiment(DEFAULT_SPACE, overrides)
+
+
+def prepare(name: str, trials: int, workdir: Path) -> tuple[Experiment, Dataset]:
+    """The sweep's experiment and its data set (built or loaded here, outside the timing)."""
+    if name == "realistic":
+        experiment = realistic_experiment(trials)
+        return experiment, synthetic_mnist(experiment.seed)
+    experiment = tiny_experiment(trials)
+    return experiment, load_dataset(experiment.data, experiment.seed, workdir / "data")
+
+
+def run_one(name: str, trials: int, workdir: Path) -> Figures:
+    """One sweep through `run_sweep`; the figures come from its result."""
+    experiment, dataset = prepare(name, trials, workdir)
+    split = split_dataset(dataset, experiment.data, experiment.seed)
+    space_text = yaml.safe_dump(experiment.model_dump(mode="json"), sort_keys=False)
+    result = run_sweep(
+        experiment, experiment.name, dataset, split, space_text, tracking_settings(workdir)
+    )
+    return figures(result, experiment)
+
+
+def figures(result: SweepResult, experiment: Experiment) -> Figures:
+    table = result.table
+    states = table["state"].value_counts().to_dict() if len(table) else {}
+    if states.get("completed", 0) != len(table):
+        print(f"  note: trial states {states} (FIFO should complete every trial)", file=sys.stderr)
+    return Figures(
+        trials=len(table),
+        wall_seconds=result.wall_seconds,
+        train_seconds=float(table["train_seconds"].sum()) if len(table) else 0.0,
+        tracking_seconds=result.tracking_seconds,
+        concurrent=experiment.budget.max_concurrent,
+    )
+
+
+def tracking_settings(workdir: Path) -> TrackingSettings:
+    return TrackingSettings(
+        tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}",
+        artifact_root=workdir / "artifacts",
+        storage=str(workdir / "ray"),
+        worker_setup=quiet_worker_logs,
+    )
+
+
+def init_store(workdir: Path) -> float:
+    """Create the SQLite store (schema migrations) before timing: a one-off, not a sweep's cost."""
+    from mlflow.tracking import MlflowClient
+
+    started = time.perf_counter()
+    MlflowClient(tracking_settings(workdir).tracking_uri).search_experiments()
+    return time.perf_counter() - started
+
+
+# --- report -------------------------------------------------------------------------------------
+
+
+def median_figures(runs: list[Figures]) -> dict[str, float]:
+    """Each figure's median over the repeats."""
+    keys: dict[str, Callable[[Figures], float]] = {
+        "wall": lambda f: f.wall_seconds,
+        "train": lambda f: f.train_seconds,
+        "efficiency": lambda f: f.efficiency,
+        "overhead": lambda f: f.overhead_per_trial,
+        "mlflow": lambda f: f.tracking_seconds,
+        "mlflow_share": lambda f: f.mlflow_share,
+    }
+    return {key: statistics.median(get(f) for f in runs) for key, get in keys.items()}
+
+
+def verdict(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def report(name: str, runs: list[Figures]) -> bool:
+    """Print one sweep's figures (medians over repeats); True when both goals are met."""
+    m = median_figures(runs)
+    first = runs[0]
+    goal = GOAL_EFFICIENCY[name]
+    efficiency_ok = m["efficiency"] >= goal
+    mlflow_ok = m["mlflow_share"] <= GOAL_MLFLOW_SHARE
+    suffix = f" (median of {len(runs)})" if len(runs) > 1 else ""
+    print(f"\n{name}: {first.trials} trials, {first.concurrent} concurrent{suffix}")
+    print(f"  sweep wall time          {m['wall']:9.1f} s")
+    print(f"  trials' training time    {m['train']:9.1f} s")
+    print(
+        f"  efficiency               {m['efficiency']:9.3f}    goal >= {goal:.2f}  "
+        f"{verdict(efficiency_ok)}"
+    )
+    print(f"  overhead per trial       {m['overhead']:9.2f} s")
+    print(
+        f"  MLflow writes            {m['mlflow']:9.2f} s = {m['mlflow_share']:6.2%} of wall"
+        f"    goal <= {GOAL_MLFLOW_SHARE:.0%}  {verdict(mlflow_ok)}"
+    )
+    if len(runs) > 1:
+        for i, f in enumerate(runs, 1):
+            print(
+                f"    run {i}: wall {f.wall_seconds:.1f} s, train {f.train_seconds:.1f} s, "
+                f"efficiency {f.efficiency:.3f}, MLflow {f.mlflow_share:.2%}"
+            )
+    return efficiency_ok and mlflow_ok
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--only", choices=SWEEPS, help="run only this sweep")
+    parser.add_argument(
+        "--trials",
+        type=positive,
+        default=DEFAULT_TRIALS,
+        help=f"trials per sweep (default {DEFAULT_TRIALS})",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=positive,
+        default=1,
+        help="run each sweep N times and report the medians (default 1)",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="exit with status 1 when a goal is missed"
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the temporary folder (MLflow store, Ray trial state)",
+    )
+    return parser.parse_args(argv)
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("alembic", "mlflow", "pipeline"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging()
+    # Like the CLI: one checkpoint kept per trial makes Tune snapshot its state often; intended.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    import ray
+
+    names = [args.only] if args.only else list(SWEEPS)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
+    results: dict[str, list[Figures]] = {name: [] for name in names}
+    try:
+        print(f"MLflow store and Ray trial state in {workdir}")
+        print(f"MLflow store created in {init_store(workdir):.1f} s (not counted)")
+        started = time.perf_counter()
+        connect_ray(None, quiet_worker_logs)
+        print(f"Ray started in {time.perf_counter() - started:.1f} s (not counted)")
+        for repeat in range(args.repeat):
+            for name in names:
+                label = f" (run {repeat + 1} of {args.repeat})" if args.repeat > 1 else ""
+                print(f"running the {name} sweep{label} ...", flush=True)
+                results[name].append(run_one(name, args.trials, workdir))
+    finally:
+        ray.shutdown()
+        if args.keep:
+            print(f"kept {workdir}")
+        else:
+            import shutil
+
+            shutil.rmtree(workdir, ignore_errors=True)
+    met = [report(name, runs) for name, runs in results.items()]
+    return 1 if args.check and not all(met) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

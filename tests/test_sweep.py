@@ -1,0 +1,152 @@
+"""End to end: the real CLI runs smoke.yaml on a local Ray; the MLflow store is checked after."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from pipeline.config import flatten_sample
+from tests.conftest import REPO, SPACES
+
+pytestmark = pytest.mark.slow
+SMOKE = yaml.safe_load((SPACES / "smoke.yaml").read_text())
+
+
+def run_cli(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    env["PYTHONPATH"] = str(REPO)
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@dataclass
+class Sweep:
+    folder: Path
+    client: MlflowClient
+    output: str
+    parent: Any
+    children: list[Any]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
+    folder = tmp_path_factory.mktemp("sweep")
+    done = run_cli(folder, "tune", "--space", str(SPACES / "smoke.yaml"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("smoke")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    return Sweep(folder, client, done.stdout + done.stderr, parents[0], children)
+
+
+def ray_trials(sweep: Sweep) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Ray's own record of each trial: its config and its reported results, by trial id."""
+    sweep_path = Path(sweep.parent.data.tags["sweep_path"])
+    trials = {}
+    for params_file in sweep_path.glob("*/params.json"):
+        results = [json.loads(line) for line in (params_file.parent / "result.json").read_text().splitlines()]
+        trials[results[0]["trial_id"]] = (json.loads(params_file.read_text()), results)
+    return trials
+
+
+def test_one_child_run_per_trial_nested_under_the_parent(sweep: Sweep) -> None:
+    assert len(sweep.children) == SMOKE["budget"]["num_samples"]
+    assert len({c.data.tags["trial_id"] for c in sweep.children}) == len(sweep.children)
+    assert set(ray_trials(sweep)) == {c.data.tags["trial_id"] for c in sweep.children}
+
+
+def test_child_params_are_exactly_the_sampled_hyperparameters(sweep: Sweep) -> None:
+    trials = ray_trials(sweep)
+    for child in sweep.children:
+        config, _ = trials[child.data.tags["trial_id"]]
+        expected = {k: str(v) for k, v in flatten_sample(config).items()}
+        assert child.data.params == expected
+        assert not {"pid", "timestamp", "hostname", "date"} & set(child.data.params)
+
+
+def test_metric_history_has_one_point_per_epoch_reached(sweep: Sweep) -> None:
+    trials = ray_trials(sweep)
+    for child in sweep.children:
+        _, results = trials[child.data.tags["trial_id"]]
+        epochs = [r["epoch"] for r in results]
+        for metric in ("train_loss", "val_loss", "val_acc"):
+            history = sweep.client.get_metric_history(child.info.run_id, metric)
+            assert sorted(m.step for m in history) == epochs
+            assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(
+                [r[metric] for r in results])
+        assert set(child.data.metrics) == {"train_loss", "val_loss", "val_acc"}
+
+
+def test_trial_states_are_tagged_and_asha_stopped_some(sweep: Sweep) -> None:
+    max_epochs = SMOKE["budget"]["max_epochs"]
+    states = {}
+    for child in sweep.children:
+        tags = child.data.tags
+        state = tags["trial_state"]
+        states[tags["trial_id"]] = state
+        reached = len(sweep.client.get_metric_history(child.info.run_id, "val_acc"))
+        assert state == ("completed" if reached == max_epochs else "stopped")
+        assert tags["host"] and tags["device"] == "cpu"
+        assert child.info.status == "FINISHED"
+    assert "stopped" in states.values(), states
+    assert "completed" in states.values(), states
+
+
+def test_warm_start_point_is_the_first_trial(sweep: Sweep) -> None:
+    point = SMOKE["search"]["points_to_evaluate"][0]
+    sweep_path = Path(sweep.parent.data.tags["sweep_path"])
+    first_dir = next(sweep_path.glob("run_trial_*_1_*"))  # Ray numbers trials from 1
+    first_id = json.loads((first_dir / "result.json").read_text().splitlines()[0])["trial_id"]
+    first = next(c for c in sweep.children if c.data.tags["trial_id"] == first_id)
+    assert first.data.params == {k: str(v) for k, v in point.items()}
+
+
+def test_parent_run_records_the_sweep(sweep: Sweep) -> None:
+    parent = sweep.parent
+    assert parent.info.status == "FINISHED"
+    assert parent.info.run_name.startswith("smoke-")
+    assert parent.data.params["seed"] == "7"
+    assert parent.data.params["budget.num_samples"] == "8"
+    assert parent.data.params["scheduler.name"] == "asha"
+    assert len(parent.data.tags["data_fingerprint"]) == 16
+    artifacts = {a.path for a in sweep.client.list_artifacts(parent.info.run_id)}
+    assert {"search_space.yaml", "config.json", "trials.csv"} <= artifacts
+    local = Path(sweep.client.download_artifacts(parent.info.run_id, "trials.csv", str(sweep.folder)))
+    table = pd.read_csv(local)
+    assert len(table) == len(sweep.children)
+    best = table[table["state"].isin(["completed", "stopped"])]["val_acc"].max()
+    assert parent.data.metrics["best_val_acc"] == pytest.approx(best)
+    best_row = table.loc[table["val_acc"].idxmax()]
+    assert parent.data.params["best.trial_id"] == best_row["trial_id"]
+    # Artifacts of the embedded store live under mlruns/, not in the working directory.
+    assert (sweep.folder / "mlruns" / "artifacts").is_dir()
+
+
+def test_summary_names_the_experiment_and_the_parent_run(sweep: Sweep) -> None:
+    assert "experiment: smoke" in sweep.output
+    assert sweep.parent.info.run_id in sweep.output
+    assert "make ui" in sweep.output
+
+
+def test_bad_space_fails_with_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((SPACES / "smoke.yaml").read_text().replace("num_samples: 8", "num_sample: 8"))
+    done = run_cli(tmp_path, "tune", "--space", str(bad))
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    message = done.stderr.strip()
+    assert str(bad) in message and "num_sample" in message and "did you mean 'num_samples'" in message
+    assert not (tmp_path / "mlruns").exists()

@@ -1,0 +1,76 @@
+"""The HyperOpt search space built from a validated config (no Ray needed to sample it)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from hyperopt import pyll
+from hyperopt.fmin import generate_trials_to_calculate
+
+from pipeline.config import Experiment, flatten_sample, load_experiment
+from pipeline.tune import LABEL_PREFIX, hyperopt_point, hyperopt_space, make_scheduler, make_searcher
+from tests.conftest import SPACES
+
+
+def default_space() -> Experiment:
+    return load_experiment(SPACES / "default.yaml")
+
+
+def test_samples_respect_bounds_types_and_the_conditional_optimizer() -> None:
+    experiment = default_space()
+    space = hyperopt_space(experiment.params)
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(400):
+        flat = flatten_sample(pyll.stochastic.sample(space, rng=rng))
+        seen.add(flat["optimizer"])
+        assert 1e-4 <= flat["lr"] <= 0.5
+        assert isinstance(flat["hidden_layers"], int) and 1 <= flat["hidden_layers"] <= 3
+        assert flat["hidden_units"] in (32, 64, 128, 256)
+        assert ("momentum" in flat) == (flat["optimizer"] == "momentum")
+        assert ("batch_size" in flat) == (flat["optimizer"] != "gd")
+        if "momentum" in flat:
+            assert 0.5 <= flat["momentum"] <= 0.99
+    assert seen == {"gd", "sgd", "momentum", "adam", "adamw", "rmsprop"}
+
+
+def test_integer_ends_are_as_likely_as_the_middle() -> None:
+    space = hyperopt_space(default_space().params)
+    rng = np.random.default_rng(1)
+    counts = np.bincount([pyll.stochastic.sample(space, rng=rng)["hidden_layers"] for _ in range(3000)])
+    assert counts[1:].min() / counts[1:].max() > 0.8
+
+
+def test_log_uniform_spreads_over_decades() -> None:
+    space = hyperopt_space(default_space().params)
+    rng = np.random.default_rng(2)
+    logs = [math.log10(pyll.stochastic.sample(space, rng=rng)["lr"]) for _ in range(2000)]
+    below = np.mean(np.array(logs) < -2.5)  # [1e-4, 10^-2.5] is 1.5 of 3.7 decades
+    assert 0.33 < below < 0.48
+
+
+def test_warm_start_point_translates_to_hyperopt_labels(tmp_path: Path) -> None:
+    experiment = load_experiment(SPACES / "smoke.yaml")
+    point = experiment.search.points_to_evaluate[0]
+    native = hyperopt_point(experiment.params, point)
+    assert all(label.startswith(LABEL_PREFIX) for label in native)
+    assert native[f"{LABEL_PREFIX}optimizer"] == 1  # adam is the second option
+    assert native[f"{LABEL_PREFIX}optimizer/adam/batch_size"] == 0
+    # hyperopt accepts it as a trial to evaluate.
+    trials = generate_trials_to_calculate([native])
+    trials.refresh()
+    assert len(trials.trials) == 1
+
+
+def test_searcher_and_scheduler_follow_the_config() -> None:
+    experiment = load_experiment(SPACES / "smoke.yaml")
+    searcher = make_searcher(experiment)
+    assert searcher.metric == "val_acc" and searcher.mode == "max"
+    scheduler = make_scheduler(experiment)
+    assert type(scheduler).__name__ == "AsyncHyperBandScheduler"
+    fifo = load_experiment(SPACES / "smoke.yaml", ["scheduler.name=fifo"])
+    assert type(make_scheduler(fifo)).__name__ == "FIFOScheduler"
+    random = load_experiment(SPACES / "smoke.yaml", ["search.algorithm=random"])
+    assert random.n_initial_points == random.budget.num_samples
