@@ -1,1 +1,1 @@
-"""Distributed hyperparameter tuning of PyTorch networks: Ray Tune + HyperOpt TPE + ASHA + MLflow."""
+"""Hyperparameter tuning of PyTorch networks: Ray Tune + HyperOpt TPE + ASHA + MLflow."""

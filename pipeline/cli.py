@@ -20,8 +20,12 @@ from pipeline.data import load_dataset, split_dataset
 from pipeline.errors import PipelineError
 from pipeline.sweep import SweepResult, TrackingSettings, run_sweep
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Tune PyTorch networks with Ray Tune + HyperOpt + ASHA, tracked in MLflow.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Tune PyTorch networks with Ray Tune + HyperOpt + ASHA, tracked in MLflow.",
+)
 console = Console(stderr=True)
 log = logging.getLogger("pipeline")
 
@@ -65,7 +69,9 @@ def tracking_settings(address: str | None) -> TrackingSettings:
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -83,8 +89,17 @@ def print_summary(result: SweepResult, metric: str, top: int = 5) -> None:
         ranked = table.sort_values(metric, ascending=ascending, na_position="last").head(top)
         shown = Table(title=f"best {min(top, len(ranked))} of {len(table)} trials")
         columns = ["trial_id", "state", metric, "epoch"] + [
-            c for c in ("optimizer", "lr", "hidden_layers", "hidden_units", "activation",
-                        "batch_size") if c in ranked]
+            c
+            for c in (
+                "optimizer",
+                "lr",
+                "hidden_layers",
+                "hidden_units",
+                "activation",
+                "batch_size",
+            )
+            if c in ranked
+        ]
         for column in columns:
             shown.add_column(column, no_wrap=True)
         for _, row in ranked.iterrows():
@@ -92,7 +107,9 @@ def print_summary(result: SweepResult, metric: str, top: int = 5) -> None:
         out.print(shown)
     states = table["state"].value_counts().to_dict() if not table.empty else {}
     out.print(f"trials: {', '.join(f'{n} {s}' for s, n in states.items())}")
-    out.print(f"wall time {result.wall_seconds:.1f} s; MLflow writes {result.tracking_seconds:.2f} s")
+    out.print(
+        f"wall time {result.wall_seconds:.1f} s; MLflow writes {result.tracking_seconds:.2f} s"
+    )
     if result.best is None:
         out.print("[red]no trial finished without diverging or failing[/red]")
     out.print(f"experiment: {result.experiment_name}   parent run: {result.parent_run_id}")
@@ -106,7 +123,9 @@ def format_cell(value: object) -> str:
 
 
 @app.callback()
-def main(debug: Annotated[bool, typer.Option(help="Show tracebacks and debug logs.")] = False) -> None:
+def main(
+    debug: Annotated[bool, typer.Option(help="Show tracebacks and debug logs.")] = False,
+) -> None:
     configure_logging(debug)
     state["debug"] = debug
 
@@ -114,29 +133,56 @@ def main(debug: Annotated[bool, typer.Option(help="Show tracebacks and debug log
 @app.command()
 def tune(
     space: Annotated[Path, typer.Option(help="Search-space YAML file.")] = Path(
-        "search_spaces/default.yaml"),
-    experiment: Annotated[str | None, typer.Option(help="MLflow experiment (default: the space's name).")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key, e.g. budget.num_samples=8.")] = None,
-    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: $RAY_ADDRESS, else local).")] = None,
-    resume: Annotated[bool, typer.Option(help="Resume the experiment's latest interrupted sweep.")] = False,
+        "search_spaces/default.yaml"
+    ),
+    experiment: Annotated[
+        str | None, typer.Option(help="MLflow experiment (default: the space's name).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a key, e.g. budget.num_samples=8.")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: $RAY_ADDRESS, else local).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Resume the experiment's latest interrupted sweep.")
+    ] = False,
 ) -> None:
     """Run a tuning sweep described by a search-space file."""
     run_guarded(lambda: tune_command(space, experiment, set_ or [], address, resume))
 
 
-def tune_command(space: Path, experiment_name: str | None, overrides: list[str],
-                 address: str | None, resume: bool) -> None:
+def tune_command(
+    space: Path,
+    experiment_name: str | None,
+    overrides: list[str],
+    address: str | None,
+    resume: bool,
+) -> None:
     experiment = load_experiment(space, overrides)
     # One checkpoint kept per trial makes Tune snapshot its state often; that is intended here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     settings = tracking_settings(address)
     dataset = load_dataset(experiment.data, experiment.seed, data_cache())
     split = split_dataset(dataset, experiment.data, experiment.seed)
-    log.info("%s: %d rows (%d train, %d val, %d test), %d classes", dataset.name,
-             len(dataset.labels), len(split.train), len(split.val), len(split.test),
-             dataset.num_classes)
-    result = run_sweep(experiment, experiment_name or experiment.name, dataset, split,
-                       space.read_text(), settings, resume)
+    log.info(
+        "%s: %d rows (%d train, %d val, %d test), %d classes",
+        dataset.name,
+        len(dataset.labels),
+        len(split.train),
+        len(split.val),
+        len(split.test),
+        dataset.num_classes,
+    )
+    result = run_sweep(
+        experiment,
+        experiment_name or experiment.name,
+        dataset,
+        split,
+        space.read_text(),
+        settings,
+        resume,
+    )
     print_summary(result, experiment.metric)
 
 

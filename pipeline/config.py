@@ -10,7 +10,7 @@ import difflib
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -30,7 +30,7 @@ ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "leaky_relu")
 # gd is full-batch gradient descent: plain SGD on the whole training split in one step.
 OPTIMIZERS = ("gd", "sgd", "momentum", "adam", "adamw", "rmsprop")
 
-Scalar = Union[bool, int, float, str]
+Scalar = bool | int | float | str
 
 
 def did_you_mean(word: str, candidates: list[str] | tuple[str, ...]) -> str:
@@ -122,7 +122,7 @@ class ConditionalOption(Record):
         return data
 
 
-Option = Union[ConditionalOption, Scalar]
+Option = ConditionalOption | Scalar
 
 
 class ChoiceParam(Record):
@@ -157,12 +157,10 @@ def _param_kind(raw: Any) -> str | None:
 
 
 ParamSpec = Annotated[
-    Union[
-        Annotated[FloatParam, Tag("float")],
-        Annotated[IntParam, Tag("int")],
-        Annotated[ChoiceParam, Tag("choice")],
-        Annotated[Scalar, Tag("constant")],
-    ],
+    Annotated[FloatParam, Tag("float")]
+    | Annotated[IntParam, Tag("int")]
+    | Annotated[ChoiceParam, Tag("choice")]
+    | Annotated[Scalar, Tag("constant")],
     Discriminator(
         _param_kind,
         custom_error_type="invalid_param",
@@ -193,7 +191,8 @@ class Hyperparameter:
         """Why `value` is not valid here, or None."""
         if self.allowed:
             if value not in self.allowed:
-                return f"'{value}' is not one of {', '.join(self.allowed)}{did_you_mean(str(value), self.allowed)}"
+                hint = did_you_mean(str(value), self.allowed)
+                return f"'{value}' is not one of {', '.join(self.allowed)}{hint}"
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"{value!r} is not a number"
@@ -210,10 +209,12 @@ class Hyperparameter:
 HYPERPARAMETERS: dict[str, Hyperparameter] = {
     "lr": Hyperparameter(float, "learning rate", low=1e-12, high=10.0),
     "optimizer": Hyperparameter(str, "update rule", allowed=OPTIMIZERS),
-    "momentum": Hyperparameter(float, "SGD momentum", low=0.0, high=1.0, high_open=True,
-                               optimizers=("momentum",)),
-    "batch_size": Hyperparameter(int, "mini-batch size", low=1,
-                                 optimizers=tuple(o for o in OPTIMIZERS if o != "gd")),
+    "momentum": Hyperparameter(
+        float, "SGD momentum", low=0.0, high=1.0, high_open=True, optimizers=("momentum",)
+    ),
+    "batch_size": Hyperparameter(
+        int, "mini-batch size", low=1, optimizers=tuple(o for o in OPTIMIZERS if o != "gd")
+    ),
     "weight_decay": Hyperparameter(float, "L2 penalty", low=0.0, high=1.0),
     "dropout": Hyperparameter(float, "dropout probability", low=0.0, high=1.0, high_open=True),
     "hidden_layers": Hyperparameter(int, "hidden (fully connected) layers", low=0, high=16),
@@ -228,7 +229,7 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
 
 @dataclass(frozen=True)
 class Hyperparameters:
-    """One resolved trial configuration; a hyperparameter absent from the space takes its default."""
+    """One resolved trial configuration; a hyperparameter absent from the space has its default."""
 
     lr: float = 1e-3
     optimizer: str = "adam"
@@ -300,7 +301,7 @@ class BudgetConfig(Record):
 
 class SearchConfig(Record):
     algorithm: Literal["tpe", "random"] = "tpe"
-    # None: sized to the budget (hyperopt's default of 20 turns most small budgets into random search).
+    # None: sized to the budget (hyperopt's default, 20, makes most small budgets random search).
     n_initial_points: int | None = Field(default=None, ge=1)
     points_to_evaluate: list[dict[str, Scalar]] = Field(default_factory=list)
 
@@ -369,8 +370,9 @@ class Experiment(Record):
             return self.budget.num_samples
         if self.search.n_initial_points is not None:
             return self.search.n_initial_points
-        # A quarter of the budget, at least 2 (TPE needs some spread) and at most hyperopt's 20.
-        return max(2, min(20, self.budget.num_samples // 4))
+        # A quarter of the budget, at least 2 (TPE needs some spread) and at most hyperopt's 20,
+        # leaving at least one trial to TPE.
+        return max(1, min(max(2, self.budget.num_samples // 4), 20, self.budget.num_samples - 1))
 
     @property
     def model_name(self) -> str:
@@ -388,6 +390,11 @@ def check_params(
         if meta is None:
             raise ValueError(
                 f"{key}: unknown hyperparameter '{name}'{did_you_mean(name, list(HYPERPARAMETERS))}"
+            )
+        if optimizers and meta.optimizers and not set(optimizers) <= set(meta.optimizers):
+            raise ValueError(
+                f"{key}: does not apply to optimizer {', '.join(optimizers)} "
+                f"(only to {', '.join(meta.optimizers)})"
             )
         for value, sub in spec_values(spec):
             problem = meta.check(value)
@@ -419,7 +426,11 @@ def spec_values(spec: ParamSpec) -> list[tuple[Scalar, str]]:
 def check_optimizer_scoping(params: dict[str, ParamSpec]) -> None:
     """Optimizer-specific parameters (momentum, batch_size) only where every optimizer uses them."""
     spec = params.get("optimizer", Hyperparameters.optimizer)
-    chosen = [str(v) for v, _ in spec_values(spec)] if not isinstance(spec, (FloatParam, IntParam)) else []
+    chosen = (
+        [str(v) for v, _ in spec_values(spec)]
+        if not isinstance(spec, (FloatParam, IntParam))
+        else []
+    )
     for name in params:
         scope = HYPERPARAMETERS[name].optimizers if name in HYPERPARAMETERS else ()
         misfits = [o for o in chosen if scope and o not in scope]
@@ -443,7 +454,9 @@ def check_point(params: dict[str, ParamSpec], point: dict[str, Scalar], where: s
     expected = sampled_names(params, point)
     for key in point:
         if key not in expected:
-            raise ValueError(f"{where}: '{key}' is not sampled by this space{did_you_mean(key, expected)}")
+            raise ValueError(
+                f"{where}: '{key}' is not sampled by this space{did_you_mean(key, expected)}"
+            )
     for name in expected:
         if name not in point:
             raise ValueError(f"{where}: missing a value for '{name}'")
@@ -455,6 +468,8 @@ def check_point(params: dict[str, ParamSpec], point: dict[str, Scalar], where: s
         elif isinstance(spec, (FloatParam, IntParam)):
             if isinstance(value, (bool, str)) or not spec.low <= value <= spec.high:
                 raise ValueError(f"{where}.{name}: {value!r} is outside [{spec.low}, {spec.high}]")
+            if isinstance(spec, IntParam) and not float(value).is_integer():
+                raise ValueError(f"{where}.{name}: {value!r} is not an integer")
 
 
 def _active_specs(

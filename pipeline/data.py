@@ -11,6 +11,7 @@ import hashlib
 import logging
 import struct
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,8 +51,18 @@ IDX_SOURCES: dict[str, tuple[str, dict[str, str], tuple[str, ...]]] = {
             "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
             "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
         },
-        ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
-         "ankle-boot"),
+        (
+            "t-shirt",
+            "trouser",
+            "pullover",
+            "dress",
+            "coat",
+            "sandal",
+            "shirt",
+            "sneaker",
+            "bag",
+            "ankle-boot",
+        ),
     ),
 }
 IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -125,8 +136,9 @@ def load_bundled(name: str) -> Dataset:
     bunch = loader()
     class_names = tuple(str(c) for c in bunch.target_names)
     shape = (1, 8, 8) if name == "digits" else None
-    return Dataset(name, bunch.data.astype(np.float32), bunch.target.astype(np.int64),
-                   class_names, shape)
+    return Dataset(
+        name, bunch.data.astype(np.float32), bunch.target.astype(np.int64), class_names, shape
+    )
 
 
 def load_csv(path: Path, target: str) -> Dataset:
@@ -141,11 +153,15 @@ def load_csv(path: Path, target: str) -> Dataset:
         raise PipelineError(f"{path}: no column '{target}' (columns: {', '.join(frame.columns)})")
     labels_raw = frame.pop(target)
     if labels_raw.isna().any():
-        raise PipelineError(f"{path}: column '{target}' has {int(labels_raw.isna().sum())} empty labels")
+        raise PipelineError(
+            f"{path}: column '{target}' has {int(labels_raw.isna().sum())} empty labels"
+        )
     for column in frame.columns:
         values = frame[column]
         if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
-            example = values.dropna().astype(str).iloc[0] if values.notna().any() else ""
+            present = values.dropna()
+            text = present[pd.to_numeric(present, errors="coerce").isna()]
+            example = str(text.iloc[0]) if len(text) else ""
             raise PipelineError(
                 f"{path}: column '{column}' is not numeric (e.g. {example!r}); "
                 "encode it as numbers or drop it"
@@ -160,17 +176,27 @@ def load_csv(path: Path, target: str) -> Dataset:
     classes, labels = np.unique(labels_raw.astype(str).to_numpy(), return_inverse=True)
     if len(classes) < 2:
         raise PipelineError(f"{path}: column '{target}' has a single class; nothing to learn")
-    return Dataset(path.stem, frame.to_numpy(np.float32), labels.astype(np.int64),
-                   tuple(str(c) for c in classes))
+    return Dataset(
+        path.stem,
+        frame.to_numpy(np.float32),
+        labels.astype(np.int64),
+        tuple(str(c) for c in classes),
+    )
 
 
 def read_idx(path: Path) -> np.ndarray:
     """Read one IDX file (optionally gzipped), the format of MNIST and Fashion-MNIST."""
-    raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as stream:
+            raw = stream.read()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise PipelineError(f"{path}: cannot read: {exc}") from None
     if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in IDX_DTYPES:
         raise PipelineError(f"{path}: not an IDX file (bad magic number)")
     ndim = raw[3]
     header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise PipelineError(f"{path}: truncated inside its header")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
     dtype = np.dtype(IDX_DTYPES[raw[2]])
     expected = int(np.prod(dims)) * dtype.itemsize
@@ -203,8 +229,14 @@ def load_idx_dataset(name: str, folder: Path) -> Dataset:
     class_names = IDX_SOURCES[name][2] if name in IDX_SOURCES else ()
     if len(class_names) <= int(labels.max()):
         class_names = tuple(str(c) for c in range(int(labels.max()) + 1))
-    return Dataset(name, images.reshape(len(images), -1).astype(np.float32), labels, class_names,
-                   (1, *images.shape[1:]), np.arange(n_train, len(labels)))
+    return Dataset(
+        name,
+        images.reshape(len(images), -1).astype(np.float32),
+        labels,
+        class_names,
+        (1, *images.shape[1:]),
+        np.arange(n_train, len(labels)),
+    )
 
 
 def download_idx(folder: Path, base_url: str, checksums: dict[str, str]) -> None:
@@ -223,7 +255,9 @@ def download_idx(folder: Path, base_url: str, checksums: dict[str, str]) -> None
             raise PipelineError(f"cannot download {url}: {exc}") from None
         digest = hashlib.md5(payload).hexdigest()
         if digest != md5:
-            raise PipelineError(f"{url}: checksum mismatch (md5 {digest}, expected {md5}); not saved")
+            raise PipelineError(
+                f"{url}: checksum mismatch (md5 {digest}, expected {md5}); not saved"
+            )
         partial = target.with_suffix(".part")
         partial.write_bytes(payload)
         partial.replace(target)
@@ -233,14 +267,21 @@ def subset(dataset: Dataset, limit: int, seed: int) -> Dataset:
     """A stratified subset of `limit` rows (the data set's own test rows keep their share)."""
     if limit >= len(dataset.labels):
         return dataset
-    rows, _ = train_test_split(np.arange(len(dataset.labels)), train_size=limit,
-                               stratify=dataset.labels, random_state=seed)
+    rows, _ = train_test_split(
+        np.arange(len(dataset.labels)), train_size=limit, stratify=dataset.labels, random_state=seed
+    )
     rows = np.sort(rows)
     test_rows = None
     if dataset.test_rows is not None:
         test_rows = np.flatnonzero(np.isin(rows, dataset.test_rows))
-    return Dataset(dataset.name, dataset.features[rows], dataset.labels[rows],
-                   dataset.class_names, dataset.image_shape, test_rows)
+    return Dataset(
+        dataset.name,
+        dataset.features[rows],
+        dataset.labels[rows],
+        dataset.class_names,
+        dataset.image_shape,
+        test_rows,
+    )
 
 
 def split_dataset(dataset: Dataset, config: DataConfig, seed: int) -> Split:
@@ -255,11 +296,13 @@ def split_dataset(dataset: Dataset, config: DataConfig, seed: int) -> Split:
             test = np.sort(dataset.test_rows)
             rest = np.setdiff1d(rows, test)
         else:
-            rest, test = train_test_split(rows, test_size=config.test_fraction,
-                                          stratify=labels, random_state=seed)
+            rest, test = train_test_split(
+                rows, test_size=config.test_fraction, stratify=labels, random_state=seed
+            )
         val_share = config.val_fraction / (1 - config.test_fraction)
-        train, val = train_test_split(rest, test_size=val_share, stratify=labels[rest],
-                                      random_state=seed)
+        train, val = train_test_split(
+            rest, test_size=val_share, stratify=labels[rest], random_state=seed
+        )
     except ValueError as exc:
         raise PipelineError(f"{dataset.name}: cannot split {len(rows)} rows: {exc}") from None
     train, val, test = np.sort(train), np.sort(val), np.sort(test)
@@ -284,5 +327,10 @@ def fingerprint(arrays: list[np.ndarray]) -> str:
 def tuning_data(dataset: Dataset, split: Split) -> TuningData:
     """The rows a sweep may use (train + validation), with fold indices into them."""
     rows = split.tuning_rows
-    return TuningData(dataset.features[rows], dataset.labels[rows], split.folds,
-                      dataset.num_classes, dataset.image_shape)
+    return TuningData(
+        dataset.features[rows],
+        dataset.labels[rows],
+        split.folds,
+        dataset.num_classes,
+        dataset.image_shape,
+    )

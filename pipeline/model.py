@@ -52,14 +52,16 @@ def dense_stack(inputs: int, hp: Hyperparameters, num_classes: int) -> list[nn.M
     return layers
 
 
-def conv_stack(image_shape: tuple[int, int, int], hp: Hyperparameters) -> tuple[list[nn.Module], int]:
+def conv_stack(
+    image_shape: tuple[int, int, int], hp: Hyperparameters
+) -> tuple[list[nn.Module], int]:
     """conv_layers x (Conv2d, activation, 2x2 max-pool while the image allows); flat output size."""
     channels, height, width = image_shape
     layers: list[nn.Module] = [nn.Unflatten(1, image_shape)]
     for i in range(hp.conv_layers):
         out = hp.conv_channels * 2**i
         layers += [
-            nn.Conv2d(channels, out, hp.kernel_size, padding=hp.kernel_size // 2),
+            nn.Conv2d(channels, out, hp.kernel_size, padding="same"),
             ACTIVATION_LAYERS[hp.activation](),
         ]
         if min(height, width) >= 2:

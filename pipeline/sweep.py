@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 from ray.tune import ResultGrid
 
-from pipeline.config import Experiment, flatten_sample
+from pipeline.config import Experiment, Scalar, flatten_sample
 from pipeline.data import Dataset, Split, tuning_data
 from pipeline.errors import PipelineError
 from pipeline.tracking import (
@@ -60,23 +60,34 @@ class SweepResult:
 def trial_table(grid: ResultGrid, experiment: Experiment) -> pd.DataFrame:
     """One row per trial: id, state, hyperparameters, best epoch and its metrics, where it ran."""
     rows = []
-    for result in grid:
+    for result in (grid[i] for i in range(len(grid))):
         history = result.metrics_dataframe
         last = result.metrics or {}
         trial_id = str(last.get("trial_id") or Path(result.path).name)
         params = flatten_sample(result.config or {})
-        state = trial_state(last, planned_epochs(result.config or {}, experiment.budget.max_epochs),
-                            result.error is not None)
+        state = trial_state(
+            last,
+            planned_epochs(result.config or {}, experiment.budget.max_epochs),
+            result.error is not None,
+        )
         row: dict[str, Any] = {"trial_id": trial_id, "state": state, **params}
         if history is not None and len(history) and state != "diverged":
-            best_index = history[experiment.metric].idxmax() if experiment.mode == "max" \
-                else history[experiment.metric].idxmin()
-            best_row = history.loc[best_index]
-            row.update(epoch=int(best_row["epoch"]), val_acc=float(best_row["val_acc"]),
-                       val_loss=float(best_row["val_loss"]), train_loss=float(best_row["train_loss"]))
+            ranked = history.sort_values(
+                experiment.metric, ascending=experiment.mode == "min", kind="stable"
+            )
+            best_row = ranked.iloc[0]
+            row.update(
+                epoch=int(best_row["epoch"]),
+                val_acc=float(best_row["val_acc"]),
+                val_loss=float(best_row["val_loss"]),
+                train_loss=float(best_row["train_loss"]),
+            )
         row["epochs_trained"] = int(last.get("epoch", 0))
-        row["train_seconds"] = float(history["train_seconds"].sum()) if history is not None \
-            and "train_seconds" in history else 0.0
+        row["train_seconds"] = (
+            float(history["train_seconds"].sum())
+            if history is not None and "train_seconds" in history
+            else 0.0
+        )
         row["host"] = last.get("hostname")
         row["device"] = last.get("device")
         rows.append(row)
@@ -90,18 +101,22 @@ def best_trial(table: pd.DataFrame, metric: str, mode: str) -> dict[str, Any] | 
     valid = table[table["state"].isin(["completed", "stopped"]) & table[metric].notna()]
     if valid.empty:
         return None
-    index = valid[metric].idxmax() if mode == "max" else valid[metric].idxmin()
-    return dict(valid.loc[index])
+    ranked = valid.sort_values(metric, ascending=mode == "min", kind="stable")
+    return {str(k): v for k, v in ranked.iloc[0].items()}
 
 
 def find_unfinished_sweep(client: MlflowClient, experiment_id: str) -> tuple[str, str]:
     """(parent run id, sweep path) of the latest sweep of the experiment that did not finish."""
     runs = client.search_runs(
-        [experiment_id], filter_string=f"tags.{SWEEP_PATH_TAG} != ''",
-        order_by=["attributes.start_time DESC"], max_results=1,
+        [experiment_id],
+        filter_string=f"tags.{SWEEP_PATH_TAG} != ''",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
     )
     if not runs or runs[0].info.status == "FINISHED":
-        raise PipelineError("no interrupted sweep to resume in this experiment (the latest finished)")
+        raise PipelineError(
+            "no interrupted sweep to resume in this experiment (the latest finished)"
+        )
     return runs[0].info.run_id, runs[0].data.tags[SWEEP_PATH_TAG]
 
 
@@ -131,12 +146,18 @@ def run_sweep(
         tags = {SWEEP_PATH_TAG: sweep_path, "data_fingerprint": split.fingerprint}
         if settings.code_version:
             tags[MLFLOW_GIT_COMMIT] = settings.code_version
-        sizes = {"data.rows.train": len(split.train), "data.rows.val": len(split.val),
-                 "data.rows.test": len(split.test), "data.fingerprint": split.fingerprint}
-        parent_run_id = start_parent_run(client, experiment_id, run_name, experiment, space_text,
-                                         tags, sizes)
-        logger = TrialLogger(settings.tracking_uri, experiment_id, parent_run_id,
-                             experiment.budget.max_epochs)
+        sizes: dict[str, Scalar] = {
+            "data.rows.train": len(split.train),
+            "data.rows.val": len(split.val),
+            "data.rows.test": len(split.test),
+            "data.fingerprint": split.fingerprint,
+        }
+        parent_run_id = start_parent_run(
+            client, experiment_id, run_name, experiment, space_text, tags, sizes
+        )
+        logger = TrialLogger(
+            settings.tracking_uri, experiment_id, parent_run_id, experiment.budget.max_epochs
+        )
         tuner = make_tuner(experiment, data, settings.storage, run_name, [logger])
     log.info("sweep %s: experiment '%s', parent run %s", sweep_path, experiment_name, parent_run_id)
     status = "KILLED"
@@ -156,10 +177,18 @@ def run_sweep(
         close_open_runs(client, experiment_id, parent_run_id, status)
     if logger is not None and logger.errors:
         raise PipelineError(f"{len(logger.errors)} MLflow writes failed, first: {logger.errors[0]}")
-    return SweepResult(experiment_name, experiment_id, parent_run_id, table, best,
-                       time.perf_counter() - started, logger.busy_seconds if logger else 0.0)
+    return SweepResult(
+        experiment_name,
+        experiment_id,
+        parent_run_id,
+        table,
+        best,
+        time.perf_counter() - started,
+        logger.busy_seconds if logger else 0.0,
+    )
 
 
 def flatten_columns(grid: ResultGrid) -> set[str]:
     """Every hyperparameter name any trial of the grid sampled."""
-    return {name for result in grid for name in flatten_sample(result.config or {})}
+    configs = (grid[i].config or {} for i in range(len(grid)))
+    return {name for config in configs for name in flatten_sample(config)}

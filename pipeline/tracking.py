@@ -6,6 +6,7 @@ tracking server, SQLite has a single writer, and Ray's event loop never waits on
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import queue
@@ -51,7 +52,9 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | Non
     found = client.get_experiment_by_name(name)
     if found is not None:
         if found.lifecycle_stage == "deleted":
-            raise PipelineError(f"MLflow experiment '{name}' is deleted; restore it or pick another name")
+            raise PipelineError(
+                f"MLflow experiment '{name}' is deleted; restore it or pick another name"
+            )
         return str(found.experiment_id)
     location = (artifact_root / name).resolve().as_uri() if artifact_root else None
     return str(client.create_experiment(name, artifact_location=location))
@@ -85,8 +88,10 @@ def start_parent_run(
     tags: dict[str, str],
     params: dict[str, Scalar],
 ) -> str:
-    """Open the sweep's parent run with its settings, the search-space file and the resolved config."""
-    run = client.create_run(experiment_id, run_name=run_name, tags={MLFLOW_RUN_NAME: run_name, **tags})
+    """Open the sweep's parent run: its settings, the search-space file and the resolved config."""
+    run = client.create_run(
+        experiment_id, run_name=run_name, tags={MLFLOW_RUN_NAME: run_name, **tags}
+    )
     run_id = str(run.info.run_id)
     settings = {**flat_settings(experiment), **params}
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in settings.items()])
@@ -135,7 +140,9 @@ def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> 
             return runs
 
 
-def close_open_runs(client: MlflowClient, experiment_id: str, parent_run_id: str, status: str) -> None:
+def close_open_runs(
+    client: MlflowClient, experiment_id: str, parent_run_id: str, status: str
+) -> None:
     """End the parent and any child still RUNNING, so no run outlives its sweep."""
     for run in child_runs(client, experiment_id, parent_run_id):
         if run.info.status == "RUNNING":
@@ -152,7 +159,11 @@ class TrialLogger(tune.Callback):
     """
 
     def __init__(
-        self, tracking_uri: str, experiment_id: str, parent_run_id: str, max_epochs: int,
+        self,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        max_epochs: int,
         flush_seconds: float = 10.0,
     ) -> None:
         self.tracking_uri = tracking_uri
@@ -198,7 +209,7 @@ class TrialLogger(tune.Callback):
             started = time.perf_counter()
             try:
                 write()
-            except Exception as exc:  # noqa: BLE001 - reported after the sweep, never dropped silently
+            except Exception as exc:
                 self.errors.append(f"{type(exc).__name__}: {exc}")
                 log.warning("MLflow write failed: %s", exc)
             self.busy_seconds += time.perf_counter() - started
@@ -216,7 +227,7 @@ class TrialLogger(tune.Callback):
             return
         for trial_id in list(self._open):
             self._flush(trial_id)
-            self._submit(lambda t=trial_id: self._terminate(t, status))
+            self._submit(functools.partial(self._terminate, trial_id, status))
         self._open.clear()
         self._queue.put(None)
         self._thread.join()
@@ -235,19 +246,28 @@ class TrialLogger(tune.Callback):
         run = self._client.create_run(
             self.experiment_id,
             run_name=trial_id,
-            tags={MLFLOW_PARENT_RUN_ID: self.parent_run_id, MLFLOW_RUN_NAME: trial_id,
-                  "trial_id": trial_id, "trial_state": "running"},
+            tags={
+                MLFLOW_PARENT_RUN_ID: self.parent_run_id,
+                MLFLOW_RUN_NAME: trial_id,
+                "trial_id": trial_id,
+                "trial_state": "running",
+            },
         )
         self._run_ids[trial_id] = run.info.run_id
-        self._client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        self._client.log_batch(
+            run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()]
+        )
 
     def _write_metrics(self, trial_id: str, metrics: list[Metric], tags: list[RunTag]) -> None:
         assert self._client is not None
         floor = self._logged_epoch.get(trial_id, 0)
         metrics = [m for m in metrics if m.step > floor]
         for start in range(0, max(len(metrics), 1), MLFLOW_BATCH):
-            self._client.log_batch(self._run_ids[trial_id], metrics=metrics[start : start + MLFLOW_BATCH],
-                                   tags=tags if start == 0 else [])
+            self._client.log_batch(
+                self._run_ids[trial_id],
+                metrics=metrics[start : start + MLFLOW_BATCH],
+                tags=tags if start == 0 else [],
+            )
 
     def _terminate(self, trial_id: str, status: str) -> None:
         assert self._client is not None
@@ -270,9 +290,14 @@ class TrialLogger(tune.Callback):
         step = int(result["epoch"])
         pending = self._pending.setdefault(trial_id, [])
         if not pending and step == 1:
-            self._flush(trial_id, [RunTag("host", str(result.get("hostname", ""))),
-                                   RunTag("node_ip", str(result.get("node_ip", ""))),
-                                   RunTag("device", str(result.get("device", "")))])
+            self._flush(
+                trial_id,
+                [
+                    RunTag("host", str(result.get("hostname", ""))),
+                    RunTag("node_ip", str(result.get("node_ip", ""))),
+                    RunTag("device", str(result.get("device", ""))),
+                ],
+            )
         pending.extend(Metric(name, float(result[name]), now, step) for name in TRIAL_METRICS)
         if time.monotonic() - self._last_flush.get(trial_id, 0.0) >= self.flush_seconds:
             self._flush(trial_id)
@@ -285,15 +310,22 @@ class TrialLogger(tune.Callback):
             self._submit(lambda: self._write_metrics(trial_id, metrics, tags or []))
 
     def _end_trial(self, trial: Any, errored: bool) -> None:
-        state = trial_state(trial.last_result, planned_epochs(trial.config, self.max_epochs), errored)
+        state = trial_state(
+            trial.last_result, planned_epochs(trial.config, self.max_epochs), errored
+        )
         self._flush(trial.trial_id, [RunTag("trial_state", state)])
         status = "FAILED" if errored else "FINISHED"
         self._submit(lambda: self._terminate(trial.trial_id, status))
         self._open.discard(trial.trial_id)
         result = trial.last_result or {}
-        log.info("trial %s %s at epoch %s: val_acc=%.4f val_loss=%.4f", trial.trial_id, state,
-                 result.get("epoch", 0), result.get("val_acc", float("nan")),
-                 result.get("val_loss", float("nan")))
+        log.info(
+            "trial %s %s at epoch %s: val_acc=%.4f val_loss=%.4f",
+            trial.trial_id,
+            state,
+            result.get("epoch", 0),
+            result.get("val_acc", float("nan")),
+            result.get("val_loss", float("nan")),
+        )
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._end_trial(trial, errored=False)

@@ -173,9 +173,20 @@ def fit(
             val_accs.append(acc)
         seconds = time.perf_counter() - started
         if not all(math.isfinite(v) for v in train_losses + val_losses):
-            report(EpochMetrics(epoch, DIVERGED_LOSS, DIVERGED_LOSS, DIVERGED_ACC, seconds, True), {})
+            report(
+                EpochMetrics(epoch, DIVERGED_LOSS, DIVERGED_LOSS, DIVERGED_ACC, seconds, True), {}
+            )
             return
-        metrics = EpochMetrics(epoch, float(np.mean(train_losses)), float(np.mean(val_losses)),
-                               float(np.mean(val_accs)), seconds)
-        state = {"epoch": epoch, "rng": torch.get_rng_state(), "folds": [t.state() for t in trainers]}
+        metrics = EpochMetrics(
+            epoch,
+            float(np.mean(train_losses)),
+            float(np.mean(val_losses)),
+            float(np.mean(val_accs)),
+            seconds,
+        )
+        state = {
+            "epoch": epoch,
+            "rng": torch.get_rng_state(),
+            "folds": [t.state() for t in trainers],
+        }
         report(metrics, state)

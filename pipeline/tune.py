@@ -78,8 +78,10 @@ def int_expression(label: str, spec: IntParam) -> Any:
     return scope.int(scope.minimum(scope.maximum(expression, spec.low), spec.high))
 
 
-def hyperopt_point(params: dict[str, ParamSpec], point: dict[str, Scalar], path: str = "") -> dict[str, Any]:
-    """A warm-start point (parameter values) in hyperopt's terms: labels, and indices for choices."""
+def hyperopt_point(
+    params: dict[str, ParamSpec], point: dict[str, Scalar], path: str = ""
+) -> dict[str, Any]:
+    """A warm-start point (parameter values) in hyperopt's terms: labels, indices for choices."""
     native: dict[str, Any] = {}
     for name, spec in params.items():
         label = f"{LABEL_PREFIX}{path}{name}"
@@ -95,7 +97,7 @@ def hyperopt_point(params: dict[str, ParamSpec], point: dict[str, Scalar], path:
     return native
 
 
-class ConditionalHyperOptSearch(HyperOptSearch):  # type: ignore[misc]
+class ConditionalHyperOptSearch(HyperOptSearch):
     """HyperOptSearch whose warm-start points may leave out parameters of options not chosen.
 
     TPE expects every label in a trial's `misc.idxs` (an empty list when inactive), but hyperopt's
@@ -105,6 +107,7 @@ class ConditionalHyperOptSearch(HyperOptSearch):  # type: ignore[misc]
 
     def _setup_hyperopt(self) -> None:
         super()._setup_hyperopt()
+        assert self.domain is not None
         for trial in self._hpopt_trials._dynamic_trials:
             for label in self.domain.params:
                 trial["misc"]["idxs"].setdefault(label, [])
@@ -128,7 +131,7 @@ def make_searcher(experiment: Experiment) -> HyperOptSearch:
 def make_scheduler(experiment: Experiment) -> TrialScheduler:
     """ASHA on the epoch (max_t = budget.max_epochs), or FIFO, which lets every trial finish."""
     if experiment.scheduler.name == "fifo":
-        return FIFOScheduler()
+        return FIFOScheduler()  # type: ignore[no-untyped-call]
     return AsyncHyperBandScheduler(
         time_attr="epoch",
         max_t=experiment.budget.max_epochs,
@@ -203,7 +206,7 @@ def make_tuner(
 
 
 def restore_tuner(experiment: Experiment, data: TuningData, sweep_path: str) -> tune.Tuner:
-    """Resume an interrupted sweep: finished trials stay, unfinished ones continue from checkpoints."""
+    """Resume an interrupted sweep: finished trials stay, the others continue from checkpoints."""
     if not tune.Tuner.can_restore(sweep_path):
         raise PipelineError(f"{sweep_path}: no sweep state to resume from")
     return tune.Tuner.restore(

@@ -25,8 +25,14 @@ SMOKE = yaml.safe_load((SPACES / "smoke.yaml").read_text())
 def run_cli(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     env["PYTHONPATH"] = str(REPO)
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @dataclass
@@ -57,7 +63,10 @@ def ray_trials(sweep: Sweep) -> dict[str, tuple[dict[str, Any], list[dict[str, A
     sweep_path = Path(sweep.parent.data.tags["sweep_path"])
     trials = {}
     for params_file in sweep_path.glob("*/params.json"):
-        results = [json.loads(line) for line in (params_file.parent / "result.json").read_text().splitlines()]
+        results = [
+            json.loads(line)
+            for line in (params_file.parent / "result.json").read_text().splitlines()
+        ]
         trials[results[0]["trial_id"]] = (json.loads(params_file.read_text()), results)
     return trials
 
@@ -86,7 +95,8 @@ def test_metric_history_has_one_point_per_epoch_reached(sweep: Sweep) -> None:
             history = sweep.client.get_metric_history(child.info.run_id, metric)
             assert sorted(m.step for m in history) == epochs
             assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(
-                [r[metric] for r in results])
+                [r[metric] for r in results]
+            )
         assert set(child.data.metrics) == {"train_loss", "val_loss", "val_acc"}
 
 
@@ -124,7 +134,9 @@ def test_parent_run_records_the_sweep(sweep: Sweep) -> None:
     assert len(parent.data.tags["data_fingerprint"]) == 16
     artifacts = {a.path for a in sweep.client.list_artifacts(parent.info.run_id)}
     assert {"search_space.yaml", "config.json", "trials.csv"} <= artifacts
-    local = Path(sweep.client.download_artifacts(parent.info.run_id, "trials.csv", str(sweep.folder)))
+    local = Path(
+        sweep.client.download_artifacts(parent.info.run_id, "trials.csv", str(sweep.folder))
+    )
     table = pd.read_csv(local)
     assert len(table) == len(sweep.children)
     best = table[table["state"].isin(["completed", "stopped"])]["val_acc"].max()
@@ -148,5 +160,7 @@ def test_bad_space_fails_with_one_line_and_writes_nothing(tmp_path: Path) -> Non
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     message = done.stderr.strip()
-    assert str(bad) in message and "num_sample" in message and "did you mean 'num_samples'" in message
+    assert (
+        str(bad) in message and "num_sample" in message and "did you mean 'num_samples'" in message
+    )
     assert not (tmp_path / "mlruns").exists()

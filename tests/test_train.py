@@ -15,8 +15,9 @@ from pipeline.train import DIVERGED_ACC, DIVERGED_LOSS, EpochMetrics, fit
 CPU = torch.device("cpu")
 
 
-def run(hp: Hyperparameters, data: TuningData, epochs: int, resume: dict[str, Any] | None = None
-        ) -> tuple[list[EpochMetrics], list[dict[str, Any]]]:
+def run(
+    hp: Hyperparameters, data: TuningData, epochs: int, resume: dict[str, Any] | None = None
+) -> tuple[list[EpochMetrics], list[dict[str, Any]]]:
     metrics: list[EpochMetrics] = []
     states: list[dict[str, Any]] = []
 
@@ -63,7 +64,11 @@ def test_too_high_learning_rate_diverges_with_worst_case_finite_metrics(
     last = metrics[-1]
     assert last.diverged
     assert len(metrics) < 10, "training must stop at the first non-finite epoch"
-    assert (last.val_acc, last.val_loss, last.train_loss) == (DIVERGED_ACC, DIVERGED_LOSS, DIVERGED_LOSS)
+    assert (last.val_acc, last.val_loss, last.train_loss) == (
+        DIVERGED_ACC,
+        DIVERGED_LOSS,
+        DIVERGED_LOSS,
+    )
     assert np.isfinite([last.val_acc, last.val_loss, last.train_loss]).all()
     assert states[-1] == {}, "a diverged epoch leaves no checkpoint"
 
@@ -71,7 +76,7 @@ def test_too_high_learning_rate_diverges_with_worst_case_finite_metrics(
 def test_resume_continues_after_the_checkpointed_epoch(digits_tuning: TuningData) -> None:
     hp = Hyperparameters(lr=3e-3, batch_size=64)
     full, _ = run(hp, digits_tuning, 4)
-    first, states = run(hp, digits_tuning, 2)
+    _, states = run(hp, digits_tuning, 2)
     rest, _ = run(hp, digits_tuning, 4, resume=states[-1])
     assert [m.epoch for m in rest] == [3, 4]
     # Same seed, same RNG state restored: resuming reproduces the uninterrupted run.
@@ -81,8 +86,13 @@ def test_resume_continues_after_the_checkpointed_epoch(digits_tuning: TuningData
 def test_cross_validation_reports_the_mean_over_folds(digits_tuning: TuningData) -> None:
     rows = np.arange(len(digits_tuning.labels))
     folds = tuple((np.setdiff1d(rows, rows[i::3]), rows[i::3]) for i in range(3))
-    cv = TuningData(digits_tuning.features, digits_tuning.labels, folds,
-                    digits_tuning.num_classes, digits_tuning.image_shape)
+    cv = TuningData(
+        digits_tuning.features,
+        digits_tuning.labels,
+        folds,
+        digits_tuning.num_classes,
+        digits_tuning.image_shape,
+    )
     metrics, states = run(Hyperparameters(lr=3e-3), cv, 2)
     assert len(states[-1]["folds"]) == 3
     assert metrics[-1].val_acc > 0.8

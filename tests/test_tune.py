@@ -10,7 +10,13 @@ from hyperopt import pyll
 from hyperopt.fmin import generate_trials_to_calculate
 
 from pipeline.config import Experiment, flatten_sample, load_experiment
-from pipeline.tune import LABEL_PREFIX, hyperopt_point, hyperopt_space, make_scheduler, make_searcher
+from pipeline.tune import (
+    LABEL_PREFIX,
+    hyperopt_point,
+    hyperopt_space,
+    make_scheduler,
+    make_searcher,
+)
 from tests.conftest import SPACES
 
 
@@ -39,7 +45,9 @@ def test_samples_respect_bounds_types_and_the_conditional_optimizer() -> None:
 def test_integer_ends_are_as_likely_as_the_middle() -> None:
     space = hyperopt_space(default_space().params)
     rng = np.random.default_rng(1)
-    counts = np.bincount([pyll.stochastic.sample(space, rng=rng)["hidden_layers"] for _ in range(3000)])
+    counts = np.bincount(
+        [pyll.stochastic.sample(space, rng=rng)["hidden_layers"] for _ in range(3000)]
+    )
     assert counts[1:].min() / counts[1:].max() > 0.8
 
 
