@@ -184,6 +184,12 @@ def tune_command(
         resume,
     )
     print_summary(result, experiment.metric)
+    if result.interrupted:
+        console.print(
+            f"sweep interrupted; continue it with: python -m pipeline tune --space {space} "
+            f"--experiment {result.experiment_name} --resume"
+        )
+        raise typer.Exit(130)
 
 
 def run_guarded(command: Callable[[], None]) -> None:

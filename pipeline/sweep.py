@@ -26,6 +26,7 @@ from pipeline.tracking import (
     planned_epochs,
     start_parent_run,
     trial_state,
+    trial_states,
 )
 from pipeline.tune import connect_ray, make_tuner, restore_tuner
 
@@ -55,17 +56,22 @@ class SweepResult:
     best: dict[str, Any] | None
     wall_seconds: float
     tracking_seconds: float  # time the MLflow writer spent in MLflow calls
+    interrupted: bool  # stopped (Ctrl-C) before every trial ended; `tune --resume` continues it
 
 
-def trial_table(grid: ResultGrid, experiment: Experiment) -> pd.DataFrame:
-    """One row per trial: id, state, hyperparameters, best epoch and its metrics, where it ran."""
+def trial_table(grid: ResultGrid, experiment: Experiment, states: dict[str, str]) -> pd.DataFrame:
+    """One row per trial: id, state, hyperparameters, best epoch and its metrics, where it ran.
+
+    `states` are the states the tracking callback tagged; a trial missing there gets one derived
+    from its results.
+    """
     rows = []
     for result in (grid[i] for i in range(len(grid))):
         history = result.metrics_dataframe
         last = result.metrics or {}
         trial_id = str(last.get("trial_id") or Path(result.path).name)
         params = flatten_sample(result.config or {})
-        state = trial_state(
+        state = states.get(trial_id) or trial_state(
             last,
             planned_epochs(result.config or {}, experiment.budget.max_epochs),
             result.error is not None,
@@ -163,11 +169,17 @@ def run_sweep(
     status = "KILLED"
     try:
         grid = tuner.fit()
-        table = trial_table(grid, experiment)
+        if logger is not None:
+            logger.close()
+        interrupted = grid.num_terminated + grid.num_errors < experiment.budget.num_samples
+        states = trial_states(client, experiment_id, parent_run_id)
+        table = trial_table(grid, experiment, states)
         best = best_trial(table, experiment.metric, experiment.mode)
         param_names = [c for c in table.columns if c in flatten_columns(grid)]
-        finish_parent_run(client, parent_run_id, table, best, param_names)
-        status = "FINISHED"
+        status = "KILLED" if interrupted else "FINISHED"
+        # MLflow params are write-once: the best trial is recorded when the sweep completes.
+        final_best = None if interrupted else best
+        finish_parent_run(client, parent_run_id, table, final_best, param_names, status)
     except Exception:
         status = "FAILED"
         raise
@@ -185,6 +197,7 @@ def run_sweep(
         best,
         time.perf_counter() - started,
         logger.busy_seconds if logger else 0.0,
+        interrupted,
     )
 
 

@@ -28,7 +28,7 @@ from pipeline.errors import PipelineError
 log = logging.getLogger(__name__)
 
 TRIAL_METRICS = ("train_loss", "val_loss", "val_acc")
-TRIAL_STATES = ("completed", "stopped", "diverged", "errored")
+TRIAL_STATES = ("completed", "stopped", "diverged", "errored", "interrupted")
 MLFLOW_BATCH = 1000  # MLflow's limit on metrics per log_batch call
 
 
@@ -106,8 +106,9 @@ def finish_parent_run(
     table: pd.DataFrame,
     best: dict[str, Any] | None,
     param_names: list[str],
+    status: str,
 ) -> None:
-    """Record the best trial and the trial table on the parent run and close it."""
+    """Record the best trial and the trial table on the parent run and end it with `status`."""
     params: list[Param] = []
     metrics: list[Metric] = []
     now = int(time.time() * 1000)
@@ -120,7 +121,7 @@ def finish_parent_run(
     tags = [RunTag(f"trials.{state}", str(int(counts.get(state, 0)))) for state in TRIAL_STATES]
     client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
     client.log_text(run_id, table.to_csv(index=False), "trials.csv")
-    client.set_terminated(run_id, "FINISHED")
+    client.set_terminated(run_id, status)
 
 
 def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[Any]:
@@ -138,6 +139,16 @@ def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> 
         token = page.token
         if not token:
             return runs
+
+
+def trial_states(client: MlflowClient, experiment_id: str, parent_run_id: str) -> dict[str, str]:
+    """trial id -> the state its child run was tagged with."""
+    runs = child_runs(client, experiment_id, parent_run_id)
+    return {
+        r.data.tags["trial_id"]: r.data.tags.get("trial_state", "")
+        for r in runs
+        if "trial_id" in r.data.tags
+    }
 
 
 def close_open_runs(
@@ -221,13 +232,13 @@ class TrialLogger(tune.Callback):
             if trial_id:
                 self._run_ids[trial_id] = run.info.run_id
 
-    def close(self, status: str = "KILLED") -> None:
-        """Flush everything, end runs still open with `status`, and stop the writer."""
+    def close(self) -> None:
+        """Flush everything, end runs of trials that never ended as interrupted, stop the writer."""
         if self._thread is None:
             return
         for trial_id in list(self._open):
-            self._flush(trial_id)
-            self._submit(functools.partial(self._terminate, trial_id, status))
+            self._flush(trial_id, [RunTag("trial_state", "interrupted")])
+            self._submit(functools.partial(self._terminate, trial_id, "KILLED"))
         self._open.clear()
         self._queue.put(None)
         self._thread.join()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import sqlite3
+import time
 import os
 import subprocess
 import sys
@@ -164,3 +167,67 @@ def test_bad_space_fails_with_one_line_and_writes_nothing(tmp_path: Path) -> Non
         str(bad) in message and "num_sample" in message and "did you mean 'num_samples'" in message
     )
     assert not (tmp_path / "mlruns").exists()
+
+
+def finished_children(db: Path) -> int:
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db) as connection:
+        try:
+            rows = connection.execute(
+                "SELECT count(*) FROM runs WHERE status = 'FINISHED' AND name != ''"
+                " AND run_uuid IN (SELECT run_uuid FROM tags WHERE key = 'trial_id')"
+            ).fetchone()
+        except sqlite3.OperationalError:  # tables not created yet
+            return 0
+    return int(rows[0])
+
+
+def test_interrupted_sweep_resumes_into_the_same_runs(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    env["PYTHONPATH"] = str(REPO)
+    args = ["tune", "--space", str(SPACES / "smoke.yaml"), "--set", "budget.num_samples=12"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    db = tmp_path / "mlruns" / "mlflow.db"
+    deadline = time.monotonic() + 240
+    while finished_children(db) < 3 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output[-3000:]
+    assert "--resume" in output
+
+    client = MlflowClient(f"sqlite:///{db}")
+    experiment_id = client.get_experiment_by_name("smoke").experiment_id
+    parent = next(r for r in client.search_runs([experiment_id]) if "sweep_path" in r.data.tags)
+    assert parent.info.status == "KILLED"
+    before = {
+        r.data.tags["trial_id"]: r
+        for r in client.search_runs([experiment_id])
+        if "trial_id" in r.data.tags
+    }
+    assert all(r.info.status != "RUNNING" for r in before.values())
+    assert len(before) < 12
+
+    done = run_cli(tmp_path, *args, "--resume")
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = client.search_runs([experiment_id], max_results=1000)
+    parents = [r for r in runs if "sweep_path" in r.data.tags]
+    assert [p.info.run_id for p in parents] == [parent.info.run_id]
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    children = [r for r in runs if "trial_id" in r.data.tags]
+    trial_ids = [c.data.tags["trial_id"] for c in children]
+    assert len(trial_ids) == len(set(trial_ids)) == 12, "every trial once, none duplicated"
+    assert set(before) <= set(trial_ids)
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["trial_state"] in ("completed", "stopped")
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_acc")]
+        assert steps == sorted(set(steps)) and steps[0] == 1, "no epoch logged twice"
