@@ -191,6 +191,7 @@ class TrialLogger(tune.Callback):
         self._run_ids: dict[str, str] = {}  # trial id -> run id; touched by the writer thread only
         self._logged_epoch: dict[str, int] = {}
         self._pending: dict[str, list[Metric]] = {}
+        self._pending_tags: dict[str, list[RunTag]] = {}
         self._last_flush: dict[str, float] = {}
         self._open: set[str] = set()
         self.errors: list[str] = []
@@ -288,7 +289,6 @@ class TrialLogger(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         params = flatten_sample(trial.config)
-        self._pending[trial.trial_id] = []
         self._last_flush[trial.trial_id] = time.monotonic()
         self._open.add(trial.trial_id)
         self._submit(lambda: self._start_run(trial.trial_id, params))
@@ -299,26 +299,26 @@ class TrialLogger(tune.Callback):
         trial_id = trial.trial_id
         now = int(time.time() * 1000)
         step = int(result["epoch"])
-        pending = self._pending.setdefault(trial_id, [])
-        if not pending and step == 1:
-            self._flush(
-                trial_id,
-                [
-                    RunTag("host", str(result.get("hostname", ""))),
-                    RunTag("node_ip", str(result.get("node_ip", ""))),
-                    RunTag("device", str(result.get("device", ""))),
-                ],
-            )
-        pending.extend(Metric(name, float(result[name]), now, step) for name in TRIAL_METRICS)
+        if trial_id not in self._pending_tags:  # where it runs: known from its first result
+            self._pending_tags[trial_id] = [
+                RunTag("host", str(result.get("hostname", ""))),
+                RunTag("node_ip", str(result.get("node_ip", ""))),
+                RunTag("device", str(result.get("device", ""))),
+            ]
+        self._pending.setdefault(trial_id, []).extend(
+            Metric(name, float(result[name]), now, step) for name in TRIAL_METRICS
+        )
         if time.monotonic() - self._last_flush.get(trial_id, 0.0) >= self.flush_seconds:
             self._flush(trial_id)
 
     def _flush(self, trial_id: str, tags: list[RunTag] | None = None) -> None:
-        metrics = self._pending.get(trial_id, [])
-        self._pending[trial_id] = []
+        """Hand the trial's buffered metrics and tags to the writer as one batch."""
+        metrics = self._pending.pop(trial_id, [])
+        all_tags = self._pending_tags.get(trial_id, []) + (tags or [])
+        self._pending_tags[trial_id] = []
         self._last_flush[trial_id] = time.monotonic()
-        if metrics or tags:
-            self._submit(lambda: self._write_metrics(trial_id, metrics, tags or []))
+        if metrics or all_tags:
+            self._submit(functools.partial(self._write_metrics, trial_id, metrics, all_tags))
 
     def _end_trial(self, trial: Any, errored: bool) -> None:
         state = trial_state(
