@@ -108,6 +108,16 @@ class TuningData:
     folds: tuple[tuple[np.ndarray, np.ndarray], ...]
     num_classes: int
     image_shape: tuple[int, int, int] | None
+    # Per fold: (mean, std) of its training rows, computed once for the sweep, not per trial.
+    fold_stats: tuple[tuple[np.ndarray, np.ndarray], ...] | None = None
+
+
+def column_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std (float32) of the given rows; constant features get std 1."""
+    mean = features.mean(axis=0, dtype=np.float64)
+    std = features.std(axis=0, dtype=np.float64)
+    std[std < 1e-8] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)
 
 
 def load_dataset(config: DataConfig, seed: int, cache_dir: Path) -> Dataset:

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from pipeline.config import Hyperparameters
+from pipeline.data import column_stats
 
 ACTIVATION_LAYERS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -33,11 +34,9 @@ class Standardize(nn.Module):
 
 
 def feature_stats(features: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-feature mean and std of the given (training) rows; constant features get std 1."""
-    mean = features.mean(axis=0, dtype=np.float64)
-    std = features.std(axis=0, dtype=np.float64)
-    std[std < 1e-8] = 1.0
-    return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+    """Per-feature mean and std of the given (training) rows as tensors; constant features get 1."""
+    mean, std = column_stats(features)
+    return torch.from_numpy(mean), torch.from_numpy(std)
 
 
 def dense_stack(inputs: int, hp: Hyperparameters, num_classes: int) -> list[nn.Module]:

@@ -73,13 +73,17 @@ class FoldTrainer:
         train_rows: np.ndarray,
         num_classes: int,
         image_shape: tuple[int, int, int] | None,
+        stats: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         self.hp = hp
         self.features, self.labels = features, labels
         device = features.device
         self.train_rows = torch.as_tensor(train_rows, device=device)
         # Scaling statistics come from this model's own training rows only.
-        mean, std = feature_stats(features[self.train_rows].cpu().numpy())
+        if stats is None:
+            mean, std = feature_stats(features[self.train_rows].cpu().numpy())
+        else:
+            mean, std = torch.from_numpy(stats[0]), torch.from_numpy(stats[1])
         self.model = build_model(family, hp, mean, std, num_classes, image_shape).to(device)
         self.optimizer = make_optimizer(hp, self.model.parameters())
         self.loss_fn = nn.CrossEntropyLoss()
@@ -151,9 +155,10 @@ def fit(
     """
     torch.manual_seed(seed)
     features, labels = as_tensors(data, device)
+    stats = data.fold_stats or (None,) * len(data.folds)
     trainers = [
-        FoldTrainer(family, hp, features, labels, train, data.num_classes, data.image_shape)
-        for train, _ in data.folds
+        FoldTrainer(family, hp, features, labels, train, data.num_classes, data.image_shape, fs)
+        for (train, _), fs in zip(data.folds, stats, strict=True)
     ]
     val_rows = [torch.as_tensor(val, device=device) for _, val in data.folds]
     first_epoch = 1

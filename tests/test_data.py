@@ -558,3 +558,18 @@ def test_load_dataset_downloads_from_mirror_and_verifies(
     with pytest.raises(PipelineError, match="checksum mismatch"):
         load_dataset(config, 0, tmp_path / "cache")
     assert not list((tmp_path / "cache" / "mnist").iterdir())
+
+
+def test_fold_statistics_come_from_each_fold_train_rows_only() -> None:
+    from pipeline.config import DataConfig as _DataConfig
+    from pipeline.data import column_stats, load_dataset, split_dataset, tuning_data
+
+    config = _DataConfig(source="digits", cv_folds=3)
+    dataset = load_dataset(config, seed=0, cache_dir=Path("/nonexistent"))
+    data = tuning_data(dataset, split_dataset(dataset, config, seed=0))
+    assert data.fold_stats is not None and len(data.fold_stats) == 3
+    for (train, val), (mean, std) in zip(data.folds, data.fold_stats, strict=True):
+        expected_mean, expected_std = column_stats(data.features[train])
+        np.testing.assert_allclose(mean, expected_mean)
+        np.testing.assert_allclose(std, expected_std)
+        assert not np.allclose(mean, column_stats(data.features[val])[0])
