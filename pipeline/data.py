@@ -337,10 +337,13 @@ def fingerprint(arrays: list[np.ndarray]) -> str:
 def tuning_data(dataset: Dataset, split: Split) -> TuningData:
     """The rows a sweep may use (train + validation), with fold indices into them."""
     rows = split.tuning_rows
+    features = dataset.features[rows]
+    stats = tuple(column_stats(features[train]) for train, _ in split.folds)
     return TuningData(
-        dataset.features[rows],
+        features,
         dataset.labels[rows],
         split.folds,
         dataset.num_classes,
         dataset.image_shape,
+        stats,
     )
