@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
 import yaml
 
 from pipeline.cli import quiet_worker_logs
@@ -308,8 +310,6 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     # Like the CLI: one checkpoint kept per trial makes Tune snapshot its state often; intended.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    import ray
-
     names = [args.only] if args.only else list(SWEEPS)
     workdir = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     results: dict[str, list[Figures]] = {name: [] for name in names}
@@ -329,8 +329,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.keep:
             print(f"kept {workdir}")
         else:
-            import shutil
-
             shutil.rmtree(workdir, ignore_errors=True)
     met = [report(name, runs) for name, runs in results.items()]
     return 1 if args.check and not all(met) else 0
