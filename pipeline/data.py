@@ -78,10 +78,16 @@ class Dataset:
     class_names: tuple[str, ...]
     image_shape: tuple[int, int, int] | None = None  # (channels, height, width) for images
     test_rows: np.ndarray | None = None  # the data set's own test split (MNIST's t10k)
+    feature_names: tuple[str, ...] = ()  # column names; empty: feature_0, feature_1, ...
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """One name per feature: the file's column names, else feature_0, feature_1, ..."""
+        return self.feature_names or tuple(f"feature_{i}" for i in range(self.features.shape[1]))
 
 
 @dataclass(frozen=True)
@@ -147,7 +153,12 @@ def load_bundled(name: str) -> Dataset:
     class_names = tuple(str(c) for c in bunch.target_names)
     shape = (1, 8, 8) if name == "digits" else None
     return Dataset(
-        name, bunch.data.astype(np.float32), bunch.target.astype(np.int64), class_names, shape
+        name,
+        bunch.data.astype(np.float32),
+        bunch.target.astype(np.int64),
+        class_names,
+        shape,
+        feature_names=tuple(str(c) for c in bunch.feature_names),
     )
 
 
@@ -191,6 +202,7 @@ def load_csv(path: Path, target: str) -> Dataset:
         frame.to_numpy(np.float32),
         labels.astype(np.int64),
         tuple(str(c) for c in classes),
+        feature_names=tuple(str(c) for c in frame.columns),
     )
 
 
@@ -246,6 +258,7 @@ def load_idx_dataset(name: str, folder: Path) -> Dataset:
         class_names,
         (1, *images.shape[1:]),
         np.arange(n_train, len(labels)),
+        tuple(f"pixel_{r}_{c}" for r in range(images.shape[1]) for c in range(images.shape[2])),
     )
 
 
@@ -291,6 +304,7 @@ def subset(dataset: Dataset, limit: int, seed: int) -> Dataset:
         dataset.class_names,
         dataset.image_shape,
         test_rows,
+        dataset.feature_names,
     )
 
 

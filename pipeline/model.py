@@ -89,3 +89,8 @@ def build_model(
         layers += conv
     layers += dense_stack(inputs, hp, num_classes)
     return nn.Sequential(*layers)
+
+
+def with_probabilities(network: nn.Module) -> nn.Sequential:
+    """The network followed by a softmax: what is logged and served returns class probabilities."""
+    return nn.Sequential(network, nn.Softmax(dim=1))

@@ -107,7 +107,12 @@ def best_trial(table: pd.DataFrame, metric: str, mode: str) -> dict[str, Any] | 
     valid = table[table["state"].isin(["completed", "stopped"]) & table[metric].notna()]
     if valid.empty:
         return None
-    ranked = valid.sort_values(metric, ascending=mode == "min", kind="stable")
+    # Ties (common: accuracies are counts over a few hundred rows) go to the lower val_loss.
+    keys, ascending = [metric], [mode == "min"]
+    if metric != "val_loss" and "val_loss" in valid:
+        keys.append("val_loss")
+        ascending.append(True)
+    ranked = valid.sort_values(keys, ascending=ascending, kind="stable")
     return {str(k): v for k, v in ranked.iloc[0].items()}
 
 

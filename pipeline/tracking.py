@@ -12,10 +12,12 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -30,6 +32,18 @@ log = logging.getLogger(__name__)
 TRIAL_METRICS = ("train_loss", "val_loss", "val_acc")
 TRIAL_STATES = ("completed", "stopped", "diverged", "errored", "interrupted")
 MLFLOW_BATCH = 1000  # MLflow's limit on metrics per log_batch call
+
+
+@contextmanager
+def use_tracking_uri(tracking_uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API at `tracking_uri` for the block (model logging and loading use
+    it; everything else here passes the URI to a client explicitly)."""
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
 
 
 def trial_state(last_result: dict[str, Any] | None, planned_epochs: int, errored: bool) -> str:

@@ -195,3 +195,31 @@ def fit(
             "folds": [t.state() for t in trainers],
         }
         report(metrics, state)
+
+
+def fit_final(
+    family: str,
+    hp: Hyperparameters,
+    features: np.ndarray,
+    labels: np.ndarray,
+    train_rows: np.ndarray,
+    num_classes: int,
+    image_shape: tuple[int, int, int] | None,
+    epochs: int,
+    device: torch.device,
+    seed: int,
+) -> tuple[nn.Module, list[float]]:
+    """Train one configuration on `train_rows` for exactly `epochs`, with no validation rows.
+
+    Returns the network in eval mode on the CPU and the training loss of each epoch; a non-finite
+    loss stops training early (the caller sees the shorter, non-finite history).
+    """
+    torch.manual_seed(seed)
+    x, y = torch.from_numpy(features).to(device), torch.from_numpy(labels).to(device)
+    trainer = FoldTrainer(family, hp, x, y, train_rows, num_classes, image_shape)
+    losses: list[float] = []
+    for _ in range(epochs):
+        losses.append(trainer.train_epoch())
+        if not math.isfinite(losses[-1]):
+            break
+    return trainer.model.eval().cpu(), losses

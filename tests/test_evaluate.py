@@ -1,0 +1,64 @@
+"""Test-split scoring: checked against hand-computed values and scikit-learn's report."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from sklearn.metrics import classification_report
+
+from pipeline.evaluate import confusion_figure, metric_safe, score
+
+CLASSES = ("cat", "dog", "t-shirt/top")
+
+
+def test_accuracy_loss_and_confusion_by_hand() -> None:
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.6, 0.3, 0.1], [0.2, 0.2, 0.6]])
+    labels = np.array([0, 1, 1, 2])
+    report = score(probabilities, labels, CLASSES)
+    assert report.test_acc == pytest.approx(0.75)
+    assert report.test_loss == pytest.approx(-np.log([0.7, 0.8, 0.3, 0.6]).mean())
+    assert report.confusion.tolist() == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
+    assert report.precision == pytest.approx((0.5, 1.0, 1.0))
+    assert report.recall == pytest.approx((1.0, 0.5, 1.0))
+    assert report.support == (1, 2, 1)
+
+
+def test_per_class_scores_match_scikit_learn() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 200)
+    probabilities = rng.dirichlet(np.ones(3), 200)
+    report = score(probabilities, labels, CLASSES)
+    expected = classification_report(
+        labels, probabilities.argmax(1), output_dict=True, zero_division=0
+    )
+    for i, name in enumerate(CLASSES):
+        assert report.per_class()[name]["f1"] == pytest.approx(expected[str(i)]["f1-score"])
+        assert report.per_class()[name]["recall"] == pytest.approx(expected[str(i)]["recall"])
+    assert report.macro_f1 == pytest.approx(expected["macro avg"]["f1-score"])
+
+
+def test_a_confidently_wrong_prediction_keeps_the_loss_finite() -> None:
+    report = score(np.array([[1.0, 0.0, 0.0]]), np.array([1]), CLASSES)
+    assert np.isfinite(report.test_loss) and report.test_loss > 20
+
+
+def test_metric_names_are_what_mlflow_accepts() -> None:
+    report = score(np.eye(3), np.arange(3), CLASSES)
+    metrics = report.metrics()
+    assert metrics["test_acc"] == 1.0
+    assert "test_f1/t-shirt_top" in metrics
+    assert metric_safe("a+b") == "a_b"
+
+
+def test_probabilities_must_fit_rows_and_classes() -> None:
+    with pytest.raises(ValueError, match="do not fit 2 rows and 3 classes"):
+        score(np.ones((2, 2)), np.array([0, 1]), CLASSES)
+
+
+def test_confusion_figure_renders_a_png() -> None:
+    report = score(np.eye(3), np.arange(3), CLASSES)
+    buffer = io.BytesIO()
+    confusion_figure(report, "title").savefig(buffer, format="png")
+    assert buffer.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"

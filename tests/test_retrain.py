@@ -1,0 +1,200 @@
+"""Retrain on real digits and a real SQLite MLflow store: sweep lookup, test once, pt2 model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from pipeline.config import Experiment, Hyperparameters, load_experiment
+from pipeline.data import Dataset, Split
+from pipeline.errors import PipelineError
+from pipeline.retrain import (
+    SweepRecord,
+    check_same_data,
+    find_sweep,
+    log_retrain,
+    predict_probabilities,
+    train_and_test,
+)
+from pipeline.sweep import SWEEP_PATH_TAG
+from pipeline.tracking import ensure_experiment, finish_parent_run, start_parent_run
+from tests.conftest import REPO, SPACES
+
+CPU = torch.device("cpu")
+GOOD = {"lr": 3e-3, "hidden_units": 64, "batch_size": 32, "optimizer": "adam"}
+
+
+@pytest.fixture(scope="module")
+def experiment() -> Experiment:
+    return load_experiment(SPACES / "smoke.yaml", ["seed=0"])
+
+
+def trial_row(trial_id: str, state: str, val_acc: float, val_loss: float, **params: object) -> dict:
+    return {
+        "trial_id": trial_id,
+        "state": state,
+        **params,
+        "epoch": 3,
+        "val_acc": val_acc,
+        "val_loss": val_loss,
+        "train_loss": 0.1,
+    }
+
+
+def record_sweep(
+    client: MlflowClient,
+    experiment: Experiment,
+    rows: list[dict],
+    fingerprint: str,
+    status: str = "FINISHED",
+) -> str:
+    """A sweep's parent run written by the same functions the sweep uses."""
+    artifacts = Path(client.tracking_uri.removeprefix("sqlite:///")).parent / "artifacts"
+    experiment_id = ensure_experiment(client, experiment.name, artifacts)
+    tags = {SWEEP_PATH_TAG: "/tmp/sweep", "data_fingerprint": fingerprint}
+    run_id = start_parent_run(client, experiment_id, "sweep", experiment, "name: x", tags, {})
+    finish_parent_run(client, run_id, pd.DataFrame(rows), None, [], status)
+    return run_id
+
+
+@pytest.fixture()
+def client(tmp_path: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def test_find_sweep_takes_the_best_valid_trial_of_the_latest_finished_sweep(
+    client: MlflowClient, experiment: Experiment, digits_split: Split
+) -> None:
+    fp = digits_split.fingerprint
+    record_sweep(client, experiment, [trial_row("old", "completed", 0.99, 0.1, **GOOD)], fp)
+    latest = record_sweep(
+        client,
+        experiment,
+        [
+            trial_row("diverged", "diverged", 0.995, 0.01, **GOOD),
+            trial_row("errored", "errored", 0.99, 0.01, **GOOD),
+            trial_row("tie-worse-loss", "stopped", 0.95, 0.30, **GOOD),
+            trial_row("winner", "completed", 0.95, 0.20, **GOOD, momentum=np.nan),
+        ],
+        fp,
+    )
+    record_sweep(client, experiment, [trial_row("x", "completed", 0.99, 0.1)], fp, "KILLED")
+    sweep = find_sweep(client, experiment.name, None)
+    assert sweep.parent_run_id == latest
+    assert sweep.best["trial_id"] == "winner"
+    assert sweep.params == GOOD  # NaN (inactive) parameters left out, numpy scalars unwrapped
+    assert all(type(v) in (int, float, str) for v in sweep.params.values())
+    assert sweep.epochs == 3
+    assert sweep.experiment == experiment
+
+
+def test_find_sweep_errors(client: MlflowClient, experiment: Experiment) -> None:
+    with pytest.raises(PipelineError, match="no MLflow experiment 'smoke'"):
+        find_sweep(client, "smoke", None)
+    bad = record_sweep(client, experiment, [trial_row("d", "diverged", 0.0, 1e30, **GOOD)], "f")
+    with pytest.raises(PipelineError, match=f"sweep {bad} has no trial that completed or stopped"):
+        find_sweep(client, "smoke", None)
+    killed = record_sweep(
+        client, experiment, [trial_row("a", "completed", 0.9, 0.1)], "f", "KILLED"
+    )
+    with pytest.raises(PipelineError, match=f"sweep {killed} did not finish \\(KILLED\\)"):
+        find_sweep(client, "smoke", killed)
+    with pytest.raises(PipelineError, match="no run 'nope' in the tracking store"):
+        find_sweep(client, "smoke", "nope")
+    other = client.create_run(client.get_experiment_by_name("smoke").experiment_id).info.run_id
+    with pytest.raises(PipelineError, match=f"run '{other}' is not a sweep of experiment"):
+        find_sweep(client, "smoke", other)
+
+
+def test_retrain_refuses_data_other_than_the_sweeps(
+    client: MlflowClient, experiment: Experiment, digits_split: Split
+) -> None:
+    record_sweep(client, experiment, [trial_row("a", "completed", 0.9, 0.1, **GOOD)], "0123")
+    with pytest.raises(PipelineError, match="the data differ from those of sweep"):
+        check_same_data(find_sweep(client, "smoke", None), digits_split)
+
+
+def test_train_and_test_learns_on_train_plus_validation(
+    experiment: Experiment, digits: Dataset, digits_split: Split
+) -> None:
+    final = train_and_test(experiment, Hyperparameters(**GOOD), 6, digits, digits_split, CPU)
+    assert len(final.train_losses) == 6 and final.train_losses[-1] < final.train_losses[0] / 3
+    assert final.test_probabilities.shape == (len(digits_split.test), 10)
+    np.testing.assert_allclose(final.test_probabilities.sum(axis=1), 1.0, atol=1e-5)
+    accuracy = (final.test_probabilities.argmax(1) == digits.labels[digits_split.test]).mean()
+    assert accuracy > 0.93
+    # The scaling statistics inside the model are those of train + validation, not of the test.
+    mean = final.network[0][0].mean.numpy()
+    np.testing.assert_allclose(
+        mean, digits.features[digits_split.tuning_rows].mean(axis=0), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_a_diverging_retrain_is_an_error(
+    experiment: Experiment, digits: Dataset, digits_split: Split
+) -> None:
+    hp = Hyperparameters(optimizer="sgd", lr=1e6, batch_size=32)
+    with pytest.raises(PipelineError, match=r"the retrain diverged at epoch .* nothing registered"):
+        train_and_test(experiment, hp, 10, digits, digits_split, CPU)
+
+
+def test_logged_model_loads_pickle_free_in_a_fresh_process_and_predicts_the_same(
+    tmp_path: Path,
+    client: MlflowClient,
+    experiment: Experiment,
+    digits: Dataset,
+    digits_split: Split,
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    row = trial_row("winner", "completed", 0.95, 0.2, **GOOD)
+    record_sweep(client, experiment, [row], digits_split.fingerprint)
+    sweep: SweepRecord = find_sweep(client, "smoke", None)
+    final = train_and_test(experiment, Hyperparameters(**GOOD), 3, digits, digits_split, CPU)
+    record = log_retrain(uri, sweep, final, digits, digits_split)
+
+    run = client.get_run(record.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.parentRunId"] == sweep.parent_run_id
+    assert run.data.tags["mlflow.runName"] == "retrain"
+    assert run.data.metrics["test_acc"] == pytest.approx(record.report.test_acc)
+    assert "test_f1/9" in run.data.metrics and run.data.params["epochs"] == "3"
+    assert len(client.get_metric_history(record.run_id, "train_loss")) == 3
+    artifacts = {a.path for a in client.list_artifacts(record.run_id)}
+    assert {"confusion_matrix.png", "classification_report.json"} <= artifacts
+
+    rows = digits.features[digits_split.test]
+    rows_file, out_file = str(tmp_path / "rows.npy"), str(tmp_path / "out.npy")
+    np.save(rows_file, rows)
+    script = (
+        "import sys, json, mlflow, numpy as np\n"
+        f"mlflow.set_tracking_uri({uri!r})\n"
+        f"model = mlflow.pyfunc.load_model({record.model_uri!r})\n"
+        f"np.save({out_file!r}, model.predict(np.load({rows_file!r})))\n"
+        "print(json.dumps(model.metadata.metadata))\n"
+    )
+    env = {**os.environ, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false", "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    metadata = json.loads(done.stdout.strip().splitlines()[-1])
+    assert metadata["class_names"] == list(digits.class_names)
+    assert metadata["feature_names"] == list(digits.columns)
+    assert metadata["data_fingerprint"] == digits_split.fingerprint
+    np.testing.assert_allclose(
+        np.load(tmp_path / "out.npy"), predict_probabilities(final.network, rows), atol=1e-6
+    )
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), final.test_probabilities, atol=1e-6)
+    saved = {
+        p.name for p in (tmp_path / "artifacts").rglob("*") if p.suffix in (".pt2", ".pkl", ".pth")
+    }
+    assert saved == {"model.pt2"}
