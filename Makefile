@@ -10,9 +10,18 @@ SPACE ?= search_spaces/default.yaml
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 ARGS ?=
+# The registered model the registry targets work on: default.yaml registers digits-mlp.
+MODEL ?= digits-mlp
+ALIAS ?= champion
+# make predict: without INPUT, the champion's own held-out test rows (written to TEST_ROWS).
+INPUT ?=
+TEST_ROWS ?= mlruns/$(MODEL)-test-rows.csv
+OUTPUT ?= mlruns/$(MODEL)-predictions.csv
+PORT ?= 5001
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev tune test test-fast lint bench-overhead ui clean
+.PHONY: help install install-dev tune retrain promote rollback predict serve test test-fast lint \
+	bench-overhead ui clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -35,6 +44,26 @@ install-dev: $(VENV)/.installed-dev ## Install the pipeline with test and lint t
 tune: install ## Run a sweep: make tune [SPACE=search_spaces/x.yaml] [ARGS='--set budget.num_samples=8']
 	$(PY) -m pipeline tune --space $(SPACE) $(ARGS)
 
+retrain: install ## Retrain the latest sweep's best trial: make retrain EXPERIMENT=digits-mlp
+	$(PY) -m pipeline retrain --experiment $(or $(EXPERIMENT),$(MODEL)) $(ARGS)
+
+promote: install ## Make the challenger champion if it beats the champion: [MODEL=..] [ARGS='--min-delta 0.005']
+	$(PY) -m pipeline promote --model $(MODEL) $(ARGS)
+
+rollback: install ## Give champion back to the previous champion
+	$(PY) -m pipeline rollback --model $(MODEL) $(ARGS)
+
+predict: install ## Predict with the champion: [INPUT=rows.csv|x.npy|images/] [OUTPUT=..]
+ifeq ($(strip $(INPUT)),)
+	$(PY) -m pipeline export-test-rows --model $(MODEL) --alias $(ALIAS) --output $(TEST_ROWS)
+	$(PY) -m pipeline predict --model $(MODEL) --alias $(ALIAS) --input $(TEST_ROWS) --output $(OUTPUT) $(ARGS)
+else
+	$(PY) -m pipeline predict --model $(MODEL) --alias $(ALIAS) --input $(INPUT) --output $(OUTPUT) $(ARGS)
+endif
+
+serve: install ## Serve the champion on http://127.0.0.1:$(PORT)/invocations
+	$(PY) -m pipeline serve --model $(MODEL) --alias $(ALIAS) --port $(PORT) $(ARGS)
+
 test: install-dev ## Run the whole test suite (slow tests included)
 	$(PY) -m pytest -q $(ARGS)
 
@@ -53,4 +82,4 @@ ui: install ## MLflow UI over the local store on http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
 
 clean: ## Remove the local MLflow store and Ray trial state (keeps .venv)
-	rm -rf mlruns/mlflow.db mlruns/artifacts mlruns/ray
+	rm -rf mlruns/mlflow.db mlruns/artifacts mlruns/ray mlruns/*.csv

@@ -2,22 +2,47 @@
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
+from mlflow.tracking import MlflowClient
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from pipeline.config import load_experiment
-from pipeline.data import load_dataset, split_dataset
+from pipeline.config import Experiment, Hyperparameters, load_experiment
+from pipeline.data import Dataset, Split, load_dataset, split_dataset
 from pipeline.errors import PipelineError
+from pipeline.evaluate import TestReport
+from pipeline.predict import (
+    held_out_rows,
+    labelled_accuracy,
+    predictions_frame,
+    read_inputs,
+    write_csv,
+)
+from pipeline.registry import (
+    CHALLENGER,
+    CHAMPION,
+    Decision,
+    check_version,
+    load_version,
+    promote,
+    register_challenger,
+    rollback,
+    version_by_alias,
+    version_data,
+)
+from pipeline.retrain import check_same_data, find_sweep, log_retrain, train_and_test
 from pipeline.sweep import SweepResult, TrackingSettings, run_sweep
 
 app = typer.Typer(
@@ -40,6 +65,7 @@ def configure_logging(debug: bool) -> None:
     # Quiet MLflow's and alembic's chatter about database migrations on every new SQLite store.
     for name in ("alembic", "mlflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def quiet_worker_logs() -> None:
@@ -48,14 +74,18 @@ def quiet_worker_logs() -> None:
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
 
 
+def tracking_store() -> tuple[str, Path | None]:
+    """MLflow's tracking URI and, for the local default store, where its artifacts go."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri, None
+    LOCAL_STORE.mkdir(exist_ok=True)
+    return f"sqlite:///{(LOCAL_STORE / 'mlflow.db').resolve()}", LOCAL_STORE / "artifacts"
+
+
 def tracking_settings(address: str | None) -> TrackingSettings:
     """Resolve stores from the environment; the defaults keep everything inside ./mlruns."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    artifact_root = None
-    if not uri:
-        LOCAL_STORE.mkdir(exist_ok=True)
-        uri = f"sqlite:///{(LOCAL_STORE / 'mlflow.db').resolve()}"
-        artifact_root = LOCAL_STORE / "artifacts"
+    uri, artifact_root = tracking_store()
     storage = os.environ.get("PIPELINE_STORAGE") or str((LOCAL_STORE / "ray").resolve())
     return TrackingSettings(
         tracking_uri=uri,
@@ -147,9 +177,12 @@ def tune(
     resume: Annotated[
         bool, typer.Option(help="Resume the experiment's latest interrupted sweep.")
     ] = False,
+    retrain: Annotated[
+        bool, typer.Option(help="Retrain the best trial and register it as challenger.")
+    ] = True,
 ) -> None:
-    """Run a tuning sweep described by a search-space file."""
-    run_guarded(lambda: tune_command(space, experiment, set_ or [], address, resume))
+    """Run a tuning sweep described by a search-space file, then retrain and register the best."""
+    run_guarded(lambda: tune_command(space, experiment, set_ or [], address, resume, retrain))
 
 
 def tune_command(
@@ -158,13 +191,13 @@ def tune_command(
     overrides: list[str],
     address: str | None,
     resume: bool,
+    retrain: bool,
 ) -> None:
     experiment = load_experiment(space, overrides)
     # One checkpoint kept per trial makes Tune snapshot its state often; that is intended here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     settings = tracking_settings(address)
-    dataset = load_dataset(experiment.data, experiment.seed, data_cache())
-    split = split_dataset(dataset, experiment.data, experiment.seed)
+    dataset, split = load_data(experiment)
     log.info(
         "%s: %d rows (%d train, %d val, %d test), %d classes",
         dataset.name,
@@ -190,6 +223,226 @@ def tune_command(
             f"--experiment {result.experiment_name} --resume"
         )
         raise typer.Exit(130)
+    if result.best is None:
+        raise PipelineError("no trial finished without diverging or failing; nothing registered")
+    if retrain:
+        retrain_command(result.experiment_name, result.parent_run_id)
+
+
+def load_data(experiment: Experiment) -> tuple[Dataset, Split]:
+    dataset = load_dataset(experiment.data, experiment.seed, data_cache())
+    return dataset, split_dataset(dataset, experiment.data, experiment.seed)
+
+
+@app.command("retrain")
+def retrain_cli(
+    experiment: Annotated[str, typer.Option(help="MLflow experiment of the sweep.")],
+    parent_run: Annotated[
+        str | None, typer.Option(help="The sweep's parent run id (default: the latest sweep).")
+    ] = None,
+) -> None:
+    """Retrain a sweep's best trial on train + validation, test it, register it as challenger."""
+    run_guarded(lambda: retrain_command(experiment, parent_run))
+
+
+def retrain_command(experiment_name: str, parent_run_id: str | None) -> None:
+    uri, _ = tracking_store()
+    client = MlflowClient(uri)
+    sweep = find_sweep(client, experiment_name, parent_run_id)
+    dataset, split = load_data(sweep.experiment)
+    check_same_data(sweep, split)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    hp = Hyperparameters.from_params(sweep.params)
+    log.info(
+        "retraining trial %s on %d rows for %d epochs (%s)",
+        sweep.best["trial_id"],
+        len(split.tuning_rows),
+        sweep.epochs,
+        device,
+    )
+    final = train_and_test(sweep.experiment, hp, sweep.epochs, dataset, split, device)
+    record = log_retrain(uri, sweep, final, dataset, split)
+    name = sweep.experiment.model_name
+    version = register_challenger(client, uri, name, sweep, record, split)
+    metric = sweep.experiment.metric
+    out = Console()
+    out.print(
+        f"retrained trial {sweep.best['trial_id']}: {metric} {float(sweep.best[metric]):.4f} "
+        f"in the sweep; test_acc {record.report.test_acc:.4f}, test_loss "
+        f"{record.report.test_loss:.4f} on {len(split.test)} held-out rows"
+    )
+    out.print(f"registered {name} version {version.version} as '{CHALLENGER}'; next: make promote")
+
+
+def actor() -> str:
+    """Who made a registry decision, for its tags."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def forbid_pickle() -> None:
+    """Model loading must never unpickle: pt2 models need no pickle, and refuse it."""
+    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
+
+
+@app.command("promote")
+def promote_cli(
+    model: Annotated[str, typer.Option(help="Registered model name.")],
+    version: Annotated[
+        int | None, typer.Option(help="Version to promote (default: the challenger).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Promote without comparing against the champion.")
+    ] = False,
+    min_delta: Annotated[
+        float, typer.Option(help="Test accuracy the candidate must gain over the champion.")
+    ] = 0.0,
+) -> None:
+    """Make the challenger champion if it beats the champion on the test split."""
+
+    def command() -> None:
+        forbid_pickle()
+        uri, _ = tracking_store()
+        decision = promote(
+            MlflowClient(uri), uri, model, data_cache(), actor(), version, force, min_delta
+        )
+        print_decision(decision)
+
+    run_guarded(command)
+
+
+@app.command("rollback")
+def rollback_cli(model: Annotated[str, typer.Option(help="Registered model name.")]) -> None:
+    """Give `champion` back to the previous champion (and `previous-champion` to the current)."""
+
+    def command() -> None:
+        uri, _ = tracking_store()
+        print_decision(rollback(MlflowClient(uri), model, actor()))
+
+    run_guarded(command)
+
+
+def print_decision(decision: Decision) -> None:
+    out = Console()
+    if decision.action == "kept":
+        out.print(
+            f"{decision.model}: version {decision.candidate} NOT promoted; champion stays "
+            f"version {decision.champion_before}"
+        )
+    else:
+        before = decision.champion_before or "none"
+        out.print(
+            f"{decision.model}: version {decision.champion_after} is now {CHAMPION} "
+            f"({decision.action}; was {before})"
+        )
+    for role, version, report in (
+        ("candidate", decision.candidate, decision.candidate_report),
+        ("champion", decision.champion_before, decision.champion_report),
+    ):
+        if report is not None:
+            out.print(f"  {role:9} v{version}: {describe_report(report)}")
+    out.print(f"  reason: {decision.reason}")
+
+
+def describe_report(report: TestReport) -> str:
+    return (
+        f"test_acc {report.test_acc:.4f}, test_loss {report.test_loss:.4f}, "
+        f"macro F1 {report.macro_f1:.4f}"
+    )
+
+
+def resolve_version(client: MlflowClient, model: str, alias: str, version: int | None) -> str:
+    return (
+        check_version(client, model, version) if version else version_by_alias(client, model, alias)
+    )
+
+
+@app.command("predict")
+def predict_cli(
+    model: Annotated[str, typer.Option(help="Registered model name.")],
+    input_: Annotated[
+        Path, typer.Option("--input", help="CSV of features, .npy array, or folder of images.")
+    ],
+    output: Annotated[Path, typer.Option(help="CSV to write the predictions to.")],
+    alias: Annotated[str, typer.Option(help="Alias of the version to use.")] = CHAMPION,
+    version: Annotated[
+        int | None, typer.Option(help="A version number instead of an alias.")
+    ] = None,
+) -> None:
+    """Predict labels and class probabilities with a registered model."""
+
+    def command() -> None:
+        forbid_pickle()
+        uri, _ = tracking_store()
+        client = MlflowClient(uri)
+        chosen = resolve_version(client, model, alias, version)
+        loaded = load_version(uri, model, chosen)
+        inputs = read_inputs(input_, loaded.metadata)
+        probabilities = loaded.predict_probabilities(inputs.features)
+        frame = predictions_frame(probabilities, loaded.metadata["class_names"], inputs)
+        write_csv(frame, output)
+        out = Console()
+        out.print(f"{model} version {chosen}: {len(frame)} predictions written to {output}")
+        accuracy = labelled_accuracy(frame)
+        if accuracy is not None:
+            logged = client.get_model_version(model, chosen).tags.get("test_acc")
+            against = f" (logged test_acc {float(logged):.4f})" if logged else ""
+            out.print(f"accuracy {accuracy:.4f} on {len(frame)} labelled rows{against}")
+
+    run_guarded(command)
+
+
+@app.command("export-test-rows")
+def export_test_rows_cli(
+    model: Annotated[str, typer.Option(help="Registered model name.")],
+    output: Annotated[Path, typer.Option(help="CSV to write the rows to.")],
+    alias: Annotated[str, typer.Option(help="Alias of the version whose data to use.")] = CHAMPION,
+) -> None:
+    """Write the held-out test rows a version was scored on (features and label) as CSV."""
+
+    def command() -> None:
+        forbid_pickle()
+        uri, _ = tracking_store()
+        chosen = version_by_alias(MlflowClient(uri), model, alias)
+        loaded = load_version(uri, model, chosen)
+        dataset, split = version_data(loaded, data_cache())
+        write_csv(held_out_rows(dataset, split), output)
+        Console().print(f"{len(split.test)} test rows of {dataset.name} written to {output}")
+
+    run_guarded(command)
+
+
+@app.command("serve")
+def serve_cli(
+    model: Annotated[str, typer.Option(help="Registered model name.")],
+    alias: Annotated[str, typer.Option(help="Alias of the version to serve.")] = CHAMPION,
+    host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 exposes it.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the REST endpoint.")] = 5001,
+) -> None:
+    """Serve a registered version over HTTP (`mlflow models serve`): POST /invocations."""
+
+    def command() -> None:
+        uri, _ = tracking_store()
+        chosen = version_by_alias(MlflowClient(uri), model, alias)
+        env = {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": uri,
+            "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
+            # mlflow starts uvicorn by name: find it beside this interpreter (a venv not on PATH).
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        }
+        console.print(
+            f"serving {model} version {chosen} ({alias}) on http://{host}:{port}/invocations"
+        )
+        # The version, not the alias, is served: a promotion meanwhile does not change it.
+        arguments = ["models", "serve", "-m", f"models:/{model}/{chosen}", "--env-manager", "local"]
+        arguments += ["--host", host, "--port", str(port)]
+        os.execve(sys.executable, [sys.executable, "-m", "mlflow", *arguments], env)
+
+    run_guarded(command)
 
 
 def run_guarded(command: Callable[[], None]) -> None:

@@ -19,23 +19,10 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import flatten_sample
-from tests.conftest import REPO, SPACES
+from tests.conftest import REPO, SPACES, run_cli
 
 pytestmark = pytest.mark.slow
 SMOKE = yaml.safe_load((SPACES / "smoke.yaml").read_text())
-
-
-def run_cli(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-    env["PYTHONPATH"] = str(REPO)
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @dataclass
@@ -44,7 +31,8 @@ class Sweep:
     client: MlflowClient
     output: str
     parent: Any
-    children: list[Any]
+    children: list[Any]  # one per trial
+    retrains: list[Any]  # the last stage of `tune`
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +45,11 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    return Sweep(folder, client, done.stdout + done.stderr, parents[0], children)
+    nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    children = [r for r in nested if "trial_id" in r.data.tags]
+    retrains = [r for r in nested if r.info.run_name == "retrain"]
+    assert len(nested) == len(children) + len(retrains)
+    return Sweep(folder, client, done.stdout + done.stderr, parents[0], children, retrains)
 
 
 def ray_trials(sweep: Sweep) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
@@ -144,10 +135,23 @@ def test_parent_run_records_the_sweep(sweep: Sweep) -> None:
     assert len(table) == len(sweep.children)
     best = table[table["state"].isin(["completed", "stopped"])]["val_acc"].max()
     assert parent.data.metrics["best_val_acc"] == pytest.approx(best)
-    best_row = table.loc[table["val_acc"].idxmax()]
+    valid = table[table["state"].isin(["completed", "stopped"])]
+    # Ties on val_acc go to the lower val_loss.
+    best_row = valid.sort_values(["val_acc", "val_loss"], ascending=[False, True]).iloc[0]
     assert parent.data.params["best.trial_id"] == best_row["trial_id"]
     # Artifacts of the embedded store live under mlruns/, not in the working directory.
     assert (sweep.folder / "mlruns" / "artifacts").is_dir()
+
+
+def test_tune_ends_by_retraining_the_best_trial_and_registering_it(sweep: Sweep) -> None:
+    [retrain] = sweep.retrains
+    assert retrain.info.status == "FINISHED"
+    assert retrain.data.tags["source_trial_id"] == sweep.parent.data.params["best.trial_id"]
+    assert retrain.data.params["epochs"] == str(int(sweep.parent.data.metrics["best_epoch"]))
+    assert 0.5 < retrain.data.metrics["test_acc"] <= 1.0
+    version = sweep.client.get_model_version_by_alias("smoke-digits-mlp", "challenger")
+    assert version.run_id == retrain.info.run_id
+    assert "registered smoke-digits-mlp version 1 as 'challenger'" in " ".join(sweep.output.split())
 
 
 def test_summary_names_the_experiment_and_the_parent_run(sweep: Sweep) -> None:

@@ -1,0 +1,165 @@
+"""Inputs for a registered model (CSV, .npy or a folder of images) and its predictions as CSV."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.data import Dataset, Split
+from pipeline.errors import PipelineError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
+LABEL_COLUMN = "label"
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Feature rows ready for the model, an id per row, and true labels where the input had them."""
+
+    features: np.ndarray  # float32, (rows, features)
+    ids: list[str]
+    labels: list[str] | None = None  # class names, from a `label` column
+
+
+def read_inputs(path: Path, metadata: dict[str, Any]) -> Inputs:
+    """Read a CSV with the training feature columns, an .npy array, or a folder of images."""
+    if path.is_dir():
+        return read_images(path, metadata)
+    if not path.exists():
+        raise PipelineError(f"{path}: no such file or folder")
+    if path.suffix == ".npy":
+        return read_npy(path, metadata)
+    if path.suffix == ".csv":
+        return read_csv(path, metadata)
+    raise PipelineError(f"{path}: unsupported input (give a .csv, a .npy or a folder of images)")
+
+
+def read_csv(path: Path, metadata: dict[str, Any]) -> Inputs:
+    """Columns named as in training (any order; others ignored); a `label` column is kept."""
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"{path}: cannot parse as CSV: {exc}") from None
+    names: list[str] = metadata["feature_names"]
+    missing = [n for n in names if n not in frame.columns]
+    if missing:
+        shown = ", ".join(missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
+        raise PipelineError(f"{path}: missing feature columns {shown}")
+    for name in names:
+        column = frame[name]
+        if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+            raise PipelineError(f"{path}: column '{name}' is not numeric")
+        if column.isna().any():
+            raise PipelineError(
+                f"{path}: column '{name}' has {int(column.isna().sum())} empty values"
+            )
+    labels = None
+    if LABEL_COLUMN in frame.columns:
+        labels = [str(v) for v in frame[LABEL_COLUMN]]
+    ids = [str(i) for i in range(len(frame))]
+    return Inputs(frame[names].to_numpy(np.float32), ids, labels)
+
+
+def read_npy(path: Path, metadata: dict[str, Any]) -> Inputs:
+    """Rows of features, or images whose pixels flatten to the model's feature count."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"{path}: cannot read as .npy: {exc}") from None
+    expected = len(metadata["feature_names"])
+    if array.ndim < 2 or int(np.prod(array.shape[1:])) != expected:
+        raise PipelineError(
+            f"{path}: array of shape {array.shape}; the model takes rows of {expected} features"
+        )
+    if not np.issubdtype(array.dtype, np.number):
+        raise PipelineError(f"{path}: array of {array.dtype}, not numbers")
+    features = array.reshape(len(array), expected).astype(np.float32)
+    return Inputs(features, [str(i) for i in range(len(array))])
+
+
+def read_images(folder: Path, metadata: dict[str, Any]) -> Inputs:
+    """Grey-scale images resized to the training size, pixels mapped to the training range.
+
+    Images are expected as the training data show them (for MNIST and digits: light strokes on
+    a dark background).
+    """
+    from PIL import Image, UnidentifiedImageError  # only image models need Pillow
+
+    shape = metadata.get("image_shape")
+    if not shape:
+        raise PipelineError(f"{folder}: this model takes tabular rows, not images")
+    channels, height, width = shape
+    if channels != 1:
+        raise PipelineError(f"{folder}: the model takes {channels}-channel images; only 1 works")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise PipelineError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    low, high = metadata["feature_range"]
+    rows = []
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                grey = image.convert("L")
+                # Area averaging when shrinking (each pixel the mean of its block).
+                shrink = grey.width >= width and grey.height >= height
+                method = Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR
+                grey = grey.resize((width, height), method)
+        except (OSError, UnidentifiedImageError) as exc:
+            raise PipelineError(f"{file}: cannot read as an image: {exc}") from None
+        pixels = np.asarray(grey, dtype=np.float32).reshape(-1)
+        rows.append(low + pixels / 255.0 * (high - low))
+    return Inputs(np.stack(rows), [f.name for f in files])
+
+
+def predictions_frame(
+    probabilities: np.ndarray, class_names: list[str], inputs: Inputs
+) -> pd.DataFrame:
+    """id, predicted label, its probability, one probability column per class (and the label)."""
+    best = probabilities.argmax(axis=1)
+    frame = pd.DataFrame(
+        {
+            "id": inputs.ids,
+            "prediction": [class_names[i] for i in best],
+            "probability": probabilities[np.arange(len(best)), best],
+        }
+    )
+    for i, name in enumerate(class_names):
+        frame[f"p_{name}"] = probabilities[:, i]
+    if inputs.labels is not None:
+        frame[LABEL_COLUMN] = inputs.labels
+    return frame
+
+
+def labelled_accuracy(frame: pd.DataFrame) -> float | None:
+    """Share of rows whose prediction equals the input's `label`, if it had one."""
+    if LABEL_COLUMN not in frame:
+        return None
+    return float((frame["prediction"] == frame[LABEL_COLUMN]).mean())
+
+
+def held_out_rows(dataset: Dataset, split: Split) -> pd.DataFrame:
+    """The test split as a CSV-ready frame: the feature columns and the label (class name)."""
+    frame = pd.DataFrame(dataset.features[split.test], columns=list(dataset.columns))
+    frame[LABEL_COLUMN] = [dataset.class_names[i] for i in dataset.labels[split.test]]
+    return frame
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """Write next to `path`, then rename: a reader never sees a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", newline="") as stream:
+            frame.to_csv(stream, index=False)
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,308 @@
+"""The MLflow model registry: register a retrained model, promote it by alias, roll back.
+
+Aliases: `challenger` (the newest registered candidate), `champion` (the model in service) and
+`previous-champion` (what `rollback` restores). Promotion re-scores both models on the same test
+split, rebuilt from the candidate's recorded data settings; numbers logged earlier are never
+trusted, since the data may have changed since.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.pyfunc import PyFuncModel
+from mlflow.tracking import MlflowClient
+
+from pipeline.config import DataConfig
+from pipeline.data import Dataset, Split, load_dataset, split_dataset
+from pipeline.errors import PipelineError
+from pipeline.evaluate import TestReport, score
+from pipeline.retrain import RetrainRecord, SweepRecord
+from pipeline.tracking import use_tracking_uri
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+PREVIOUS_CHAMPION = "previous-champion"
+ALIASES = (CHAMPION, CHALLENGER, PREVIOUS_CHAMPION)
+EPSILON = 1e-9  # accuracies are ratios of counts; differences below this are ties
+# What must match for two models to be compared on one test split.
+DATA_IDENTITY = ("dataset", "feature_names", "class_names")
+
+
+@dataclass(frozen=True)
+class LoadedVersion:
+    """A registered version, loaded pickle-free, with the metadata it was logged with."""
+
+    version: str
+    model: PyFuncModel
+    metadata: dict[str, Any]
+
+    def predict_probabilities(self, features: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model.predict(features), dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What promote or rollback did, and on which evidence."""
+
+    model: str
+    action: str  # promoted, kept, forced, rolled back
+    candidate: str  # the version the decision was about
+    champion_before: str | None
+    champion_after: str | None
+    reason: str
+    candidate_report: TestReport | None = None
+    champion_report: TestReport | None = None
+
+
+def register_challenger(
+    client: MlflowClient,
+    tracking_uri: str,
+    name: str,
+    sweep: SweepRecord,
+    record: RetrainRecord,
+    split: Split,
+) -> ModelVersion:
+    """A new version of `name` from the retrained model, tagged and given the `challenger` alias."""
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(
+            name, description=f"Best configuration of sweeps of experiment {sweep.run_name}"
+        )
+    report = record.report
+    tags = {
+        "parent_run_id": sweep.parent_run_id,
+        "retrain_run_id": record.run_id,
+        "trial_id": str(sweep.best["trial_id"]),
+        "data_fingerprint": split.fingerprint,
+        "epochs": str(sweep.epochs),
+        f"trial_{sweep.experiment.metric}": f"{float(sweep.best[sweep.experiment.metric]):.6f}",
+        "test_acc": f"{report.test_acc:.6f}",
+        "test_loss": f"{report.test_loss:.6f}",
+        "test_macro_f1": f"{report.macro_f1:.6f}",
+    }
+    model_id = record.model_uri.removeprefix("models:/")
+    with use_tracking_uri(tracking_uri):  # the registry resolves a models:/ source through it
+        version = client.create_model_version(
+            name, source=record.model_uri, run_id=record.run_id, tags=tags, model_id=model_id
+        )
+    client.set_registered_model_alias(name, CHALLENGER, version.version)
+    return version
+
+
+def check_model(client: MlflowClient, name: str) -> dict[str, str]:
+    """The model's aliases (alias -> version); an unknown model is an error listing the others."""
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        known = sorted(m.name for m in client.search_registered_models(max_results=100))
+        listed = ", ".join(known) if known else "none yet; run `make tune`"
+        raise PipelineError(f"no registered model '{name}' (registered: {listed})") from None
+    return {str(alias): str(version) for alias, version in model.aliases.items()}
+
+
+def version_by_alias(client: MlflowClient, name: str, alias: str) -> str:
+    """The version `alias` points at; an unset alias is an error listing those that are set."""
+    aliases = check_model(client, name)
+    if alias not in aliases:
+        listed = ", ".join(f"{a} -> v{v}" for a, v in sorted(aliases.items())) or "none"
+        raise PipelineError(f"model '{name}' has no alias '{alias}' (aliases: {listed})")
+    return aliases[alias]
+
+
+def check_version(client: MlflowClient, name: str, version: int) -> str:
+    """`version` as a string, if the model has it."""
+    check_model(client, name)
+    try:
+        client.get_model_version(name, str(version))
+    except MlflowException:
+        versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+        listed = ", ".join(str(v) for v in versions) or "none"
+        raise PipelineError(
+            f"model '{name}' has no version {version} (versions: {listed})"
+        ) from None
+    return str(version)
+
+
+def load_version(tracking_uri: str, name: str, version: str) -> LoadedVersion:
+    """Load a registered version through pyfunc (pt2: no pickle), with its logged metadata."""
+    with use_tracking_uri(tracking_uri):
+        try:
+            model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+        except MlflowException as exc:
+            raise PipelineError(f"cannot load model '{name}' version {version}: {exc}") from None
+    metadata = model.metadata.metadata or {}
+    missing = [k for k in ("class_names", "feature_names", "data", "seed") if k not in metadata]
+    if missing:
+        raise PipelineError(
+            f"model '{name}' version {version} was not logged by this pipeline "
+            f"(its metadata lacks {', '.join(missing)})"
+        )
+    return LoadedVersion(version, model, metadata)
+
+
+def version_data(loaded: LoadedVersion, cache_dir: Path) -> tuple[Dataset, Split]:
+    """The data set and split the version was trained with, loaded as they are today."""
+    config = DataConfig.model_validate(loaded.metadata["data"])
+    seed = int(loaded.metadata["seed"])
+    dataset = load_dataset(config, seed, cache_dir)
+    return dataset, split_dataset(dataset, config, seed)
+
+
+def check_comparable(candidate: LoadedVersion, champion: LoadedVersion, name: str) -> None:
+    """Refuse to compare models trained on different data sets (features or classes differ)."""
+    for key in DATA_IDENTITY:
+        if candidate.metadata.get(key) != champion.metadata.get(key):
+            raise PipelineError(
+                f"model '{name}': version {candidate.version} was trained on "
+                f"{describe_data(candidate.metadata)}, the champion (version {champion.version}) "
+                f"on {describe_data(champion.metadata)}; they cannot be compared ({key} differ)"
+            )
+
+
+def describe_data(metadata: dict[str, Any]) -> str:
+    return (
+        f"'{metadata.get('dataset')}' ({len(metadata.get('feature_names', []))} features, "
+        f"{len(metadata.get('class_names', []))} classes)"
+    )
+
+
+def wins(candidate: TestReport, champion: TestReport, min_delta: float) -> bool:
+    """Higher test accuracy by at least `min_delta`; an exact tie goes to the lower test loss."""
+    delta = candidate.test_acc - champion.test_acc
+    better = delta > EPSILON or (abs(delta) <= EPSILON and candidate.test_loss < champion.test_loss)
+    return better and delta >= min_delta - EPSILON
+
+
+def promote(
+    client: MlflowClient,
+    tracking_uri: str,
+    name: str,
+    cache_dir: Path,
+    actor: str,
+    version: int | None = None,
+    force: bool = False,
+    min_delta: float = 0.0,
+) -> Decision:
+    """Move `champion` to the challenger (or `version`) if it beats the champion on the test split.
+
+    Both are re-scored on the candidate's test split. With no champion, the candidate becomes
+    champion; `force` skips the comparison. The replaced champion becomes `previous-champion`.
+    """
+    if min_delta < 0:
+        raise PipelineError(f"min_delta must be >= 0, got {min_delta}")
+    aliases = check_model(client, name)
+    if version is None:
+        candidate_version = version_by_alias(client, name, CHALLENGER)
+    else:
+        candidate_version = check_version(client, name, version)
+    champion_version = aliases.get(CHAMPION)
+    if champion_version == candidate_version:
+        raise PipelineError(f"model '{name}': version {candidate_version} is already the champion")
+    candidate = load_version(tracking_uri, name, candidate_version)
+    champion = load_version(tracking_uri, name, champion_version) if champion_version else None
+    if champion is not None:
+        check_comparable(candidate, champion, name)
+    dataset, split = version_data(candidate, cache_dir)
+    features, labels = dataset.features[split.test], dataset.labels[split.test]
+    candidate_report = score(candidate.predict_probabilities(features), labels, dataset.class_names)
+    champion_report = (
+        score(champion.predict_probabilities(features), labels, dataset.class_names)
+        if champion is not None
+        else None
+    )
+    if champion_report is None:
+        action, reason = "promoted", "no champion yet"
+    elif force:
+        action, reason = "forced", "promoted by hand (--force), comparison skipped"
+    elif wins(candidate_report, champion_report, min_delta):
+        action = "promoted"
+        reason = (
+            f"test_acc {candidate_report.test_acc:.4f} vs {champion_report.test_acc:.4f} "
+            f"(min_delta {min_delta})"
+        )
+    else:
+        action = "kept"
+        reason = (
+            f"test_acc {candidate_report.test_acc:.4f} vs champion's "
+            f"{champion_report.test_acc:.4f} does not win by min_delta {min_delta}"
+        )
+    if split.fingerprint != candidate.metadata.get("data_fingerprint"):
+        reason += "; the data changed since training, scores are on today's data"
+    promoted = action != "kept"
+    if promoted:
+        if champion_version:
+            client.set_registered_model_alias(name, PREVIOUS_CHAMPION, champion_version)
+        client.set_registered_model_alias(name, CHAMPION, candidate_version)
+        if aliases.get(CHALLENGER) == candidate_version:
+            client.delete_registered_model_alias(name, CHALLENGER)
+    decision = Decision(
+        name,
+        action,
+        candidate_version,
+        champion_version,
+        candidate_version if promoted else champion_version,
+        reason,
+        candidate_report,
+        champion_report,
+    )
+    record_decision(client, decision, actor, min_delta, split.fingerprint)
+    return decision
+
+
+def rollback(client: MlflowClient, name: str, actor: str) -> Decision:
+    """Swap `champion` and `previous-champion`: the model in service before the last promotion."""
+    champion = version_by_alias(client, name, CHAMPION)
+    aliases = check_model(client, name)
+    previous = aliases.get(PREVIOUS_CHAMPION)
+    if previous is None:
+        raise PipelineError(f"model '{name}' has no previous champion to roll back to")
+    client.set_registered_model_alias(name, CHAMPION, previous)
+    client.set_registered_model_alias(name, PREVIOUS_CHAMPION, champion)
+    decision = Decision(
+        name, "rolled back", previous, champion, previous, f"version {champion} withdrawn"
+    )
+    record_decision(client, decision, actor)
+    return decision
+
+
+def record_decision(
+    client: MlflowClient,
+    decision: Decision,
+    actor: str,
+    min_delta: float | None = None,
+    data_fingerprint: str | None = None,
+) -> None:
+    """Tag the version the decision was about: what, who, when, and the scores of both."""
+    prefix = "rollback" if decision.action == "rolled back" else "promotion"
+    tags = {
+        f"{prefix}.decision": decision.action,
+        f"{prefix}.by": actor,
+        f"{prefix}.at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        f"{prefix}.reason": decision.reason,
+        f"{prefix}.champion_before": decision.champion_before or "none",
+    }
+    if min_delta is not None:
+        tags[f"{prefix}.min_delta"] = str(min_delta)
+    if data_fingerprint is not None:
+        tags[f"{prefix}.data_fingerprint"] = data_fingerprint
+    for role, report in (
+        ("candidate", decision.candidate_report),
+        ("champion", decision.champion_report),
+    ):
+        if report is not None:
+            tags[f"{prefix}.{role}_test_acc"] = f"{report.test_acc:.6f}"
+            tags[f"{prefix}.{role}_test_loss"] = f"{report.test_loss:.6f}"
+    for key, value in tags.items():
+        client.set_model_version_tag(decision.model, decision.candidate, key, value)

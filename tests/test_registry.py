@@ -1,0 +1,274 @@
+"""The registry cycle through the real CLI on smoke.yaml: tune, retrain, register, promote, refuse,
+roll back, predict and serve, with every alias and tag read back from the MLflow store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import REPO, SPACES, run_cli
+
+pytestmark = pytest.mark.slow
+MODEL = "smoke-digits-mlp"
+SMOKE = str(SPACES / "smoke.yaml")
+# Overrides that make a sweep's winner predictably weak or strong (same data as smoke.yaml).
+ONE_EPOCH = ["--set", "budget.max_epochs=1"]
+SINGLE_CONFIG = [
+    "--set",
+    "budget.num_samples=2",
+    "--set",
+    "search.algorithm=random",
+    "--set",
+    "search.points_to_evaluate=[]",
+    "--set",
+    "scheduler.name=fifo",
+]
+WEAK = [*ONE_EPOCH, *SINGLE_CONFIG, "--set", "params.lr=0.0003"]
+STRONG = [
+    *SINGLE_CONFIG,
+    "--set",
+    "budget.max_epochs=30",
+    "--set",
+    "params.lr=0.01",
+    "--set",
+    "params.hidden_units=64",
+    "--set",
+    "params.optimizer={type: choice, values: [{name: adam, batch_size: 32}]}",
+]
+
+
+def ok(cwd: Path, *args: str) -> str:
+    done = run_cli(cwd, *args)
+    assert done.returncode == 0, f"{args}: {done.stdout[-2000:]}{done.stderr[-3000:]}"
+    return done.stdout + done.stderr
+
+
+def registry_state(client: MlflowClient) -> dict[str, Any]:
+    """Everything a registry command may change: aliases, versions and their tags."""
+    model = client.get_registered_model(MODEL)
+    versions = client.search_model_versions(f"name = '{MODEL}'")
+    return {
+        "aliases": {alias: str(version) for alias, version in model.aliases.items()},
+        "versions": {str(v.version): dict(v.tags) for v in versions},
+    }
+
+
+@dataclass
+class Cycle:
+    folder: Path
+    client: MlflowClient
+    states: dict[str, dict[str, Any]] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def step(self, name: str, *args: str) -> None:
+        self.outputs[name] = ok(self.folder, *args)
+        self.states[name] = registry_state(self.client)
+
+
+@pytest.fixture(scope="module")
+def cycle(tmp_path_factory: pytest.TempPathFactory) -> Cycle:
+    folder = tmp_path_factory.mktemp("registry")
+    client = MlflowClient(f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}")
+    cycle = Cycle(folder, client)
+    cycle.step("tune", "tune", "--space", SMOKE, *ONE_EPOCH)
+    cycle.step("promote-first", "promote", "--model", MODEL)
+    cycle.step("tune-weak", "tune", "--space", SMOKE, *WEAK)
+    cycle.step("promote-weak", "promote", "--model", MODEL)
+    cycle.step("tune-strong", "tune", "--space", SMOKE, *STRONG)
+    cycle.step("promote-strong", "promote", "--model", MODEL)
+    cycle.step("rollback", "rollback", "--model", MODEL)
+    return cycle
+
+
+def tags_of(cycle: Cycle, step: str, version: str) -> dict[str, str]:
+    return dict(cycle.states[step]["versions"][version])
+
+
+def test_tune_registers_version_1_as_challenger_with_its_provenance(cycle: Cycle) -> None:
+    state = cycle.states["tune"]
+    assert state["aliases"] == {"challenger": "1"}
+    tags = tags_of(cycle, "tune", "1")
+    parent = cycle.client.get_run(tags["parent_run_id"])
+    assert "sweep_path" in parent.data.tags and parent.info.status == "FINISHED"
+    assert tags["data_fingerprint"] == parent.data.tags["data_fingerprint"]
+    retrain = cycle.client.get_run(tags["retrain_run_id"])
+    assert retrain.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert retrain.data.tags["source_trial_id"] == tags["trial_id"]
+    assert float(tags["test_acc"]) == pytest.approx(retrain.data.metrics["test_acc"], abs=1e-6)
+    assert float(tags["test_loss"]) == pytest.approx(retrain.data.metrics["test_loss"], abs=1e-6)
+    assert tags["epochs"] == "1"
+    version = cycle.client.get_model_version(MODEL, "1")
+    assert version.run_id == retrain.info.run_id
+
+
+def test_first_promotion_makes_the_challenger_champion(cycle: Cycle) -> None:
+    assert cycle.states["promote-first"]["aliases"] == {"champion": "1"}
+    tags = tags_of(cycle, "promote-first", "1")
+    assert tags["promotion.decision"] == "promoted"
+    assert tags["promotion.champion_before"] == "none"
+    assert tags["promotion.reason"] == "no champion yet"
+    assert "@" in tags["promotion.by"] and tags["promotion.at"].startswith("20")
+    # Re-scored on the test split at promotion time: the same model gives the same accuracy.
+    assert float(tags["promotion.candidate_test_acc"]) == pytest.approx(float(tags["test_acc"]))
+    assert "version 1 is now champion" in cycle.outputs["promote-first"]
+
+
+def test_a_weaker_challenger_is_refused(cycle: Cycle) -> None:
+    assert cycle.states["tune-weak"]["aliases"] == {"champion": "1", "challenger": "2"}
+    assert cycle.states["promote-weak"]["aliases"] == {"champion": "1", "challenger": "2"}
+    tags = tags_of(cycle, "promote-weak", "2")
+    assert tags["promotion.decision"] == "kept"
+    assert tags["promotion.champion_before"] == "1"
+    challenger_acc = float(tags["promotion.candidate_test_acc"])
+    champion_acc = float(tags["promotion.champion_test_acc"])
+    assert challenger_acc < champion_acc
+    assert champion_acc == pytest.approx(float(tags_of(cycle, "tune", "1")["test_acc"]))
+    assert "version 2 NOT promoted" in cycle.outputs["promote-weak"]
+
+
+def test_a_stronger_challenger_is_promoted_and_the_old_champion_kept_as_previous(
+    cycle: Cycle,
+) -> None:
+    assert cycle.states["tune-strong"]["aliases"] == {"champion": "1", "challenger": "3"}
+    # The promoted version drops `challenger`: it is the champion now.
+    assert cycle.states["promote-strong"]["aliases"] == {"champion": "3", "previous-champion": "1"}
+    tags = tags_of(cycle, "promote-strong", "3")
+    assert tags["promotion.decision"] == "promoted"
+    assert tags["promotion.champion_before"] == "1"
+    assert float(tags["promotion.candidate_test_acc"]) > float(tags["promotion.champion_test_acc"])
+
+
+def test_rollback_restores_the_previous_champion(cycle: Cycle) -> None:
+    assert cycle.states["rollback"]["aliases"] == {"champion": "1", "previous-champion": "3"}
+    tags = tags_of(cycle, "rollback", "1")
+    assert tags["rollback.decision"] == "rolled back"
+    assert tags["rollback.champion_before"] == "3"
+    assert "version 1 is now champion" in cycle.outputs["rollback"]
+
+
+@dataclass
+class Predicted:
+    rows: Path
+    predictions: Path
+    output: str
+
+
+@pytest.fixture(scope="module")
+def predicted(cycle: Cycle) -> Predicted:
+    """The champion's own test rows exported, then predicted through the CLI."""
+    rows, predictions = cycle.folder / "test-rows.csv", cycle.folder / "predictions.csv"
+    ok(cycle.folder, "export-test-rows", "--model", MODEL, "--output", str(rows))
+    arguments = ["--model", MODEL, "--input", str(rows), "--output", str(predictions)]
+    return Predicted(rows, predictions, ok(cycle.folder, "predict", *arguments))
+
+
+def test_predict_on_the_test_rows_reproduces_the_logged_test_accuracy(
+    cycle: Cycle, predicted: Predicted
+) -> None:
+    frame = pd.read_csv(predicted.predictions, dtype={"prediction": str, "label": str})
+    accuracy = (frame["prediction"] == frame["label"]).mean()
+    logged = float(tags_of(cycle, "rollback", "1")["test_acc"])
+    assert accuracy == pytest.approx(logged, abs=1e-6)
+    assert f"accuracy {accuracy:.4f} on {len(frame)} labelled rows" in predicted.output
+    assert f"logged test_acc {logged:.4f}" in predicted.output
+    assert list(frame.columns[:3]) == ["id", "prediction", "probability"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_served_champion_answers_invocations_with_the_same_predictions(
+    cycle: Cycle, predicted: Predicted
+) -> None:
+    rows, predictions = predicted.rows, predicted.predictions
+    features = pd.read_csv(rows).drop(columns=["label"]).head(20)
+    expected = pd.read_csv(predictions).filter(like="p_").head(20).to_numpy()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = str(REPO)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "serve", "--model", MODEL, "--port", str(port)],
+        cwd=cycle.folder,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, (
+                server.stderr.read().decode()[-2000:] if server.stderr else ""
+            )
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the model server did not start in 120 s"
+                time.sleep(0.5)
+        body = json.dumps({"inputs": features.to_numpy().tolist()}).encode()
+        request = urllib.request.Request(
+            f"{url}/invocations", body, {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            served = json.loads(response.read())["predictions"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    assert len(served) == 20
+    assert pd.DataFrame(served).to_numpy() == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["promote", "--model", "no-such-model"], "no registered model 'no-such-model'"),
+        (["promote", "--model", MODEL, "--version", "99"], f"model '{MODEL}' has no version 99"),
+        (["promote", "--model", MODEL, "--version", "1"], "version 1 is already the champion"),
+        (["promote", "--model", MODEL, "--min-delta", "-1"], "min_delta must be >= 0"),
+        (
+            ["predict", "--model", MODEL, "--alias", "latest", "--input", "x.csv", "--output", "y"],
+            f"model '{MODEL}' has no alias 'latest'",
+        ),
+        (["serve", "--model", MODEL, "--alias", "staging"], "has no alias 'staging'"),
+    ],
+)
+def test_bad_requests_fail_clearly_and_change_nothing(
+    cycle: Cycle, args: list[str], message: str
+) -> None:
+    before = registry_state(cycle.client)
+    done = run_cli(cycle.folder, *args)
+    assert done.returncode != 0
+    assert message in " ".join(done.stderr.split()), done.stderr
+    assert "Traceback" not in done.stderr
+    assert registry_state(cycle.client) == before
+
+
+def test_a_challenger_trained_on_another_data_set_is_refused(cycle: Cycle) -> None:
+    wine = ["--set", "name=smoke-wine", "--set", "data.source=wine", *SINGLE_CONFIG]
+    ok(cycle.folder, "tune", "--space", SMOKE, *wine)
+    before = registry_state(cycle.client)
+    assert before["aliases"]["challenger"] == "4"
+    done = run_cli(cycle.folder, "promote", "--model", MODEL)
+    assert done.returncode != 0
+    message = " ".join(done.stderr.split())
+    assert "version 4 was trained on 'wine' (13 features, 3 classes)" in message
+    assert "'digits' (64 features, 10 classes); they cannot be compared" in message
+    assert registry_state(cycle.client) == before
