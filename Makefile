@@ -21,7 +21,7 @@ PORT ?= 5001
 
 .DEFAULT_GOAL := help
 .PHONY: help install install-dev tune retrain promote rollback predict serve test test-fast lint \
-	bench-overhead ui clean
+	bench-overhead ui mlflow-server clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -41,7 +41,7 @@ install: $(VENV)/.installed ## Create .venv and install the pipeline
 
 install-dev: $(VENV)/.installed-dev ## Install the pipeline with test and lint tools
 
-tune: install ## Run a sweep: make tune [SPACE=search_spaces/x.yaml] [ARGS='--set budget.num_samples=8']
+tune: install ## Sweep, retrain, register: [SPACE=search_spaces/x.yaml] [RAY_ADDRESS=head:6380] [ARGS=..]
 	$(PY) -m pipeline tune --space $(SPACE) $(ARGS)
 
 retrain: install ## Retrain the latest sweep's best trial: make retrain EXPERIMENT=digits-mlp
@@ -78,8 +78,11 @@ lint: install-dev ## ruff and mypy
 bench-overhead: install ## Benchmark: sweep efficiency and MLflow share, realistic and tiny sweeps
 	$(PY) benchmarks/overhead.py $(ARGS)
 
-ui: install ## MLflow UI over the local store on http://127.0.0.1:5000
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
+ui: install ## MLflow UI on http://127.0.0.1:5000 (or where MLFLOW_TRACKING_URI's server is)
+	$(PY) -m pipeline ui $(ARGS)
+
+mlflow-server: install ## Tracking server: MLFLOW_BACKEND_STORE_URI=postgresql://... [MLFLOW_SERVER_PORT=5000]
+	$(PY) -m pipeline mlflow-server $(ARGS)
 
 clean: ## Remove the local MLflow store and Ray trial state (keeps .venv)
 	rm -rf mlruns/mlflow.db mlruns/artifacts mlruns/ray mlruns/*.csv

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 from mlflow.tracking import MlflowClient
 from rich.console import Console
@@ -44,6 +43,8 @@ from pipeline.registry import (
 )
 from pipeline.retrain import check_same_data, find_sweep, log_retrain, train_and_test
 from pipeline.sweep import SweepResult, TrackingSettings, run_sweep
+from pipeline.tracking import check_tracking_server
+from pipeline.tune import connect_ray, ray_is_running, run_remote
 
 app = typer.Typer(
     add_completion=False,
@@ -66,6 +67,10 @@ def configure_logging(debug: bool) -> None:
     for name in ("alembic", "mlflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Transient tracking-server errors are retried: 5 times with backoff 1, 2, 4, 8, 16 s (MLflow's
+    # own default, 7 retries at factor 2, can hold a command for minutes).
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
 
 def quiet_worker_logs() -> None:
@@ -197,6 +202,7 @@ def tune_command(
     # One checkpoint kept per trial makes Tune snapshot its state often; that is intended here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     settings = tracking_settings(address)
+    check_tracking_server(settings.tracking_uri)
     dataset, split = load_data(experiment)
     log.info(
         "%s: %d rows (%d train, %d val, %d test), %d classes",
@@ -226,7 +232,7 @@ def tune_command(
     if result.best is None:
         raise PipelineError("no trial finished without diverging or failing; nothing registered")
     if retrain:
-        retrain_command(result.experiment_name, result.parent_run_id)
+        retrain_command(result.experiment_name, result.parent_run_id, address)
 
 
 def load_data(experiment: Experiment) -> tuple[Dataset, Split]:
@@ -240,27 +246,37 @@ def retrain_cli(
     parent_run: Annotated[
         str | None, typer.Option(help="The sweep's parent run id (default: the latest sweep).")
     ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Train on this Ray cluster (default: $RAY_ADDRESS).")
+    ] = None,
 ) -> None:
     """Retrain a sweep's best trial on train + validation, test it, register it as challenger."""
-    run_guarded(lambda: retrain_command(experiment, parent_run))
+    run_guarded(lambda: retrain_command(experiment, parent_run, address))
 
 
-def retrain_command(experiment_name: str, parent_run_id: str | None) -> None:
+def retrain_command(experiment_name: str, parent_run_id: str | None, address: str | None) -> None:
     uri, _ = tracking_store()
+    check_tracking_server(uri)
     client = MlflowClient(uri)
     sweep = find_sweep(client, experiment_name, parent_run_id)
     dataset, split = load_data(sweep.experiment)
     check_same_data(sweep, split)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     hp = Hyperparameters.from_params(sweep.params)
     log.info(
-        "retraining trial %s on %d rows for %d epochs (%s)",
+        "retraining trial %s on %d rows for %d epochs",
         sweep.best["trial_id"],
         len(split.tuning_rows),
         sweep.epochs,
-        device,
     )
-    final = train_and_test(sweep.experiment, hp, sweep.epochs, dataset, split, device)
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address or ray_is_running():
+        # On the cluster (a GPU node if the space gives trials GPUs); the model comes back here.
+        connect_ray(address, quiet_worker_logs, ship_code=bool(address))
+        resources = sweep.experiment.resources
+        arguments = (sweep.experiment, hp, sweep.epochs, dataset, split)
+        final = run_remote(train_and_test, resources.cpus, resources.gpus, *arguments)
+    else:
+        final = train_and_test(sweep.experiment, hp, sweep.epochs, dataset, split)
     record = log_retrain(uri, sweep, final, dataset, split)
     name = sweep.experiment.model_name
     version = register_challenger(client, uri, name, sweep, record, split)
@@ -427,20 +443,15 @@ def serve_cli(
     def command() -> None:
         uri, _ = tracking_store()
         chosen = version_by_alias(MlflowClient(uri), model, alias)
-        env = {
-            **os.environ,
-            "MLFLOW_TRACKING_URI": uri,
-            "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
-            # mlflow starts uvicorn by name: find it beside this interpreter (a venv not on PATH).
-            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-        }
         console.print(
             f"serving {model} version {chosen} ({alias}) on http://{host}:{port}/invocations"
         )
         # The version, not the alias, is served: a promotion meanwhile does not change it.
         arguments = ["models", "serve", "-m", f"models:/{model}/{chosen}", "--env-manager", "local"]
         arguments += ["--host", host, "--port", str(port)]
-        os.execve(sys.executable, [sys.executable, "-m", "mlflow", *arguments], env)
+        exec_mlflow(
+            arguments, {"MLFLOW_TRACKING_URI": uri, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}
+        )
 
     run_guarded(command)
 
@@ -449,8 +460,131 @@ def run_guarded(command: Callable[[], None]) -> None:
     """Run a command; a PipelineError becomes one line on stderr and exit status 1."""
     try:
         command()
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
     except PipelineError as exc:
         if state["debug"]:
             raise
         console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
+
+
+def mlflow_executable_env(extra: dict[str, str]) -> dict[str, str]:
+    """The environment for an `mlflow` subprocess: its helpers (uvicorn, gunicorn) on PATH."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return {**os.environ, **extra, "PATH": path}
+
+
+def exec_mlflow(arguments: list[str], extra_env: dict[str, str]) -> None:
+    """Replace this process by `mlflow ARGUMENTS` (signals then reach MLflow directly)."""
+    command = [sys.executable, "-m", "mlflow", *arguments]
+    os.execve(sys.executable, command, mlflow_executable_env(extra_env))
+
+
+def check_backend_store(uri: str) -> None:
+    """Connect once to a database backend, so a wrong URI is one clear line, not a traceback."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    try:
+        url = make_url(uri)
+    except ArgumentError:
+        raise PipelineError(f"MLFLOW_BACKEND_STORE_URI is not a database URL: {uri!r}") from None
+    shown = url.render_as_string(hide_password=True)
+    arguments = {"connect_timeout": 10} if url.get_backend_name() == "postgresql" else {}
+    try:
+        with create_engine(url, connect_args=arguments).connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except (SQLAlchemyError, ImportError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise PipelineError(f"cannot open the backend store {shown}: {reason}") from None
+
+
+@app.command("mlflow-server")
+def mlflow_server_cli(
+    backend_store_uri: Annotated[
+        str,
+        typer.Option(
+            envvar="MLFLOW_BACKEND_STORE_URI",
+            help="Database of runs and models, e.g. postgresql://mlflow@127.0.0.1:5432/mlflow.",
+        ),
+    ] = "",
+    artifacts_destination: Annotated[
+        str,
+        typer.Option(
+            envvar="MLFLOW_ARTIFACTS_DESTINATION",
+            help="Where the server keeps artifacts: a folder or s3://bucket/prefix.",
+        ),
+    ] = "mlruns/server-artifacts",
+    host: Annotated[
+        str, typer.Option(envvar="MLFLOW_SERVER_HOST", help="Interface to bind.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="MLFLOW_SERVER_PORT", help="Port.")] = 5000,
+    workers: Annotated[int, typer.Option(help="Server worker processes.")] = 2,
+    allowed_hosts: Annotated[
+        str,
+        typer.Option(
+            envvar="MLFLOW_SERVER_ALLOWED_HOSTS",
+            help="Host headers to answer (DNS-rebinding protection); empty: MLflow's default.",
+        ),
+    ] = "",
+    cors_allowed_origins: Annotated[
+        str,
+        typer.Option(
+            envvar="MLFLOW_SERVER_CORS_ALLOWED_ORIGINS",
+            help="Browser origins allowed by CORS; empty: MLflow's default.",
+        ),
+    ] = "",
+    basic_auth: Annotated[
+        bool, typer.Option(help="Require MLflow's basic authentication (--app-name basic-auth).")
+    ] = False,
+) -> None:
+    """Run an MLflow tracking server: database backend, artifacts served through the server."""
+
+    def command() -> None:
+        if not backend_store_uri:
+            raise PipelineError(
+                "set MLFLOW_BACKEND_STORE_URI (e.g. postgresql://mlflow@127.0.0.1:5432/mlflow) "
+                "or pass --backend-store-uri"
+            )
+        check_backend_store(backend_store_uri)
+        destination = artifacts_destination
+        if "://" not in destination:
+            Path(destination).mkdir(parents=True, exist_ok=True)
+            destination = str(Path(destination).resolve())
+        arguments = ["server", "--backend-store-uri", backend_store_uri, "--serve-artifacts"]
+        arguments += ["--artifacts-destination", destination, "--host", host, "--port", str(port)]
+        arguments += ["--workers", str(workers)]
+        # MLflow's host-header and CORS protections stay on; these only widen what they allow.
+        if allowed_hosts:
+            arguments += ["--allowed-hosts", allowed_hosts]
+        if cors_allowed_origins:
+            arguments += ["--cors-allowed-origins", cors_allowed_origins]
+        if basic_auth:
+            arguments += ["--app-name", "basic-auth"]
+        console.print(f"MLflow tracking server on http://{host}:{port} (artifacts: {destination})")
+        exec_mlflow(arguments, {})
+
+    run_guarded(command)
+
+
+@app.command("ui")
+def ui_cli(
+    port: Annotated[int, typer.Option(help="Port of the UI.")] = 5000,
+) -> None:
+    """Browse the runs: the MLflow UI over the local store, or where the tracking server is."""
+
+    def command() -> None:
+        uri, _ = tracking_store()
+        if uri.startswith(("http://", "https://")):
+            check_tracking_server(uri)
+            Console().print(f"the tracking server serves the UI: open {uri}")
+            return
+        console.print(f"MLflow UI over {uri} on http://127.0.0.1:{port}")
+        exec_mlflow(
+            ["ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)], {}
+        )
+
+    run_guarded(command)

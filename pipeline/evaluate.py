@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PROBABILITY_FLOOR = 1e-12  # keeps log(0) finite for a confidently wrong prediction
 
@@ -90,6 +93,8 @@ def score(
 
 def confusion_figure(report: TestReport, title: str) -> Figure:
     """The confusion matrix as a picture: counts in each cell, true classes down the side."""
+    from matplotlib.figure import Figure  # only the retrain draws; keeps the CLI start light
+
     counts = report.confusion
     size = max(4.0, 0.45 * len(report.class_names) + 2)
     figure = Figure(figsize=(size + 1, size))  # no pyplot: no global state, no GUI backend

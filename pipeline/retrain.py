@@ -167,10 +167,15 @@ def train_and_test(
     epochs: int,
     dataset: Dataset,
     split: Split,
-    device: torch.device,
+    device: torch.device | None = None,
 ) -> FinalModel:
-    """Train on train + validation for `epochs`, then predict the test rows once."""
+    """Train on train + validation for `epochs`, then predict the test rows once.
+
+    Without a `device`: the GPU when one is visible (as in a Ray task given one), else the CPU.
+    """
     started = time.perf_counter()
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     network, losses = fit_final(
         experiment.model.family,
         hp,

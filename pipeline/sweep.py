@@ -28,7 +28,7 @@ from pipeline.tracking import (
     trial_state,
     trial_states,
 )
-from pipeline.tune import connect_ray, make_tuner, restore_tuner
+from pipeline.tune import check_storage, connect_ray, make_tuner, restore_tuner
 
 log = logging.getLogger(__name__)
 
@@ -142,10 +142,12 @@ def run_sweep(
 ) -> SweepResult:
     """Tune `experiment` on Ray, tracking every trial under one MLflow parent run."""
     started = time.perf_counter()
+    # Everything that can fail for want of a cluster or storage fails before MLflow is written.
+    connect_ray(settings.ray_address, settings.worker_setup, ship_code=bool(settings.ray_address))
+    check_storage(settings.storage)
     client = MlflowClient(settings.tracking_uri)
     experiment_id = ensure_experiment(client, experiment_name, settings.artifact_root)
     data = tuning_data(dataset, split)
-    connect_ray(settings.ray_address, settings.worker_setup)
     logger: TrialLogger | None = None
     if resume:
         parent_run_id, sweep_path = find_unfinished_sweep(client, experiment_id)

@@ -12,6 +12,8 @@ import logging
 import queue
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +34,38 @@ log = logging.getLogger(__name__)
 TRIAL_METRICS = ("train_loss", "val_loss", "val_acc")
 TRIAL_STATES = ("completed", "stopped", "diverged", "errored", "interrupted")
 MLFLOW_BATCH = 1000  # MLflow's limit on metrics per log_batch call
+
+
+SERVER_TIMEOUT_S = 8.0  # an unreachable tracking server fails the command within this
+
+
+def check_tracking_server(uri: str, timeout_s: float = SERVER_TIMEOUT_S) -> None:
+    """Fail fast when an http(s) tracking server does not answer its /health endpoint.
+
+    Retried for `timeout_s` (a server that is restarting gets a moment); stores that are not
+    servers (SQLite, PostgreSQL) are left to MLflow.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=min(4.0, remaining)):
+                return
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500:  # answering, e.g. 401 from an authenticating proxy
+                return
+            problem = f"HTTP {exc.code}"
+        except OSError as exc:
+            reason = getattr(exc, "reason", exc)
+            problem = "timed out" if isinstance(reason, TimeoutError) else str(reason)
+        if deadline - time.monotonic() < 1.0:
+            raise PipelineError(
+                f"MLflow tracking server {uri} cannot be reached ({problem}); start it "
+                "(make mlflow-server) or unset MLFLOW_TRACKING_URI to use the local store"
+            )
+        time.sleep(1.0)
 
 
 @contextmanager
@@ -317,6 +351,7 @@ class TrialLogger(tune.Callback):
             self._pending_tags[trial_id] = [
                 RunTag("host", str(result.get("hostname", ""))),
                 RunTag("node_ip", str(result.get("node_ip", ""))),
+                RunTag("node_id", str(result.get("node_id", ""))),
                 RunTag("device", str(result.get("device", ""))),
             ]
         self._pending.setdefault(trial_id, []).extend(

@@ -127,15 +127,15 @@ class FoldTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
 
 
-def as_tensors(data: TuningData, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def as_tensors(
+    features: np.ndarray, labels: np.ndarray, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Features and labels as tensors on `device`, sharing memory with the arrays on the CPU."""
     # Arrays from Ray's object store are read-only; training never writes to them, so sharing
     # them avoids a copy per trial (torch warns about non-writable arrays regardless).
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        features = torch.from_numpy(data.features)
-        labels = torch.from_numpy(data.labels)
-    return features.to(device), labels.to(device)
+        return torch.from_numpy(features).to(device), torch.from_numpy(labels).to(device)
 
 
 def fit(
@@ -154,7 +154,7 @@ def fit(
     `resume` is a state passed to an earlier `report`; training continues after its epoch.
     """
     torch.manual_seed(seed)
-    features, labels = as_tensors(data, device)
+    features, labels = as_tensors(data.features, data.labels, device)
     stats = data.fold_stats or (None,) * len(data.folds)
     trainers = [
         FoldTrainer(family, hp, features, labels, train, data.num_classes, data.image_shape, fs)
@@ -215,7 +215,7 @@ def fit_final(
     loss stops training early (the caller sees the shorter, non-finite history).
     """
     torch.manual_seed(seed)
-    x, y = torch.from_numpy(features).to(device), torch.from_numpy(labels).to(device)
+    x, y = as_tensors(features, labels, device)
     trainer = FoldTrainer(family, hp, x, y, train_rows, num_classes, image_shape)
     losses: list[float] = []
     for _ in range(epochs):

@@ -41,6 +41,7 @@ def run_trial(config: dict[str, Any], data: TuningData, settings: TrialSettings)
     # Match torch's intra-op threads to the CPUs Ray reserved, so concurrent trials do not thrash.
     torch.set_num_threads(max(1, int(settings.cpus)))
     device = trial_device()
+    node_id = ray.get_runtime_context().get_node_id()  # tells apart nodes sharing a host
     resume = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -48,7 +49,7 @@ def run_trial(config: dict[str, Any], data: TuningData, settings: TrialSettings)
             resume = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=True)
 
     def report(metrics: EpochMetrics, state: dict[str, Any]) -> None:
-        result = {**metrics.as_dict(), "device": str(device)}
+        result = {**metrics.as_dict(), "device": str(device), "node_id": node_id}
         if not state:
             tune.report(result)
             return

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -31,10 +36,18 @@ def digits_tuning(digits: Dataset, digits_split: Split) -> TuningData:
     return tuning_data(digits, digits_split)
 
 
-def run_cli(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """`python -m pipeline ARGS` in `cwd`: its default local store, whatever the environment."""
+def cli_env(**settings: str) -> dict[str, str]:
+    """This environment without tracking or cluster settings (so: the local store and a local
+    Ray), plus `settings`."""
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-    env["PYTHONPATH"] = str(REPO)
+    return {**env, "PYTHONPATH": str(REPO), **settings}
+
+
+def run_cli(
+    cwd: Path, *args: str, timeout: float = 300, **settings: str
+) -> subprocess.CompletedProcess[str]:
+    """`python -m pipeline ARGS` in `cwd`, with `cli_env(**settings)`."""
+    env = cli_env(**settings)
     return subprocess.run(
         [sys.executable, "-m", "pipeline", *args],
         cwd=cwd,
@@ -43,3 +56,54 @@ def run_cli(cwd: Path, *args: str, timeout: float = 300) -> subprocess.Completed
         text=True,
         timeout=timeout,
     )
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (not 6379: Redis may hold Ray's default)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def background(
+    args: list[str], env: dict[str, str], cwd: Path, log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A long-running process in its own session; it and its children are stopped on exit,
+    however the block ends."""
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            args, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        yield process
+    finally:
+        for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                process.wait(timeout=grace)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+
+
+def wait_until(
+    ready: Callable[[], bool],
+    timeout: float,
+    what: str,
+    log: Path | None = None,
+    process: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Poll `ready` until it holds; fail naming `what` (and the log's tail) after `timeout`, or
+    as soon as `process` has exited."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        exited = process is not None and process.poll() is not None
+        if exited or time.monotonic() > deadline:
+            tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+            problem = "exited" if exited else f"not ready after {timeout:.0f} s"
+            pytest.fail(f"{what} {problem}\n{tail}")
+        time.sleep(0.5)

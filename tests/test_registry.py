@@ -4,12 +4,7 @@ roll back, predict and serve, with every alias and tag read back from the MLflow
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +14,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import REPO, SPACES, run_cli
+from tests.conftest import SPACES, background, cli_env, free_port, run_cli, wait_until
 
 pytestmark = pytest.mark.slow
 MODEL = "smoke-digits-mlp"
@@ -187,51 +182,31 @@ def test_predict_on_the_test_rows_reproduces_the_logged_test_accuracy(
     assert list(frame.columns[:3]) == ["id", "prediction", "probability"]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def pings(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/ping", timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 def test_served_champion_answers_invocations_with_the_same_predictions(
     cycle: Cycle, predicted: Predicted
 ) -> None:
-    rows, predictions = predicted.rows, predicted.predictions
-    features = pd.read_csv(rows).drop(columns=["label"]).head(20)
-    expected = pd.read_csv(predictions).filter(like="p_").head(20).to_numpy()
+    features = pd.read_csv(predicted.rows).drop(columns=["label"]).head(20)
+    expected = pd.read_csv(predicted.predictions).filter(like="p_").head(20).to_numpy()
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PYTHONPATH"] = str(REPO)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "serve", "--model", MODEL, "--port", str(port)],
-        cwd=cycle.folder,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, (
-                server.stderr.read().decode()[-2000:] if server.stderr else ""
-            )
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "the model server did not start in 120 s"
-                time.sleep(0.5)
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "pipeline", "serve", "--model", MODEL, "--port", str(port)]
+    log = cycle.folder / "serve.log"
+    with background(command, cli_env(), cycle.folder, log) as server:
+        wait_until(lambda: pings(url), 120, "model server", log, server)
         body = json.dumps({"inputs": features.to_numpy().tolist()}).encode()
         request = urllib.request.Request(
             f"{url}/invocations", body, {"Content-Type": "application/json"}
         )
         with urllib.request.urlopen(request, timeout=30) as response:
             served = json.loads(response.read())["predictions"]
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
     assert len(served) == 20
     assert pd.DataFrame(served).to_numpy() == pytest.approx(expected, abs=1e-6)
 

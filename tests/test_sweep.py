@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -19,7 +18,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import flatten_sample
-from tests.conftest import REPO, SPACES, run_cli
+from tests.conftest import SPACES, cli_env, run_cli
 
 pytestmark = pytest.mark.slow
 SMOKE = yaml.safe_load((SPACES / "smoke.yaml").read_text())
@@ -188,13 +187,13 @@ def finished_children(db: Path) -> int:
 
 
 def test_interrupted_sweep_resumes_into_the_same_runs(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-    env["PYTHONPATH"] = str(REPO)
-    args = ["tune", "--space", str(SPACES / "smoke.yaml"), "--set", "budget.num_samples=12"]
+    total = 32
+    # Enough trials that the interrupt lands mid-sweep however fast the machine (12 took 15 s).
+    args = ["tune", "--space", str(SPACES / "smoke.yaml"), "--set", f"budget.num_samples={total}"]
     process = subprocess.Popen(
         [sys.executable, "-m", "pipeline", *args],
         cwd=tmp_path,
-        env=env,
+        env=cli_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -218,7 +217,7 @@ def test_interrupted_sweep_resumes_into_the_same_runs(tmp_path: Path) -> None:
         if "trial_id" in r.data.tags
     }
     assert all(r.info.status != "RUNNING" for r in before.values())
-    assert len(before) < 12
+    assert len(before) < total
 
     done = run_cli(tmp_path, *args, "--resume")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -228,7 +227,7 @@ def test_interrupted_sweep_resumes_into_the_same_runs(tmp_path: Path) -> None:
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
     children = [r for r in runs if "trial_id" in r.data.tags]
     trial_ids = [c.data.tags["trial_id"] for c in children]
-    assert len(trial_ids) == len(set(trial_ids)) == 12, "every trial once, none duplicated"
+    assert len(trial_ids) == len(set(trial_ids)) == total, "every trial once, none duplicated"
     assert set(before) <= set(trial_ids)
     for child in children:
         assert child.info.status == "FINISHED"
