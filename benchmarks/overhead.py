@@ -16,6 +16,10 @@ spent in MLflow calls, next to the goals: efficiency >= 0.85 (realistic) / 0.45 
 share <= 5%.
 
     .venv/bin/python benchmarks/overhead.py [--only realistic|tiny] [--trials N] [--repeat N]
+        [--concurrent N] [--cpus N] [--gpus FRACTION]
+
+With --gpus (e.g. 0.125: eight trials share one GPU) the trials train on the GPU; the report adds
+the median epoch time, to set against a CPU run of the same sweep.
 """
 
 from __future__ import annotations
@@ -82,6 +86,15 @@ REALISTIC_PARAMS: dict[str, Any] = {
 
 
 @dataclass(frozen=True)
+class Resources:
+    """How many trials run at once and what each one gets."""
+
+    concurrent: int = MAX_CONCURRENT
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+
+@dataclass(frozen=True)
 class Figures:
     """What one sweep measured."""
 
@@ -90,6 +103,8 @@ class Figures:
     train_seconds: float
     tracking_seconds: float
     concurrent: int
+    epoch_seconds: float  # median over trials of training seconds per epoch
+    devices: str
 
     @property
     def efficiency(self) -> float:
@@ -107,25 +122,25 @@ class Figures:
 # --- the two sweeps -----------------------------------------------------------------------------
 
 
-def budget_overrides(trials: int, max_epochs: int) -> list[str]:
+def budget_overrides(trials: int, max_epochs: int, resources: Resources) -> list[str]:
     """Budget, FIFO and concurrency settings shared by both sweeps, as `--set` overrides."""
     overrides = [
         f"budget.num_samples={trials}",
         f"budget.max_epochs={max_epochs}",
-        f"budget.max_concurrent={MAX_CONCURRENT}",
+        f"budget.max_concurrent={resources.concurrent}",
         "scheduler.name=fifo",
         "scheduler.grace_period=1",
-        "resources.cpus=1",
-        "resources.gpus=0",
+        f"resources.cpus={resources.cpus}",
+        f"resources.gpus={resources.gpus}",
     ]
     if trials < 2:  # TPE needs at least one random trial before it and one after
         return [*overrides, "search.algorithm=random"]
     return [*overrides, f"search.n_initial_points={max(1, min(8, trials // 4))}"]
 
 
-def realistic_experiment(trials: int) -> Experiment:
+def realistic_experiment(trials: int, resources: Resources) -> Experiment:
     """The default space's settings with the benchmark's budget and a space sized for 60k rows."""
-    base = load_experiment(DEFAULT_SPACE, budget_overrides(trials, max_epochs=5))
+    base = load_experiment(DEFAULT_SPACE, budget_overrides(trials, 5, resources))
     raw = base.model_dump(mode="json", exclude={"params"})
     raw.update(
         name="bench-realistic",
@@ -133,7 +148,7 @@ def realistic_experiment(trials: int) -> Experiment:
         registered_model=None,
         params=REALISTIC_PARAMS,
     )
-    raw["data"].update(source="mnist", limit=None)
+    raw["data"].update(source="mnist", limit=None, cv_folds=None)
     return parse_experiment(raw, "benchmarks/overhead.py (realistic)")
 
 
@@ -154,24 +169,26 @@ def synthetic_mnist(seed: int) -> Dataset:
     )
 
 
-def tiny_experiment(trials: int) -> Experiment:
-    """The default digits MLP with the benchmark's budget."""
-    overrides = [*budget_overrides(trials, max_epochs=10), "name=bench-tiny"]
+def tiny_experiment(trials: int, resources: Resources) -> Experiment:
+    """The default digits MLP with the benchmark's budget (one split, as before CV was default)."""
+    overrides = [*budget_overrides(trials, 10, resources), "name=bench-tiny", "data.cv_folds=null"]
     return load_experiment(DEFAULT_SPACE, overrides)
 
 
-def prepare(name: str, trials: int, workdir: Path) -> tuple[Experiment, Dataset]:
+def prepare(
+    name: str, trials: int, resources: Resources, workdir: Path
+) -> tuple[Experiment, Dataset]:
     """The sweep's experiment and its data set (built or loaded here, outside the timing)."""
     if name == "realistic":
-        experiment = realistic_experiment(trials)
+        experiment = realistic_experiment(trials, resources)
         return experiment, synthetic_mnist(experiment.seed)
-    experiment = tiny_experiment(trials)
+    experiment = tiny_experiment(trials, resources)
     return experiment, load_dataset(experiment.data, experiment.seed, workdir / "data")
 
 
-def run_one(name: str, trials: int, workdir: Path) -> Figures:
+def run_one(name: str, trials: int, resources: Resources, workdir: Path) -> Figures:
     """One sweep through `run_sweep`; the figures come from its result."""
-    experiment, dataset = prepare(name, trials, workdir)
+    experiment, dataset = prepare(name, trials, resources, workdir)
     split = split_dataset(dataset, experiment.data, experiment.seed)
     space_text = yaml.safe_dump(experiment.model_dump(mode="json"), sort_keys=False)
     result = run_sweep(
@@ -185,12 +202,15 @@ def figures(result: SweepResult, experiment: Experiment) -> Figures:
     states = table["state"].value_counts().to_dict() if len(table) else {}
     if states.get("completed", 0) != len(table):
         print(f"  note: trial states {states} (FIFO should complete every trial)", file=sys.stderr)
+    per_epoch = table["train_seconds"] / table["epochs_trained"].clip(lower=1)
     return Figures(
         trials=len(table),
         wall_seconds=result.wall_seconds,
         train_seconds=float(table["train_seconds"].sum()) if len(table) else 0.0,
         tracking_seconds=result.tracking_seconds,
         concurrent=experiment.budget.max_concurrent,
+        epoch_seconds=float(per_epoch.median()) if len(table) else 0.0,
+        devices=", ".join(sorted(str(d) for d in table["device"].dropna().unique())),
     )
 
 
@@ -224,6 +244,7 @@ def median_figures(runs: list[Figures]) -> dict[str, float]:
         "overhead": lambda f: f.overhead_per_trial,
         "mlflow": lambda f: f.tracking_seconds,
         "mlflow_share": lambda f: f.mlflow_share,
+        "epoch": lambda f: f.epoch_seconds,
     }
     return {key: statistics.median(get(f) for f in runs) for key, get in keys.items()}
 
@@ -248,6 +269,7 @@ def report(name: str, runs: list[Figures]) -> bool:
         f"{verdict(efficiency_ok)}"
     )
     print(f"  overhead per trial       {m['overhead']:9.2f} s")
+    print(f"  median epoch (per trial) {m['epoch']:9.3f} s    on {first.devices}")
     print(
         f"  MLflow writes            {m['mlflow']:9.2f} s = {m['mlflow_share']:6.2%} of wall"
         f"    goal <= {GOAL_MLFLOW_SHARE:.0%}  {verdict(mlflow_ok)}"
@@ -287,6 +309,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run each sweep N times and report the medians (default 1)",
     )
     parser.add_argument(
+        "--concurrent",
+        type=positive,
+        default=MAX_CONCURRENT,
+        help=f"trials at once (default {MAX_CONCURRENT})",
+    )
+    parser.add_argument("--cpus", type=float, default=1.0, help="CPUs per trial (default 1)")
+    parser.add_argument(
+        "--gpus", type=float, default=0.0, help="GPU share per trial, e.g. 0.125 (default 0)"
+    )
+    parser.add_argument(
         "--check", action="store_true", help="exit with status 1 when a goal is missed"
     )
     parser.add_argument(
@@ -323,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
             for name in names:
                 label = f" (run {repeat + 1} of {args.repeat})" if args.repeat > 1 else ""
                 print(f"running the {name} sweep{label} ...", flush=True)
-                results[name].append(run_one(name, args.trials, workdir))
+                resources = Resources(args.concurrent, args.cpus, args.gpus)
+                results[name].append(run_one(name, args.trials, resources, workdir))
     finally:
         ray.shutdown()
         if args.keep:

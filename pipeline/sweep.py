@@ -28,7 +28,7 @@ from pipeline.tracking import (
     trial_state,
     trial_states,
 )
-from pipeline.tune import check_storage, connect_ray, make_tuner, restore_tuner
+from pipeline.tune import check_resources, check_storage, connect_ray, make_tuner, restore_tuner
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +144,7 @@ def run_sweep(
     started = time.perf_counter()
     # Everything that can fail for want of a cluster or storage fails before MLflow is written.
     connect_ray(settings.ray_address, settings.worker_setup, ship_code=bool(settings.ray_address))
+    check_resources(experiment, autoscaling=bool(settings.ray_address))
     check_storage(settings.storage)
     client = MlflowClient(settings.tracking_uri)
     experiment_id = ensure_experiment(client, experiment_name, settings.artifact_root)

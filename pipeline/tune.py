@@ -263,6 +263,23 @@ def probe_storage_on(probe: str) -> bool:
         return False
 
 
+def check_resources(experiment: Experiment, autoscaling: bool) -> None:
+    """Refuse a sweep no node can run: trials asking for GPUs on a cluster without any would
+    wait forever. A cluster that may add nodes (`autoscaling`) only gets a warning."""
+    total = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    wanted = {"GPU": experiment.resources.gpus, "CPU": experiment.resources.cpus}
+    short = [f"{kind} {need:g}" for kind, need in wanted.items() if need > total.get(kind, 0)]
+    if not short:
+        return
+    message = (
+        f"each trial asks for {', '.join(short)} (resources in the space) but the Ray cluster "
+        f"has {total.get('GPU', 0):g} GPU and {total.get('CPU', 0):g} CPU in all"
+    )
+    if not autoscaling:
+        raise PipelineError(message)
+    log.warning("%s; the trials wait until the cluster grows", message)
+
+
 def ray_is_running() -> bool:
     """Whether this process is connected to Ray (as after a sweep)."""
     return bool(ray.is_initialized())

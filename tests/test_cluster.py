@@ -136,3 +136,14 @@ def test_unreachable_cluster_or_tracking_server_fails_fast_and_writes_nothing(
     # The bound: Python start-up included, the command gives up within 15 s.
     assert elapsed < 15, f"took {elapsed:.1f} s"
     assert not list(tmp_path.rglob("mlflow.db")) and not (tmp_path / "mlruns" / "ray").exists()
+
+
+def test_trials_asking_for_a_gpu_the_cluster_lacks_are_refused(tmp_path: Path) -> None:
+    done = run_cli(tmp_path, "tune", "--space", SMOKE, "--set", "resources.gpus=0.25")
+    assert done.returncode == 1
+    message = " ".join(done.stderr.split())
+    assert (
+        "each trial asks for GPU 0.25 (resources in the space) but the Ray cluster has 0 GPU"
+        in message
+    )
+    assert not list(tmp_path.rglob("mlflow.db"))
