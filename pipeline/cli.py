@@ -66,6 +66,10 @@ def configure_logging(debug: bool) -> None:
     # Quiet MLflow's and alembic's chatter about database migrations on every new SQLite store.
     for name in ("alembic", "mlflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def configure_mlflow_client() -> None:
+    """Defaults for MLflow's client, read from the environment (a user's settings win)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # Transient tracking-server errors are retried: 5 times with backoff 1, 2, 4, 8, 16 s (MLflow's
     # own default, 7 retries at factor 2, can hold a command for minutes).
@@ -162,6 +166,7 @@ def main(
     debug: Annotated[bool, typer.Option(help="Show tracebacks and debug logs.")] = False,
 ) -> None:
     configure_logging(debug)
+    configure_mlflow_client()
     state["debug"] = debug
 
 
