@@ -7,6 +7,7 @@ from __future__ import annotations
 import secrets
 import shutil
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -37,6 +38,12 @@ def accepts(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
+def cluster_status(command: list[str], env: dict[str, str]) -> str:
+    """What `ray status` says of the cluster (resources in use / in all, nodes)."""
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
+    return done.stdout + done.stderr
+
+
 def started(log: Path) -> bool:
     """`ray start` says so once its node has joined the cluster."""
     return log.exists() and "Ray runtime started" in log.read_text(errors="replace")
@@ -61,6 +68,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         worker = [*node, "--address", f"127.0.0.1:{port}"]
         stack.enter_context(background(worker, env, folder, folder / "worker.log"))
         wait_until(lambda: started(folder / "worker.log"), 60, "second node", folder / "worker.log")
+        # Started is not yet schedulable: wait until the head counts both nodes' CPUs.
+        status = [RAY, "status", "--address", f"127.0.0.1:{port}"]
+        wait_until(lambda: "0.0/2.0 CPU" in cluster_status(status, env), 60, "both nodes' CPUs")
         yield Cluster(f"127.0.0.1:{port}", auth, temp_dir)
     assert not accepts(port), "the head still listens after the test"
     shutil.rmtree(temp_dir, ignore_errors=True)
@@ -69,7 +79,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 def test_smoke_sweep_runs_on_both_nodes_and_retrains_on_the_cluster(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    done = run_cli(tmp_path, "tune", "--space", SMOKE, RAY_ADDRESS=cluster.address, **cluster.auth)
+    # Trials long enough (full digits, 12 epochs, no early stop) that two always overlap: with
+    # 50-ms trials one reused actor on the head can finish the sweep before the other starts.
+    longer = ["--set", "data.limit=null", "--set", "budget.max_epochs=12"]
+    longer += ["--set", "scheduler.name=fifo"]
+    done = run_cli(
+        tmp_path, "tune", "--space", SMOKE, *longer, RAY_ADDRESS=cluster.address, **cluster.auth
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("smoke")

@@ -85,6 +85,8 @@ def cycle(tmp_path_factory: pytest.TempPathFactory) -> Cycle:
     cycle.step("tune-strong", "tune", "--space", SMOKE, *STRONG)
     cycle.step("promote-strong", "promote", "--model", MODEL)
     cycle.step("rollback", "rollback", "--model", MODEL)
+    cycle.step("force", "promote", "--model", MODEL, "--version", "2", "--force")
+    cycle.step("rollback-force", "rollback", "--model", MODEL)
     return cycle
 
 
@@ -154,6 +156,16 @@ def test_rollback_restores_the_previous_champion(cycle: Cycle) -> None:
     assert "version 1 is now champion" in cycle.outputs["rollback"]
 
 
+def test_a_chosen_version_can_be_forced_in_and_rolled_back(cycle: Cycle) -> None:
+    # Version 2 lost to version 1 on the test split; --force skips the comparison.
+    assert cycle.states["force"]["aliases"] == {"champion": "2", "previous-champion": "1"}
+    tags = tags_of(cycle, "force", "2")
+    assert tags["promotion.decision"] == "forced"
+    assert tags["promotion.champion_before"] == "1"
+    assert float(tags["promotion.candidate_test_acc"]) < float(tags["promotion.champion_test_acc"])
+    assert cycle.states["rollback-force"]["aliases"] == {"champion": "1", "previous-champion": "2"}
+
+
 @dataclass
 class Predicted:
     rows: Path
@@ -175,7 +187,7 @@ def test_predict_on_the_test_rows_reproduces_the_logged_test_accuracy(
 ) -> None:
     frame = pd.read_csv(predicted.predictions, dtype={"prediction": str, "label": str})
     accuracy = (frame["prediction"] == frame["label"]).mean()
-    logged = float(tags_of(cycle, "rollback", "1")["test_acc"])
+    logged = float(tags_of(cycle, "rollback-force", "1")["test_acc"])
     assert accuracy == pytest.approx(logged, abs=1e-6)
     assert f"accuracy {accuracy:.4f} on {len(frame)} labelled rows" in predicted.output
     assert f"logged test_acc {logged:.4f}" in predicted.output
