@@ -104,6 +104,43 @@ def test_smoke_sweep_runs_on_both_nodes_and_retrains_on_the_cluster(
     assert list((tmp_path / "mlruns" / "ray").glob("smoke-*/*/params.json"))
 
 
+def can_hide_folders() -> bool:
+    """Whether this user may give a process its own mount namespace (root in a container may)."""
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "true"], capture_output=True
+    )
+    return done.returncode == 0
+
+
+def test_storage_a_node_cannot_see_is_refused_before_the_sweep(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    if not can_hide_folders():
+        pytest.skip("needs `unshare --mount` to give a node a private view of the storage folder")
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    # A third node whose /storage is an empty tmpfs: like a local folder on another machine.
+    hidden = f"mount -t tmpfs none {storage} && exec {RAY} start --block --num-cpus 1 "
+    hidden += f"--disable-usage-stats --address {cluster.address}"
+    command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", hidden]
+    log = tmp_path / "node3.log"
+    with background(command, cli_env(**cluster.auth), tmp_path, log) as node:
+        wait_until(lambda: started(log), 60, "third node", log, node)
+        done = run_cli(
+            tmp_path,
+            "tune",
+            "--space",
+            SMOKE,
+            RAY_ADDRESS=cluster.address,
+            PIPELINE_STORAGE=str(storage),
+            **cluster.auth,
+        )
+    assert done.returncode == 1
+    message = " ".join(done.stderr.split())
+    assert f"trial storage {storage} is not shared: 1 of 3 Ray nodes cannot see it" in message
+    assert not list(tmp_path.rglob("mlflow.db")) and not list(storage.iterdir())
+
+
 def test_a_driver_with_the_wrong_token_is_refused(cluster: Cluster, tmp_path: Path) -> None:
     done = run_cli(
         tmp_path,
