@@ -114,7 +114,11 @@ def check_model(client: MlflowClient, name: str) -> dict[str, str]:
 
 def version_by_alias(client: MlflowClient, name: str, alias: str) -> str:
     """The version `alias` points at; an unset alias is an error listing those that are set."""
-    aliases = check_model(client, name)
+    return aliased(check_model(client, name), name, alias)
+
+
+def aliased(aliases: dict[str, str], name: str, alias: str) -> str:
+    """The version `alias` points at among the model's `aliases`."""
     if alias not in aliases:
         listed = ", ".join(f"{a} -> v{v}" for a, v in sorted(aliases.items())) or "none"
         raise PipelineError(f"model '{name}' has no alias '{alias}' (aliases: {listed})")
@@ -204,7 +208,7 @@ def promote(
         raise PipelineError(f"min_delta must be >= 0, got {min_delta}")
     aliases = check_model(client, name)
     if version is None:
-        candidate_version = version_by_alias(client, name, CHALLENGER)
+        candidate_version = aliased(aliases, name, CHALLENGER)
     else:
         candidate_version = check_version(client, name, version)
     champion_version = aliases.get(CHAMPION)
@@ -263,8 +267,8 @@ def promote(
 
 def rollback(client: MlflowClient, name: str, actor: str) -> Decision:
     """Swap `champion` and `previous-champion`: the model in service before the last promotion."""
-    champion = version_by_alias(client, name, CHAMPION)
     aliases = check_model(client, name)
+    champion = aliased(aliases, name, CHAMPION)
     previous = aliases.get(PREVIOUS_CHAMPION)
     if previous is None:
         raise PipelineError(f"model '{name}' has no previous champion to roll back to")
