@@ -21,7 +21,7 @@ PORT ?= 5001
 
 .DEFAULT_GOAL := help
 .PHONY: help install install-dev tune retrain promote rollback predict serve test test-fast lint \
-	bench-overhead ui mlflow-server clean
+	bench-cli bench-overhead ui mlflow-server clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -70,10 +70,14 @@ test: install-dev ## Run the whole test suite (slow tests included)
 test-fast: install-dev ## Run the tests without the slow (Ray / MLflow end-to-end) ones
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
-lint: install-dev ## ruff and mypy
+lint: install-dev ## ruff, mypy and the import contracts (layers, one door per outside system)
 	$(VENV)/bin/ruff check pipeline tests benchmarks
 	$(VENV)/bin/ruff format --check pipeline tests benchmarks
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+bench-cli: install ## Benchmark: seconds of --help, promote, rollback, predict (median of 5)
+	$(PY) benchmarks/cli.py $(ARGS)
 
 bench-overhead: install ## Benchmark: sweep efficiency and MLflow share, realistic and tiny sweeps
 	$(PY) benchmarks/overhead.py $(ARGS)

@@ -1,8 +1,9 @@
 """Benchmark: how much of a sweep's wall time the trials spend training, and what MLflow costs.
 
-Runs two fixed sweeps through the real pipeline (`pipeline.sweep.run_sweep`: Ray Tune, HyperOpt,
-our MLflow `TrialLogger`), with a SQLite MLflow store and Ray's trial storage in a fresh temporary
-folder, FIFO scheduling (every trial trains all its epochs), 2 concurrent trials of 1 CPU each:
+Runs two fixed sweeps through the real pipeline (`pipeline.workflows.tuning.run_sweep`: Ray Tune,
+HyperOpt, our MLflow `TrialRecorder`), with a SQLite MLflow store and Ray's trial storage in a
+fresh temporary folder, FIFO scheduling (every trial trains all its epochs), 2 concurrent trials
+of 1 CPU each:
 
 - realistic: an MLP on a generated MNIST-shaped data set (60,000 x 784 float32, 10 classes of
   noisy random prototypes), 5 epochs per trial;
@@ -42,11 +43,12 @@ import numpy as np
 import ray
 import yaml
 
-from pipeline.cli import quiet_worker_logs
+from pipeline import cluster
 from pipeline.config import Experiment, load_experiment, parse_experiment
 from pipeline.data import Dataset, load_dataset, split_dataset
-from pipeline.sweep import SweepResult, TrackingSettings, run_sweep
-from pipeline.tune import connect_ray
+from pipeline.settings import Settings
+from pipeline.tracking.store import open_client
+from pipeline.workflows.tuning import SweepResult, run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPACE = ROOT / "search_spaces" / "default.yaml"
@@ -214,21 +216,19 @@ def figures(result: SweepResult, experiment: Experiment) -> Figures:
     )
 
 
-def tracking_settings(workdir: Path) -> TrackingSettings:
-    return TrackingSettings(
+def tracking_settings(workdir: Path) -> Settings:
+    return Settings(
         tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}",
         artifact_root=workdir / "artifacts",
         storage=str(workdir / "ray"),
-        worker_setup=quiet_worker_logs,
+        data_dir=workdir / "data",
     )
 
 
 def init_store(workdir: Path) -> float:
     """Create the SQLite store (schema migrations) before timing: a one-off, not a sweep's cost."""
-    from mlflow.tracking import MlflowClient
-
     started = time.perf_counter()
-    MlflowClient(tracking_settings(workdir).tracking_uri).search_experiments()
+    open_client(tracking_settings(workdir).tracking_uri).search_experiments()
     return time.perf_counter() - started
 
 
@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"MLflow store and Ray trial state in {workdir}")
         print(f"MLflow store created in {init_store(workdir):.1f} s (not counted)")
         started = time.perf_counter()
-        connect_ray(None, quiet_worker_logs)
+        cluster.connect(None)
         print(f"Ray started in {time.perf_counter() - started:.1f} s (not counted)")
         for repeat in range(args.repeat):
             for name in names:

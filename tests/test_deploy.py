@@ -145,12 +145,14 @@ def test_dockerfile_installs_the_pinned_torch_first_and_runs_the_cli() -> None:
 
 
 def test_env_example_lists_every_setting_the_cli_reads() -> None:
-    source = (REPO / "pipeline" / "cli.py").read_text()
+    source = "".join(
+        (REPO / "pipeline" / name).read_text() for name in ("cli.py", "environment.py")
+    )
     read = set(re.findall(r'environ\.get\("([A-Z_]+)"', source))
     read |= set(re.findall(r'envvar="([A-Z_]+)"', source))
     read -= {"PATH"}  # handed on to subprocesses, not a setting
     listed = set(re.findall(r"^([A-Z_]+)=", (DEPLOY / "env.example").read_text(), re.M))
-    assert read, "no settings found in cli.py"
+    assert read, "no settings found in cli.py or environment.py"
     assert read <= listed, f"missing from deploy/env.example: {sorted(read - listed)}"
     assert {"RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "MLFLOW_TRACKING_USERNAME"} <= listed
 

@@ -58,7 +58,7 @@ def test_csv_columns_may_come_in_any_order_with_extra_ones(
     [
         (lambda f: f.drop(columns=["pixel_0_3"]), "missing feature columns pixel_0_3"),
         (lambda f: f.assign(pixel_1_1="dark"), "column 'pixel_1_1' is not numeric"),
-        (lambda f: f.assign(pixel_2_2=np.nan), "column 'pixel_2_2' has 3 empty values"),
+        (lambda f: f.assign(pixel_2_2=np.nan), "column 'pixel_2_2' has 3 missing values"),
     ],
 )
 def test_bad_csv_names_the_column(

@@ -14,7 +14,15 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import SPACES, background, cli_env, free_port, run_cli, wait_until
+from tests.conftest import (
+    SPACES,
+    background,
+    cli_env,
+    free_port,
+    run_cli,
+    run_reporting,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 MODEL = "smoke-digits-mlp"
@@ -192,6 +200,20 @@ def test_predict_on_the_test_rows_reproduces_the_logged_test_accuracy(
     assert f"accuracy {accuracy:.4f} on {len(frame)} labelled rows" in predicted.output
     assert f"logged test_acc {logged:.4f}" in predicted.output
     assert list(frame.columns[:3]) == ["id", "prediction", "probability"]
+
+
+def test_commands_on_real_models_load_torch_but_never_ray(
+    cycle: Cycle, predicted: Predicted
+) -> None:
+    arguments = ["--model", MODEL, "--input", str(predicted.rows), "--output", "again.csv"]
+    loaded, done = run_reporting(cycle.folder, "predict", *arguments)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert loaded == {"mlflow", "torch"}
+    loaded, done = run_reporting(cycle.folder, "rollback", "--model", MODEL)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert loaded == {"mlflow"}, "a rollback loads no model"
+    loaded, done = run_reporting(cycle.folder, "rollback", "--model", MODEL)  # and back
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def pings(url: str) -> bool:

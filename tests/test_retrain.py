@@ -1,4 +1,5 @@
-"""Retrain on real digits and a real SQLite MLflow store: sweep lookup, test once, pt2 model."""
+"""Retrain on real digits and a real SQLite MLflow store: sweep lookup, test once, pt2 model.
+The tests that open an MLflow store are marked slow."""
 
 from __future__ import annotations
 
@@ -17,16 +18,15 @@ from mlflow.tracking import MlflowClient
 from pipeline.config import Experiment, Hyperparameters, load_experiment
 from pipeline.data import Dataset, Split
 from pipeline.errors import PipelineError
-from pipeline.retrain import (
+from pipeline.retrain import check_same_data, log_retrain, predict_probabilities, train_and_test
+from pipeline.tracking.runs import (
+    SWEEP_PATH_TAG,
     SweepRecord,
-    check_same_data,
     find_sweep,
-    log_retrain,
-    predict_probabilities,
-    train_and_test,
+    finish_parent_run,
+    start_parent_run,
 )
-from pipeline.sweep import SWEEP_PATH_TAG
-from pipeline.tracking import ensure_experiment, finish_parent_run, start_parent_run
+from pipeline.tracking.store import ensure_experiment
 from tests.conftest import REPO, SPACES
 
 CPU = torch.device("cpu")
@@ -71,6 +71,7 @@ def client(tmp_path: Path) -> MlflowClient:
     return MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
+@pytest.mark.slow
 def test_find_sweep_takes_the_best_valid_trial_of_the_latest_finished_sweep(
     client: MlflowClient, experiment: Experiment, digits_split: Split
 ) -> None:
@@ -97,6 +98,7 @@ def test_find_sweep_takes_the_best_valid_trial_of_the_latest_finished_sweep(
     assert sweep.experiment == experiment
 
 
+@pytest.mark.slow
 def test_find_sweep_errors(client: MlflowClient, experiment: Experiment) -> None:
     with pytest.raises(PipelineError, match="no MLflow experiment 'smoke'"):
         find_sweep(client, "smoke", None)
@@ -115,6 +117,7 @@ def test_find_sweep_errors(client: MlflowClient, experiment: Experiment) -> None
         find_sweep(client, "smoke", other)
 
 
+@pytest.mark.slow
 def test_retrain_refuses_data_other_than_the_sweeps(
     client: MlflowClient, experiment: Experiment, digits_split: Split
 ) -> None:
@@ -147,6 +150,7 @@ def test_a_diverging_retrain_is_an_error(
         train_and_test(experiment, hp, 10, digits, digits_split, CPU)
 
 
+@pytest.mark.slow
 def test_logged_model_loads_pickle_free_in_a_fresh_process_and_predicts_the_same(
     tmp_path: Path,
     client: MlflowClient,

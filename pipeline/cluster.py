@@ -1,0 +1,160 @@
+"""The Ray cluster: connecting (token and address errors), checks that fail before a sweep
+writes anything (trial storage, resources), and running a function as a remote task."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import ray
+from ray.exceptions import AuthenticationError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from pipeline.config import Experiment
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+REACH_TIMEOUT_S = 5.0  # how long an unreachable head may take to say so
+T = TypeVar("T")
+
+
+def quiet_worker_logs() -> None:
+    """Runs in each Ray worker: keep Ray's per-checkpoint INFO lines out of the user's terminal."""
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+
+
+def check_ray_address(address: str) -> None:
+    """Fail fast, before anything is written, when the Ray head at `address` does not answer.
+
+    `ray.init` itself retries an unreachable head for a minute or more.
+    """
+    if address in ("auto", "local"):
+        return
+    target = address.removeprefix("ray://").rstrip("/")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise PipelineError(
+            f"Ray address {address!r}: expected host:port of the head (e.g. 10.0.0.5:6380) "
+            "or ray://host:10001"
+        )
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        raise PipelineError(
+            f"cannot reach the Ray head at {address} ({reason}); is `ray start --head` running "
+            "there, and is RAY_ADDRESS right?"
+        ) from None
+
+
+def connect(address: str | None) -> None:
+    """Join the cluster at `address`, or start a local Ray; errors say which address failed.
+
+    Joining a cluster uploads this `pipeline` package with the job, so that its workers run the
+    driver's code rather than whatever version they have installed. Token authentication is
+    Ray's: the token comes from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, and
+    it is never switched off here.
+    """
+    if ray.is_initialized():
+        return
+    if address:
+        check_ray_address(address)
+    runtime_env: dict[str, Any] = {"worker_process_setup_hook": quiet_worker_logs}
+    if address:
+        runtime_env["py_modules"] = [str(Path(__file__).parent)]
+    try:
+        ray.init(
+            address=address or "local",
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            runtime_env=runtime_env,
+        )
+    except AuthenticationError as exc:
+        raise PipelineError(
+            f"cannot connect to Ray at {address}: no valid token ({exc}); give this driver the "
+            "cluster's token in RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH (`ray get-auth-token` on "
+            "the head)"
+        ) from None
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        hint = ""
+        if address:  # Ray reports a refused token only as a failed connection
+            hint = (
+                "; if the head runs with token authentication, give this driver the cluster's "
+                "token in RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH (`ray get-auth-token` on the head)"
+            )
+        raise PipelineError(f"cannot connect to Ray at {address or 'local'}: {exc}{hint}") from None
+
+
+def check_storage(storage: str) -> None:
+    """Fail before the sweep when trial storage cannot be written, and, on a cluster, when a
+    node cannot see what the driver wrote there (a local folder that is not shared)."""
+    root = storage if "://" in storage else Path(storage).absolute().as_uri()
+    probe = f"{root.rstrip('/')}/.pipeline-probe-{uuid.uuid4().hex}"
+    try:
+        filesystem, path = pafs.FileSystem.from_uri(probe)
+        filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with filesystem.open_output_stream(path) as stream:
+            stream.write(b"ok")
+    except (OSError, pa.ArrowException) as exc:
+        raise PipelineError(f"trial storage {storage} is not writable: {exc}") from None
+    try:
+        nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
+        if len(nodes) > 1:
+            seen = ray.get([probe_storage_on.options(**pin_to(n)).remote(probe) for n in nodes])
+            blind = [node for node, ok in zip(nodes, seen, strict=True) if not ok]
+            if blind:
+                raise PipelineError(
+                    f"trial storage {storage} is not shared: {len(blind)} of {len(nodes)} Ray "
+                    "nodes cannot see it; use a folder every node mounts (NFS) or s3://..."
+                )
+    finally:
+        filesystem.delete_file(path)
+
+
+def pin_to(node_id: str) -> dict[str, Any]:
+    """Task options that run it on one given node."""
+    strategy = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
+    return {"scheduling_strategy": strategy, "num_cpus": 0}
+
+
+@ray.remote
+def probe_storage_on(probe: str) -> bool:
+    """On one node: can it read the probe the driver wrote?"""
+    try:
+        filesystem, path = pafs.FileSystem.from_uri(probe)
+        return bool(filesystem.get_file_info(path).type == pafs.FileType.File)
+    except (OSError, pa.ArrowException):
+        return False
+
+
+def check_resources(experiment: Experiment, autoscaling: bool) -> None:
+    """Refuse a sweep no node can run: trials asking for GPUs on a cluster without any would
+    wait forever. A cluster that may add nodes (`autoscaling`) only gets a warning."""
+    total = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    wanted = {"GPU": experiment.resources.gpus, "CPU": experiment.resources.cpus}
+    short = [f"{kind} {need:g}" for kind, need in wanted.items() if need > total.get(kind, 0)]
+    if not short:
+        return
+    message = (
+        f"each trial asks for {', '.join(short)} (resources in the space) but the Ray cluster "
+        f"has {total.get('GPU', 0):g} GPU and {total.get('CPU', 0):g} CPU in all"
+    )
+    if not autoscaling:
+        raise PipelineError(message)
+    log.warning("%s; the trials wait until the cluster grows", message)
+
+
+def run_remote(function: Callable[..., T], cpus: float, gpus: float, *args: Any) -> T:
+    """Run `function(*args)` as one Ray task with these resources (a GPU node when gpus > 0)
+    and hand its result back to the driver."""
+    task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(function)
+    return cast(T, ray.get(task.remote(*args)))

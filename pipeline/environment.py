@@ -1,0 +1,72 @@
+"""The CLI's side of the process: logging, MLflow's client defaults, and the stores, cluster
+and user read from the environment. Nothing below the CLI reads the environment."""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+from pipeline.settings import Settings
+
+LOCAL_STORE = Path("mlruns")
+
+
+def configure(console: Console, debug: bool) -> None:
+    """Logging to `console`, and MLflow's and Tune's defaults (a user's own settings win)."""
+    handler = RichHandler(console=console, show_path=False, show_time=False)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler], force=True)
+    logging.getLogger("pipeline").setLevel(logging.DEBUG if debug else logging.INFO)
+    # Quiet MLflow's and alembic's chatter about database migrations on every new SQLite store.
+    for name in ("alembic", "mlflow"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Transient tracking-server errors are retried: 5 times with backoff 1, 2, 4, 8, 16 s (MLflow's
+    # own default, 7 retries at factor 2, can hold a command for minutes).
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    # Model loading never unpickles: pt2 models need no pickle, and refuse it.
+    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
+    # One checkpoint kept per trial makes Tune snapshot its state often; that is intended here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+def settings(address: str | None = None) -> Settings:
+    """Stores and cluster from the environment; the defaults keep everything inside ./mlruns."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    local = LOCAL_STORE.resolve()
+    data_dir = os.environ.get("PIPELINE_DATA_DIR") or Path.home() / ".cache" / "hpo-pipeline"
+    return Settings(
+        tracking_uri=uri or f"sqlite:///{local / 'mlflow.db'}",
+        artifact_root=None if uri else local / "artifacts",
+        storage=os.environ.get("PIPELINE_STORAGE") or str(local / "ray"),
+        data_dir=Path(data_dir),
+        ray_address=address or os.environ.get("RAY_ADDRESS") or None,
+        code_version=git_commit(),
+    )
+
+
+def git_commit() -> str | None:
+    """The commit of the code that runs, if it runs from a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def actor() -> str:
+    """Who made a registry decision, for its tags."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"

@@ -1,0 +1,347 @@
+"""Runs in the tracking store: a sweep's parent run and its trial runs, the lookup of a sweep
+and its best trial, and the retrain run with its logged model."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+from pipeline.config import HYPERPARAMETERS, Experiment, Scalar, parse_experiment
+from pipeline.decisions import TRIAL_STATES, best_trial
+from pipeline.errors import PipelineError
+from pipeline.evaluate import TestReport, confusion_figure
+from pipeline.tracking.store import Client, experiment_id, open_client, use_tracking_uri
+
+if TYPE_CHECKING:
+    from torch import nn
+
+SWEEP_PATH_TAG = "sweep_path"  # marks a sweep's parent run: where Ray keeps its trial state
+RETRAIN_RUN_NAME = "retrain"
+MODEL_ARTIFACT = "model"
+
+
+# --- a sweep's runs ------------------------------------------------------------------------------
+
+
+def flat_settings(experiment: Experiment) -> dict[str, Scalar]:
+    """The experiment's settings as dotted keys (params excluded: they are the trials' business)."""
+    dumped = experiment.model_dump(mode="json", exclude={"params", "search"})
+    flat: dict[str, Scalar] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        elif node is not None and node != "":
+            flat[prefix.rstrip(".")] = node
+
+    walk(dumped, "")
+    flat["search.algorithm"] = experiment.search.algorithm
+    flat["search.n_initial_points"] = experiment.n_initial_points
+    flat["search.points_to_evaluate"] = len(experiment.search.points_to_evaluate)
+    return flat
+
+
+def start_parent_run(
+    client: Client,
+    experiment_id: str,
+    run_name: str,
+    experiment: Experiment,
+    space_text: str,
+    tags: dict[str, str],
+    params: dict[str, Scalar],
+) -> str:
+    """Open the sweep's parent run: its settings, the search-space file and the resolved config."""
+    run = client.create_run(
+        experiment_id, run_name=run_name, tags={MLFLOW_RUN_NAME: run_name, **tags}
+    )
+    run_id = str(run.info.run_id)
+    settings = {**flat_settings(experiment), **params}
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in settings.items()])
+    client.log_text(run_id, space_text, "search_space.yaml")
+    client.log_text(run_id, json.dumps(experiment.model_dump(mode="json"), indent=2), "config.json")
+    return run_id
+
+
+def sweep_tags(sweep_path: str, data_fingerprint: str, code_version: str | None) -> dict[str, str]:
+    """The tags that mark a parent run as a sweep: where its trial state is, which data, which
+    code."""
+    tags = {SWEEP_PATH_TAG: sweep_path, "data_fingerprint": data_fingerprint}
+    if code_version:
+        tags[MLFLOW_GIT_COMMIT] = code_version
+    return tags
+
+
+def reopen_run(client: Client, run_id: str) -> None:
+    """Mark a run RUNNING again (a resumed sweep's parent)."""
+    client.update_run(run_id, status="RUNNING")
+
+
+def finish_parent_run(
+    client: Client,
+    run_id: str,
+    table: pd.DataFrame,
+    best: dict[str, Any] | None,
+    param_names: list[str],
+    status: str,
+) -> None:
+    """Record the best trial and the trial table on the parent run and end it with `status`."""
+    params: list[Param] = []
+    metrics: list[Metric] = []
+    now = int(time.time() * 1000)
+    if best is not None:
+        params = [Param(f"best.{n}", str(best[n])) for n in param_names if pd.notna(best.get(n))]
+        params.append(Param("best.trial_id", str(best["trial_id"])))
+        for name in ("val_acc", "val_loss", "epoch"):
+            metrics.append(Metric(f"best_{name}", float(best[name]), now, 0))
+    counts = table["state"].value_counts() if len(table) else pd.Series(dtype=int)
+    tags = [RunTag(f"trials.{state}", str(int(counts.get(state, 0)))) for state in TRIAL_STATES]
+    client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+    client.log_text(run_id, table.to_csv(index=False), "trials.csv")
+    client.set_terminated(run_id, status)
+
+
+def child_runs(client: Client, experiment_id: str, parent_run_id: str) -> list[Run]:
+    """Every run nested under the parent run."""
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'",
+            max_results=1000,
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def trial_states(client: Client, experiment_id: str, parent_run_id: str) -> dict[str, str]:
+    """trial id -> the state its child run was tagged with."""
+    runs = child_runs(client, experiment_id, parent_run_id)
+    return {
+        r.data.tags["trial_id"]: r.data.tags.get("trial_state", "")
+        for r in runs
+        if "trial_id" in r.data.tags
+    }
+
+
+def close_open_runs(client: Client, experiment_id: str, parent_run_id: str, status: str) -> None:
+    """End the parent and any child still RUNNING, so no run outlives its sweep."""
+    for run in child_runs(client, experiment_id, parent_run_id):
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, status)
+    if client.get_run(parent_run_id).info.status == "RUNNING":
+        client.set_terminated(parent_run_id, status)
+
+
+# --- finding a sweep -------------------------------------------------------------------------
+
+
+def latest_sweep(client: Client, experiment_id: str, finished: bool) -> Run | None:
+    """The experiment's most recently started sweep (only finished ones if `finished`)."""
+    query = f"tags.{SWEEP_PATH_TAG} != ''"
+    if finished:
+        query += " and attributes.status = 'FINISHED'"
+    runs = client.search_runs(
+        [experiment_id], filter_string=query, order_by=["attributes.start_time DESC"], max_results=1
+    )
+    return runs[0] if runs else None
+
+
+def find_unfinished_sweep(client: Client, experiment_id: str) -> tuple[str, str]:
+    """(parent run id, sweep path) of the latest sweep of the experiment, if it did not finish."""
+    run = latest_sweep(client, experiment_id, finished=False)
+    if run is None or run.info.status == "FINISHED":
+        raise PipelineError(
+            "no interrupted sweep to resume in this experiment (the latest finished)"
+        )
+    return run.info.run_id, run.data.tags[SWEEP_PATH_TAG]
+
+
+@dataclass(frozen=True)
+class SweepRecord:
+    """A finished sweep as MLflow recorded it: its settings and its best valid trial."""
+
+    experiment_id: str
+    parent_run_id: str
+    run_name: str
+    experiment: Experiment
+    data_fingerprint: str
+    best: dict[str, Any]
+
+    @property
+    def params(self) -> dict[str, Scalar]:
+        """The best trial's hyperparameters (those its configuration sampled)."""
+        return {
+            name: value.item() if isinstance(value, np.generic) else value
+            for name, value in self.best.items()
+            if name in HYPERPARAMETERS and not pd.isna(value)
+        }
+
+    @property
+    def epochs(self) -> int:
+        """The epoch at which the best trial scored best: the retrain trains exactly this many."""
+        return int(self.best["epoch"])
+
+    @property
+    def score(self) -> float:
+        """The best trial's score on the sweep's metric."""
+        return float(self.best[self.experiment.metric])
+
+
+def find_sweep(client: Client, experiment_name: str, parent_run_id: str | None) -> SweepRecord:
+    """The named sweep, or the experiment's latest finished one, with its best valid trial."""
+    experiment = experiment_id(client, experiment_name)
+    if parent_run_id is None:
+        run = latest_sweep(client, experiment, finished=True)
+        if run is None:
+            raise PipelineError(f"experiment '{experiment_name}' has no finished sweep")
+    else:
+        try:
+            run = client.get_run(parent_run_id)
+        except MlflowException:
+            raise PipelineError(f"no run '{parent_run_id}' in the tracking store") from None
+        if run.info.experiment_id != experiment or SWEEP_PATH_TAG not in run.data.tags:
+            raise PipelineError(
+                f"run '{parent_run_id}' is not a sweep of experiment '{experiment_name}'"
+            )
+        if run.info.status != "FINISHED":
+            raise PipelineError(
+                f"sweep {parent_run_id} did not finish ({run.info.status}); resume it with "
+                "`python -m pipeline tune --resume` first"
+            )
+    run_id = run.info.run_id
+    with tempfile.TemporaryDirectory() as folder:
+        config = json.loads(
+            Path(client.download_artifacts(run_id, "config.json", folder)).read_text()
+        )
+        table = pd.read_csv(client.download_artifacts(run_id, "trials.csv", folder))
+    settings = parse_experiment(config, f"run {run_id}: config.json")
+    best = best_trial(table, settings.metric, settings.mode)
+    if best is None:
+        raise PipelineError(
+            f"sweep {run_id} has no trial that completed or stopped without diverging or "
+            "failing; nothing to retrain or register"
+        )
+    return SweepRecord(
+        experiment,
+        run_id,
+        run.info.run_name,
+        settings,
+        run.data.tags.get("data_fingerprint", ""),
+        best,
+    )
+
+
+# --- the retrain run and its model ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetrainedModel:
+    """A retrain's outcome, as the retrain run records it."""
+
+    network: nn.Module  # softmax output, eval mode, on the CPU
+    report: TestReport  # its one test
+    train_losses: list[float]  # per epoch
+    train_seconds: float
+    device: str
+    params: dict[str, Scalar]  # hyperparameters, epochs, row counts
+    data_fingerprint: str
+    dataset_name: str
+    example: np.ndarray  # a few input rows, for the signature and the input example
+    example_output: np.ndarray  # the network's output for them
+    metadata: dict[str, Any]  # stored with the model: what prediction and promotion need
+
+
+@dataclass(frozen=True)
+class RetrainRecord:
+    """Where the retrain was logged."""
+
+    run_id: str
+    model_uri: str  # runs:/... or models:/m-... URI of the logged model
+    report: TestReport
+
+
+def log_retrain_run(tracking_uri: str, sweep: SweepRecord, model: RetrainedModel) -> RetrainRecord:
+    """Log the retrain under the sweep's parent run: params, history, test scores and the model."""
+    client = open_client(tracking_uri)
+    report = model.report
+    tags = {
+        MLFLOW_RUN_NAME: RETRAIN_RUN_NAME,
+        MLFLOW_PARENT_RUN_ID: sweep.parent_run_id,
+        # Not `trial_id`: that tag marks the sweep's trial runs.
+        "source_trial_id": str(sweep.best["trial_id"]),
+        "data_fingerprint": model.data_fingerprint,
+        "device": model.device,
+    }
+    run = client.create_run(sweep.experiment_id, run_name=RETRAIN_RUN_NAME, tags=tags)
+    run_id = run.info.run_id
+    status = "FAILED"
+    try:
+        now = int(time.time() * 1000)
+        metrics = [Metric("train_loss", v, now, i + 1) for i, v in enumerate(model.train_losses)]
+        metrics += [Metric(k, v, now, 0) for k, v in report.metrics().items()]
+        metrics += [
+            Metric(f"trial_{sweep.experiment.metric}", sweep.score, now, 0),
+            Metric("train_seconds", model.train_seconds, now, 0),
+        ]
+        client.log_batch(
+            run_id,
+            metrics=metrics,
+            params=[Param(k, str(v)) for k, v in model.params.items()],
+            tags=[RunTag("test_rows_seen", "once")],
+        )
+        client.log_dict(run_id, report.per_class(), "classification_report.json")
+        title = f"{model.dataset_name}: test accuracy {report.test_acc:.4f}"
+        client.log_figure(run_id, confusion_figure(report, title), "confusion_matrix.png")
+        model_uri = log_network(tracking_uri, run_id, model)
+        status = "FINISHED"
+    finally:
+        client.set_terminated(run_id, status)
+    return RetrainRecord(run_id, model_uri, report)
+
+
+def log_network(tracking_uri: str, run_id: str, model: RetrainedModel) -> str:
+    """Log the network in the pickle-free pt2 format with signature, example and metadata."""
+    import mlflow.pytorch  # loads torch: only the retrain needs it
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(model.example, model.example_output)
+    # log_model speaks only through the fluent API; the active run gives it the experiment.
+    with use_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(
+            model.network,
+            name=MODEL_ARTIFACT,
+            serialization_format="pt2",
+            signature=signature,
+            input_example=model.example,
+            pip_requirements=pip_requirements(),
+            metadata=model.metadata,
+        )
+    return str(info.model_uri)
+
+
+def pip_requirements() -> list[str]:
+    """Pinned to what trained the model; explicit, which skips MLflow's slow inference."""
+    import mlflow
+    import torch
+
+    return [
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"mlflow=={mlflow.__version__}",
+        f"numpy=={np.__version__}",
+        f"pandas=={pd.__version__}",
+    ]

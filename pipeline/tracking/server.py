@@ -1,0 +1,113 @@
+"""MLflow's own programs (tracking server, UI, model server), run in place of this process, and
+the check that a server's database answers before it starts."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+
+@dataclass(frozen=True)
+class Launch:
+    """An `mlflow` command line to replace this process with, and the line that announces it."""
+
+    banner: str
+    arguments: list[str] = field(default_factory=list)  # empty: nothing to run
+    env: dict[str, str] = field(default_factory=dict)  # on top of this process's environment
+
+    def run(self) -> None:
+        """Replace this process by `mlflow ARGUMENTS` (signals then reach MLflow directly)."""
+        if not self.arguments:
+            return
+        # MLflow's helpers (uvicorn, gunicorn) sit next to this interpreter.
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        command = [sys.executable, "-m", "mlflow", *self.arguments]
+        os.execve(sys.executable, command, {**os.environ, **self.env, "PATH": path})
+
+
+def check_backend_store(uri: str) -> None:
+    """Connect once to a database backend, so a wrong URI is one clear line, not a traceback."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    try:
+        url = make_url(uri)
+    except ArgumentError:
+        raise PipelineError(f"MLFLOW_BACKEND_STORE_URI is not a database URL: {uri!r}") from None
+    shown = url.render_as_string(hide_password=True)
+    arguments = {"connect_timeout": 10} if url.get_backend_name() == "postgresql" else {}
+    try:
+        with create_engine(url, connect_args=arguments).connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except (SQLAlchemyError, ImportError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise PipelineError(f"cannot open the backend store {shown}: {reason}") from None
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """How to run a tracking server (see `python -m pipeline mlflow-server --help`)."""
+
+    backend_store_uri: str
+    artifacts_destination: str
+    host: str
+    port: int
+    workers: int
+    allowed_hosts: str = ""  # empty: MLflow's default
+    cors_allowed_origins: str = ""
+    basic_auth: bool = False
+
+
+def server_launch(options: ServerOptions) -> Launch:
+    """`mlflow server` on a database backend, artifacts served through the server."""
+    if not options.backend_store_uri:
+        raise PipelineError(
+            "set MLFLOW_BACKEND_STORE_URI (e.g. postgresql://mlflow@127.0.0.1:5432/mlflow) "
+            "or pass --backend-store-uri"
+        )
+    check_backend_store(options.backend_store_uri)
+    destination = options.artifacts_destination
+    if "://" not in destination:
+        Path(destination).mkdir(parents=True, exist_ok=True)
+        destination = str(Path(destination).resolve())
+    arguments = ["server", "--backend-store-uri", options.backend_store_uri, "--serve-artifacts"]
+    arguments += ["--artifacts-destination", destination]
+    arguments += ["--host", options.host, "--port", str(options.port)]
+    arguments += ["--workers", str(options.workers)]
+    # MLflow's host-header and CORS protections stay on; these only widen what they allow.
+    if options.allowed_hosts:
+        arguments += ["--allowed-hosts", options.allowed_hosts]
+    if options.cors_allowed_origins:
+        arguments += ["--cors-allowed-origins", options.cors_allowed_origins]
+    if options.basic_auth:
+        arguments += ["--app-name", "basic-auth"]
+    banner = (
+        f"MLflow tracking server on http://{options.host}:{options.port} (artifacts: {destination})"
+    )
+    return Launch(banner, arguments)
+
+
+def ui_launch(tracking_uri: str, port: int) -> Launch:
+    """The MLflow UI over a local store; a tracking server serves its own UI."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return Launch(f"the tracking server serves the UI: open {tracking_uri}")
+    arguments = ["ui", "--backend-store-uri", tracking_uri]
+    arguments += ["--host", "127.0.0.1", "--port", str(port)]
+    return Launch(f"MLflow UI over {tracking_uri} on http://127.0.0.1:{port}", arguments)
+
+
+def model_server_launch(
+    tracking_uri: str, model: str, version: str, alias: str, host: str, port: int
+) -> Launch:
+    """`mlflow models serve` of one registered version, in this environment, pickle-free."""
+    # The version, not the alias, is served: a promotion meanwhile does not change it.
+    arguments = ["models", "serve", "-m", f"models:/{model}/{version}", "--env-manager", "local"]
+    arguments += ["--host", host, "--port", str(port)]
+    env = {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}
+    banner = f"serving {model} version {version} ({alias}) on http://{host}:{port}/invocations"
+    return Launch(banner, arguments, env)

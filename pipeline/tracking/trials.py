@@ -1,0 +1,190 @@
+"""The sweep's trial runs: one nested child run per trial, written by one batched writer.
+
+All writes happen in the driver, on one background thread, batched: trials never reach the
+tracking server, SQLite has a single writer, and Ray's event loop never waits on a write.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+from pipeline.config import Scalar
+from pipeline.tracking.runs import child_runs
+from pipeline.tracking.store import Client, open_client
+
+log = logging.getLogger(__name__)
+
+TRIAL_METRICS = ("train_loss", "val_loss", "val_acc")
+MLFLOW_BATCH = 1000  # MLflow's limit on metrics per log_batch call
+
+
+class TrialRecorder:
+    """Writes one child run per trial, nested under the sweep's parent run.
+
+    Only the hyperparameters become params; `train_loss`, `val_loss` and `val_acc` are logged with
+    `step=epoch`, buffered and written in batches. A resumed sweep finds its runs by `trial_id`.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        flush_seconds: float = 10.0,
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.flush_seconds = flush_seconds
+        self._reset()
+
+    def _reset(self) -> None:
+        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._client: Client | None = None
+        self._run_ids: dict[str, str] = {}  # trial id -> run id; touched by the writer thread only
+        self._logged_epoch: dict[str, int] = {}
+        self._pending: dict[str, list[Metric]] = {}
+        self._pending_tags: dict[str, list[RunTag]] = {}
+        self._last_flush: dict[str, float] = {}
+        self._open: set[str] = set()
+        self.errors: list[str] = []
+        self.busy_seconds = 0.0  # time spent inside MLflow calls
+
+    # Ray pickles the sweep's callbacks (and so this recorder) with the sweep state, for resuming.
+    def __getstate__(self) -> dict[str, Any]:
+        keep = ("tracking_uri", "experiment_id", "parent_run_id", "flush_seconds")
+        return {k: self.__dict__[k] for k in keep}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+    # --- the writer thread --------------------------------------------------------------------
+
+    def _submit(self, write: Callable[[], None]) -> None:
+        if self._thread is None:
+            self._client = open_client(self.tracking_uri)
+            self._thread = threading.Thread(target=self._drain, name="mlflow-writer", daemon=True)
+            self._thread.start()
+            self._submit(self._load_existing_runs)
+        self._queue.put(write)
+
+    def _drain(self) -> None:
+        while (write := self._queue.get()) is not None:
+            started = time.perf_counter()
+            try:
+                write()
+            except Exception as exc:
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+                log.warning("MLflow write failed: %s", exc)
+            self.busy_seconds += time.perf_counter() - started
+
+    def _load_existing_runs(self) -> None:
+        assert self._client is not None
+        for run in child_runs(self._client, self.experiment_id, self.parent_run_id):
+            trial_id = run.data.tags.get("trial_id")
+            if trial_id:
+                self._run_ids[trial_id] = run.info.run_id
+
+    def close(self) -> None:
+        """Flush everything, end runs of trials that never ended as interrupted, stop the writer."""
+        if self._thread is None:
+            return
+        for trial_id in list(self._open):
+            self._flush(trial_id, [RunTag("trial_state", "interrupted")])
+            self._submit(functools.partial(self._terminate, trial_id, "KILLED"))
+        self._open.clear()
+        self._queue.put(None)
+        self._thread.join()
+        self._thread = None
+
+    # --- writes (run on the writer thread, in submission order) -------------------------------
+
+    def _start_run(self, trial_id: str, params: dict[str, Scalar]) -> None:
+        assert self._client is not None
+        run_id = self._run_ids.get(trial_id)
+        if run_id is not None:  # a resumed trial: keep its run, skip epochs it already logged
+            self._client.update_run(run_id, status="RUNNING")
+            history = self._client.get_metric_history(run_id, "val_acc")
+            self._logged_epoch[trial_id] = max((m.step for m in history), default=0)
+            return
+        run = self._client.create_run(
+            self.experiment_id,
+            run_name=trial_id,
+            tags={
+                MLFLOW_PARENT_RUN_ID: self.parent_run_id,
+                MLFLOW_RUN_NAME: trial_id,
+                "trial_id": trial_id,
+                "trial_state": "running",
+            },
+        )
+        self._run_ids[trial_id] = run.info.run_id
+        self._client.log_batch(
+            run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()]
+        )
+
+    def _write_metrics(self, trial_id: str, metrics: list[Metric], tags: list[RunTag]) -> None:
+        assert self._client is not None
+        floor = self._logged_epoch.get(trial_id, 0)
+        metrics = [m for m in metrics if m.step > floor]
+        for start in range(0, max(len(metrics), 1), MLFLOW_BATCH):
+            self._client.log_batch(
+                self._run_ids[trial_id],
+                metrics=metrics[start : start + MLFLOW_BATCH],
+                tags=tags if start == 0 else [],
+            )
+
+    def _terminate(self, trial_id: str, status: str) -> None:
+        assert self._client is not None
+        self._client.set_terminated(self._run_ids[trial_id], status)
+
+    # --- trial events (the driver's thread) ---------------------------------------------------
+
+    def start(self, trial_id: str, params: dict[str, Scalar]) -> None:
+        """A trial started (or resumed) with these sampled hyperparameters."""
+        self._last_flush[trial_id] = time.monotonic()
+        self._open.add(trial_id)
+        self._submit(lambda: self._start_run(trial_id, params))
+
+    def result(self, trial_id: str, result: dict[str, Any]) -> None:
+        """One epoch's result: its metrics are buffered, and flushed every `flush_seconds`."""
+        now = int(time.time() * 1000)
+        step = int(result["epoch"])
+        if trial_id not in self._pending_tags:  # where it runs: known from its first result
+            self._pending_tags[trial_id] = [
+                RunTag("host", str(result.get("hostname", ""))),
+                RunTag("node_ip", str(result.get("node_ip", ""))),
+                RunTag("node_id", str(result.get("node_id", ""))),
+                RunTag("device", str(result.get("device", ""))),
+            ]
+        self._pending.setdefault(trial_id, []).extend(
+            Metric(name, float(result[name]), now, step) for name in TRIAL_METRICS
+        )
+        if time.monotonic() - self._last_flush.get(trial_id, 0.0) >= self.flush_seconds:
+            self._flush(trial_id)
+
+    def end(self, trial_id: str, state: str, errored: bool) -> None:
+        """The trial ended in `state`: flush it, tag the state and end its run."""
+        self._flush(trial_id, [RunTag("trial_state", state)])
+        status = "FAILED" if errored else "FINISHED"
+        self._submit(lambda: self._terminate(trial_id, status))
+        self._open.discard(trial_id)
+
+    def _flush(self, trial_id: str, tags: list[RunTag] | None = None) -> None:
+        """Hand the trial's buffered metrics and tags to the writer as one batch."""
+        metrics = self._pending.pop(trial_id, [])
+        all_tags = self._pending_tags.get(trial_id, []) + (tags or [])
+        self._pending_tags[trial_id] = []
+        self._last_flush[trial_id] = time.monotonic()
+        if metrics or all_tags:
+            self._submit(functools.partial(self._write_metrics, trial_id, metrics, all_tags))

@@ -1,0 +1,115 @@
+"""The registered models at work: promote, roll back, predict, export the test rows a version
+was scored on, and serve. Nothing here needs Ray."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline import registry
+from pipeline.predict import (
+    held_out_rows,
+    labelled_accuracy,
+    predictions_frame,
+    read_inputs,
+    write_csv,
+)
+from pipeline.registry import CHAMPION, Decision
+from pipeline.settings import Settings
+from pipeline.tracking.server import Launch, model_server_launch, ui_launch
+from pipeline.tracking.store import (
+    Client,
+    check_tracking_server,
+    make_local_store,
+    open_client,
+)
+
+
+def promote(
+    settings: Settings,
+    model: str,
+    actor: str,
+    version: int | None = None,
+    force: bool = False,
+    min_delta: float = 0.0,
+) -> Decision:
+    """Make the challenger (or `version`) champion if it beats the champion on the test split."""
+    client = open_client(settings.tracking_uri)
+    return registry.promote(
+        client, settings.tracking_uri, model, settings.data_dir, actor, version, force, min_delta
+    )
+
+
+def rollback(settings: Settings, model: str, actor: str) -> Decision:
+    """Give `champion` back to the previous champion."""
+    return registry.rollback(open_client(settings.tracking_uri), model, actor)
+
+
+def chosen_version(client: Client, model: str, alias: str, version: int | None) -> str:
+    """The version asked for by number, else the one the alias points at."""
+    if version:
+        return registry.check_version(client, model, version)
+    return registry.version_by_alias(client, model, alias)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What `predict` wrote, and how well it did where the input had labels."""
+
+    model: str
+    version: str
+    rows: int
+    output: Path
+    accuracy: float | None  # on the input's `label` column, if it had one
+    logged_test_acc: float | None  # the version's test accuracy when it was registered
+
+
+def predict(
+    settings: Settings,
+    model: str,
+    input_path: Path,
+    output: Path,
+    alias: str = CHAMPION,
+    version: int | None = None,
+) -> Prediction:
+    """Predict labels and class probabilities for the input's rows; write them as CSV."""
+    client = open_client(settings.tracking_uri)
+    chosen = chosen_version(client, model, alias, version)
+    loaded = registry.load_version(settings.tracking_uri, model, chosen)
+    inputs = read_inputs(input_path, loaded.metadata)
+    probabilities = loaded.predict_probabilities(inputs.features)
+    frame = predictions_frame(probabilities, loaded.metadata["class_names"], inputs)
+    write_csv(frame, output)
+    accuracy = labelled_accuracy(frame)
+    logged = registry.logged_test_acc(client, model, chosen) if accuracy is not None else None
+    return Prediction(model, chosen, len(frame), output, accuracy, logged)
+
+
+@dataclass(frozen=True)
+class ExportedRows:
+    rows: int
+    dataset: str
+    output: Path
+
+
+def export_test_rows(settings: Settings, model: str, output: Path, alias: str) -> ExportedRows:
+    """Write the held-out test rows a version was scored on (features and label) as CSV."""
+    client = open_client(settings.tracking_uri)
+    chosen = registry.version_by_alias(client, model, alias)
+    loaded = registry.load_version(settings.tracking_uri, model, chosen)
+    dataset, split = registry.version_data(loaded, settings.data_dir)
+    write_csv(held_out_rows(dataset, split), output)
+    return ExportedRows(len(split.test), dataset.name, output)
+
+
+def serve(settings: Settings, model: str, alias: str, host: str, port: int) -> Launch:
+    """The model server for the version the alias points at now."""
+    chosen = registry.version_by_alias(open_client(settings.tracking_uri), model, alias)
+    return model_server_launch(settings.tracking_uri, model, chosen, alias, host, port)
+
+
+def ui(settings: Settings, port: int) -> Launch:
+    """The MLflow UI over the local store, or where the tracking server (which must answer) is."""
+    check_tracking_server(settings.tracking_uri)
+    make_local_store(settings.tracking_uri)
+    return ui_launch(settings.tracking_uri, port)

@@ -1,0 +1,229 @@
+"""Tune, retrain and register: a sweep tracked in MLflow, its best trial refit on train +
+validation, tested once and registered as the challenger."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline import cluster
+from pipeline import tune as tuning
+from pipeline.config import Experiment, Hyperparameters, Scalar, load_experiment
+from pipeline.data import Dataset, Split, load_dataset, split_dataset, tuning_data
+from pipeline.decisions import best_trial, with_states
+from pipeline.errors import PipelineError
+from pipeline.evaluate import TestReport
+from pipeline.registry import register_challenger
+from pipeline.retrain import check_same_data, log_retrain, train_and_test
+from pipeline.settings import Settings
+from pipeline.tracking import runs
+from pipeline.tracking.store import check_tracking_server, ensure_experiment, open_client
+from pipeline.tracking.trials import TrialRecorder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """A sweep as it ended: its runs, its trial table and its best trial."""
+
+    experiment_name: str
+    experiment_id: str
+    parent_run_id: str
+    table: pd.DataFrame
+    best: dict[str, Any] | None
+    metric: str
+    wall_seconds: float
+    tracking_seconds: float  # time the MLflow writer spent in MLflow calls
+    interrupted: bool  # stopped (Ctrl-C) before every trial ended; `tune --resume` continues it
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A retrained best trial, tested once and registered as the challenger."""
+
+    trial_id: str
+    metric: str
+    trial_score: float  # on `metric`, in the sweep
+    report: TestReport
+    test_rows: int
+    model_name: str
+    version: str
+
+
+@dataclass(frozen=True)
+class TuneOutcome:
+    sweep: SweepResult
+    registration: Registration | None  # None: interrupted, or --no-retrain
+
+
+def load_data(experiment: Experiment, data_dir: Path) -> tuple[Dataset, Split]:
+    """The experiment's data set and its seeded split."""
+    dataset = load_dataset(experiment.data, experiment.seed, data_dir)
+    return dataset, split_dataset(dataset, experiment.data, experiment.seed)
+
+
+def tune_and_register(
+    space: Path,
+    settings: Settings,
+    experiment_name: str | None = None,
+    overrides: list[str] | None = None,
+    resume: bool = False,
+    retrain: bool = True,
+    on_sweep: Callable[[SweepResult], None] | None = None,
+) -> TuneOutcome:
+    """Sweep the space, then (unless interrupted or `retrain` is off) retrain the best trial and
+    register it. `on_sweep` sees the sweep's result as soon as it ends."""
+    experiment = load_experiment(space, overrides)
+    check_tracking_server(settings.tracking_uri)
+    dataset, split = load_data(experiment, settings.data_dir)
+    log.info(
+        "%s: %d rows (%d train, %d val, %d test), %d classes",
+        dataset.name,
+        len(dataset.labels),
+        len(split.train),
+        len(split.val),
+        len(split.test),
+        dataset.num_classes,
+    )
+    name = experiment_name or experiment.name
+    result = run_sweep(experiment, name, dataset, split, space.read_text(), settings, resume)
+    if on_sweep is not None:
+        on_sweep(result)
+    if result.interrupted:
+        return TuneOutcome(result, None)
+    if result.best is None:
+        raise PipelineError("no trial finished without diverging or failing; nothing registered")
+    registration = None
+    if retrain:
+        registration = retrain_and_register(settings, name, result.parent_run_id, on_ray=True)
+    return TuneOutcome(result, registration)
+
+
+def run_sweep(
+    experiment: Experiment,
+    experiment_name: str,
+    dataset: Dataset,
+    split: Split,
+    space_text: str,
+    settings: Settings,
+    resume: bool = False,
+) -> SweepResult:
+    """Tune `experiment` on Ray, tracking every trial under one MLflow parent run."""
+    started = time.perf_counter()
+    # Everything that can fail for want of a cluster or storage fails before MLflow is written.
+    cluster.connect(settings.ray_address)
+    cluster.check_resources(experiment, autoscaling=bool(settings.ray_address))
+    cluster.check_storage(settings.storage)
+    client = open_client(settings.tracking_uri)
+    experiment_id = ensure_experiment(client, experiment_name, settings.artifact_root)
+    data = tuning_data(dataset, split)
+    recorder: TrialRecorder | None = None
+    if resume:
+        parent_run_id, sweep_path = runs.find_unfinished_sweep(client, experiment_id)
+        runs.reopen_run(client, parent_run_id)
+        tuner = tuning.restore_tuner(experiment, data, sweep_path)
+    else:
+        run_name = f"{experiment.name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+        sweep_path = f"{settings.storage.rstrip('/')}/{run_name}"
+        tags = runs.sweep_tags(sweep_path, split.fingerprint, settings.code_version)
+        sizes: dict[str, Scalar] = {
+            "data.rows.train": len(split.train),
+            "data.rows.val": len(split.val),
+            "data.rows.test": len(split.test),
+            "data.fingerprint": split.fingerprint,
+        }
+        parent_run_id = runs.start_parent_run(
+            client, experiment_id, run_name, experiment, space_text, tags, sizes
+        )
+        recorder = TrialRecorder(settings.tracking_uri, experiment_id, parent_run_id)
+        tuner = tuning.make_tuner(experiment, data, settings.storage, run_name, recorder)
+    log.info("sweep %s: experiment '%s', parent run %s", sweep_path, experiment_name, parent_run_id)
+    status = "KILLED"
+    try:
+        results = tuning.fit(tuner, experiment)
+        if recorder is not None:
+            recorder.close()
+        interrupted = results.ended < experiment.budget.num_samples
+        states = runs.trial_states(client, experiment_id, parent_run_id)
+        table = with_states(results.table, states)
+        best = best_trial(table, experiment.metric, experiment.mode)
+        status = "KILLED" if interrupted else "FINISHED"
+        # MLflow params are write-once: the best trial is recorded when the sweep completes.
+        final_best = None if interrupted else best
+        runs.finish_parent_run(
+            client, parent_run_id, table, final_best, results.param_names, status
+        )
+    except Exception:
+        status = "FAILED"
+        raise
+    finally:
+        if recorder is not None:
+            recorder.close()
+        runs.close_open_runs(client, experiment_id, parent_run_id, status)
+    if recorder is not None and recorder.errors:
+        raise PipelineError(
+            f"{len(recorder.errors)} MLflow writes failed, first: {recorder.errors[0]}"
+        )
+    return SweepResult(
+        experiment_name,
+        experiment_id,
+        parent_run_id,
+        table,
+        best,
+        experiment.metric,
+        time.perf_counter() - started,
+        recorder.busy_seconds if recorder else 0.0,
+        interrupted,
+    )
+
+
+def retrain_and_register(
+    settings: Settings, experiment_name: str, parent_run_id: str | None, on_ray: bool = False
+) -> Registration:
+    """Retrain a sweep's best trial (the latest finished sweep's without `parent_run_id`) on
+    train + validation, test it once, log it and register it as the challenger.
+
+    The refit runs as a Ray task (a GPU node if the space gives trials GPUs) when `on_ray` or a
+    cluster address is set, else in this process; the model comes back here to be logged.
+    """
+    uri = settings.tracking_uri
+    check_tracking_server(uri)
+    client = open_client(uri)
+    sweep = runs.find_sweep(client, experiment_name, parent_run_id)
+    dataset, split = load_data(sweep.experiment, settings.data_dir)
+    check_same_data(sweep, split)
+    hp = Hyperparameters.from_params(sweep.params)
+    trial_id = str(sweep.best["trial_id"])
+    log.info(
+        "retraining trial %s on %d rows for %d epochs",
+        trial_id,
+        len(split.tuning_rows),
+        sweep.epochs,
+    )
+    arguments = (sweep.experiment, hp, sweep.epochs, dataset, split)
+    if on_ray or settings.ray_address:
+        cluster.connect(settings.ray_address)
+        resources = sweep.experiment.resources
+        final = cluster.run_remote(train_and_test, resources.cpus, resources.gpus, *arguments)
+    else:
+        final = train_and_test(*arguments)
+    record = log_retrain(uri, sweep, final, dataset, split)
+    name = sweep.experiment.model_name
+    version = register_challenger(client, uri, name, sweep, record, split)
+    return Registration(
+        trial_id,
+        sweep.experiment.metric,
+        sweep.score,
+        record.report,
+        len(split.test),
+        name,
+        version,
+    )
