@@ -1,7 +1,10 @@
 # Every target is a thin call of the CLI (python -m pipeline) inside .venv; `make help` lists them.
 SHELL := /bin/bash
+# The checkout this Makefile is in: `make -f /path/to/Makefile ...` works from another folder
+# (the commands then keep their store, mlruns/, in that folder).
+ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
 PYTHON ?= python3
-VENV ?= .venv
+VENV ?= $(ROOT)/.venv
 PY := $(VENV)/bin/python
 SPACE ?= search_spaces/default.yaml
 # The torch build to install first. This pin takes a CPU wheel where one is at hand (as on our
@@ -18,23 +21,25 @@ INPUT ?=
 TEST_ROWS ?= mlruns/$(MODEL)-test-rows.csv
 OUTPUT ?= mlruns/$(MODEL)-predictions.csv
 PORT ?= 5001
+# make schedule: the time of day (this machine's) of each night.
+AT ?= 02:00
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev tune retrain promote rollback predict serve test test-fast lint \
+.PHONY: help install install-dev tune nightly history schedule unschedule retrain promote rollback predict serve test test-fast lint \
 	bench-cli bench-overhead ui mlflow-server clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: $(ROOT)/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -e $(ROOT)
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '$(ROOT)[dev]'
 	touch $@
 
 install: $(VENV)/.installed ## Create .venv and install the pipeline
@@ -43,6 +48,18 @@ install-dev: $(VENV)/.installed-dev ## Install the pipeline with test and lint t
 
 tune: install ## Sweep, retrain, register: [SPACE=search_spaces/x.yaml] [RAY_ADDRESS=head:6380] [ARGS=..]
 	$(PY) -m pipeline tune --space $(SPACE) $(ARGS)
+
+nightly: install ## One night: retune, retrain, register, promote if better [SPACE=..] [ARGS='--date D']
+	$(PY) -m pipeline nightly --space $(SPACE) $(ARGS)
+
+history: install ## The model's last nights: trials, scores, decisions [MODEL=..]
+	$(PY) -m pipeline history --model $(MODEL) $(ARGS)
+
+schedule: install ## Run `make nightly` every day at AT with cron [SPACE=..] [AT=02:00]
+	$(PY) -m pipeline schedule --space $(SPACE) --at $(AT)
+
+unschedule: install ## Remove the cron line of `make schedule` [SPACE=..]
+	$(PY) -m pipeline unschedule --space $(SPACE)
 
 retrain: install ## Retrain the latest sweep's best trial: make retrain EXPERIMENT=digits-mlp
 	$(PY) -m pipeline retrain --experiment $(or $(EXPERIMENT),$(MODEL)) $(ARGS)

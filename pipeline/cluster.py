@@ -120,6 +120,17 @@ def check_storage(storage: str) -> None:
         filesystem.delete_file(path)
 
 
+def remove_trial_state(sweep_path: str) -> None:
+    """Delete a finished sweep's trial state and checkpoints (a folder or s3://...)."""
+    root = sweep_path if "://" in sweep_path else Path(sweep_path).absolute().as_uri()
+    try:
+        filesystem, path = pafs.FileSystem.from_uri(root)
+        if filesystem.get_file_info(path).type != pafs.FileType.NotFound:
+            filesystem.delete_dir(path)
+    except (OSError, pa.ArrowException) as exc:
+        log.warning("could not remove the trial state at %s: %s", sweep_path, exc)
+
+
 def pin_to(node_id: str) -> dict[str, Any]:
     """Task options that run it on one given node."""
     strategy = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)

@@ -471,6 +471,24 @@ def check_point(params: dict[str, ParamSpec], point: dict[str, Scalar], where: s
                 raise ValueError(f"{where}.{name}: {value!r} is not an integer")
 
 
+def point_from_values(
+    params: dict[str, ParamSpec], values: dict[str, Scalar], where: str
+) -> dict[str, Scalar]:
+    """The point of this space at which an earlier trial's configuration (its sampled and constant
+    values, as in a sweep's trials.csv) sits; a ValueError naming the key when the space no
+    longer holds it. Numbers come back as the space's own types (an int choice stays an int)."""
+    point = {name: values[name] for name in sampled_names(params, values) if name in values}
+    check_point(params, point, where)
+    typed: dict[str, Scalar] = {}
+    for _, name, spec in active_params(params, point):
+        value = point[name]
+        if isinstance(spec, ChoiceParam):
+            typed[name] = next(o for o in map(option_name, spec.values) if o == value)
+        else:
+            typed[name] = int(value) if isinstance(spec, IntParam) else float(value)
+    return typed
+
+
 def active_params(
     params: dict[str, ParamSpec], point: dict[str, Scalar], path: str = ""
 ) -> list[tuple[str, str, ParamSpec]]:

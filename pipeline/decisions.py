@@ -40,19 +40,25 @@ def with_states(table: pd.DataFrame, states: dict[str, str]) -> pd.DataFrame:
     return table.assign(state=tracked.where(tracked.notna() & (tracked != ""), table["state"]))
 
 
-def best_trial(table: pd.DataFrame, metric: str, mode: str) -> dict[str, Any] | None:
-    """The best completed or early-stopped trial; diverged and errored trials never qualify."""
+def rank_trials(table: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
+    """The completed or early-stopped trials, best first; diverged and errored trials never
+    qualify. Ties (common: accuracies are counts over a few hundred rows) go to the lower
+    val_loss."""
     if table.empty or metric not in table:
-        return None
+        return table.iloc[0:0]
     valid = table[table["state"].isin(VALID_STATES) & table[metric].notna()]
-    if valid.empty:
-        return None
-    # Ties (common: accuracies are counts over a few hundred rows) go to the lower val_loss.
     keys, ascending = [metric], [mode == "min"]
     if metric != "val_loss" and "val_loss" in valid:
         keys.append("val_loss")
         ascending.append(True)
-    ranked = valid.sort_values(keys, ascending=ascending, kind="stable")
+    return valid.sort_values(keys, ascending=ascending, kind="stable")
+
+
+def best_trial(table: pd.DataFrame, metric: str, mode: str) -> dict[str, Any] | None:
+    """The best completed or early-stopped trial (see `rank_trials`), if any."""
+    ranked = rank_trials(table, metric, mode)
+    if ranked.empty:
+        return None
     return {str(k): v for k, v in ranked.iloc[0].items()}
 
 

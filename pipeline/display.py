@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
     from pipeline.evaluate import TestReport
     from pipeline.registry import Decision
+    from pipeline.workflows.nights import Night
     from pipeline.workflows.serving import ExportedRows, Prediction
     from pipeline.workflows.tuning import Registration, SweepResult
 
@@ -125,3 +126,77 @@ def print_prediction(prediction: Prediction) -> None:
 
 def print_exported(exported: ExportedRows) -> None:
     results().print(f"{exported.rows} test rows of {exported.dataset} written to {exported.output}")
+
+
+def print_night(night: Night) -> None:
+    """What the night did, in a line or two."""
+    from pipeline.workflows import nights as n  # loaded already: the command ran the night
+
+    out = results()
+    for warning in night.warnings:
+        out.print(f"warning: {warning}", highlight=False)
+    if night.already_done:
+        out.print(
+            f"night {night.date} of {night.model} already done ({night.outcome}); nothing to do"
+        )
+        return
+    line = f"night {night.date} of {night.model}: {night.outcome}"
+    if night.outcome in ("promoted", "kept"):
+        line += (
+            f"; version {night.tag(n.VERSION)} (test_acc {score(night.tag(n.CHALLENGER_ACC))}) "
+            f"vs champion {night.tag(n.BEFORE)} (test_acc "
+            f"{score(night.tag(n.CHAMPION_ACC)) or '-'}); champion now {night.tag(n.AFTER)}"
+        )
+    elif night.tag(n.ERROR):
+        line += f": {night.tag(n.ERROR)}"
+    out.print(line, highlight=False)
+    if night.outcome in ("promoted", "kept", "no-valid-trial"):
+        out.print(
+            f"data {night.tag(n.FINGERPRINT)} (changed since the previous night: "
+            f"{night.tag(n.CHANGED)}); {night.tag(n.TRIALS)} trials; history: "
+            f"python -m pipeline history --model {night.model}",
+            highlight=False,
+        )
+
+
+def print_history(nights: list[Night], model: str) -> None:
+    """The last nights, newest first."""
+    from pipeline.workflows import nights as n  # loaded already: the command read the nights
+
+    out = results()
+    if not nights:
+        out.print(f"no nights of {model} yet (python -m pipeline nightly --space ...)")
+        return
+    shown = Table(title=f"nights of {model}, newest first")
+    columns = (
+        "date", "trials", "best val", "challenger test", "champion test", "decision", "champion"
+    )  # fmt: skip
+    for column in columns:
+        shown.add_column(column, no_wrap=True)
+    for night in nights:
+        best = f"{night.best_score:.4f}" if night.best_score is not None else ""
+        shown.add_row(
+            night.date,
+            night.tag(n.TRIALS) or "",
+            best,
+            score(night.tag(n.CHALLENGER_ACC)),
+            score(night.tag(n.CHAMPION_ACC)),
+            night.outcome,
+            night.tag(n.AFTER) or night.tag(n.BEFORE) or "",
+        )
+    out.print(shown)
+
+
+def score(text: str | None) -> str:
+    return f"{float(text):.4f}" if text else ""
+
+
+def print_scheduled(line: str) -> None:
+    out = results()
+    out.print("installed in your crontab:", highlight=False)
+    out.print(f"  {line}", highlight=False, soft_wrap=True)
+    out.print(
+        "cron starts it with an empty environment: put MLFLOW_TRACKING_URI, RAY_ADDRESS, "
+        "NIGHTLY_WEBHOOK_URL and the like in ./nightly.env",
+        highlight=False,
+    )

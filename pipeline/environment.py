@@ -52,6 +52,11 @@ def settings(address: str | None = None) -> Settings:
     )
 
 
+def webhook_url() -> str | None:
+    """Where nights post their outcome (NIGHTLY_WEBHOOK_URL); None: nowhere."""
+    return os.environ.get("NIGHTLY_WEBHOOK_URL") or None
+
+
 def git_commit() -> str | None:
     """The commit of the code that runs, if it runs from a git checkout."""
     try:

@@ -23,6 +23,7 @@ from pipeline.data import Dataset, Split, load_dataset, split_dataset
 from pipeline.decisions import judge_promotion
 from pipeline.errors import PipelineError
 from pipeline.evaluate import TestReport, score
+from pipeline.tracking.locks import LOCK_PREFIX
 from pipeline.tracking.runs import RetrainRecord, SweepRecord
 from pipeline.tracking.store import Client, use_tracking_uri
 
@@ -106,7 +107,8 @@ def check_model(client: Client, name: str) -> dict[str, str]:
     try:
         model = client.get_registered_model(name)
     except MlflowException:
-        known = sorted(m.name for m in client.search_registered_models(max_results=100))
+        models = client.search_registered_models(max_results=100)
+        known = sorted(m.name for m in models if not m.name.startswith(LOCK_PREFIX))
         listed = ", ".join(known) if known else "none yet; run `make tune`"
         raise PipelineError(f"no registered model '{name}' (registered: {listed})") from None
     return {str(alias): str(version) for alias, version in model.aliases.items()}
@@ -123,6 +125,56 @@ def aliased(aliases: dict[str, str], name: str, alias: str) -> str:
         listed = ", ".join(f"{a} -> v{v}" for a, v in sorted(aliases.items())) or "none"
         raise PipelineError(f"model '{name}' has no alias '{alias}' (aliases: {listed})")
     return aliases[alias]
+
+
+def model_aliases(client: Client, name: str) -> dict[str, str]:
+    """The model's aliases (alias -> version); none for a model not registered yet."""
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        return {}
+    return {str(alias): str(version) for alias, version in model.aliases.items()}
+
+
+def version_tags(client: Client, name: str, version: str) -> dict[str, str]:
+    return dict(client.get_model_version(name, version).tags)
+
+
+def tag_version(client: Client, name: str, version: str, tags: dict[str, str]) -> None:
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
+def version_of_sweep(client: Client, name: str, parent_run_id: str) -> str | None:
+    """The version registered from this sweep, if one was (the newest, should there be more)."""
+    found = client.search_model_versions(
+        f"name = '{name}' and tags.parent_run_id = '{parent_run_id}'"
+    )
+    return str(max(int(v.version) for v in found)) if found else None
+
+
+def prune_versions(client: Client, tracking_uri: str, name: str, keep: int) -> list[str]:
+    """Delete the oldest versions (with their models' files) until at most `keep` remain; a
+    version that holds an alias is never deleted. Returns the deleted versions."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    if keep < 1:
+        raise PipelineError(f"keep must be at least 1, got {keep}")
+    versions = sorted(
+        client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version)
+    )
+    aliased = set(model_aliases(client, name).values())
+    deletable = [v for v in versions if str(v.version) not in aliased]
+    deleted = []
+    for version in deletable[: max(0, len(versions) - keep)]:
+        model_id = str(version.source).removeprefix("models:/")
+        with use_tracking_uri(tracking_uri):  # resolves mlflow-artifacts: URIs of a server
+            location = client.get_logged_model(model_id).artifact_location
+            get_artifact_repository(location).delete_artifacts()  # type: ignore[no-untyped-call]
+        client.delete_logged_model(model_id)
+        client.delete_model_version(name, version.version)
+        deleted.append(str(version.version))
+    return deleted
 
 
 def check_version(client: Client, name: str, version: int) -> str:

@@ -11,6 +11,8 @@ from typing import Any, Protocol
 
 import pandas as pd
 from hyperopt import hp
+from hyperopt.base import JOB_STATE_DONE
+from hyperopt.fmin import generate_trial
 from hyperopt.pyll import scope
 from ray import tune
 from ray.tune import ResultGrid
@@ -95,34 +97,69 @@ def hyperopt_point(params: dict[str, ParamSpec], point: dict[str, Scalar]) -> di
     return native
 
 
+@dataclass(frozen=True)
+class WarmStart:
+    """Where a sweep starts from: configurations to run first (each with where it came from),
+    and earlier results that TPE takes as already seen."""
+
+    points: list[tuple[dict[str, Scalar], str]]  # (point, source), run before the space's own
+    evaluated: list[tuple[dict[str, Scalar], float]]  # (point, its score on the metric)
+
+
 class ConditionalHyperOptSearch(HyperOptSearch):
-    """HyperOptSearch whose warm-start points may leave out parameters of options not chosen.
+    """HyperOptSearch that can start from earlier results, and whose warm-start points may leave
+    out parameters of options not chosen.
+
+    `evaluated` points enter hyperopt's trials as finished ones with their scores: TPE models
+    them from its first suggestion (they count towards its random start-up trials) and they are
+    not run again. Ray's HyperOptSearch (2.60) has no such input; only its Optuna and HEBO
+    searchers take earlier results.
 
     TPE expects every label in a trial's `misc.idxs` (an empty list when inactive), but hyperopt's
-    `generate_trials_to_calculate` writes only the labels a point gives, so TPE's first model
-    fails with a KeyError on a conditional space. Pad the missing labels.
+    `generate_trial` writes only the labels a point gives, so TPE's first model fails with a
+    KeyError on a conditional space. Pad the missing labels.
     """
+
+    def __init__(
+        self, *args: Any, evaluated: list[tuple[dict[str, Any], float]] | None = None, **kwargs: Any
+    ) -> None:
+        self._evaluated = evaluated or []  # read by _setup_hyperopt, which __init__ calls
+        super().__init__(*args, **kwargs)
 
     def _setup_hyperopt(self) -> None:
         super()._setup_hyperopt()
         assert self.domain is not None
-        for trial in self._hpopt_trials._dynamic_trials:
+        trials = self._hpopt_trials
+        if self._evaluated:
+            tids = trials.new_trial_ids(len(self._evaluated))
+            docs = []
+            for tid, (point, score) in zip(tids, self._evaluated, strict=True):
+                doc = generate_trial(tid, point)
+                doc["state"] = JOB_STATE_DONE
+                doc["result"] = {"loss": self.metric_op * score, "status": "ok"}
+                docs.append(doc)
+            trials.insert_trial_docs(docs)
+        for trial in trials._dynamic_trials:
             for label in self.domain.params:
                 trial["misc"]["idxs"].setdefault(label, [])
                 trial["misc"]["vals"].setdefault(label, [])
-        self._hpopt_trials.refresh()
+        trials.refresh()
 
 
-def make_searcher(experiment: Experiment) -> HyperOptSearch:
-    """TPE over the space (random search: every trial drawn before TPE would start), seeded."""
-    points = [hyperopt_point(experiment.params, p) for p in experiment.search.points_to_evaluate]
+def make_searcher(experiment: Experiment, warm: WarmStart | None = None) -> HyperOptSearch:
+    """TPE over the space (random search: every trial drawn before TPE would start), seeded;
+    warm-start points run first, and earlier results inform TPE (not random search)."""
+    points = [p for p, _ in warm.points] if warm else []
+    points += [p for p in experiment.search.points_to_evaluate if p not in points]
+    evaluated = warm.evaluated if warm and experiment.search.algorithm == "tpe" else []
     return ConditionalHyperOptSearch(
         space=hyperopt_space(experiment.params),
         metric=experiment.metric,
         mode=experiment.mode,
-        points_to_evaluate=points or None,
+        points_to_evaluate=[hyperopt_point(experiment.params, p) for p in points] or None,
         n_initial_points=experiment.n_initial_points,
         random_state_seed=experiment.seed,
+        evaluated=[(hyperopt_point(experiment.params, p), score) for p, score in evaluated],
     )
 
 
@@ -159,15 +196,16 @@ def make_tuner(
     storage: Path | str,
     run_name: str,
     sink: TrialSink,
+    warm: WarmStart | None = None,
 ) -> tune.Tuner:
     """The Tuner for one sweep; trial state lands in `storage`/`run_name`, trial events go to
-    `sink`."""
+    `sink`, and the search starts from `warm` if given."""
     return tune.Tuner(
         make_trainable(experiment, data),
         tune_config=tune.TuneConfig(
             metric=experiment.metric,
             mode=experiment.mode,
-            search_alg=make_searcher(experiment),
+            search_alg=make_searcher(experiment, warm),
             scheduler=make_scheduler(experiment),
             num_samples=experiment.budget.num_samples,
             max_concurrent_trials=experiment.budget.max_concurrent,
@@ -185,9 +223,14 @@ def make_tuner(
     )
 
 
+def can_resume(sweep_path: str) -> bool:
+    """Whether Ray saved enough of a sweep at `sweep_path` to resume it."""
+    return bool(tune.Tuner.can_restore(sweep_path))
+
+
 def restore_tuner(experiment: Experiment, data: TuningData, sweep_path: str) -> tune.Tuner:
     """Resume an interrupted sweep: finished trials stay, the others continue from checkpoints."""
-    if not tune.Tuner.can_restore(sweep_path):
+    if not can_resume(sweep_path):
         raise PipelineError(f"{sweep_path}: no sweep state to resume from")
     return tune.Tuner.restore(
         sweep_path, make_trainable(experiment, data), resume_unfinished=True, resume_errored=True
@@ -197,7 +240,7 @@ def restore_tuner(experiment: Experiment, data: TuningData, sweep_path: str) -> 
 class TrialSink(Protocol):
     """Where a sweep's trial events go (the MLflow trial recorder)."""
 
-    def start(self, trial_id: str, params: dict[str, Scalar]) -> None: ...
+    def start(self, trial_id: str, number: int, params: dict[str, Scalar]) -> None: ...
 
     def result(self, trial_id: str, result: dict[str, Any]) -> None: ...
 
@@ -215,7 +258,9 @@ class TrialEvents(tune.Callback):
         self.max_epochs = max_epochs
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self.sink.start(trial.trial_id, flatten_sample(trial.config))
+        # The searcher numbers its suggestions from 1 (warm-start points first) in the tag.
+        number = int(str(trial.experiment_tag).split("_", 1)[0] or 0)
+        self.sink.start(trial.trial_id, number, flatten_sample(trial.config))
 
     def on_trial_result(
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any

@@ -6,12 +6,16 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,3 +137,45 @@ def run_reporting(cwd: Path, *args: str) -> tuple[set[str], subprocess.Completed
     reports = [line for line in done.stdout.splitlines() if line.startswith("LOADED ")]
     assert reports, done.stdout + done.stderr
     return set(json.loads(reports[-1].removeprefix("LOADED "))), done
+
+
+class Hook:
+    """A local webhook answering every POST with `status`; it keeps what it received."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.received: list[dict[str, Any]] = []
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers["Content-Length"])
+                hook.received.append(json.loads(self.rfile.read(length)))
+                self.send_response(hook.status)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/secret-token"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def finished_trial_runs(db: Path) -> int:
+    """Trial runs a local store (SQLite) has FINISHED so far; 0 before it exists."""
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db) as connection:
+        try:
+            rows = connection.execute(
+                "SELECT count(*) FROM runs WHERE status = 'FINISHED'"
+                " AND run_uuid IN (SELECT run_uuid FROM tags WHERE key = 'trial_id')"
+            ).fetchone()
+        except sqlite3.OperationalError:  # tables not created yet
+            return 0
+    return int(rows[0])

@@ -18,6 +18,7 @@ from pipeline.config import (
     IntParam,
     flatten_sample,
     load_experiment,
+    point_from_values,
 )
 from pipeline.errors import PipelineError
 
@@ -578,3 +579,34 @@ def test_planned_epochs_capped_by_max_epochs() -> None:
     assert Hyperparameters(epochs=5).planned_epochs(12) == 5
     assert Hyperparameters(epochs=50).planned_epochs(12) == 12
     assert Hyperparameters.from_params({"epochs": 7.0}).planned_epochs(4) == 4
+
+
+def test_a_recorded_trial_becomes_a_point_of_the_space() -> None:
+    """As trials.csv records a trial: every config value, floats where pandas saw NaN."""
+    params = load_experiment(SPACES / "default.yaml").params
+    row = {"lr": 0.01, "hidden_layers": 2.0, "hidden_units": 64.0, "activation": "relu"}
+    row |= {"dropout": 0.1, "weight_decay": 1e-5, "optimizer": "adam", "batch_size": 32.0}
+    point = point_from_values(params, row, "warm start")
+    assert point == {**row, "hidden_layers": 2, "hidden_units": 64, "batch_size": 32}
+    assert [type(point[k]) for k in ("hidden_layers", "hidden_units", "batch_size")] == [int] * 3
+    # Values the chosen option does not use (momentum of another optimizer) are left out.
+    assert point_from_values(params, {**row, "momentum": 0.9}, "warm start") == point
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"hidden_units": 48.0}, "warm start.hidden_units: 48.0 is not one of the choices"),
+        ({"lr": 0.9}, r"warm start.lr: 0.9 is outside \[0.0001, 0.5\]"),
+        ({"activation": None}, "warm start: missing a value for 'activation'"),
+    ],
+)
+def test_a_trial_the_space_no_longer_holds_names_the_key(
+    change: dict[str, Any], message: str
+) -> None:
+    params = load_experiment(SPACES / "default.yaml").params
+    row = {"lr": 0.01, "hidden_layers": 2, "hidden_units": 64, "activation": "relu"}
+    row |= {"dropout": 0.1, "weight_decay": 1e-5, "optimizer": "adam", "batch_size": 32}
+    row = {k: v for k, v in {**row, **change}.items() if v is not None}
+    with pytest.raises(ValueError, match=message):
+        point_from_values(params, row, "warm start")

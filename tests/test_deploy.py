@@ -68,6 +68,10 @@ def all_commands() -> list[tuple[str, list[str]]]:
     for script in DEPLOY.rglob("*.sh"):
         joined = script.read_text().replace("\\\n", " ")
         found += [(str(script.relative_to(REPO)), words) for words in commands(joined)]
+    for unit in DEPLOY.rglob("*.service"):  # systemd: what ExecStart= runs
+        for line in unit.read_text().splitlines():
+            if line.startswith("ExecStart="):
+                found += [(str(unit.relative_to(REPO)), words) for words in commands(line[10:])]
     return found
 
 
@@ -98,14 +102,17 @@ def pipeline_invocations() -> list[tuple[str, list[str]]]:
     found = []
     for where, words in all_commands():
         for i in range(len(words) - 2):
-            if words[i : i + 3] == ["python", "-m", "pipeline"]:
+            interpreter = Path(words[i]).name in ("python", "python3")  # or a venv's, by path
+            if interpreter and words[i + 1 : i + 3] == ["-m", "pipeline"]:
                 found.append((where, words[i + 3 :]))
     return found
 
 
 def test_manifests_run_real_pipeline_commands_with_valid_options() -> None:
     invocations = pipeline_invocations()
-    assert any(where.endswith("rayjob.yaml") for where, _ in invocations)
+    places = {where.rsplit("/", 1)[-1] for where, _ in invocations}
+    assert {"rayjob.yaml", "raycronjob.yaml", "nightly-cronjob.yaml"} <= places
+    assert "hpo-pipeline-nightly.service" in places
     subcommands: dict[str, click.Command] = typer.main.get_command(app).commands  # type: ignore[attr-defined]
     for where, arguments in invocations:
         name, *rest = arguments
@@ -133,7 +140,11 @@ def test_make_targets_and_ray_and_mlflow_commands_exist() -> None:
         elif words[:2] == ["mlflow", "server"]:
             check_click(mlflow_cli.commands["server"], "mlflow server", words[2:], where)
             seen.add("mlflow server")
-    assert seen == {"make", "ray start", "mlflow server"}
+        elif words[:3] == ["ray", "job", "submit"]:
+            submit = ray_cli.commands["job"].commands["submit"]  # type: ignore[attr-defined]
+            check_click(submit, "ray job submit", words[3:], where)
+            seen.add("ray job submit")
+    assert seen == {"make", "ray start", "mlflow server", "ray job submit"}
 
 
 def test_dockerfile_installs_the_pinned_torch_first_and_runs_the_cli() -> None:
@@ -145,14 +156,13 @@ def test_dockerfile_installs_the_pinned_torch_first_and_runs_the_cli() -> None:
 
 
 def test_env_example_lists_every_setting_the_cli_reads() -> None:
-    source = "".join(
-        (REPO / "pipeline" / name).read_text() for name in ("cli.py", "environment.py")
-    )
+    files = [*(REPO / "pipeline" / "cli").glob("*.py"), REPO / "pipeline" / "environment.py"]
+    source = "".join(path.read_text() for path in files)
     read = set(re.findall(r'environ\.get\("([A-Z_]+)"', source))
     read |= set(re.findall(r'envvar="([A-Z_]+)"', source))
     read -= {"PATH"}  # handed on to subprocesses, not a setting
     listed = set(re.findall(r"^([A-Z_]+)=", (DEPLOY / "env.example").read_text(), re.M))
-    assert read, "no settings found in cli.py or environment.py"
+    assert read, "no settings found in pipeline/cli/ or environment.py"
     assert read <= listed, f"missing from deploy/env.example: {sorted(read - listed)}"
     assert {"RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "MLFLOW_TRACKING_USERNAME"} <= listed
 

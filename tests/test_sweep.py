@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import flatten_sample
-from tests.conftest import SPACES, cli_env, run_cli
+from tests.conftest import SPACES, cli_env, finished_trial_runs, run_cli
 
 pytestmark = pytest.mark.slow
 SMOKE = yaml.safe_load((SPACES / "smoke.yaml").read_text())
@@ -115,6 +114,10 @@ def test_warm_start_point_is_the_first_trial(sweep: Sweep) -> None:
     first_id = json.loads((first_dir / "result.json").read_text().splitlines()[0])["trial_id"]
     first = next(c for c in sweep.children if c.data.tags["trial_id"] == first_id)
     assert first.data.params == {k: str(v) for k, v in point.items()}
+    # The runs carry Ray's numbering: 1 to num_samples, in the order the searcher suggested.
+    numbers = sorted(int(c.data.tags["trial_number"]) for c in sweep.children)
+    assert numbers == list(range(1, SMOKE["budget"]["num_samples"] + 1))
+    assert first.data.tags["trial_number"] == "1"
 
 
 def test_parent_run_records_the_sweep(sweep: Sweep) -> None:
@@ -172,20 +175,6 @@ def test_bad_space_fails_with_one_line_and_writes_nothing(tmp_path: Path) -> Non
     assert not (tmp_path / "mlruns").exists()
 
 
-def finished_children(db: Path) -> int:
-    if not db.exists():
-        return 0
-    with sqlite3.connect(db) as connection:
-        try:
-            rows = connection.execute(
-                "SELECT count(*) FROM runs WHERE status = 'FINISHED' AND name != ''"
-                " AND run_uuid IN (SELECT run_uuid FROM tags WHERE key = 'trial_id')"
-            ).fetchone()
-        except sqlite3.OperationalError:  # tables not created yet
-            return 0
-    return int(rows[0])
-
-
 def test_interrupted_sweep_resumes_into_the_same_runs(tmp_path: Path) -> None:
     total = 32
     # Enough trials that the interrupt lands mid-sweep however fast the machine (12 took 15 s).
@@ -200,7 +189,7 @@ def test_interrupted_sweep_resumes_into_the_same_runs(tmp_path: Path) -> None:
     )
     db = tmp_path / "mlruns" / "mlflow.db"
     deadline = time.monotonic() + 240
-    while finished_children(db) < 3 and process.poll() is None and time.monotonic() < deadline:
+    while finished_trial_runs(db) < 3 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=120)

@@ -161,14 +161,30 @@ def latest_sweep(client: Client, experiment_id: str, finished: bool) -> Run | No
     return runs[0] if runs else None
 
 
-def find_unfinished_sweep(client: Client, experiment_id: str) -> tuple[str, str]:
-    """(parent run id, sweep path) of the latest sweep of the experiment, if it did not finish."""
-    run = latest_sweep(client, experiment_id, finished=False)
+def find_unfinished_sweep(
+    client: Client, experiment_id: str, parent_run_id: str | None = None
+) -> tuple[str, str]:
+    """(parent run id, sweep path) of the given sweep, or else of the experiment's latest, if it
+    did not finish."""
+    run = (
+        client.get_run(parent_run_id)
+        if parent_run_id
+        else latest_sweep(client, experiment_id, False)
+    )
     if run is None or run.info.status == "FINISHED":
         raise PipelineError(
             "no interrupted sweep to resume in this experiment (the latest finished)"
         )
     return run.info.run_id, run.data.tags[SWEEP_PATH_TAG]
+
+
+def hyperparameters_of(row: dict[str, Any]) -> dict[str, Scalar]:
+    """A trials.csv row's hyperparameters, as plain Python values (NaN: not set, so left out)."""
+    return {
+        name: value.item() if isinstance(value, np.generic) else value
+        for name, value in row.items()
+        if name in HYPERPARAMETERS and not pd.isna(value)
+    }
 
 
 @dataclass(frozen=True)
@@ -185,11 +201,7 @@ class SweepRecord:
     @property
     def params(self) -> dict[str, Scalar]:
         """The best trial's hyperparameters (those its configuration sampled)."""
-        return {
-            name: value.item() if isinstance(value, np.generic) else value
-            for name, value in self.best.items()
-            if name in HYPERPARAMETERS and not pd.isna(value)
-        }
+        return hyperparameters_of(self.best)
 
     @property
     def epochs(self) -> int:
@@ -228,7 +240,7 @@ def find_sweep(client: Client, experiment_name: str, parent_run_id: str | None) 
         config = json.loads(
             Path(client.download_artifacts(run_id, "config.json", folder)).read_text()
         )
-        table = pd.read_csv(client.download_artifacts(run_id, "trials.csv", folder))
+    table = sweep_table(client, run_id)
     settings = parse_experiment(config, f"run {run_id}: config.json")
     best = best_trial(table, settings.metric, settings.mode)
     if best is None:
@@ -244,6 +256,81 @@ def find_sweep(client: Client, experiment_name: str, parent_run_id: str | None) 
         run.data.tags.get("data_fingerprint", ""),
         best,
     )
+
+
+def sweep_table(client: Client, parent_run_id: str) -> pd.DataFrame:
+    """The trial table a finished sweep recorded (trials.csv): one row per trial."""
+    with tempfile.TemporaryDirectory() as folder:
+        return pd.read_csv(client.download_artifacts(parent_run_id, "trials.csv", folder))
+
+
+def set_run_tags(client: Client, run_id: str, tags: dict[str, str]) -> None:
+    """Tag a run, in one batch."""
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+
+def run_tags(client: Client, run_id: str) -> dict[str, str]:
+    return dict(client.get_run(run_id).data.tags)
+
+
+def record_run(client: Client, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
+    """A finished run that only records something (tags), such as a night that did not sweep."""
+    run = client.create_run(
+        experiment_id, run_name=run_name, tags={MLFLOW_RUN_NAME: run_name, **tags}
+    )
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return str(run.info.run_id)
+
+
+# --- nights --------------------------------------------------------------------------------
+
+NIGHT_DATE_TAG = "night.date"
+
+
+@dataclass(frozen=True)
+class NightRecord:
+    """A night's run: the sweep's parent run, or a run recording a night that did not sweep."""
+
+    run_id: str
+    status: str  # the run's: RUNNING, FINISHED, KILLED, FAILED
+    tags: dict[str, str]
+    metrics: dict[str, float]
+    start_time: int  # ms since the epoch
+
+    @property
+    def date(self) -> str:
+        return self.tags.get(NIGHT_DATE_TAG, "")
+
+    @property
+    def is_sweep(self) -> bool:
+        return SWEEP_PATH_TAG in self.tags
+
+    @property
+    def sweep_path(self) -> str:
+        return self.tags.get(SWEEP_PATH_TAG, "")
+
+
+def night_records(
+    client: Client, experiment_ids: list[str], query: str = "", limit: int = 200
+) -> list[NightRecord]:
+    """Runs tagged with a night date (and matching `query`, an MLflow filter), newest first."""
+    found = client.search_runs(
+        experiment_ids,
+        filter_string=" and ".join(q for q in (f"tags.`{NIGHT_DATE_TAG}` != ''", query) if q),
+        order_by=["attributes.start_time DESC"],
+        max_results=limit,
+    )
+    return [
+        NightRecord(
+            r.info.run_id, r.info.status, dict(r.data.tags), dict(r.data.metrics), r.info.start_time
+        )
+        for r in found
+    ]
+
+
+def experiment_ids(client: Client) -> list[str]:
+    """Every active experiment's id."""
+    return [str(e.experiment_id) for e in client.search_experiments(max_results=1000)]
 
 
 # --- the retrain run and its model ---------------------------------------------------------

@@ -3,6 +3,7 @@ finds or creates an experiment."""
 
 from __future__ import annotations
 
+import fcntl
 import time
 import urllib.error
 import urllib.request
@@ -21,14 +22,25 @@ SERVER_TIMEOUT_S = 8.0  # an unreachable tracking server fails the command withi
 
 def open_client(tracking_uri: str) -> Client:
     """A client of the tracking store (and its model registry) at `tracking_uri`."""
-    make_local_store(tracking_uri)
-    return MlflowClient(tracking_uri)
+    database = make_local_store(tracking_uri)
+    if database is None:
+        return MlflowClient(tracking_uri)
+    # Two commands opening a new SQLite store at once would both create (or migrate) its tables
+    # and fail; one at a time, the second finds them made.
+    with (database.parent / f".{database.name}.lock").open("w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        client = MlflowClient(tracking_uri)
+        client.search_registered_models(max_results=1)  # opens the registry's side too
+    return client
 
 
-def make_local_store(tracking_uri: str) -> None:
-    """Create the folder of a SQLite store (MLflow creates the database itself)."""
-    if tracking_uri.startswith("sqlite:///"):
-        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+def make_local_store(tracking_uri: str) -> Path | None:
+    """Create the folder of a SQLite store (MLflow creates the database itself); its file."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    return database
 
 
 def check_tracking_server(uri: str, timeout_s: float = SERVER_TIMEOUT_S) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import queue
 import threading
 import time
@@ -39,11 +40,13 @@ class TrialRecorder:
         tracking_uri: str,
         experiment_id: str,
         parent_run_id: str,
+        warm_points: list[tuple[dict[str, Scalar], str]] | None = None,
         flush_seconds: float = 10.0,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
+        self.warm_points = warm_points or []  # (point, source): trials at them are tagged so
         self.flush_seconds = flush_seconds
         self._reset()
 
@@ -62,7 +65,7 @@ class TrialRecorder:
 
     # Ray pickles the sweep's callbacks (and so this recorder) with the sweep state, for resuming.
     def __getstate__(self) -> dict[str, Any]:
-        keep = ("tracking_uri", "experiment_id", "parent_run_id", "flush_seconds")
+        keep = ("tracking_uri", "experiment_id", "parent_run_id", "warm_points", "flush_seconds")
         return {k: self.__dict__[k] for k in keep}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -110,7 +113,7 @@ class TrialRecorder:
 
     # --- writes (run on the writer thread, in submission order) -------------------------------
 
-    def _start_run(self, trial_id: str, params: dict[str, Scalar]) -> None:
+    def _start_run(self, trial_id: str, number: int, params: dict[str, Scalar]) -> None:
         assert self._client is not None
         run_id = self._run_ids.get(trial_id)
         if run_id is not None:  # a resumed trial: keep its run, skip epochs it already logged
@@ -118,16 +121,17 @@ class TrialRecorder:
             history = self._client.get_metric_history(run_id, "val_acc")
             self._logged_epoch[trial_id] = max((m.step for m in history), default=0)
             return
-        run = self._client.create_run(
-            self.experiment_id,
-            run_name=trial_id,
-            tags={
-                MLFLOW_PARENT_RUN_ID: self.parent_run_id,
-                MLFLOW_RUN_NAME: trial_id,
-                "trial_id": trial_id,
-                "trial_state": "running",
-            },
-        )
+        tags = {
+            MLFLOW_PARENT_RUN_ID: self.parent_run_id,
+            MLFLOW_RUN_NAME: trial_id,
+            "trial_id": trial_id,
+            "trial_number": str(number),
+            "trial_state": "running",
+        }
+        source = next((s for p, s in self.warm_points if at_point(params, p)), None)
+        if source is not None:
+            tags["warm_start"] = source
+        run = self._client.create_run(self.experiment_id, run_name=trial_id, tags=tags)
         self._run_ids[trial_id] = run.info.run_id
         self._client.log_batch(
             run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()]
@@ -150,11 +154,12 @@ class TrialRecorder:
 
     # --- trial events (the driver's thread) ---------------------------------------------------
 
-    def start(self, trial_id: str, params: dict[str, Scalar]) -> None:
-        """A trial started (or resumed) with these sampled hyperparameters."""
+    def start(self, trial_id: str, number: int, params: dict[str, Scalar]) -> None:
+        """Trial `number` (in the order the searcher suggested it) started, or resumed, with
+        these sampled hyperparameters."""
         self._last_flush[trial_id] = time.monotonic()
         self._open.add(trial_id)
-        self._submit(lambda: self._start_run(trial_id, params))
+        self._submit(lambda: self._start_run(trial_id, number, params))
 
     def result(self, trial_id: str, result: dict[str, Any]) -> None:
         """One epoch's result: its metrics are buffered, and flushed every `flush_seconds`."""
@@ -188,3 +193,15 @@ class TrialRecorder:
         self._last_flush[trial_id] = time.monotonic()
         if metrics or all_tags:
             self._submit(functools.partial(self._write_metrics, trial_id, metrics, all_tags))
+
+
+def at_point(params: dict[str, Scalar], point: dict[str, Scalar]) -> bool:
+    """Whether a trial's sampled parameters are those of a warm-start point."""
+    for name, value in point.items():
+        given = params.get(name)
+        if isinstance(value, float) and isinstance(given, (int, float)):
+            if not math.isclose(given, value, rel_tol=1e-9, abs_tol=1e-12):
+                return False
+        elif given != value:
+            return False
+    return True

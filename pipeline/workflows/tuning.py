@@ -115,8 +115,16 @@ def run_sweep(
     space_text: str,
     settings: Settings,
     resume: bool = False,
+    *,
+    parent_run_id: str | None = None,
+    warm: tuning.WarmStart | None = None,
+    tags: dict[str, str] | None = None,
 ) -> SweepResult:
-    """Tune `experiment` on Ray, tracking every trial under one MLflow parent run."""
+    """Tune `experiment` on Ray, tracking every trial under one MLflow parent run.
+
+    `resume` continues the sweep of `parent_run_id` (default: the experiment's latest, if it did
+    not finish). A new sweep starts from `warm` if given, its parent run tagged with `tags`.
+    """
     started = time.perf_counter()
     # Everything that can fail for want of a cluster or storage fails before MLflow is written.
     cluster.connect(settings.ray_address)
@@ -127,13 +135,16 @@ def run_sweep(
     data = tuning_data(dataset, split)
     recorder: TrialRecorder | None = None
     if resume:
-        parent_run_id, sweep_path = runs.find_unfinished_sweep(client, experiment_id)
+        parent_run_id, sweep_path = runs.find_unfinished_sweep(client, experiment_id, parent_run_id)
         runs.reopen_run(client, parent_run_id)
         tuner = tuning.restore_tuner(experiment, data, sweep_path)
     else:
         run_name = f"{experiment.name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
         sweep_path = f"{settings.storage.rstrip('/')}/{run_name}"
-        tags = runs.sweep_tags(sweep_path, split.fingerprint, settings.code_version)
+        tags = {
+            **runs.sweep_tags(sweep_path, split.fingerprint, settings.code_version),
+            **(tags or {}),
+        }
         sizes: dict[str, Scalar] = {
             "data.rows.train": len(split.train),
             "data.rows.val": len(split.val),
@@ -143,8 +154,9 @@ def run_sweep(
         parent_run_id = runs.start_parent_run(
             client, experiment_id, run_name, experiment, space_text, tags, sizes
         )
-        recorder = TrialRecorder(settings.tracking_uri, experiment_id, parent_run_id)
-        tuner = tuning.make_tuner(experiment, data, settings.storage, run_name, recorder)
+        warm_points = warm.points if warm else None
+        recorder = TrialRecorder(settings.tracking_uri, experiment_id, parent_run_id, warm_points)
+        tuner = tuning.make_tuner(experiment, data, settings.storage, run_name, recorder, warm)
     log.info("sweep %s: experiment '%s', parent run %s", sweep_path, experiment_name, parent_run_id)
     status = "KILLED"
     try:

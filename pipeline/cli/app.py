@@ -1,0 +1,63 @@
+"""The `python -m pipeline` app: options shared by the commands, error handling, and the setup
+every command gets (logging, MLflow's client defaults)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+
+from pipeline.environment import configure
+from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    from pipeline.tracking.server import Launch
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Tune PyTorch networks with Ray Tune + HyperOpt + ASHA, tracked in MLflow.",
+)
+console = Console(stderr=True)
+state = {"debug": False}
+
+Space = Annotated[Path, typer.Option(help="Search-space YAML file.")]
+DEFAULT_SPACE = Path("search_spaces/default.yaml")
+Model = Annotated[str, typer.Option(help="Registered model name.")]
+Alias = Annotated[str, typer.Option(help="Alias of the version to use.")]
+Port = Annotated[int, typer.Option(help="Port to listen on.")]
+
+
+@contextmanager
+def guarded() -> Iterator[None]:
+    """A PipelineError becomes one line on stderr and exit status 1; Ctrl-C exits 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+    except PipelineError as exc:
+        if state["debug"]:
+            raise
+        console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+def start(launch: Launch) -> None:
+    """Announce an MLflow program, then become it."""
+    console.print(launch.banner)
+    launch.run()
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option(help="Show tracebacks and debug logs.")] = False,
+) -> None:
+    configure(console, debug)
+    state["debug"] = debug

@@ -1,0 +1,73 @@
+"""Commands for nightly reruns: run a night, read the nights' history, schedule them with cron."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline import display
+from pipeline.cli.app import DEFAULT_SPACE, Model, Space, app, guarded
+from pipeline.environment import actor, settings, webhook_url
+
+
+@app.command()
+def nightly(
+    space: Space = DEFAULT_SPACE,
+    date: Annotated[
+        str | None, typer.Option(help="The night, YYYY-MM-DD (default: today in UTC).")
+    ] = None,
+    min_delta: Annotated[
+        float, typer.Option(help="Test accuracy the challenger must gain over the champion.")
+    ] = 0.0,
+    keep: Annotated[
+        int, typer.Option(help="Model versions to keep (aliased ones are never deleted).")
+    ] = 10,
+) -> None:
+    """One night: retune, retrain, register; promote only if better.
+
+    Exit status: 0 done (or already done), 1 failed, 3 no valid trial, 75 another night of the
+    space is running (try later).
+    """
+    with guarded():
+        from pipeline.workflows.nightly import run_night
+
+        night = run_night(space, settings(), actor(), date, min_delta, keep, webhook_url())
+    display.print_night(night)
+    raise typer.Exit(night.exit_code)
+
+
+@app.command()
+def history(
+    model: Model,
+    nights: Annotated[int, typer.Option(help="How many of the last nights.")] = 14,
+) -> None:
+    """The model's last nights: trials, scores, decision and champion of each."""
+    with guarded():
+        from pipeline.workflows.nights import history as read_history
+
+        display.print_history(read_history(settings(), model, nights), model)
+
+
+@app.command()
+def schedule(
+    space: Space = DEFAULT_SPACE,
+    at: Annotated[str, typer.Option(help="Time of day, HH:MM (this machine's time).")] = "02:00",
+) -> None:
+    """Run the space's night every day at AT with cron (from this folder, log in mlruns/)."""
+    with guarded():
+        from pipeline.workflows.schedule import schedule as install
+
+        installed = install(Path.cwd(), Path(sys.executable), space.resolve(), at)
+    display.print_scheduled(installed.line)
+
+
+@app.command()
+def unschedule(space: Space = DEFAULT_SPACE) -> None:
+    """Remove the cron line that runs the space's night from this folder."""
+    with guarded():
+        from pipeline.workflows.schedule import unschedule as remove
+
+        display.results().print(f"removed {remove(Path.cwd(), space.resolve())} crontab line(s)")

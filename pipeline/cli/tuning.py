@@ -1,0 +1,61 @@
+"""Commands that tune: a sweep (then retrain and register), or the retrain alone."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from pipeline import display
+from pipeline.cli.app import DEFAULT_SPACE, Space, app, guarded
+from pipeline.environment import settings
+
+
+@app.command()
+def tune(
+    space: Space = DEFAULT_SPACE,
+    experiment: Annotated[
+        str | None, typer.Option(help="MLflow experiment (default: the space's name).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a key, e.g. budget.num_samples=8.")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: $RAY_ADDRESS, else local).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Resume the experiment's latest interrupted sweep.")
+    ] = False,
+    retrain: Annotated[
+        bool, typer.Option(help="Retrain the best trial and register it as challenger.")
+    ] = True,
+) -> None:
+    """Run a tuning sweep described by a search-space file, then retrain and register the best."""
+    with guarded():
+        from pipeline.workflows.tuning import tune_and_register
+
+        outcome = tune_and_register(
+            space, settings(address), experiment, set_, resume, retrain, display.print_sweep
+        )
+    if outcome.sweep.interrupted:
+        display.print_resume_hint(space, outcome.sweep.experiment_name)
+        raise typer.Exit(130)
+    if outcome.registration is not None:
+        display.print_registration(outcome.registration)
+
+
+@app.command("retrain")
+def retrain_cli(
+    experiment: Annotated[str, typer.Option(help="MLflow experiment of the sweep.")],
+    parent_run: Annotated[
+        str | None, typer.Option(help="The sweep's parent run id (default: the latest sweep).")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Train on this Ray cluster (default: $RAY_ADDRESS).")
+    ] = None,
+) -> None:
+    """Retrain a sweep's best trial on train + validation, test it, register it as challenger."""
+    with guarded():
+        from pipeline.workflows.tuning import retrain_and_register
+
+        display.print_registration(retrain_and_register(settings(address), experiment, parent_run))

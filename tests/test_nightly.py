@@ -1,0 +1,359 @@
+"""Nightly reruns through the real CLI on a CSV data set that grows: three nights (the third
+started by the crontab line `make schedule` installed, run by hand), the same night twice, two
+nights at once, and a night whose driver is killed mid-sweep. Everything is read back from the
+MLflow store, the crontab and a local webhook."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from pipeline.data import load_bundled
+from tests.conftest import (
+    REPO,
+    Hook,
+    background,
+    cli_env,
+    finished_trial_runs,
+    run_cli,
+    wait_until,
+)
+
+pytestmark = pytest.mark.slow
+MODEL = "nightly-digits"
+EXPERIMENT = "nightly-smoke"
+TODAY = datetime.now(timezone.utc).date().isoformat()
+
+
+def write_digits(path: Path, rows: int) -> None:
+    """The first `rows` of scikit-learn's digits as a CSV with a label column."""
+    digits = load_bundled("digits")
+    frame = pd.DataFrame(digits.features[:rows], columns=list(digits.columns))
+    frame["digit"] = digits.labels[:rows]
+    frame.to_csv(path, index=False)
+
+
+def write_space(path: Path, data: Path, **changes: Any) -> None:
+    space: dict[str, Any] = {
+        "name": EXPERIMENT,
+        "seed": 3,
+        "registered_model": MODEL,
+        "data": {"source": "csv", "path": str(data), "target": "digit"},
+        "budget": {"num_samples": 5, "max_concurrent": 2, "max_epochs": 3},
+        "search": {"algorithm": "tpe", "n_initial_points": 2},
+        "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2},
+        "params": {
+            "lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True},
+            "hidden_units": {"type": "choice", "values": [16, 32]},
+            "optimizer": {
+                "type": "choice",
+                "values": [
+                    {"name": "adam", "batch_size": {"type": "choice", "values": [32, 64]}},
+                    {
+                        "name": "momentum",
+                        "momentum": {"type": "float", "low": 0.5, "high": 0.95},
+                        "batch_size": {"type": "choice", "values": [32, 64]},
+                    },
+                ],
+            },
+        },
+    }
+    for key, value in changes.items():
+        space["params"][key] = value
+    path.write_text(yaml.safe_dump(space))
+
+
+def make(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """This checkout's Makefile, run in `folder` (whose mlruns/ the commands then use)."""
+    return subprocess.run(
+        ["make", "-s", "-f", str(REPO / "Makefile"), *args],
+        cwd=folder,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def crontab() -> list[str]:
+    done = subprocess.run(["crontab", "-l"], capture_output=True, text=True)
+    return done.stdout.splitlines() if done.returncode == 0 else []
+
+
+def set_crontab(lines: list[str]) -> None:
+    if lines:
+        subprocess.run(["crontab", "-"], input="\n".join(lines) + "\n", text=True, check=True)
+    else:
+        subprocess.run(["crontab", "-r"], capture_output=True)
+
+
+def as_cron_runs_it(command: str, folder: Path) -> subprocess.CompletedProcess[str]:
+    """A crontab line's command as cron starts it: /bin/sh in the home folder, a bare env."""
+    env = {"HOME": str(Path.home()), "PATH": "/usr/bin:/bin", "SHELL": "/bin/sh"}
+    env["LOGNAME"] = env["USER"] = os.environ.get("USER", "root")
+    return subprocess.run(
+        ["/bin/sh", "-c", command], cwd=Path.home(), env=env, capture_output=True, text=True
+    )
+
+
+@dataclass
+class Nights:
+    folder: Path
+    client: MlflowClient
+    outputs: dict[str, str]
+    codes: dict[str, int]
+    hook: Hook
+    cron_lines: dict[str, list[str]]  # the crontab after each step
+    registry_before_rerun: dict[str, Any]
+
+    def runs(self) -> list[Run]:
+        experiment = self.client.get_experiment_by_name(EXPERIMENT)
+        return self.client.search_runs([experiment.experiment_id], max_results=1000)
+
+    def night(self, date: str) -> Run:
+        [run] = [
+            r
+            for r in self.runs()
+            if r.data.tags.get("night.date") == date and "sweep_path" in r.data.tags
+        ]
+        return run
+
+    def trials(self, parent: Run) -> list[Run]:
+        return [
+            r
+            for r in self.runs()
+            if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+            and "trial_id" in r.data.tags
+        ]
+
+
+def registry_state(client: MlflowClient) -> dict[str, Any]:
+    model = client.get_registered_model(MODEL)
+    versions = client.search_model_versions(f"name = '{MODEL}'")
+    return {
+        "aliases": dict(model.aliases),
+        "versions": {v.version: dict(v.tags) for v in versions},
+    }
+
+
+@pytest.fixture(scope="module")
+def nights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nights]:
+    folder = tmp_path_factory.mktemp("nightly")
+    data, space = folder / "digits.csv", folder / "space.yaml"
+    write_digits(data, 450)
+    write_space(space, data)
+    hook = Hook(200)
+    outputs, codes, cron_lines = {}, {}, {}
+
+    def step(name: str, done: subprocess.CompletedProcess[str]) -> None:
+        outputs[name] = done.stdout + done.stderr
+        codes[name] = done.returncode
+
+    saved = crontab()
+    foreign = "17 4 * * * /usr/bin/true  # someone else's line"
+    set_crontab([*saved, foreign])
+    try:
+        for date in ("2026-11-01", "2026-11-02"):
+            args = ["nightly", "--space", str(space), "--date", date]
+            step(date, run_cli(folder, *args, NIGHTLY_WEBHOOK_URL=hook.url))
+        # The third night: the data grew, the space gained a parameter, and cron starts it.
+        write_digits(data, 650)
+        write_space(space, data, dropout={"type": "float", "low": 0.0, "high": 0.3})
+        (folder / "nightly.env").write_text(f"NIGHTLY_WEBHOOK_URL={hook.url}\n")
+        step("schedule", make(folder, "schedule", f"SPACE={space}", "AT=03:17"))
+        step("schedule-again", make(folder, "schedule", f"SPACE={space}", "AT=03:17"))
+        cron_lines["scheduled"] = crontab()
+        [line] = [line for line in crontab() if str(space) in line]
+        command = " ".join(line.split()[5:])
+        log = folder / "mlruns" / "nightly.log"  # where the scheduled command writes
+        step(TODAY, as_cron_runs_it(command, folder))
+        outputs[TODAY] += log.read_text()
+        client = MlflowClient(f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}")
+        before_rerun = registry_state(client)
+        step("rerun", as_cron_runs_it(command, folder))
+        outputs["rerun"] += log.read_text().removeprefix(outputs[TODAY])
+        step("history", run_cli(folder, "history", "--model", MODEL))
+        step("unschedule", make(folder, "unschedule", f"SPACE={space}"))
+        cron_lines["unscheduled"] = crontab()
+        yield Nights(folder, client, outputs, codes, hook, cron_lines, before_rerun)
+    finally:
+        set_crontab(saved)
+        hook.close()
+
+
+def test_every_step_succeeded(nights: Nights) -> None:
+    for name, code in nights.codes.items():
+        assert code == 0, f"{name}: {nights.outputs[name][-3000:]}"
+
+
+def test_night_1_registers_version_1_and_promotes_it(nights: Nights) -> None:
+    tags = nights.night("2026-11-01").data.tags
+    assert tags["night.outcome"] == "promoted"
+    assert tags["night.version"] == "1" and tags["night.champion_after"] == "1"
+    assert tags["night.champion_before"] == "none"
+    assert tags["night.data_changed"] == "first"
+    assert tags["night.warm_start"] == "none"
+    version = nights.client.get_model_version(MODEL, "1")
+    assert version.tags["night.date"] == "2026-11-01"
+    assert version.tags["promotion.decision"] == "promoted"
+
+
+def test_night_2_warm_starts_from_the_champion_and_the_gate_decides(nights: Nights) -> None:
+    night = nights.night("2026-11-02")
+    tags = night.data.tags
+    assert tags["night.version"] == "2" and tags["night.data_changed"] == "no"
+    first_night = nights.night("2026-11-01")
+    valid = [
+        t
+        for t in nights.trials(first_night)
+        if t.data.tags["trial_state"] in ("completed", "stopped")
+    ]
+    assert re.fullmatch(rf"\d points, {len(valid)} results", tags["night.warm_start"])
+    # Its first trial runs the champion's configuration, tagged as such.
+    [first] = [t for t in nights.trials(night) if t.data.tags["trial_number"] == "1"]
+    assert first.data.tags["warm_start"] == "champion"
+    champion_run = nights.client.get_run(nights.client.get_model_version(MODEL, "1").run_id)
+    recorded = {k: v for k, v in champion_run.data.params.items() if k != "epochs" and "." not in k}
+    assert first.data.params == recorded
+    # The gate ran as `promote` does; the aliases follow its decision.
+    decision = nights.client.get_model_version(MODEL, "2").tags["promotion.decision"]
+    assert tags["night.outcome"] == decision
+    champion = "2" if decision == "promoted" else "1"
+    assert tags["night.champion_after"] == champion
+    if decision == "kept":
+        challenger = nights.client.get_model_version_by_alias(MODEL, "challenger")
+        assert challenger.version == "2", "a version that lost keeps `challenger`"
+
+
+def test_night_3_sees_the_changed_data_and_rescores_the_champion(nights: Nights) -> None:
+    tags = nights.night(TODAY).data.tags
+    assert tags["night.data_changed"] == "yes"
+    before = nights.night("2026-11-02").data.tags["night.data_fingerprint"]
+    assert tags["night.data_fingerprint"] != before
+    gate = nights.client.get_model_version(MODEL, tags["night.version"]).tags
+    assert gate["promotion.data_fingerprint"] == tags["night.data_fingerprint"]
+    champion = tags["night.champion_before"]
+    assert champion in ("1", "2") and "promotion.champion_test_acc" in gate
+    champion_tags = nights.client.get_model_version(MODEL, champion).tags
+    assert champion_tags["data_fingerprint"] != gate["promotion.data_fingerprint"]
+
+
+def test_points_the_changed_space_no_longer_holds_are_dropped_naming_the_key(
+    nights: Nights,
+) -> None:
+    output = " ".join(nights.outputs[TODAY].split())
+    assert "dropped warm start from the champion" in output
+    assert "missing a value for 'dropout'" in output
+    assert nights.night(TODAY).data.tags["night.warm_start"] == "0 points, 0 results"
+    assert not [t for t in nights.trials(nights.night(TODAY)) if "warm_start" in t.data.tags]
+
+
+def test_one_sweep_and_one_version_per_night_and_no_trial_state_left(nights: Nights) -> None:
+    versions = nights.client.search_model_versions(f"name = '{MODEL}'")
+    dates = sorted(v.tags["night.date"] for v in versions)
+    assert dates == ["2026-11-01", "2026-11-02", TODAY]
+    for date in dates:
+        assert len(nights.trials(nights.night(date))) == 5
+    assert not [r for r in nights.runs() if r.info.status == "RUNNING"]
+    assert not list((nights.folder / "mlruns" / "ray").glob("*/*")), "trial state removed"
+
+
+def test_the_same_night_again_changes_nothing(nights: Nights) -> None:
+    assert "already done" in nights.outputs["rerun"]
+    assert registry_state(nights.client) == nights.registry_before_rerun
+    assert len(nights.hook.received) == 3, "one message per night, none for the rerun"
+
+
+def test_each_night_notified_the_webhook(nights: Nights) -> None:
+    messages = {m["night"]: m for m in nights.hook.received}
+    assert sorted(messages) == ["2026-11-01", "2026-11-02", TODAY]
+    for date, message in messages.items():
+        tags = nights.night(date).data.tags
+        assert message["outcome"] == tags["night.outcome"]
+        assert message["version"] == tags["night.version"]
+        assert message["model"] == MODEL and message["trials"] == 5
+        assert message["runs"] is None, "a local store has no page to link to"
+    assert messages["2026-11-01"]["champion_test_acc"] is None
+
+
+def test_history_shows_the_three_nights(nights: Nights) -> None:
+    lines = [line for line in nights.outputs["history"].splitlines() if "│" in line]
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in lines]
+    assert [row[0] for row in rows] == [TODAY, "2026-11-02", "2026-11-01"]
+    for row in rows:
+        tags = nights.night(row[0]).data.tags
+        assert row[1] == "5" and row[5] == tags["night.outcome"]
+        assert row[6] == tags["night.champion_after"]
+        assert float(row[3]) == pytest.approx(float(tags["night.challenger_test_acc"]), abs=1e-4)
+
+
+def test_schedule_installs_one_line_and_unschedule_removes_only_it(nights: Nights) -> None:
+    ours = [line for line in nights.cron_lines["scheduled"] if "hpo-pipeline nightly" in line]
+    assert len(ours) == 1, "scheduling twice keeps one line"
+    assert ours[0].startswith("17 3 * * * ")
+    assert "mlruns/nightly.log" in ours[0]
+    assert any("someone else's line" in line for line in nights.cron_lines["unscheduled"])
+    assert not [x for x in nights.cron_lines["unscheduled"] if "hpo-pipeline nightly" in x]
+    log = (nights.folder / "mlruns" / "nightly.log").read_text()
+    assert f"night {TODAY} of {MODEL}" in log
+
+
+# --- two at once, and a driver killed mid-sweep ------------------------------------------
+
+
+def test_two_nights_at_once_then_a_killed_night_resumes(tmp_path: Path) -> None:
+    data, space = tmp_path / "digits.csv", tmp_path / "space.yaml"
+    write_digits(data, 450)
+    write_space(space, data)
+    spec = yaml.safe_load(space.read_text())
+    spec["budget"] |= {"num_samples": 8, "max_epochs": 6}
+    spec["scheduler"] = {"name": "fifo"}  # every trial runs all epochs: time to kill mid-sweep
+    space.write_text(yaml.safe_dump(spec))
+    night = [sys.executable, "-m", "pipeline", "nightly", "--space", str(space)]
+    night += ["--date", "2026-11-05"]
+    db = tmp_path / "mlruns" / "mlflow.db"
+    with (
+        background(night, cli_env(), tmp_path, tmp_path / "a.log") as first,
+        background(night, cli_env(), tmp_path, tmp_path / "b.log") as second,
+    ):
+        wait_until(lambda: first.poll() is not None or second.poll() is not None, 120, "one night")
+        refused, running = (first, second) if first.poll() is not None else (second, first)
+        assert refused.returncode == 75
+        log = "a.log" if refused is first else "b.log"
+        assert "another run holds the lock" in (tmp_path / log).read_text()
+        wait_until(lambda: finished_trial_runs(db) >= 2, 300, "two finished trials", None, running)
+        os.killpg(running.pid, signal.SIGKILL)
+        running.wait()
+    time.sleep(1)
+    done = run_cli(tmp_path, "nightly", "--space", str(space), "--date", "2026-11-05")
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = " ".join((done.stdout + done.stderr).split())
+    assert "took over the stale lock" in output and "that process is gone" in output
+    assert "resuming its sweep" in output
+    client = MlflowClient(f"sqlite:///{db}")
+    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    tonight = [r for r in runs if r.data.tags.get("night.date") == "2026-11-05"]
+    sweeps = [r for r in tonight if "sweep_path" in r.data.tags]
+    assert len(sweeps) == 1 and sweeps[0].data.tags["night.outcome"] == "promoted"
+    skipped = [r for r in tonight if "sweep_path" not in r.data.tags]
+    assert [r.data.tags["night.outcome"] for r in skipped] == ["skipped-locked"]
+    assert [str(v.version) for v in client.search_model_versions(f"name = '{MODEL}'")] == ["1"]
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    trial_ids = [r.data.tags["trial_id"] for r in runs if "trial_id" in r.data.tags]
+    assert len(trial_ids) == len(set(trial_ids)) >= 8
+    assert all(r.info.status == "FINISHED" for r in runs)
