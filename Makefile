@@ -25,7 +25,7 @@ PORT ?= 5001
 AT ?= 02:00
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev tune nightly history schedule unschedule retrain promote rollback predict serve test test-fast lint \
+.PHONY: help install install-dev install-cluster install-server tune nightly history schedule unschedule retrain promote rollback predict serve test test-fast lint \
 	bench-cli bench-overhead ui mlflow-server clean
 
 help: ## List the targets
@@ -42,9 +42,17 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PY) -m pip install -q -e '$(ROOT)[dev]'
 	touch $@
 
+$(VENV)/.installed-%: $(VENV)/.installed
+	$(PY) -m pip install -q -e '$(ROOT)[$*]'
+	touch $@
+
 install: $(VENV)/.installed ## Create .venv and install the pipeline
 
 install-dev: $(VENV)/.installed-dev ## Install the pipeline with test and lint tools
+
+install-cluster: $(VENV)/.installed-cluster ## Install for a Ray node: Ray's dashboard, boto3 (ray up)
+
+install-server: $(VENV)/.installed-server ## Install the tracking server's extras (basic auth, psycopg, boto3)
 
 tune: install ## Sweep, retrain, register: [SPACE=search_spaces/x.yaml] [RAY_ADDRESS=head:6380] [ARGS=..]
 	$(PY) -m pipeline tune --space $(SPACE) $(ARGS)
@@ -88,8 +96,8 @@ test-fast: install-dev ## Run the tests without the slow (Ray / MLflow end-to-en
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
 lint: install-dev ## ruff, mypy and the import contracts (layers, one door per outside system)
-	$(VENV)/bin/ruff check pipeline tests benchmarks
-	$(VENV)/bin/ruff format --check pipeline tests benchmarks
+	$(VENV)/bin/ruff check pipeline tests benchmarks deploy
+	$(VENV)/bin/ruff format --check pipeline tests benchmarks deploy
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
@@ -102,7 +110,7 @@ bench-overhead: install ## Benchmark: sweep efficiency and MLflow share, realist
 ui: install ## MLflow UI on http://127.0.0.1:5000 (or where MLFLOW_TRACKING_URI's server is)
 	$(PY) -m pipeline ui $(ARGS)
 
-mlflow-server: install ## Tracking server: MLFLOW_BACKEND_STORE_URI=postgresql://... [MLFLOW_SERVER_PORT=5000]
+mlflow-server: install-server ## Tracking server: MLFLOW_BACKEND_STORE_URI=postgresql://... [MLFLOW_SERVER_PORT=5000]
 	$(PY) -m pipeline mlflow-server $(ARGS)
 
 clean: ## Remove the local MLflow store and Ray trial state (keeps .venv)

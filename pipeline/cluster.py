@@ -18,6 +18,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline.config import Experiment
 from pipeline.errors import PipelineError
+from pipeline.storage import locate
 
 log = logging.getLogger(__name__)
 
@@ -94,41 +95,31 @@ def connect(address: str | None) -> None:
         raise PipelineError(f"cannot connect to Ray at {address or 'local'}: {exc}{hint}") from None
 
 
-def check_storage(storage: str) -> None:
+def check_storage(storage: str, endpoint: str | None = None) -> None:
     """Fail before the sweep when trial storage cannot be written, and, on a cluster, when a
     node cannot see what the driver wrote there (a local folder that is not shared)."""
-    root = storage if "://" in storage else Path(storage).absolute().as_uri()
-    probe = f"{root.rstrip('/')}/.pipeline-probe-{uuid.uuid4().hex}"
     try:
-        filesystem, path = pafs.FileSystem.from_uri(probe)
-        filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        with filesystem.open_output_stream(path) as stream:
+        filesystem, root = locate(storage, endpoint)
+        probe = f"{root.rstrip('/')}/.pipeline-probe-{uuid.uuid4().hex}"
+        filesystem.create_dir(root, recursive=True)
+        with filesystem.open_output_stream(probe) as stream:
             stream.write(b"ok")
     except (OSError, pa.ArrowException) as exc:
         raise PipelineError(f"trial storage {storage} is not writable: {exc}") from None
     try:
         nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
         if len(nodes) > 1:
-            seen = ray.get([probe_storage_on.options(**pin_to(n)).remote(probe) for n in nodes])
-            blind = [node for node, ok in zip(nodes, seen, strict=True) if not ok]
+            probes = [
+                probe_storage_on.options(**pin_to(n)).remote(filesystem, probe) for n in nodes
+            ]
+            blind = [node for node, ok in zip(nodes, ray.get(probes), strict=True) if not ok]
             if blind:
                 raise PipelineError(
                     f"trial storage {storage} is not shared: {len(blind)} of {len(nodes)} Ray "
                     "nodes cannot see it; use a folder every node mounts (NFS) or s3://..."
                 )
     finally:
-        filesystem.delete_file(path)
-
-
-def remove_trial_state(sweep_path: str) -> None:
-    """Delete a finished sweep's trial state and checkpoints (a folder or s3://...)."""
-    root = sweep_path if "://" in sweep_path else Path(sweep_path).absolute().as_uri()
-    try:
-        filesystem, path = pafs.FileSystem.from_uri(root)
-        if filesystem.get_file_info(path).type != pafs.FileType.NotFound:
-            filesystem.delete_dir(path)
-    except (OSError, pa.ArrowException) as exc:
-        log.warning("could not remove the trial state at %s: %s", sweep_path, exc)
+        filesystem.delete_file(probe)
 
 
 def pin_to(node_id: str) -> dict[str, Any]:
@@ -138,11 +129,10 @@ def pin_to(node_id: str) -> dict[str, Any]:
 
 
 @ray.remote
-def probe_storage_on(probe: str) -> bool:
+def probe_storage_on(filesystem: pafs.FileSystem, probe: str) -> bool:
     """On one node: can it read the probe the driver wrote?"""
     try:
-        filesystem, path = pafs.FileSystem.from_uri(probe)
-        return bool(filesystem.get_file_info(path).type == pafs.FileType.File)
+        return bool(filesystem.get_file_info(probe).type == pafs.FileType.File)
     except (OSError, pa.ArrowException):
         return False
 

@@ -49,6 +49,8 @@ def settings(address: str | None = None) -> Settings:
         data_dir=Path(data_dir),
         ray_address=address or os.environ.get("RAY_ADDRESS") or None,
         code_version=git_commit(),
+        # The one setting boto3, the aws CLI and MLflow's S3 artifacts read too.
+        storage_endpoint=os.environ.get("AWS_ENDPOINT_URL") or None,
     )
 
 

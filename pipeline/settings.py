@@ -17,3 +17,4 @@ class Settings:
     data_dir: Path  # downloaded data sets (MNIST, Fashion-MNIST)
     ray_address: str | None = None  # None: a local Ray
     code_version: str | None = None  # git commit of the code that runs
+    storage_endpoint: str | None = None  # an S3-compatible store's URL, for s3:// storage

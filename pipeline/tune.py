@@ -34,6 +34,7 @@ from pipeline.config import (
 from pipeline.data import TuningData
 from pipeline.decisions import planned_epochs, trial_state
 from pipeline.errors import PipelineError
+from pipeline.storage import for_ray
 from pipeline.trainable import TrialSettings, run_trial
 
 log = logging.getLogger(__name__)
@@ -193,13 +194,15 @@ def make_trainable(experiment: Experiment, data: TuningData) -> Any:
 def make_tuner(
     experiment: Experiment,
     data: TuningData,
-    storage: Path | str,
+    storage: str,
     run_name: str,
     sink: TrialSink,
     warm: WarmStart | None = None,
+    endpoint: str | None = None,
 ) -> tune.Tuner:
-    """The Tuner for one sweep; trial state lands in `storage`/`run_name`, trial events go to
-    `sink`, and the search starts from `warm` if given."""
+    """The Tuner for one sweep; trial state lands in `storage`/`run_name` (s3:// through
+    `endpoint`, if given), trial events go to `sink`, and the search starts from `warm`."""
+    storage_path, filesystem = for_ray(storage, endpoint)
     return tune.Tuner(
         make_trainable(experiment, data),
         tune_config=tune.TuneConfig(
@@ -214,7 +217,8 @@ def make_tuner(
         ),
         run_config=tune.RunConfig(
             name=run_name,
-            storage_path=str(storage),
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
             callbacks=[TrialEvents(sink, experiment.budget.max_epochs)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=experiment.budget.max_failures),
@@ -223,17 +227,25 @@ def make_tuner(
     )
 
 
-def can_resume(sweep_path: str) -> bool:
+def can_resume(sweep_path: str, endpoint: str | None = None) -> bool:
     """Whether Ray saved enough of a sweep at `sweep_path` to resume it."""
-    return bool(tune.Tuner.can_restore(sweep_path))
+    path, filesystem = for_ray(sweep_path, endpoint)
+    return bool(tune.Tuner.can_restore(path, storage_filesystem=filesystem))
 
 
-def restore_tuner(experiment: Experiment, data: TuningData, sweep_path: str) -> tune.Tuner:
+def restore_tuner(
+    experiment: Experiment, data: TuningData, sweep_path: str, endpoint: str | None = None
+) -> tune.Tuner:
     """Resume an interrupted sweep: finished trials stay, the others continue from checkpoints."""
-    if not can_resume(sweep_path):
+    if not can_resume(sweep_path, endpoint):
         raise PipelineError(f"{sweep_path}: no sweep state to resume from")
+    path, filesystem = for_ray(sweep_path, endpoint)
     return tune.Tuner.restore(
-        sweep_path, make_trainable(experiment, data), resume_unfinished=True, resume_errored=True
+        path,
+        make_trainable(experiment, data),
+        resume_unfinished=True,
+        resume_errored=True,
+        storage_filesystem=filesystem,
     )
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -179,3 +182,95 @@ def finished_trial_runs(db: Path) -> int:
         except sqlite3.OperationalError:  # tables not created yet
             return 0
     return int(rows[0])
+
+
+IMAGE_ENVS = REPO / ".venv-images"
+
+
+def image_env(name: str, installs: list[list[str]]) -> Path:
+    """A fresh venv holding one image's package set (no Docker here), built once and kept in
+    .venv-images/NAME; rebuilt when what it installs changes. `installs` are pip install
+    argument lists, run in order. Returns the venv's bin folder."""
+    folder = IMAGE_ENVS / name
+    stamp = folder / ".installed"
+    wanted = json.dumps(installs) + (REPO / "pyproject.toml").read_text()
+    IMAGE_ENVS.mkdir(exist_ok=True)
+    with (IMAGE_ENVS / f".{name}.lock").open("w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)  # one builder at a time
+        if not stamp.exists() or stamp.read_text() != wanted:
+            shutil.rmtree(folder, ignore_errors=True)
+            subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
+            for arguments in installs:
+                subprocess.run(
+                    [str(folder / "bin" / "python"), "-m", "pip", "install", "-q", *arguments],
+                    check=True,
+                    timeout=1800,
+                )
+            stamp.write_text(wanted)
+    return folder / "bin"
+
+
+def extra_requirements(extra: str) -> list[str]:
+    """An extra's requirements, as the images read them (deploy/requirements.py)."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "deploy" / "requirements.py"), extra],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.split()
+
+
+def torch_spec() -> str:
+    """The torch build the Makefile installs first (TORCH_SPEC)."""
+    found = re.search(r"^TORCH_SPEC \?= (\S+)", (REPO / "Makefile").read_text(), re.M)
+    assert found, "TORCH_SPEC not found in the Makefile"
+    return found[1]
+
+
+MOTO = str(Path(sys.executable).parent / "moto_server")
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+S3_CREDENTIALS |= {"AWS_DEFAULT_REGION": "us-east-1"}
+S3_BUCKETS = ("trials", "artifacts")
+
+
+def listens(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:`port`."""
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def s3_client(endpoint: str) -> Any:
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        region_name=S3_CREDENTIALS["AWS_DEFAULT_REGION"],
+    )
+
+
+def s3_keys(endpoint: str, bucket: str, prefix: str) -> list[str]:
+    pages = s3_client(endpoint).get_paginator("list_objects_v2")
+    return [
+        item["Key"]
+        for page in pages.paginate(Bucket=bucket, Prefix=prefix)
+        for item in page.get("Contents", [])
+    ]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A local S3-compatible server (moto's) with the buckets `trials` and `artifacts`."""
+    folder = tmp_path_factory.mktemp("s3")
+    port = free_port()
+    command = [MOTO, "-H", "127.0.0.1", "-p", str(port)]
+    with background(command, cli_env(**S3_CREDENTIALS), folder, folder / "moto.log") as server:
+        wait_until(lambda: listens(port), 60, "S3 server", folder / "moto.log", server)
+        url = f"http://127.0.0.1:{port}"
+        for bucket in S3_BUCKETS:
+            s3_client(url).create_bucket(Bucket=bucket)
+        yield url

@@ -1,27 +1,44 @@
-"""A real two-node Ray cluster (`ray start --head` plus a second `ray start --address` node, both
-with token authentication) running smoke.yaml through the CLI; unreachable clusters and tracking
-servers fail fast and write nothing."""
+"""A real two-node Ray cluster run as the node image runs it: `ray start --head` plus a second
+`ray start --address` node, with token authentication, from a fresh venv of the image's
+package set (the `cluster` extra, Ray's dashboard included). KubeRay's probes find both nodes
+healthy; the entrypoints of rayjob.yaml and of the nightly CronJob run as Ray jobs; smoke.yaml
+runs through the CLI from a driver outside. Unreachable clusters and tracking servers fail fast
+and write nothing."""
 
 from __future__ import annotations
 
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
-import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import SPACES, background, cli_env, free_port, run_cli, wait_until
+from tests.conftest import (
+    REPO,
+    SPACES,
+    background,
+    cli_env,
+    free_port,
+    image_env,
+    run_cli,
+    torch_spec,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
-RAY = str(Path(sys.executable).parent / "ray")
 SMOKE = str(SPACES / "smoke.yaml")
+IMAGE_ROOT = "/home/ray/hpo-pipeline/"  # where deploy/Dockerfile puts the repository
 
 
 @dataclass
@@ -29,6 +46,16 @@ class Cluster:
     address: str
     auth: dict[str, str]  # what a driver needs: token mode and where the token is
     logs: Path
+    folder: Path  # the nodes' working directory (the image's /home/ray/hpo-pipeline)
+    dashboard: str  # http://host:port of the head's dashboard (KubeRay: 8265)
+    agent_ports: list[int]  # each node's dashboard agent (KubeRay: 52365)
+    env: dict[str, str]  # the nodes' environment: the image's PATH first
+    ray: str  # the image's `ray`
+
+
+def node_image() -> Path:
+    """The bin folder of a venv with the node image's packages (deploy/Dockerfile)."""
+    return image_env("ray-node", [[torch_spec()], ["-e", f"{REPO}[cluster]"]])
 
 
 def accepts(port: int) -> bool:
@@ -51,26 +78,46 @@ def started(log: Path) -> bool:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     folder = tmp_path_factory.mktemp("cluster")
+    (folder / "search_spaces").symlink_to(SPACES)  # the image's working directory holds them
     token = folder / "token"
     token.write_text(secrets.token_hex(32))
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
-    port = free_port()
+    port, dashboard, agents = free_port(), free_port(), [free_port(), free_port()]
     # A temp dir of its own keeps this cluster's session apart from any local Ray of other tests.
     temp_dir = Path("/tmp") / f"ray-test-{secrets.token_hex(4)}"
+    bin_folder = node_image()
+    ray = str(bin_folder / "ray")
     env = cli_env(**auth)
-    node = [RAY, "start", "--block", "--num-cpus", "1", "--disable-usage-stats"]
+    env["PATH"] = f"{bin_folder}:{env['PATH']}"  # `python` in a job's entrypoint: the image's
+    node = [ray, "start", "--block", "--num-cpus", "1", "--disable-usage-stats"]
     with ExitStack() as stack:
-        head = [*node, "--head", "--port", str(port), "--include-dashboard", "false"]
-        head += ["--temp-dir", str(temp_dir)]
+        head = [*node, "--head", "--port", str(port), "--temp-dir", str(temp_dir)]
+        head += ["--include-dashboard", "true", "--dashboard-host", "127.0.0.1"]
+        head += [
+            "--dashboard-port",
+            str(dashboard),
+            "--dashboard-agent-listen-port",
+            str(agents[0]),
+        ]
         stack.enter_context(background(head, env, folder, folder / "head.log"))
         wait_until(lambda: accepts(port), 60, "ray head", folder / "head.log")
         worker = [*node, "--address", f"127.0.0.1:{port}"]
+        worker += ["--dashboard-agent-listen-port", str(agents[1])]
         stack.enter_context(background(worker, env, folder, folder / "worker.log"))
         wait_until(lambda: started(folder / "worker.log"), 60, "second node", folder / "worker.log")
         # Started is not yet schedulable: wait until the head counts both nodes' CPUs.
-        status = [RAY, "status", "--address", f"127.0.0.1:{port}"]
+        status = [ray, "status", "--address", f"127.0.0.1:{port}"]
         wait_until(lambda: "0.0/2.0 CPU" in cluster_status(status, env), 60, "both nodes' CPUs")
-        yield Cluster(f"127.0.0.1:{port}", auth, temp_dir)
+        yield Cluster(
+            f"127.0.0.1:{port}",
+            auth,
+            temp_dir,
+            folder,
+            f"http://127.0.0.1:{dashboard}",
+            agents,
+            env,
+            ray,
+        )
     assert not accepts(port), "the head still listens after the test"
     shutil.rmtree(temp_dir, ignore_errors=True)
 
@@ -127,7 +174,7 @@ def test_storage_a_node_cannot_see_is_refused_before_the_sweep(
     storage = tmp_path / "storage"
     storage.mkdir()
     # A third node whose /storage is an empty tmpfs: like a local folder on another machine.
-    hidden = f"mount -t tmpfs none {storage} && exec {RAY} start --block --num-cpus 1 "
+    hidden = f"mount -t tmpfs none {storage} && exec {cluster.ray} start --block --num-cpus 1 "
     hidden += f"--disable-usage-stats --address {cluster.address}"
     command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", hidden]
     log = tmp_path / "node3.log"
@@ -188,3 +235,55 @@ def test_trials_asking_for_a_gpu_the_cluster_lacks_are_refused(tmp_path: Path) -
         in message
     )
     assert not list(tmp_path.rglob("mlflow.db"))
+
+
+def fetch(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+
+
+def test_kuberays_probes_find_both_nodes_healthy(cluster: Cluster) -> None:
+    """What KubeRay's readiness and liveness probes ask: the unified health check of KubeRay >=
+    1.6 with Ray >= 2.53 (HTTP GET /api/healthz on each node's dashboard agent), and the wget
+    checks of older KubeRay (raylet health on each node, GCS health on the head)."""
+    for port in cluster.agent_ports:
+        assert fetch(f"http://127.0.0.1:{port}/api/healthz")[0] == 200
+        assert "success" in fetch(f"http://127.0.0.1:{port}/api/local_raylet_healthz")[1]
+    assert "success" in fetch(f"{cluster.dashboard}/api/gcs_healthz")[1]
+
+
+def manifest(name: str) -> dict[str, Any]:
+    return dict(yaml.safe_load((REPO / "deploy" / "kuberay" / name).read_text()))
+
+
+def in_this_cluster(words: list[str], cluster: Cluster) -> list[str]:
+    """A manifest's command for this test's cluster: the smoke space instead of the default, the
+    image's paths relative to the nodes' working directory, this cluster's dashboard."""
+    words = [w.removeprefix(IMAGE_ROOT).replace("default.yaml", "smoke.yaml") for w in words]
+    words = [w.replace("$(NIGHT_ID)", "test") for w in words]
+    if "--address" in words:
+        words[words.index("--address") + 1] = cluster.dashboard
+    return words
+
+
+def test_rayjob_and_nightly_cronjob_entrypoints_run_as_ray_jobs(cluster: Cluster) -> None:
+    """The RayJob's entrypoint submitted as KubeRay's submitter does (`ray job submit`), then
+    the nightly CronJob's command as it stands: each sweep finishes and registers a version."""
+    rayjob = shlex.split(manifest("rayjob.yaml")["spec"]["entrypoint"])
+    submit = [cluster.ray, "job", "submit", "--address", cluster.dashboard, "--", *rayjob]
+    cronjob = manifest("nightly-cronjob.yaml")["spec"]["jobTemplate"]["spec"]["template"]
+    [container] = cronjob["spec"]["containers"]
+    nightly = in_this_cluster(container["command"], cluster)
+    assert nightly[:3] == ["ray", "job", "submit"]
+    env = {**cluster.env, **cluster.auth}
+    for command in (in_this_cluster(submit, cluster), [cluster.ray, *nightly[1:]]):
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+        assert "succeeded" in done.stdout + done.stderr
+    store = MlflowClient(f"sqlite:///{cluster.folder / 'mlruns' / 'mlflow.db'}")
+    versions = store.search_model_versions("name = 'smoke-digits-mlp'")
+    assert sorted(str(v.version) for v in versions) == ["1", "2"]
+    assert store.get_model_version_by_alias("smoke-digits-mlp", "champion").version in (2, "2")

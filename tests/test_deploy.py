@@ -23,15 +23,18 @@ IMAGE_ROOT = "/home/ray/hpo-pipeline/"  # where deploy/Dockerfile puts the repos
 
 
 def strings(node: Any) -> Iterator[str]:
-    """Every string in a YAML document; lists of words (container commands) joined."""
+    """Every string in a YAML document; a list of words (a container's command) joined, a list
+    of shell lines (setup commands) line by line."""
     if isinstance(node, dict):
         for value in node.values():
             yield from strings(value)
     elif isinstance(node, list):
-        if node and all(isinstance(item, str) for item in node):
+        words = node and all(isinstance(item, str) and not re.search(r"\s", item) for item in node)
+        if words:
             yield shlex.join(node)
-        for item in node:
-            yield from strings(item)
+        else:
+            for item in node:
+                yield from strings(item)
     elif isinstance(node, str):
         yield node
 
@@ -67,6 +70,7 @@ def all_commands() -> list[tuple[str, list[str]]]:
     ]
     for script in DEPLOY.rglob("*.sh"):
         joined = script.read_text().replace("\\\n", " ")
+        joined = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", joined)  # ${VAR:-default}: the default
         found += [(str(script.relative_to(REPO)), words) for words in commands(joined)]
     for unit in DEPLOY.rglob("*.service"):  # systemd: what ExecStart= runs
         for line in unit.read_text().splitlines():
@@ -150,7 +154,7 @@ def test_make_targets_and_ray_and_mlflow_commands_exist() -> None:
 def test_dockerfile_installs_the_pinned_torch_first_and_runs_the_cli() -> None:
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["python", "-m", "pipeline"]' in dockerfile
-    assert dockerfile.index("TORCH_SPEC") < dockerfile.index("pip install .")
+    assert dockerfile.index("TORCH_SPEC") < dockerfile.index('pip install ".[cluster]"')
     for copied in re.findall(r"^COPY (\S+)", dockerfile, re.M):
         assert (REPO / copied).exists(), f"Dockerfile copies missing {copied}"
 
@@ -173,3 +177,132 @@ def test_no_secret_is_committed_in_deploy() -> None:
             for line in path.read_text().splitlines():
                 match = re.match(r"\s*([A-Z_]*(PASSWORD|SECRET|TOKEN)[A-Z_]*)=(\S+)", line)
                 assert not match, f"{path.relative_to(REPO)}: a value for {match.group(1)}"
+
+
+# --- schemas: Kubernetes' own objects and KubeRay's resources, checked strictly -----------------
+
+KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")  # the oldest and the newest the manifests target
+KUBERAY_VERSIONS = ("1.6.1", "1.7.0")
+SCHEMAS = REPO / "tests" / "schemas"
+
+
+def manifests(api_group: str | None) -> list[tuple[str, dict[str, Any]]]:
+    """(file, document) of every Kubernetes object in deploy/ (not compose or `ray up` files);
+    with `api_group`, only that group's, else only Kubernetes' own."""
+    found = []
+    for path, document in documents():
+        if not isinstance(document, dict) or "apiVersion" not in document or "kind" not in document:
+            continue
+        group = document["apiVersion"].split("/")[0] if "/" in document["apiVersion"] else ""
+        if (group == api_group) if api_group else group != "ray.io":
+            found.append((str(path.relative_to(REPO)), document))
+    return found
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_kubernetes_objects_pass_the_api_schemas_strictly(version: str) -> None:
+    import kubernetes_validate
+
+    checked = manifests(None)
+    kinds = {document["kind"] for _, document in checked}
+    assert {"CronJob", "Deployment", "StatefulSet", "Service"} <= kinds
+    for where, document in checked:
+        try:
+            kubernetes_validate.validate(document, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            pytest.fail(f"{where}: {document['kind']} fails Kubernetes {version}: {error}")
+
+
+def strict(schema: Any) -> Any:
+    """A CRD schema in which an object accepts only the fields it declares (the API server would
+    drop the others without a word)."""
+    if isinstance(schema, dict):
+        schema = {key: strict(value) for key, value in schema.items()}
+        if "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            schema.setdefault("additionalProperties", False)
+        return schema
+    if isinstance(schema, list):
+        return [strict(item) for item in schema]
+    return schema
+
+
+@pytest.mark.parametrize("version", KUBERAY_VERSIONS)
+def test_kuberay_resources_pass_their_crds_strictly(version: str) -> None:
+    import gzip
+    import json
+
+    import jsonschema
+
+    checked = manifests("ray.io")
+    assert {d["kind"] for _, d in checked} == {"RayCluster", "RayJob", "RayCronJob"}
+    for where, document in checked:
+        path = SCHEMAS / f"kuberay-{version}" / f"{document['kind']}.json.gz"
+        schema = strict(json.loads(gzip.decompress(path.read_bytes())))
+        body = {k: v for k, v in document.items() if k not in ("apiVersion", "kind", "metadata")}
+        errors = list(jsonschema.Draft7Validator(schema).iter_errors(body))
+        assert not errors, f"{where} fails KubeRay {version}: " + "; ".join(
+            f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in errors[:5]
+        )
+
+
+def test_the_token_secret_is_named_as_kuberay_creates_it() -> None:
+    """KubeRay (>= 1.5.1, authOptions.mode token) keeps a cluster's token in a Secret named
+    after the cluster, under the key auth_token; what the files say and read must match."""
+    [(_, cluster)] = [item for item in manifests("ray.io") if item[1]["kind"] == "RayCluster"]
+    name = cluster["metadata"]["name"]
+    raycluster = (DEPLOY / "kuberay" / "raycluster.yaml").read_text()
+    assert f"kubectl get secret {name} -o jsonpath='{{.data.auth_token}}'" in raycluster
+    [(_, cronjob)] = [item for item in manifests(None) if item[1]["kind"] == "CronJob"]
+    [container] = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    [token] = [e for e in container["env"] if e["name"] == "RAY_AUTH_TOKEN"]
+    assert token["valueFrom"]["secretKeyRef"] == {"name": name, "key": "auth_token"}
+
+
+def test_ray_up_config_passes_rays_own_validation_and_sets_every_node_up() -> None:
+    """`ray up`'s config through Ray's own schema and defaults; every node type, workers
+    included, runs the whole setup (a node type's own worker_setup_commands would replace the
+    global ones), and nothing calls a program the setup does not install."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = prepare_config(yaml.safe_load((DEPLOY / "ray-cluster.yaml").read_text()))
+    validate_config(config)
+    setup = config["setup_commands"]
+    assert any("make install-cluster" in line for line in setup), "Ray, dashboard and boto3"
+    assert any("~/.ray/auth_token" in line for line in setup)
+    assert any("RAY_AUTH_MODE=token" in line for line in setup)
+    for name, node_type in config["available_node_types"].items():
+        own = node_type.get("worker_setup_commands")
+        assert own is None, f"{name}: worker_setup_commands would replace setup_commands"
+        assert "IamInstanceProfile" in node_type["node_config"], f"{name}: reads the token"
+    assert config["head_setup_commands"][: len(setup)] == setup
+    assert config["worker_setup_commands"][: len(setup)] == setup
+    lists = ("initialization_commands", "setup_commands", "head_start_ray_commands")
+    programs = {
+        words[0]
+        for key in (*lists, "worker_start_ray_commands")
+        for line in config[key]
+        for words in commands(line)
+    }
+    assert "aws" not in programs, "the aws CLI is installed nowhere"
+    assert "boto3>=" in " ".join(extras()["cluster"])
+
+
+def extras() -> dict[str, list[str]]:
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    return dict(project["optional-dependencies"])
+
+
+def test_the_images_install_the_projects_extras() -> None:
+    """The images' package sets are the extras the tests install (test_cluster.py builds the
+    node image's, test_tracking_server.py the server image's)."""
+    node = (DEPLOY / "Dockerfile").read_text()
+    assert 'pip install ".[cluster]"' in node
+    assert "wget" in node, "KubeRay's exec probes (KubeRay < 1.6) call wget"
+    server = (DEPLOY / "mlflow" / "Dockerfile").read_text()
+    assert "python deploy/requirements.py server > requirements.txt" in server
+    assert "pip install -r requirements.txt" in server
+    assert any(r.startswith("ray[default]") for r in extras()["cluster"])
+    assert any(r.startswith("mlflow[auth]") for r in extras()["server"])
+    assert any(r.startswith("psycopg[binary]") for r in extras()["server"])

@@ -119,7 +119,7 @@ class Nights:
     codes: dict[str, int]
     hook: Hook
     cron_lines: dict[str, list[str]]  # the crontab after each step
-    registry_before_rerun: dict[str, Any]
+    registry: dict[str, dict[str, Any]]  # aliases and version tags after a step
 
     def runs(self) -> list[Run]:
         experiment = self.client.get_experiment_by_name(EXPERIMENT)
@@ -171,6 +171,8 @@ def nights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nights]:
         for date in ("2026-11-01", "2026-11-02"):
             args = ["nightly", "--space", str(space), "--date", date]
             step(date, run_cli(folder, *args, NIGHTLY_WEBHOOK_URL=hook.url))
+        client = MlflowClient(f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}")
+        registry = {"2026-11-02": registry_state(client)}
         # The third night: the data grew, the space gained a parameter, and cron starts it.
         write_digits(data, 650)
         write_space(space, data, dropout={"type": "float", "low": 0.0, "high": 0.3})
@@ -183,14 +185,13 @@ def nights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nights]:
         log = folder / "mlruns" / "nightly.log"  # where the scheduled command writes
         step(TODAY, as_cron_runs_it(command, folder))
         outputs[TODAY] += log.read_text()
-        client = MlflowClient(f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}")
-        before_rerun = registry_state(client)
+        registry[TODAY] = registry_state(client)
         step("rerun", as_cron_runs_it(command, folder))
         outputs["rerun"] += log.read_text().removeprefix(outputs[TODAY])
         step("history", run_cli(folder, "history", "--model", MODEL))
         step("unschedule", make(folder, "unschedule", f"SPACE={space}"))
         cron_lines["unscheduled"] = crontab()
-        yield Nights(folder, client, outputs, codes, hook, cron_lines, before_rerun)
+        yield Nights(folder, client, outputs, codes, hook, cron_lines, registry)
     finally:
         set_crontab(saved)
         hook.close()
@@ -235,9 +236,11 @@ def test_night_2_warm_starts_from_the_champion_and_the_gate_decides(nights: Nigh
     assert tags["night.outcome"] == decision
     champion = "2" if decision == "promoted" else "1"
     assert tags["night.champion_after"] == champion
+    # Read right after night 2: night 3 registers the next challenger.
+    aliases = nights.registry["2026-11-02"]["aliases"]
+    assert aliases["champion"] == champion
     if decision == "kept":
-        challenger = nights.client.get_model_version_by_alias(MODEL, "challenger")
-        assert challenger.version == "2", "a version that lost keeps `challenger`"
+        assert aliases["challenger"] == "2", "a version that lost keeps `challenger`"
 
 
 def test_night_3_sees_the_changed_data_and_rescores_the_champion(nights: Nights) -> None:
@@ -275,7 +278,7 @@ def test_one_sweep_and_one_version_per_night_and_no_trial_state_left(nights: Nig
 
 def test_the_same_night_again_changes_nothing(nights: Nights) -> None:
     assert "already done" in nights.outputs["rerun"]
-    assert registry_state(nights.client) == nights.registry_before_rerun
+    assert registry_state(nights.client) == nights.registry[TODAY]
     assert len(nights.hook.received) == 3, "one message per night, none for the rerun"
 
 

@@ -1,13 +1,22 @@
-"""A real MLflow tracking server (`python -m pipeline mlflow-server`) on a real PostgreSQL: a sweep,
-retrain and promote through MLFLOW_TRACKING_URI=http://..., all read back through the server."""
+"""The tracking server as deployed, on real parts: the server image's package set (a fresh venv
+from the `server` extra, as deploy/mlflow/Dockerfile installs it) running
+deploy/mlflow/entrypoint.sh; two replicas started at once on one empty PostgreSQL database;
+MLflow's basic auth; artifacts on an S3-compatible store (moto's server). A sweep (trial state
+on that store too), its retrain, promote and predict go through it. Then `python -m pipeline
+mlflow-server` (make mlflow-server) with basic auth."""
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
+import subprocess
 import sys
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,12 +24,30 @@ import psycopg
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import SPACES, background, cli_env, free_port, run_cli, wait_until
+from tests.conftest import (
+    REPO,
+    S3_CREDENTIALS,
+    SPACES,
+    background,
+    cli_env,
+    extra_requirements,
+    free_port,
+    image_env,
+    run_cli,
+    s3_keys,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 # An existing database to connect to for creating the test's own (CI: `test`, trust auth).
 ADMIN_URL = os.environ.get("PIPELINE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+ENTRYPOINT = REPO / "deploy" / "mlflow" / "entrypoint.sh"
 MODEL = "smoke-digits-mlp"
+ADMIN, ADMIN_PASSWORD = "admin", "c0rrect%horse:battery"  # % and : on purpose
+DB_PASSWORD = "p@ss:w/rd%#?&"  # every character a URL must encode
+# The Host headers users send: a pod's IP, the Service's names, a port-forward.
+USER_HOSTS = ["10.1.2.3:5000", "mlflow:5000", "mlflow.default:5000"]
+USER_HOSTS += ["mlflow.default.svc.cluster.local:5000", "localhost:5000"]
 
 
 def admin_connection() -> psycopg.Connection:
@@ -36,105 +63,233 @@ def admin_connection() -> psycopg.Connection:
     return connection
 
 
-@dataclass
-class Server:
-    uri: str
-    database_url: str
-    artifacts: Path
-
-
-def healthy(uri: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def database() -> Iterator[str]:
+    """An empty database owned by a role whose password needs URL-encoding; its URL."""
     connection = admin_connection()
-    database = f"mlflow_test_{secrets.token_hex(4)}"
-    connection.execute(f"CREATE DATABASE {database}")
-    base = ADMIN_URL.rsplit("/", 1)[0]
-    folder = tmp_path_factory.mktemp("server")
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    env = cli_env(
-        MLFLOW_BACKEND_STORE_URI=f"{base}/{database}",
-        MLFLOW_ARTIFACTS_DESTINATION=str(folder / "artifacts"),
-        MLFLOW_SERVER_PORT=str(port),
-    )
-    command = [sys.executable, "-m", "pipeline", "mlflow-server", "--workers", "1"]
+    name = f"mlflow_test_{secrets.token_hex(4)}"
+    connection.execute(f"CREATE ROLE {name} LOGIN PASSWORD '{DB_PASSWORD}'")
+    connection.execute(f"CREATE DATABASE {name} OWNER {name}")
+    host = ADMIN_URL.split("@", 1)[1].rsplit("/", 1)[0]
     try:
-        with background(command, env, folder, folder / "server.log") as process:
-            # The first start creates MLflow's schema in the empty database.
-            wait_until(lambda: healthy(uri), 120, "mlflow server", folder / "server.log", process)
-            yield Server(uri, f"{base}/{database}", folder / "artifacts")
+        yield f"postgresql://{name}:{urllib.parse.quote(DB_PASSWORD, safe='')}@{host}/{name}"
     finally:
-        connection.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        connection.execute(f"DROP ROLE IF EXISTS {name}")
         connection.close()
 
 
+def get(url: str, host: str | None = None, login: tuple[str, str] | None = None) -> int:
+    """The HTTP status of GET `url`, with a Host header and basic-auth login if given."""
+    headers = {"Host": host} if host else {}
+    if login:
+        token = base64.b64encode(":".join(login).encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
+
+
+@dataclass
+class Deployment:
+    replicas: list[str]  # the servers' URIs
+    database_url: str
+    s3: str
+    logs: list[Path]
+    server_env: dict[str, str]
+
+    @property
+    def client_env(self) -> dict[str, str]:
+        """What a client of the deployment sets."""
+        login = {"MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD}
+        return {"MLFLOW_TRACKING_URI": self.replicas[0], **login, **self.storage_env}
+
+    @property
+    def storage_env(self) -> dict[str, str]:
+        return {**S3_CREDENTIALS, "AWS_ENDPOINT_URL": self.s3}
+
+
+def server_env(bin_folder: Path, database_url: str, s3: str, port: int) -> dict[str, str]:
+    """The container's environment: the image's PATH, nothing of this test process's."""
+    return {
+        "PATH": f"{bin_folder}:/usr/bin:/bin",
+        "HOME": str(Path.home()),
+        "MLFLOW_BACKEND_STORE_URI": database_url,
+        "MLFLOW_ARTIFACTS_DESTINATION": "s3://artifacts/mlflow",
+        "MLFLOW_ADMIN_USERNAME": ADMIN,
+        "MLFLOW_ADMIN_PASSWORD": ADMIN_PASSWORD,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+        "MLFLOW_SERVER_HOST": "127.0.0.1",
+        "MLFLOW_SERVER_PORT": str(port),
+        "MLFLOW_WORKERS": "1",
+        "MLFLOW_SERVER_ALLOWED_HOSTS": "mlflow,mlflow:*,mlflow.*",  # as deploy/mlflow/k8s.yaml
+        **S3_CREDENTIALS,
+        "AWS_ENDPOINT_URL": s3,
+    }
+
+
 @pytest.fixture(scope="module")
-def cycle(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tune (with its retrain) and promote, through the server only."""
+def deployment(
+    database: str, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployment]:
+    bin_folder = image_env("mlflow-server", [extra_requirements("server")])
+    folder = tmp_path_factory.mktemp("deployment")
+    ports = [free_port(), free_port()]
+    logs = [folder / f"replica{i}.log" for i in range(2)]
+    envs = [server_env(bin_folder, database, s3_endpoint, port) for port in ports]
+    with ExitStack() as stack:
+        replicas = [
+            stack.enter_context(background(["/bin/sh", str(ENTRYPOINT)], env, folder, log))
+            for env, log in zip(envs, logs, strict=True)
+        ]  # both at once, on the empty database
+        uris = [f"http://127.0.0.1:{port}" for port in ports]
+        for uri, log, process in zip(uris, logs, replicas, strict=True):
+            wait_until(lambda u=uri: get(f"{u}/health") == 200, 180, "replica", log, process)
+        yield Deployment(uris, database, s3_endpoint, logs, envs[0])
+        for process, log in zip(replicas, logs, strict=True):
+            assert process.poll() is None, f"a replica died: {log.read_text()[-2000:]}"
+
+
+def test_two_replicas_started_at_once_on_an_empty_database_both_serve(
+    deployment: Deployment,
+) -> None:
+    for uri in deployment.replicas:
+        assert get(f"{uri}{SEARCH}", login=(ADMIN, ADMIN_PASSWORD)) == 200
+
+
+def test_the_host_headers_users_send_are_answered_and_others_refused(
+    deployment: Deployment,
+) -> None:
+    uri = deployment.replicas[0]
+    for host in USER_HOSTS:
+        assert get(f"{uri}/health", host) == 200, host
+        assert get(f"{uri}{SEARCH}", host, (ADMIN, ADMIN_PASSWORD)) == 200, host
+    assert get(f"{uri}{SEARCH}", "attacker.example:5000", (ADMIN, ADMIN_PASSWORD)) == 403
+
+
+def test_basic_auth_takes_the_configured_admin_only(deployment: Deployment) -> None:
+    uri = deployment.replicas[1]
+    assert get(f"{uri}{SEARCH}") == 401
+    assert get(f"{uri}{SEARCH}", login=(ADMIN, ADMIN_PASSWORD)) == 200
+    assert get(f"{uri}{SEARCH}", login=(ADMIN, "password1234")) == 401, "MLflow's old default"
+    assert get(f"{uri}{SEARCH}", login=("intruder", ADMIN_PASSWORD)) == 401
+
+
+def test_a_short_admin_password_is_refused_before_the_server_starts(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    env = {**deployment.server_env, "MLFLOW_ADMIN_PASSWORD": "short-pw"}
+    done = subprocess.run(
+        ["/bin/sh", str(ENTRYPOINT)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "mlflow-entrypoint: MLFLOW_ADMIN_PASSWORD has 8 characters; MLflow needs at least 12"
+    )
+
+
+@pytest.fixture(scope="module")
+def cycle(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tune (trial state on the S3 store) and promote through one replica; export and predict
+    through the other."""
     folder = tmp_path_factory.mktemp("client")
+    settings = {**deployment.client_env, "PIPELINE_STORAGE": "s3://trials/hpo"}
     for command in (["tune", "--space", str(SPACES / "smoke.yaml")], ["promote", "--model", MODEL]):
-        done = run_cli(folder, *command, MLFLOW_TRACKING_URI=server.uri)
+        done = run_cli(folder, *command, **settings)
         assert done.returncode == 0, done.stderr[-3000:]
-    return folder
-
-
-def test_runs_metrics_and_artifacts_are_readable_through_the_server(
-    server: Server, cycle: Path
-) -> None:
-    client = MlflowClient(server.uri)
-    experiment = client.get_experiment_by_name("smoke")
-    runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    [parent] = [r for r in runs if "sweep_path" in r.data.tags]
-    trials = [r for r in runs if "trial_id" in r.data.tags]
-    [retrain] = [r for r in runs if r.info.run_name == "retrain"]
-    assert parent.info.status == "FINISHED" and len(trials) == 8
-    for trial in trials:
-        assert trial.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        history = client.get_metric_history(trial.info.run_id, "val_acc")
-        assert [m.step for m in history] == list(range(1, len(history) + 1))
-    assert retrain.data.tags["mlflow.parentRunId"] == parent.info.run_id
-    # Artifacts go through the server into its destination, not into the client's folder.
-    local = client.download_artifacts(parent.info.run_id, "trials.csv", str(cycle))
-    assert Path(local).read_text().startswith("trial_id,")
-    assert list(server.artifacts.rglob("trials.csv"))
-    assert not list(cycle.rglob("mlflow.db")) and not (cycle / "mlruns" / "artifacts").exists()
-
-
-def test_model_versions_and_aliases_are_readable_through_the_server(
-    server: Server, cycle: Path
-) -> None:
-    client = MlflowClient(server.uri)
-    champion = client.get_model_version_by_alias(MODEL, "champion")
-    assert str(champion.version) == "1"
-    assert champion.tags["promotion.decision"] == "promoted"
-    assert list(server.artifacts.rglob("model.pt2"))
-
-
-def test_everything_is_stored_in_postgresql(server: Server, cycle: Path) -> None:
-    with psycopg.connect(server.database_url) as connection:
-        [(runs,)] = connection.execute("SELECT count(*) FROM runs").fetchall()
-        assert runs == 10  # parent, 8 trials, retrain
-        aliases = connection.execute("SELECT name, version FROM registered_model_aliases")
-        assert aliases.fetchall() == [(MODEL, 1)]
-
-
-def test_predict_reads_the_champion_through_the_server(server: Server, cycle: Path) -> None:
-    rows, output = cycle / "rows.csv", cycle / "predictions.csv"
+    rows, output = folder / "rows.csv", folder / "predictions.csv"
+    other = {**settings, "MLFLOW_TRACKING_URI": deployment.replicas[1]}
     for command in (
         ["export-test-rows", "--model", MODEL, "--output", str(rows)],
         ["predict", "--model", MODEL, "--input", str(rows), "--output", str(output)],
     ):
-        done = run_cli(cycle, *command, MLFLOW_TRACKING_URI=server.uri)
+        done = run_cli(folder, *command, **other)
         assert done.returncode == 0, done.stderr[-3000:]
-    assert "labelled rows (logged test_acc" in done.stdout
+    (folder / "predict.out").write_text(done.stdout)
+    return folder
+
+
+@pytest.fixture()
+def tracking(deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
+    """A client of the deployment, logged in as the admin."""
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD)
+    return MlflowClient(deployment.replicas[0])
+
+
+def test_runs_are_readable_through_the_server(tracking: MlflowClient, cycle: Path) -> None:
+    experiment = tracking.get_experiment_by_name("smoke")
+    runs = tracking.search_runs([experiment.experiment_id], max_results=1000)
+    [parent] = [r for r in runs if "sweep_path" in r.data.tags]
+    trials = [r for r in runs if "trial_id" in r.data.tags]
+    [retrain] = [r for r in runs if r.info.run_name == "retrain"]
+    assert parent.info.status == "FINISHED" and len(trials) == 8
+    assert parent.data.tags["sweep_path"].startswith("s3://trials/hpo/")
+    for trial in trials:
+        assert trial.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        history = tracking.get_metric_history(trial.info.run_id, "val_acc")
+        assert [m.step for m in history] == list(range(1, len(history) + 1))
+    assert retrain.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    local = tracking.download_artifacts(parent.info.run_id, "trials.csv", str(cycle))
+    assert Path(local).read_text().startswith("trial_id,")
+    assert not list(cycle.rglob("mlflow.db")) and not (cycle / "mlruns").exists()
+
+
+def test_artifacts_and_trial_state_live_on_the_s3_store(
+    deployment: Deployment, cycle: Path
+) -> None:
+    artifacts = s3_keys(deployment.s3, "artifacts", "mlflow/")
+    assert [key for key in artifacts if key.endswith("/model.pt2")]
+    assert [key for key in artifacts if key.endswith("/trials.csv")]
+    trial_state = s3_keys(deployment.s3, "trials", "hpo/")
+    assert [key for key in trial_state if key.endswith("/result.json")]
+    assert [key for key in trial_state if "/checkpoint_" in key]
+
+
+def test_everything_is_stored_in_postgresql(deployment: Deployment, cycle: Path) -> None:
+    with psycopg.connect(deployment.database_url) as connection:
+        [(runs,)] = connection.execute("SELECT count(*) FROM runs").fetchall()
+        assert runs == 10  # parent, 8 trials, retrain
+        aliases = connection.execute("SELECT name, version FROM registered_model_aliases")
+        assert aliases.fetchall() == [(MODEL, 1)]
+        [(users,)] = connection.execute("SELECT count(*) FROM users").fetchall()
+        assert users == 1, "one admin, created once by two replicas"
+
+
+def test_the_other_replica_serves_the_champion(deployment: Deployment, cycle: Path) -> None:
+    assert "labelled rows (logged test_acc" in (cycle / "predict.out").read_text()
+
+
+def test_make_mlflow_server_with_basic_auth(database: str, tmp_path: Path) -> None:
+    """`python -m pipeline mlflow-server --basic-auth` in the project's environment (make
+    mlflow-server ARGS=--basic-auth): MLflow's auth extra is there, and the hosts given are
+    added to MLflow's defaults."""
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "pipeline", "mlflow-server", "--basic-auth"]
+    command += ["--workers", "1", "--allowed-hosts", "mlflow.example.org"]
+    env = cli_env(
+        MLFLOW_BACKEND_STORE_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        MLFLOW_ARTIFACTS_DESTINATION=str(tmp_path / "artifacts"),
+        MLFLOW_SERVER_PORT=str(port),
+        MLFLOW_AUTH_ADMIN_USERNAME=ADMIN,
+        MLFLOW_AUTH_ADMIN_PASSWORD=ADMIN_PASSWORD,
+        MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16),
+    )
+    log = tmp_path / "server.log"
+    with background(command, env, tmp_path, log) as server:
+        wait_until(lambda: get(f"{uri}/health") == 200, 120, "mlflow-server", log, server)
+        assert get(f"{uri}{SEARCH}") == 401
+        for host in (f"localhost:{port}", "mlflow.example.org", "10.0.0.7:5000"):
+            assert get(f"{uri}{SEARCH}", host, (ADMIN, ADMIN_PASSWORD)) == 200, host
+        assert get(f"{uri}{SEARCH}", "attacker.example", (ADMIN, ADMIN_PASSWORD)) == 403
 
 
 def test_server_refuses_a_backend_it_cannot_open(tmp_path: Path) -> None:

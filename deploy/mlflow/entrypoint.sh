@@ -1,27 +1,41 @@
 #!/bin/sh
-# Writes MLflow's basic-auth configuration from the environment (secrets never live in a file of
-# the repository), then runs the tracking server with the PostgreSQL backend and served artifacts.
+# The tracking server of the image: PostgreSQL backend, artifacts served from
+# MLFLOW_ARTIFACTS_DESTINATION, MLflow's basic authentication. Secrets come from the
+# environment, never from a file of the repository. Checks that would fail later fail here,
+# with one line each.
 set -eu
-: "${MLFLOW_BACKEND_STORE_URI:?set MLFLOW_BACKEND_STORE_URI (postgresql://...)}"
-: "${MLFLOW_ARTIFACTS_DESTINATION:?set MLFLOW_ARTIFACTS_DESTINATION (s3://bucket/prefix)}"
-: "${MLFLOW_ADMIN_PASSWORD:?set MLFLOW_ADMIN_PASSWORD}"
-: "${MLFLOW_FLASK_SERVER_SECRET_KEY:?set MLFLOW_FLASK_SERVER_SECRET_KEY}"
-export MLFLOW_AUTH_CONFIG_PATH=/tmp/basic_auth.ini
+here=$(dirname "$0")
+fail() { echo "mlflow-entrypoint: $*" >&2; exit 2; }
+[ -n "${MLFLOW_BACKEND_STORE_URI:-}" ] || fail "set MLFLOW_BACKEND_STORE_URI (postgresql://...)"
+[ -n "${MLFLOW_ARTIFACTS_DESTINATION:-}" ] || fail "set MLFLOW_ARTIFACTS_DESTINATION (s3://bucket/prefix)"
+[ -n "${MLFLOW_ADMIN_PASSWORD:-}" ] || fail "set MLFLOW_ADMIN_PASSWORD"
+[ "${#MLFLOW_ADMIN_PASSWORD}" -ge 12 ] ||
+  fail "MLFLOW_ADMIN_PASSWORD has ${#MLFLOW_ADMIN_PASSWORD} characters; MLflow needs at least 12"
+[ -n "${MLFLOW_FLASK_SERVER_SECRET_KEY:-}" ] || fail "set MLFLOW_FLASK_SERVER_SECRET_KEY"
+
+# The admin user MLflow creates on first start (its own variables; nothing written to a file).
+export MLFLOW_AUTH_ADMIN_USERNAME="${MLFLOW_ADMIN_USERNAME:-admin}"
+export MLFLOW_AUTH_ADMIN_PASSWORD="$MLFLOW_ADMIN_PASSWORD"
+export MLFLOW_AUTH_CONFIG_PATH="${TMPDIR:-/tmp}/mlflow-basic-auth-$$.ini"
 umask 077
+# MLflow reads this file with configparser, where % starts an interpolation: a password
+# URL-encoded in the database URI (%40 for @) must be written as %%40.
+auth_database=$(printf '%s' "${MLFLOW_AUTH_DATABASE_URI:-$MLFLOW_BACKEND_STORE_URI}" | sed 's/%/%%/g')
 cat > "$MLFLOW_AUTH_CONFIG_PATH" <<INI
 [mlflow]
 default_permission = READ
-database_uri = ${MLFLOW_AUTH_DATABASE_URI:-$MLFLOW_BACKEND_STORE_URI}
-admin_username = ${MLFLOW_ADMIN_USERNAME:-admin}
-admin_password = ${MLFLOW_ADMIN_PASSWORD}
+database_uri = ${auth_database}
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 INI
+
+python "$here/prepare.py" schema
+hosts=$(python "$here/prepare.py" hosts "${MLFLOW_SERVER_ALLOWED_HOSTS:-}")
 exec mlflow server \
   --app-name basic-auth \
   --backend-store-uri "$MLFLOW_BACKEND_STORE_URI" \
   --serve-artifacts \
   --artifacts-destination "$MLFLOW_ARTIFACTS_DESTINATION" \
-  --host 0.0.0.0 \
-  --port 5000 \
+  --host "${MLFLOW_SERVER_HOST:-0.0.0.0}" \
+  --port "${MLFLOW_SERVER_PORT:-5000}" \
   --workers "${MLFLOW_WORKERS:-4}" \
-  --allowed-hosts "${MLFLOW_SERVER_ALLOWED_HOSTS:-localhost,localhost:5000,127.0.0.1:5000,mlflow:5000}"
+  --allowed-hosts "$hosts"

@@ -35,7 +35,7 @@ def mlflow_server_cli(
         str,
         typer.Option(
             envvar="MLFLOW_SERVER_ALLOWED_HOSTS",
-            help="Host headers to answer (DNS-rebinding protection); empty: MLflow's default.",
+            help="Host headers to answer besides MLflow's defaults (localhost, private IPs).",
         ),
     ] = "",
     cors_allowed_origins: Annotated[

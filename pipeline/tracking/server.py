@@ -58,7 +58,7 @@ class ServerOptions:
     host: str
     port: int
     workers: int
-    allowed_hosts: str = ""  # empty: MLflow's default
+    allowed_hosts: str = ""  # added to MLflow's defaults (localhost, private addresses)
     cors_allowed_origins: str = ""
     basic_auth: bool = False
 
@@ -81,7 +81,7 @@ def server_launch(options: ServerOptions) -> Launch:
     arguments += ["--workers", str(options.workers)]
     # MLflow's host-header and CORS protections stay on; these only widen what they allow.
     if options.allowed_hosts:
-        arguments += ["--allowed-hosts", options.allowed_hosts]
+        arguments += ["--allowed-hosts", with_default_hosts(options.allowed_hosts)]
     if options.cors_allowed_origins:
         arguments += ["--cors-allowed-origins", options.cors_allowed_origins]
     if options.basic_auth:
@@ -90,6 +90,16 @@ def server_launch(options: ServerOptions) -> Launch:
         f"MLflow tracking server on http://{options.host}:{options.port} (artifacts: {destination})"
     )
     return Launch(banner, arguments)
+
+
+def with_default_hosts(extra: str) -> str:
+    """MLflow's default allowed hosts plus `extra` (comma-separated): its --allowed-hosts
+    replaces the defaults, which would lock out localhost (a port-forward) and private addresses
+    (a pod's IP). deploy/mlflow/prepare.py applies the same rule in the server image."""
+    from mlflow.server.security_utils import get_default_allowed_hosts
+
+    hosts = [*get_default_allowed_hosts(), *(h.strip() for h in extra.split(",") if h.strip())]
+    return ",".join(dict.fromkeys(hosts))
 
 
 def ui_launch(tracking_uri: str, port: int) -> Launch:

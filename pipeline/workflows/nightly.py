@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline import cluster, registry
+from pipeline import registry, storage
 from pipeline import tune as tuning
 from pipeline.config import Experiment, load_experiment, point_from_values
 from pipeline.decisions import rank_trials
@@ -148,7 +148,8 @@ class NightJob:
         warnings = self.sweep(tonight, previous)
         assert self.run_id is not None
         record = self.record()
-        cluster.remove_trial_state(record.sweep_path)  # the sweep is over: nothing to resume
+        # The sweep is over: nothing to resume from its trial state.
+        storage.remove(record.sweep_path, self.settings.storage_endpoint)
         if f"best_{self.experiment.metric}" not in record.metrics:
             return self.finish({OUTCOME: "no-valid-trial"}, warnings)
         version = self.register(record)
@@ -166,7 +167,7 @@ class NightJob:
         dataset, split = load_data(self.experiment, self.settings.data_dir)
         text = self.space.read_text()
         if tonight is not None and tonight.status != "FAILED":
-            if tuning.can_resume(tonight.sweep_path):
+            if tuning.can_resume(tonight.sweep_path, self.settings.storage_endpoint):
                 self.run_id = tonight.run_id
                 log.info("night %s: resuming its sweep %s", self.date, tonight.run_id)
                 result = run_sweep(

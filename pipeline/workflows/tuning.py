@@ -129,7 +129,7 @@ def run_sweep(
     # Everything that can fail for want of a cluster or storage fails before MLflow is written.
     cluster.connect(settings.ray_address)
     cluster.check_resources(experiment, autoscaling=bool(settings.ray_address))
-    cluster.check_storage(settings.storage)
+    cluster.check_storage(settings.storage, settings.storage_endpoint)
     client = open_client(settings.tracking_uri)
     experiment_id = ensure_experiment(client, experiment_name, settings.artifact_root)
     data = tuning_data(dataset, split)
@@ -137,7 +137,7 @@ def run_sweep(
     if resume:
         parent_run_id, sweep_path = runs.find_unfinished_sweep(client, experiment_id, parent_run_id)
         runs.reopen_run(client, parent_run_id)
-        tuner = tuning.restore_tuner(experiment, data, sweep_path)
+        tuner = tuning.restore_tuner(experiment, data, sweep_path, settings.storage_endpoint)
     else:
         run_name = f"{experiment.name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
         sweep_path = f"{settings.storage.rstrip('/')}/{run_name}"
@@ -156,7 +156,9 @@ def run_sweep(
         )
         warm_points = warm.points if warm else None
         recorder = TrialRecorder(settings.tracking_uri, experiment_id, parent_run_id, warm_points)
-        tuner = tuning.make_tuner(experiment, data, settings.storage, run_name, recorder, warm)
+        tuner = tuning.make_tuner(
+            experiment, data, settings.storage, run_name, recorder, warm, settings.storage_endpoint
+        )
     log.info("sweep %s: experiment '%s', parent run %s", sweep_path, experiment_name, parent_run_id)
     status = "KILLED"
     try:
