@@ -146,7 +146,7 @@ def registry_state(client: MlflowClient) -> dict[str, Any]:
     model = client.get_registered_model(MODEL)
     versions = client.search_model_versions(f"name = '{MODEL}'")
     return {
-        "aliases": dict(model.aliases),
+        "aliases": {alias: str(version) for alias, version in model.aliases.items()},
         "versions": {v.version: dict(v.tags) for v in versions},
     }
 
