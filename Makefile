@@ -89,8 +89,8 @@ endif
 serve: install ## Serve the champion on http://127.0.0.1:$(PORT)/invocations
 	$(PY) -m pipeline serve --model $(MODEL) --alias $(ALIAS) --port $(PORT) $(ARGS)
 
-test: install-dev ## Run the whole test suite (slow tests included)
-	$(PY) -m pytest -q $(ARGS)
+test: install-dev ## Run the whole test suite (slow tests included), a test module per worker, 2 workers
+	$(PY) -m pytest -q -n 2 --dist loadfile $(ARGS)
 
 test-fast: install-dev ## Run the tests without the slow (Ray / MLflow end-to-end) ones
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
