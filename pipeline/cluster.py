@@ -4,7 +4,9 @@ writes anything (trial storage, resources), and running a function as a remote t
 from __future__ import annotations
 
 import logging
+import signal
 import socket
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -72,6 +74,7 @@ def connect(address: str | None) -> None:
     runtime_env: dict[str, Any] = {"worker_process_setup_hook": quiet_worker_logs}
     if address:
         runtime_env["py_modules"] = [str(Path(__file__).parent)]
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     try:
         ray.init(
             address=address or "local",
@@ -79,20 +82,26 @@ def connect(address: str | None) -> None:
             logging_level=logging.WARNING,
             runtime_env=runtime_env,
         )
+        # Ray's driver takes SIGTERM over (a core dump, exit 134); the caller's handler stays.
+        if on_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, on_sigterm)
     except AuthenticationError as exc:
         raise PipelineError(
             f"cannot connect to Ray at {address}: no valid token ({exc}); give this driver the "
             "cluster's token in RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH (`ray get-auth-token` on "
             "the head)"
         ) from None
-    except (ConnectionError, RuntimeError, ValueError) as exc:
+    except ConnectionError as exc:
         hint = ""
-        if address:  # Ray reports a refused token only as a failed connection
+        if address:  # the head answered (checked above) but Ray says only "Failed to connect":
+            # what it logs is "InvalidAuthToken", so a refused token is the likely cause
             hint = (
                 "; if the head runs with token authentication, give this driver the cluster's "
                 "token in RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH (`ray get-auth-token` on the head)"
             )
         raise PipelineError(f"cannot connect to Ray at {address or 'local'}: {exc}{hint}") from None
+    except (RuntimeError, ValueError) as exc:
+        raise PipelineError(f"cannot connect to Ray at {address or 'local'}: {exc}") from None
 
 
 def check_storage(storage: str, endpoint: str | None = None) -> None:

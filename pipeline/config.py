@@ -523,6 +523,10 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise PipelineError(f"{path}: no such search-space file") from None
+    except IsADirectoryError:
+        raise PipelineError(f"{path}: a folder; give a search-space YAML file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"{path}: cannot read: {exc}") from None
     except yaml.YAMLError as exc:
         raise PipelineError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(raw, dict):
@@ -566,7 +570,12 @@ def apply_override(raw: dict[str, Any], override: str, source: Path) -> None:
         if not isinstance(child, dict):
             raise PipelineError(f"{source}: --set {key}: '{part}' is not a mapping")
         node = child
-    node[parts[-1]] = yaml.safe_load(text)
+    try:
+        node[parts[-1]] = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PipelineError(
+            f"--set {override!r}: the value is not valid YAML: {' '.join(str(exc).split())}"
+        ) from None
 
 
 def flatten_sample(sample: dict[str, Any]) -> dict[str, Scalar]:

@@ -172,23 +172,55 @@ def read_table(path: Path) -> pd.DataFrame:
         raise PipelineError(f"{path}: cannot parse as CSV: {exc}") from None
 
 
-def check_feature_columns(frame: pd.DataFrame, columns: list[str], path: Path) -> None:
-    """Feature columns must be numeric and complete; the first that is not is named."""
+def feature_problems(frame: pd.DataFrame, columns: list[str]) -> list[str]:
+    """What stops these columns from being features: not numeric, missing values, values that
+    are infinite or beyond float32's range (training would only diverge on them)."""
+    problems = []
     for column in columns:
         values = frame[column]
         if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
             present = values.dropna()
             text = present[pd.to_numeric(present, errors="coerce").isna()]
             example = str(text.iloc[0]) if len(text) else ""
-            raise PipelineError(
-                f"{path}: column '{column}' is not numeric (e.g. {example!r}); "
-                "encode it as numbers or drop it"
-            )
+            problems.append(f"column '{column}' is not numeric (e.g. {example!r})")
+            continue
         missing = int(values.isna().sum())
         if missing:
-            raise PipelineError(
-                f"{path}: column '{column}' has {missing} missing values; fill or drop them"
-            )
+            problems.append(f"column '{column}' has {missing} missing values")
+        huge = int((values.abs() > FLOAT32_MAX).sum())
+        if huge:
+            problems.append(f"column '{column}' has {huge} infinite or out-of-range values")
+    return problems
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_feature_columns(frame: pd.DataFrame, columns: list[str], path: Path) -> None:
+    """Feature columns must be numeric, complete and finite; every problem is named at once."""
+    raise_problems(path, feature_problems(frame, columns))
+
+
+def raise_problems(path: Path, problems: list[str]) -> None:
+    """One line listing every problem found in `path`, if any."""
+    if len(problems) == 1:
+        raise PipelineError(f"{path}: {problems[0]}; fix it (encode, fill or drop)")
+    if problems:
+        raise PipelineError(
+            f"{path}: {len(problems)} problems: {'; '.join(problems)}; fix them (encode, fill "
+            "or drop)"
+        )
+
+
+def cut_off(path: Path, frame: pd.DataFrame) -> bool:
+    """Whether the file ends mid-row: no final newline, and its last row lacks values."""
+    with path.open("rb") as stream:
+        stream.seek(0, 2)
+        if stream.tell() == 0:
+            return False
+        stream.seek(-1, 2)
+        ends_clean = stream.read(1) in (b"\n", b"\r")
+    return not ends_clean and len(frame) > 0 and bool(frame.iloc[-1].isna().any())
 
 
 def load_csv(path: Path, target: str) -> Dataset:
@@ -196,12 +228,17 @@ def load_csv(path: Path, target: str) -> Dataset:
     frame = read_table(path)
     if target not in frame.columns:
         raise PipelineError(f"{path}: no column '{target}' (columns: {', '.join(frame.columns)})")
-    labels_raw = frame.pop(target)
-    if labels_raw.isna().any():
+    if cut_off(path, frame):
         raise PipelineError(
-            f"{path}: column '{target}' has {int(labels_raw.isna().sum())} empty labels"
+            f"{path}: truncated: its last line (row {len(frame)}) is cut off mid-row; was the "
+            "file fully written?"
         )
-    check_feature_columns(frame, [str(c) for c in frame.columns], path)
+    labels_raw = frame.pop(target)
+    problems = []
+    if labels_raw.isna().any():
+        problems.append(f"column '{target}' has {int(labels_raw.isna().sum())} empty labels")
+    problems += feature_problems(frame, [str(c) for c in frame.columns])
+    raise_problems(path, problems)
     if frame.shape[1] == 0:
         raise PipelineError(f"{path}: no feature columns besides '{target}'")
     classes, labels = np.unique(labels_raw.astype(str).to_numpy(), return_inverse=True)
@@ -346,6 +383,14 @@ def split_dataset(dataset: Dataset, config: DataConfig, seed: int) -> Split:
     train, val, test = np.sort(train), np.sort(val), np.sort(test)
     if config.cv_folds:
         pool = np.concatenate([train, val])
+        pooled = np.bincount(labels[pool], minlength=dataset.num_classes)
+        smallest = int(np.argmin(np.where(pooled > 0, pooled, np.iinfo(np.int64).max)))
+        if pooled[smallest] < config.cv_folds:
+            raise PipelineError(
+                f"{dataset.name}: data.cv_folds is {config.cv_folds} but class "
+                f"'{dataset.class_names[smallest]}' has only {pooled[smallest]} rows for train + "
+                "validation; lower cv_folds or add rows"
+            )
         folder = StratifiedKFold(config.cv_folds, shuffle=True, random_state=seed)
         folds = tuple((a, b) for a, b in folder.split(pool, labels[pool]))
     else:

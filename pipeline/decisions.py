@@ -33,11 +33,12 @@ def planned_epochs(config: dict[str, Any], max_epochs: int) -> int:
 
 
 def with_states(table: pd.DataFrame, states: dict[str, str]) -> pd.DataFrame:
-    """The trial table with each trial's state replaced by the one it was tracked with."""
+    """The trial table with each trial's state replaced by the final state it was tracked with
+    (`running` is not final: a killed driver leaves it behind)."""
     if table.empty:
         return table
     tracked = table["trial_id"].map(states)
-    return table.assign(state=tracked.where(tracked.notna() & (tracked != ""), table["state"]))
+    return table.assign(state=tracked.where(tracked.isin(TRIAL_STATES), table["state"]))
 
 
 def rank_trials(table: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:

@@ -44,7 +44,7 @@ def settings(address: str | None = None) -> Settings:
     data_dir = os.environ.get("PIPELINE_DATA_DIR") or Path.home() / ".cache" / "hpo-pipeline"
     return Settings(
         tracking_uri=uri or f"sqlite:///{local / 'mlflow.db'}",
-        artifact_root=None if uri else local / "artifacts",
+        artifact_root=artifact_root(uri),
         storage=os.environ.get("PIPELINE_STORAGE") or str(local / "ray"),
         data_dir=Path(data_dir),
         ray_address=address or os.environ.get("RAY_ADDRESS") or None,
@@ -52,6 +52,16 @@ def settings(address: str | None = None) -> Settings:
         # The one setting boto3, the aws CLI and MLflow's S3 artifacts read too.
         storage_endpoint=os.environ.get("AWS_ENDPOINT_URL") or None,
     )
+
+
+def artifact_root(tracking_uri: str | None) -> Path | None:
+    """Where new experiments keep their artifacts: beside a SQLite store's database (two stores
+    never share artifact folders), the server's choice for any other store."""
+    if tracking_uri is None:
+        return LOCAL_STORE.resolve() / "artifacts"
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri.removeprefix("sqlite:///")).absolute().parent / "artifacts"
+    return None
 
 
 def webhook_url() -> str | None:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.data import Dataset, Split, check_feature_columns, read_table
+from pipeline.data import FLOAT32_MAX, Dataset, Split, check_feature_columns, read_table
 from pipeline.errors import PipelineError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
@@ -69,9 +69,17 @@ def read_npy(path: Path, metadata: dict[str, Any]) -> Inputs:
         raise PipelineError(
             f"{path}: array of shape {array.shape}; the model takes rows of {expected} features"
         )
-    if not np.issubdtype(array.dtype, np.number):
-        raise PipelineError(f"{path}: array of {array.dtype}, not numbers")
-    features = array.reshape(len(array), expected).astype(np.float32)
+    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+        raise PipelineError(f"{path}: array of {array.dtype}, not real numbers")
+    rows = array.reshape(len(array), expected).astype(np.float64)
+    bad = ~np.isfinite(rows) | (np.abs(rows) > FLOAT32_MAX)
+    if bad.any():
+        first = int(np.flatnonzero(bad.any(axis=1))[0])
+        raise PipelineError(
+            f"{path}: {int(bad.sum())} values are NaN, infinite or beyond float32's range "
+            f"(first in row {first}); the model needs finite numbers"
+        )
+    features = rows.astype(np.float32)
     return Inputs(features, [str(i) for i in range(len(array))])
 
 

@@ -9,6 +9,9 @@ trusted, since the data may have changed since.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +26,7 @@ from pipeline.data import Dataset, Split, load_dataset, split_dataset
 from pipeline.decisions import judge_promotion
 from pipeline.errors import PipelineError
 from pipeline.evaluate import TestReport, score
-from pipeline.tracking.locks import LOCK_PREFIX
+from pipeline.tracking.locks import LOCK_PREFIX, LockHeld, StoreLock
 from pipeline.tracking.runs import RetrainRecord, SweepRecord
 from pipeline.tracking.store import Client, use_tracking_uri
 
@@ -35,6 +38,7 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS_CHAMPION = "previous-champion"
+ALIASES_WAIT_S = 120.0  # a promotion re-scores two models: tens of seconds
 # What must match for two models to be compared on one test split.
 DATA_IDENTITY = ("dataset", "feature_names", "class_names")
 
@@ -256,9 +260,27 @@ def promote(
 
     Both are re-scored on the candidate's test split. With no champion, the candidate becomes
     champion; `force` skips the comparison. The replaced champion becomes `previous-champion`.
+    The decision is made and applied holding the model's aliases (see `holding_aliases`).
     """
     if min_delta < 0:
         raise PipelineError(f"min_delta must be >= 0, got {min_delta}")
+    check_model(client, name)
+    with holding_aliases(client, name):
+        return decide_promotion(
+            client, tracking_uri, name, cache_dir, actor, version, force, min_delta
+        )
+
+
+def decide_promotion(
+    client: Client,
+    tracking_uri: str,
+    name: str,
+    cache_dir: Path,
+    actor: str,
+    version: int | None,
+    force: bool,
+    min_delta: float,
+) -> Decision:
     aliases = check_model(client, name)
     if version is None:
         candidate_version = aliased(aliases, name, CHALLENGER)
@@ -306,6 +328,12 @@ def promote(
 
 def rollback(client: Client, name: str, actor: str) -> Decision:
     """Swap `champion` and `previous-champion`: the model in service before the last promotion."""
+    check_model(client, name)
+    with holding_aliases(client, name):
+        return swap_back(client, name, actor)
+
+
+def swap_back(client: Client, name: str, actor: str) -> Decision:
     aliases = check_model(client, name)
     champion = aliased(aliases, name, CHAMPION)
     previous = aliases.get(PREVIOUS_CHAMPION)
@@ -318,6 +346,32 @@ def rollback(client: Client, name: str, actor: str) -> Decision:
     )
     record_decision(client, decision, actor)
     return decision
+
+
+@contextmanager
+def holding_aliases(
+    client: Client, name: str, wait_s: float = ALIASES_WAIT_S, poll_s: float = 1.0
+) -> Iterator[None]:
+    """Hold the model's aliases: promotions, rollbacks and nightly gates of one model, on any
+    machine sharing the store, decide and apply one at a time, each on the aliases it read.
+    Waits `wait_s` for another to finish, then refuses."""
+    lock = StoreLock(client, f"aliases.{name}")
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            lock.acquire()
+            break
+        except LockHeld as held:
+            if time.monotonic() >= deadline:
+                raise PipelineError(
+                    f"model '{name}': another promotion or rollback is changing its aliases "
+                    f"({held.holder.describe()}); try again when it ends"
+                ) from None
+            time.sleep(poll_s)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def record_decision(

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any, Protocol
 
 import pandas as pd
@@ -33,7 +36,7 @@ from pipeline.config import (
 )
 from pipeline.data import TuningData
 from pipeline.decisions import planned_epochs, trial_state
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, Terminated
 from pipeline.storage import for_ray
 from pipeline.trainable import TrialSettings, run_trial
 
@@ -220,7 +223,10 @@ def make_tuner(
             storage_path=storage_path,
             storage_filesystem=filesystem,
             callbacks=[TrialEvents(sink, experiment.budget.max_epochs)],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # Two, not one: Tune deletes the older checkpoint before its state snapshot names
+            # the newer, so a driver killed in between left a state naming a deleted one, and
+            # that trial could not be resumed.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=experiment.budget.max_failures),
             verbose=0,
         ),
@@ -309,11 +315,33 @@ class TunerResults:
     table: pd.DataFrame  # one row per trial, see `trial_table`
     param_names: list[str]  # every hyperparameter some trial sampled
     ended: int  # trials that terminated or errored
+    terminated: bool  # SIGTERM stopped it (as Ctrl-C does)
+    histories: dict[str, list[dict[str, float]]]  # trial id -> each epoch's reported metrics
 
 
 def fit(tuner: tune.Tuner, experiment: Experiment) -> TunerResults:
-    """Run the sweep to its end (or to Ctrl-C) and tabulate its trials."""
-    grid = tuner.fit()
+    """Run the sweep to its end, or until Ctrl-C or SIGTERM stops it gracefully (trials stopped,
+    Tune's state saved for a resume), and tabulate its trials."""
+    terminated = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal terminated
+        terminated = True
+        # Tune stops gracefully on SIGUSR1 (its handler, once `fit` has installed it).
+        graceful = signal.getsignal(signal.SIGUSR1)
+        if not callable(graceful):
+            raise Terminated()
+        graceful(signum, frame)
+
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main:
+        previous = signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)  # not an earlier sweep's handler
+    try:
+        grid = tuner.fit()
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
     configs = [grid[i].config or {} for i in range(len(grid))]
     names = {name for config in configs for name in flatten_sample(config)}
     table = trial_table(grid, experiment)
@@ -321,7 +349,32 @@ def fit(tuner: tune.Tuner, experiment: Experiment) -> TunerResults:
         table,
         [c for c in table.columns if c in names],
         grid.num_terminated + grid.num_errors,
+        terminated,
+        epoch_histories(grid),
     )
+
+
+def trial_id_of(result: Any) -> str:
+    """The trial id of one of a ResultGrid's results (from its folder before any result)."""
+    return str((result.metrics or {}).get("trial_id") or Path(result.path).name)
+
+
+def epoch_histories(grid: ResultGrid) -> dict[str, list[dict[str, float]]]:
+    """Each trial's reported epochs as Ray recorded them: epoch, when (seconds since the epoch),
+    losses and accuracy."""
+    histories: dict[str, list[dict[str, float]]] = {}
+    for result in (grid[i] for i in range(len(grid))):
+        history = result.metrics_dataframe
+        trial_id = trial_id_of(result)
+        columns = ["epoch", "timestamp", "train_loss", "val_loss", "val_acc"]
+        if history is None or not set(columns) <= set(history.columns):
+            histories[trial_id] = []
+            continue
+        histories[trial_id] = [
+            {name: float(row[name]) for name in columns}
+            for row in history[columns].dropna().to_dict("records")
+        ]
+    return histories
 
 
 def trial_table(grid: ResultGrid, experiment: Experiment) -> pd.DataFrame:
@@ -330,7 +383,7 @@ def trial_table(grid: ResultGrid, experiment: Experiment) -> pd.DataFrame:
     for result in (grid[i] for i in range(len(grid))):
         history = result.metrics_dataframe
         last = result.metrics or {}
-        trial_id = str(last.get("trial_id") or Path(result.path).name)
+        trial_id = trial_id_of(result)
         params = flatten_sample(result.config or {})
         state = trial_state(
             last,

@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from pipeline.config import DataConfig
@@ -274,3 +275,28 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         for bucket in S3_BUCKETS:
             s3_client(url).create_bucket(Bucket=bucket)
         yield url
+
+
+# An existing database to connect to for creating a test's own (CI: `test`, trust auth).
+ADMIN_URL = os.environ.get("PIPELINE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def admin_connection() -> psycopg.Connection:
+    """An autocommit connection for CREATE/DROP DATABASE; skip (or fail, under
+    REQUIRE_POSTGRES=1, as in CI) when PostgreSQL cannot be reached."""
+    try:
+        connection = psycopg.connect(ADMIN_URL, connect_timeout=5, autocommit=True)
+    except psycopg.OperationalError as exc:
+        reason = f"no PostgreSQL at {ADMIN_URL}: {str(exc).strip()}"
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"REQUIRE_POSTGRES=1 but {reason}")
+        pytest.skip(reason)
+    return connection
+
+
+@pytest.fixture()
+def postgres() -> str:
+    """The URL of the PostgreSQL the tests use (skipped where there is none, failed under
+    REQUIRE_POSTGRES=1)."""
+    admin_connection().close()
+    return ADMIN_URL

@@ -344,7 +344,7 @@ INVALID: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
         {"budget.max_epochs": DELETE},
         ("budget.max_epochs", "required key is missing"),
     ),
-    ("bad_name", {"name": "has spaces"}, ("name",)),
+    ("bad_name", {"name": "has spaces"}, (": name: String should match pattern", "'has spaces'")),
     ("fractional_gpus_above_one", {"resources": {"gpus": 1.5}}, ("resources", "gpus above 1")),
 ]
 

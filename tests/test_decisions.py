@@ -72,6 +72,8 @@ def test_tracked_states_replace_derived_ones() -> None:
     trials = table(("a", "stopped", 0.9, 0.1), ("b", "completed", 0.8, 0.2))
     merged = with_states(trials, {"a": "interrupted", "b": ""})
     assert merged["state"].tolist() == ["interrupted", "completed"]
+    # `running` is what a killed driver leaves behind, not a state to keep.
+    assert with_states(trials, {"a": "running"})["state"].tolist() == ["stopped", "completed"]
     assert trials["state"].tolist() == ["stopped", "completed"], "the input is left alone"
 
 
@@ -87,6 +89,13 @@ def test_promotion_needs_higher_accuracy_by_min_delta() -> None:
     assert not wins(report(8), report(9), 0.0)
     assert wins(report(9), report(8), 0.1)  # 0.1 exactly: enough
     assert not wins(report(9), report(8), 0.11)
+
+
+def test_accuracy_decides_before_loss() -> None:
+    """More right but less sure (a higher test loss) still wins; fewer right never does."""
+    bolder, surer = report(9, confidence=0.55), report(8, confidence=0.99)
+    assert bolder.test_loss > surer.test_loss
+    assert wins(bolder, surer, 0.0) and not wins(surer, bolder, 0.0)
 
 
 def test_an_exact_accuracy_tie_goes_to_the_lower_test_loss() -> None:

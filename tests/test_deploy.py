@@ -171,12 +171,50 @@ def test_env_example_lists_every_setting_the_cli_reads() -> None:
     assert {"RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "MLFLOW_TRACKING_USERNAME"} <= listed
 
 
+SECRET_SETTING = re.compile(
+    r"""^\s*(?:-\s*|export\s+)?["']?([A-Z][A-Z0-9_]*(?:PASSWORD|SECRET|TOKEN)[A-Z0-9_]*)["']?"""
+    r"""\s*[:=]\s*(.*)$"""
+)
+NOT_SECRETS = ("_PATH", "_ROTATE", "_MODE", "_FILE")  # settings about a secret, not one
+
+
+def committed_secrets(text: str) -> list[str]:
+    """Settings of a password, secret or token given a literal value, in any of the forms the
+    deploy files use: KEY=value (env files, shell, compose lists) and KEY: value (YAML)."""
+    found = []
+    for line in text.splitlines():
+        match = SECRET_SETTING.match(line)
+        if match is None or match.group(1).endswith(NOT_SECRETS):
+            continue
+        value = match.group(2).split(" #")[0].strip().strip("'\"")
+        if value and not value.startswith(("$", "{{", "<")):
+            found.append(match.group(1))
+    return found
+
+
+def test_the_secret_scan_sees_every_form() -> None:
+    for line in (
+        "POSTGRES_PASSWORD=hunter2",
+        "POSTGRES_PASSWORD: hunter2",
+        '  - "MLFLOW_ADMIN_PASSWORD=hunter2"',
+        "export RAY_AUTH_TOKEN=abc",
+        '"MINIO_ROOT_PASSWORD": "hunter2"',
+    ):
+        assert committed_secrets(line), line
+    for line in (
+        "POSTGRES_PASSWORD=",
+        "POSTGRES_PASSWORD: ${POSTGRES_PASSWORD:?set it}",
+        "RAY_AUTH_TOKEN_PATH=/var/run/token",
+        "MLFLOW_ADMIN_PASSWORD_ROTATE=0",
+    ):
+        assert not committed_secrets(line), line
+
+
 def test_no_secret_is_committed_in_deploy() -> None:
     for path in DEPLOY.rglob("*"):
         if path.is_file():
-            for line in path.read_text().splitlines():
-                match = re.match(r"\s*([A-Z_]*(PASSWORD|SECRET|TOKEN)[A-Z_]*)=(\S+)", line)
-                assert not match, f"{path.relative_to(REPO)}: a value for {match.group(1)}"
+            found = committed_secrets(path.read_text())
+            assert not found, f"{path.relative_to(REPO)}: a value for {found}"
 
 
 # --- schemas: Kubernetes' own objects and KubeRay's resources, checked strictly -----------------

@@ -82,6 +82,31 @@ def test_npy_rows_and_images(tmp_path: Path, digits: Dataset, metadata: dict[str
         read_inputs(tmp_path / "wrong.npy", metadata)
 
 
+@pytest.mark.parametrize(
+    ("value", "where"),
+    [(np.nan, "NaN"), (np.inf, "inf"), (-np.inf, "-inf"), (1e39, "beyond float32")],
+)
+def test_npy_with_values_the_model_cannot_take_is_refused(
+    tmp_path: Path, digits: Dataset, metadata: dict[str, Any], value: float, where: str
+) -> None:
+    rows = digits.features[:4].astype(np.float64)
+    rows[2, 5] = value
+    np.save(tmp_path / "rows.npy", rows)
+    with pytest.raises(PipelineError, match=r"1 values are NaN, infinite or beyond float32's "
+                       r"range \(first in row 2\)"):  # fmt: skip
+        read_inputs(tmp_path / "rows.npy", metadata)
+
+
+def test_csv_with_infinite_values_is_refused(
+    tmp_path: Path, digits: Dataset, metadata: dict[str, Any]
+) -> None:
+    frame = pd.DataFrame(digits.features[:4], columns=list(digits.columns))
+    frame.loc[1, "pixel_3_3"] = np.inf
+    frame.to_csv(tmp_path / "rows.csv", index=False)
+    with pytest.raises(PipelineError, match="'pixel_3_3' has 1 infinite or out-of-range values"):
+        read_inputs(tmp_path / "rows.csv", metadata)
+
+
 def test_image_folder_is_scaled_to_the_training_range(
     tmp_path: Path, digits: Dataset, metadata: dict[str, Any]
 ) -> None:
@@ -130,10 +155,14 @@ def test_write_csv_leaves_no_partial_file(tmp_path: Path) -> None:
     target.write_text("old\n")
 
     class Unwritable(pd.DataFrame):
-        def to_csv(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        """Writes half its rows, then the disk is full: a plain write would leave them."""
+
+        def to_csv(self, stream: Any, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+            pd.DataFrame(self).iloc[:1].to_csv(stream, *args, **kwargs)
+            stream.flush()
             raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        write_csv(Unwritable({"a": [1]}), target)
+        write_csv(Unwritable({"a": [1, 2]}), target)
     assert target.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]

@@ -4,7 +4,9 @@ roll back, predict and serve, with every alias and tag read back from the MLflow
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,6 +243,17 @@ def test_served_champion_answers_invocations_with_the_same_predictions(
         )
         with urllib.request.urlopen(request, timeout=30) as response:
             served = json.loads(response.read())["predictions"]
+        rows = features.to_numpy().tolist()
+        rows[3][7] = float("nan")
+        rows[5][2] = float("inf")
+        refused = urllib.request.Request(
+            f"{url}/invocations", json.dumps({"inputs": rows}).encode(), request.headers
+        )
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(refused, timeout=30)
+        assert answer.value.code == 400
+        message = json.loads(answer.value.read())["message"]
+        assert "2 input values are NaN, infinite or beyond float32's range (rows 3, 5)" in message
     assert len(served) == 20
     assert pd.DataFrame(served).to_numpy() == pytest.approx(expected, abs=1e-6)
 
@@ -281,3 +294,38 @@ def test_a_challenger_trained_on_another_data_set_is_refused(cycle: Cycle) -> No
     assert "version 4 was trained on 'wine' (13 features, 3 classes)" in message
     assert "'digits' (64 features, 10 classes); they cannot be compared" in message
     assert registry_state(cycle.client) == before
+
+
+def test_two_forced_promotions_at_once_apply_one_after_the_other(cycle: Cycle) -> None:
+    """Both succeed; the aliases tell one consistent story: the second saw the first's champion."""
+    commands = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pipeline",
+                "promote",
+                "--model",
+                MODEL,
+                "--version",
+                v,
+                "--force",
+            ],
+            cwd=cycle.folder,
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for v in ("2", "3")
+    ]
+    outputs = [c.communicate(timeout=300)[0] for c in commands]
+    assert [c.returncode for c in commands] == [0, 0], outputs
+    state = registry_state(cycle.client)
+    before = {v: state["versions"][v]["promotion.champion_before"] for v in ("2", "3")}
+    [first] = [v for v, b in before.items() if b == "1"]  # the champion both started from
+    [second] = [v for v in ("2", "3") if v != first]
+    assert before[second] == first, "the second decision read the aliases the first left"
+    assert state["aliases"]["champion"] == second
+    assert state["aliases"]["previous-champion"] == first
+    assert not cycle.client.search_registered_models("name LIKE 'pipeline-lock.%'")

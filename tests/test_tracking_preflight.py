@@ -1,15 +1,25 @@
-"""The tracking-server check gives up at its deadline: the mechanism, on a virtual clock."""
+"""The tracking-store preflight: a server must answer as MLflow, a database must connect within
+the deadline given to its driver, a SQLite file must be writable; each refusal is one line. The
+server check's deadline is tested on a virtual clock, the database's by what its driver is told."""
 
 from __future__ import annotations
 
+import re
+import socket
+import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from pipeline.errors import PipelineError
-from pipeline.tracking import store
+from pipeline.tracking import preflight
 from tests.conftest import free_port
 
 
@@ -29,8 +39,8 @@ class Clock:
 @pytest.fixture()
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     clock = Clock()
-    monkeypatch.setattr(store.time, "monotonic", clock.monotonic)
-    monkeypatch.setattr(store.time, "sleep", clock.sleep)
+    monkeypatch.setattr(preflight.time, "monotonic", clock.monotonic)
+    monkeypatch.setattr(preflight.time, "sleep", clock.sleep)
     return clock
 
 
@@ -51,9 +61,9 @@ def test_a_refusing_server_is_retried_once_a_second_until_the_deadline(
     spy_on_urlopen(monkeypatch, attempts)
     uri = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(PipelineError, match=f"MLflow tracking server {uri} cannot be reached"):
-        store.check_tracking_server(uri)
-    assert clock.now == pytest.approx(store.SERVER_TIMEOUT_S)
-    assert len(attempts) == int(store.SERVER_TIMEOUT_S) + 1
+        preflight.check_server(uri, preflight.STORE_TIMEOUT_S)
+    assert clock.now == pytest.approx(preflight.STORE_TIMEOUT_S)
+    assert len(attempts) == int(preflight.STORE_TIMEOUT_S) + 1
     assert all(timeout <= 4.0 for timeout in attempts)
 
 
@@ -70,14 +80,102 @@ def test_a_silent_server_costs_at_most_the_deadline(
 
     monkeypatch.setattr(urllib.request, "urlopen", silent)
     with pytest.raises(PipelineError, match=r"cannot be reached \(timed out\)"):
-        store.check_tracking_server("http://10.255.255.1:5000")
-    assert clock.now <= store.SERVER_TIMEOUT_S + 1.0
+        preflight.check_server("http://10.255.255.1:5000", preflight.STORE_TIMEOUT_S)
+    assert clock.now <= preflight.STORE_TIMEOUT_S + 1.0
     assert all(timeout <= 4.0 for timeout in timeouts)
 
 
-def test_stores_that_are_not_servers_are_not_probed(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stores_that_are_not_servers_are_not_probed_over_http(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     attempts: list[float] = []
     spy_on_urlopen(monkeypatch, attempts)
-    store.check_tracking_server("sqlite:///nowhere/mlflow.db")
-    store.check_tracking_server("postgresql://mlflow@db:5432/mlflow")
+    preflight.check_tracking_store(f"sqlite:///{tmp_path}/new/mlflow.db")
     assert attempts == []
+
+
+class Answer(BaseHTTPRequestHandler):
+    """Answers every GET with the class's status and body."""
+
+    status, body = 200, b"OK"
+
+    def do_GET(self) -> None:
+        self.send_response(self.status)
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def http_answering(status: int, body: bytes) -> Iterator[str]:
+    handler = type("Handler", (Answer,), {"status": status, "body": body})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "message"),
+    [
+        (404, b"not found", "is not an MLflow tracking server: /health answered HTTP 404"),
+        (200, b"<html>welcome to nginx</html>", "is not an MLflow tracking server"),
+    ],
+)
+def test_a_server_that_is_not_mlflow_is_refused(status: int, body: bytes, message: str) -> None:
+    with http_answering(status, body) as uri, pytest.raises(PipelineError, match=message):
+        preflight.check_server(uri, 2.0)
+
+
+def test_mlflow_and_an_authenticating_proxy_pass() -> None:
+    for status, body in ((200, b"OK"), (401, b"")):
+        with http_answering(status, body) as uri:
+            preflight.check_server(uri, 2.0)
+
+
+def test_a_missing_postgresql_database_is_one_line_with_the_password_masked(
+    postgres: str,
+) -> None:
+    url = make_url(postgres).set(password="s3cret", database="does_not_exist")
+    uri = url.render_as_string(hide_password=False)
+    with pytest.raises(PipelineError) as raised:
+        preflight.check_tracking_store(uri)
+    message = str(raised.value)
+    assert "does_not_exist" in message and "does not exist" in message
+    assert "s3cret" not in message and "***" in message
+    assert "\n" not in message
+
+
+def test_a_silent_database_is_given_up_at_the_deadline_told_to_its_driver() -> None:
+    """A host that accepts the connection and never answers: libpq waits connect_timeout."""
+    assert preflight.connect_arguments("postgresql+psycopg", 3.5) == {"connect_timeout": 4}
+    assert preflight.connect_arguments("postgresql", 0.5) == {"connect_timeout": 2}
+    assert preflight.connect_arguments("mysql+pymysql", 8) == {"connect_timeout": 8}
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        uri = f"postgresql+psycopg://u:pw@127.0.0.1:{silent.getsockname()[1]}/mlflow"
+        with pytest.raises(PipelineError, match=r"cannot be used \(within 2 s\): .*timeout"):
+            preflight.check_database(uri, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("mlruns", "is a folder; MLflow stores runs in a database"),
+        ("file:///tmp/mlruns", "is a folder"),
+        ("sqlite:////etc/hostname/under/a/file/mlflow.db", "cannot create /etc/hostname/under"),
+        ("sqlite://", "expected sqlite:///path/to/mlflow.db"),
+        ("postgresql://u:pw@127.0.0.1:1/x", "cannot be used"),
+        ("nosuchdb://u@h/x", "no driver for nosuchdb"),
+    ],
+)
+def test_bad_tracking_uris_are_one_line(uri: str, message: str) -> None:
+    with pytest.raises(PipelineError, match=re.escape(message)) as raised:
+        preflight.check_tracking_store(uri)
+    assert "\n" not in str(raised.value) and "pw" not in str(raised.value)

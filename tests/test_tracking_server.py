@@ -8,7 +8,6 @@ mlflow-server` (make mlflow-server) with basic auth."""
 from __future__ import annotations
 
 import base64
-import os
 import secrets
 import subprocess
 import sys
@@ -25,9 +24,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import (
+    ADMIN_URL,
     REPO,
     S3_CREDENTIALS,
     SPACES,
+    admin_connection,
     background,
     cli_env,
     extra_requirements,
@@ -39,8 +40,6 @@ from tests.conftest import (
 )
 
 pytestmark = pytest.mark.slow
-# An existing database to connect to for creating the test's own (CI: `test`, trust auth).
-ADMIN_URL = os.environ.get("PIPELINE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 ENTRYPOINT = REPO / "deploy" / "mlflow" / "entrypoint.sh"
 MODEL = "smoke-digits-mlp"
 ADMIN, ADMIN_PASSWORD = "admin", "c0rrect%horse:battery"  # % and : on purpose
@@ -48,19 +47,6 @@ DB_PASSWORD = "p@ss:w/rd%#?&"  # every character a URL must encode
 # The Host headers users send: a pod's IP, the Service's names, a port-forward.
 USER_HOSTS = ["10.1.2.3:5000", "mlflow:5000", "mlflow.default:5000"]
 USER_HOSTS += ["mlflow.default.svc.cluster.local:5000", "localhost:5000"]
-
-
-def admin_connection() -> psycopg.Connection:
-    """An autocommit connection for CREATE/DROP DATABASE; skip (or fail, under
-    REQUIRE_POSTGRES=1, as in CI) when PostgreSQL cannot be reached."""
-    try:
-        connection = psycopg.connect(ADMIN_URL, connect_timeout=5, autocommit=True)
-    except psycopg.OperationalError as exc:
-        reason = f"no PostgreSQL at {ADMIN_URL}: {str(exc).strip()}"
-        if os.environ.get("REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"REQUIRE_POSTGRES=1 but {reason}")
-        pytest.skip(reason)
-    return connection
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +181,33 @@ def test_a_short_admin_password_is_refused_before_the_server_starts(
     )
 
 
+def test_the_admin_password_rotates_when_the_environment_says_so(
+    deployment: Deployment,
+) -> None:
+    """What the entrypoint runs before the server: with MLFLOW_ADMIN_PASSWORD_ROTATE=1 the admin
+    gets the password the environment holds now; without it a changed secret does not take."""
+    uri, new = deployment.replicas[0], "a-new-secret-of-20ch"
+    prepare = [str(Path(deployment.server_env["PATH"].split(":")[0]) / "python")]
+    prepare += [str(ENTRYPOINT.parent / "prepare.py"), "schema"]
+
+    def run_prepare(password: str, rotate: bool) -> None:
+        env = {**deployment.server_env, "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN}
+        env |= {"MLFLOW_AUTH_ADMIN_PASSWORD": password}
+        env |= {"MLFLOW_ADMIN_PASSWORD_ROTATE": "1"} if rotate else {}
+        done = subprocess.run(prepare, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+
+    run_prepare(new, rotate=False)
+    assert get(f"{uri}{SEARCH}", login=(ADMIN, new)) == 401
+    try:
+        run_prepare(new, rotate=True)
+        assert get(f"{uri}{SEARCH}", login=(ADMIN, new)) == 200
+        assert get(f"{uri}{SEARCH}", login=(ADMIN, ADMIN_PASSWORD)) == 401, "the old one is gone"
+    finally:
+        run_prepare(ADMIN_PASSWORD, rotate=True)
+    assert get(f"{uri}{SEARCH}", login=(ADMIN, ADMIN_PASSWORD)) == 200
+
+
 @pytest.fixture(scope="module")
 def cycle(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tune (trial state on the S3 store) and promote through one replica; export and predict
@@ -300,5 +313,5 @@ def test_server_refuses_a_backend_it_cannot_open(tmp_path: Path) -> None:
     )
     assert done.returncode == 1
     message = " ".join(done.stderr.split())
-    assert "cannot open the backend store postgresql://postgres:***@127.0.0.1:1/none" in message
+    assert "backend store postgresql://postgres:***@127.0.0.1:1/none cannot be used" in message
     assert "s3cret" not in done.stderr + done.stdout

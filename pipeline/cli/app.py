@@ -3,6 +3,7 @@ every command gets (logging, MLflow's client defaults)."""
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,7 +14,7 @@ import typer
 from rich.console import Console
 
 from pipeline.environment import configure
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, Terminated
 
 if TYPE_CHECKING:
     from pipeline.tracking.server import Launch
@@ -36,9 +37,13 @@ Port = Annotated[int, typer.Option(help="Port to listen on.")]
 
 @contextmanager
 def guarded() -> Iterator[None]:
-    """A PipelineError becomes one line on stderr and exit status 1; Ctrl-C exits 130."""
+    """A PipelineError becomes one line on stderr and exit status 1; Ctrl-C exits 130, SIGTERM
+    143."""
     try:
         yield
+    except Terminated:
+        console.print("terminated")
+        sys.exit(143)
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)
@@ -61,3 +66,9 @@ def main(
 ) -> None:
     configure(console, debug)
     state["debug"] = debug
+    signal.signal(signal.SIGTERM, raise_terminated)
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C, so that runs end KILLED and locks are released."""
+    raise Terminated()

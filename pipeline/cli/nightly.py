@@ -29,7 +29,7 @@ def nightly(
     """One night: retune, retrain, register; promote only if better.
 
     Exit status: 0 done (or already done), 1 failed, 3 no valid trial, 75 another night of the
-    space is running (try later).
+    space is running (try later), 130 / 143 interrupted by Ctrl-C / SIGTERM (rerun to resume).
     """
     with guarded():
         from pipeline.workflows.nightly import run_night

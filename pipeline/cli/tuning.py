@@ -26,20 +26,32 @@ def tune(
     resume: Annotated[
         bool, typer.Option(help="Resume the experiment's latest interrupted sweep.")
     ] = False,
+    abandon: Annotated[
+        bool,
+        typer.Option(
+            help="Give up the experiment's interrupted sweeps (runs KILLED, trial state removed) "
+            "and start a new one."
+        ),
+    ] = False,
     retrain: Annotated[
         bool, typer.Option(help="Retrain the best trial and register it as challenger.")
     ] = True,
 ) -> None:
-    """Run a tuning sweep described by a search-space file, then retrain and register the best."""
+    """Run a tuning sweep described by a search-space file, then retrain and register the best.
+
+    A sweep stopped by Ctrl-C (exit status 130), SIGTERM (143) or a crash can be resumed; a new
+    sweep is refused while one is interrupted, unless --abandon gives it up.
+    """
     with guarded():
         from pipeline.workflows.tuning import tune_and_register
 
         outcome = tune_and_register(
-            space, settings(address), experiment, set_, resume, retrain, display.print_sweep
-        )
+            space, settings(address), experiment, set_, resume, retrain, display.print_sweep,
+            abandon,
+        )  # fmt: skip
     if outcome.sweep.interrupted:
         display.print_resume_hint(space, outcome.sweep.experiment_name)
-        raise typer.Exit(130)
+        raise typer.Exit(143 if outcome.sweep.terminated else 130)
     if outcome.registration is not None:
         display.print_registration(outcome.registration)
 

@@ -191,6 +191,21 @@ class StoreLock:
             raise
         return Holder.from_tags(dict(model.tags))
 
+    def live_holder(self) -> Holder | None:
+        """Who holds the lock, if it is held by a process that may still be alive."""
+        current = self.read()
+        if current is None or why_stale(current, time.time(), self.stale_after_s) is not None:
+            return None
+        return current
+
+    def clear_stale(self) -> None:
+        """Drop the lock if its holder is gone (a sweep given up after its driver died)."""
+        current = self.read()
+        if current is not None:
+            reason = why_stale(current, time.time(), self.stale_after_s)
+            if reason is not None:
+                self.take_over(current, reason)
+
     def take_over(self, stale: Holder, reason: str) -> None:
         """Move a stale lock aside (a name only one contender can give it), then drop it."""
         aside = f"{self.name}.stale.{stale.id}"

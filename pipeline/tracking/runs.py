@@ -7,6 +7,7 @@ import json
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,12 +21,14 @@ from pipeline.config import HYPERPARAMETERS, Experiment, Scalar, parse_experimen
 from pipeline.decisions import TRIAL_STATES, best_trial
 from pipeline.errors import PipelineError
 from pipeline.evaluate import TestReport, confusion_figure
+from pipeline.tracking.locks import StoreLock
 from pipeline.tracking.store import Client, experiment_id, open_client, use_tracking_uri
 
 if TYPE_CHECKING:
     from torch import nn
 
 SWEEP_PATH_TAG = "sweep_path"  # marks a sweep's parent run: where Ray keeps its trial state
+ABANDONED_TAG = "sweep.abandoned"  # an interrupted sweep that will not be resumed: when
 RETRAIN_RUN_NAME = "retrain"
 MODEL_ARTIFACT = "model"
 
@@ -161,21 +164,106 @@ def latest_sweep(client: Client, experiment_id: str, finished: bool) -> Run | No
     return runs[0] if runs else None
 
 
+def sweep_lock(client: Client, run_name: str) -> StoreLock:
+    """The lock a sweep's driver holds while it runs: a sweep that did not finish and whose lock
+    is free (its driver died) is interrupted, not running."""
+    return StoreLock(client, f"sweep.{run_name}")
+
+
+def interrupted_sweeps(client: Client, experiment_id: str) -> list[Run]:
+    """The experiment's sweeps that did not finish, were not abandoned and whose driver is gone
+    (stopped, killed, lost with its node), newest first."""
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.{SWEEP_PATH_TAG} != '' and attributes.status != 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1000,
+    )
+    return [
+        run
+        for run in found
+        if ABANDONED_TAG not in run.data.tags
+        and sweep_lock(client, run.info.run_name).live_holder() is None
+    ]
+
+
+def describe_sweep(run: Run) -> str:
+    started = datetime.fromtimestamp(run.info.start_time / 1000, timezone.utc)
+    return (
+        f"sweep {run.info.run_name} (parent run {run.info.run_id}, {run.info.status}, started "
+        f"{started:%Y-%m-%d %H:%M} UTC)"
+    )
+
+
 def find_unfinished_sweep(
     client: Client, experiment_id: str, parent_run_id: str | None = None
-) -> tuple[str, str]:
-    """(parent run id, sweep path) of the given sweep, or else of the experiment's latest, if it
-    did not finish."""
-    run = (
-        client.get_run(parent_run_id)
-        if parent_run_id
-        else latest_sweep(client, experiment_id, False)
-    )
-    if run is None or run.info.status == "FINISHED":
-        raise PipelineError(
-            "no interrupted sweep to resume in this experiment (the latest finished)"
-        )
-    return run.info.run_id, run.data.tags[SWEEP_PATH_TAG]
+) -> tuple[str, str, str]:
+    """(parent run id, run name, sweep path) of the given sweep, or else of the experiment's
+    latest interrupted one."""
+    if parent_run_id is None:
+        waiting = interrupted_sweeps(client, experiment_id)
+        if not waiting:
+            raise PipelineError("no interrupted sweep to resume in this experiment")
+        run = waiting[0]
+    else:
+        run = client.get_run(parent_run_id)
+        if run.info.status == "FINISHED":
+            raise PipelineError(f"sweep {parent_run_id} finished; nothing to resume")
+    return run.info.run_id, run.info.run_name, run.data.tags[SWEEP_PATH_TAG]
+
+
+def abandon_sweep(client: Client, experiment_id: str, run: Run) -> None:
+    """End an interrupted sweep for good: its open runs KILLED, the parent tagged abandoned, the
+    lock its dead driver left dropped."""
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    client.set_tag(run.info.run_id, ABANDONED_TAG, now)
+    close_open_runs(client, experiment_id, run.info.run_id, "KILLED")
+    sweep_lock(client, run.info.run_name).clear_stale()
+
+
+def reconcile_trial_runs(
+    client: Client,
+    experiment_id: str,
+    parent_run_id: str,
+    states: dict[str, str],
+    histories: dict[str, list[dict[str, float]]] | None = None,
+) -> int:
+    """Make the trial runs say what Ray's sweep state says (`states`: trial id -> state): a run
+    left `running` by a killed driver gets its trial's state, and a run of a trial Ray never
+    saved (started just before a SIGKILL; resumed, its configuration runs under a new trial id)
+    is deleted, so that there is one run per trial. With `histories` (trial id -> epochs Ray
+    recorded), epochs a killed driver reported to Ray but never wrote to MLflow are written.
+    Returns how many runs were deleted."""
+    deleted = 0
+    for run in child_runs(client, experiment_id, parent_run_id):
+        trial_id = run.data.tags.get("trial_id")
+        if trial_id is None:
+            continue
+        if trial_id not in states:
+            client.set_tag(run.info.run_id, "trial_state", "lost")
+            client.set_terminated(run.info.run_id, "KILLED")
+            client.delete_run(run.info.run_id)  # MLflow keeps it, recoverable, out of views
+            deleted += 1
+            continue
+        if run.data.tags.get("trial_state") not in TRIAL_STATES and states[trial_id]:
+            client.set_tag(run.info.run_id, "trial_state", states[trial_id])
+        if histories is not None:
+            write_missing_epochs(client, run.info.run_id, histories.get(trial_id, []))
+    return deleted
+
+
+def write_missing_epochs(client: Client, run_id: str, history: list[dict[str, float]]) -> None:
+    """Log the epochs of `history` the run lacks, at the time Ray recorded them (batched)."""
+    logged = {m.step for m in client.get_metric_history(run_id, "val_acc")}
+    now = time.time()
+    missing = [
+        Metric(name, float(epoch[name]), int(epoch.get("timestamp", now) * 1000), step)
+        for epoch in history
+        if (step := int(epoch["epoch"])) not in logged
+        for name in ("train_loss", "val_loss", "val_acc")
+    ]
+    for start in range(0, len(missing), 999):
+        client.log_batch(run_id, metrics=missing[start : start + 999])
 
 
 def hyperparameters_of(row: dict[str, Any]) -> dict[str, Scalar]:

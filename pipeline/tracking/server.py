@@ -9,44 +9,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import PipelineError
+from pipeline.tracking.preflight import STORE_TIMEOUT_S, check_database
+
+MODEL_URI_VARIABLE = "PIPELINE_SERVE_MODEL_URI"  # the version `pipeline.tracking.scoring` serves
 
 
 @dataclass(frozen=True)
 class Launch:
-    """An `mlflow` command line to replace this process with, and the line that announces it."""
+    """A `python -m MODULE` command line (MLflow's, or uvicorn's for the model server) to replace
+    this process with, and the line that announces it."""
 
     banner: str
     arguments: list[str] = field(default_factory=list)  # empty: nothing to run
     env: dict[str, str] = field(default_factory=dict)  # on top of this process's environment
+    module: str = "mlflow"
 
     def run(self) -> None:
-        """Replace this process by `mlflow ARGUMENTS` (signals then reach MLflow directly)."""
+        """Replace this process by `python -m MODULE ARGUMENTS` (signals then reach it)."""
         if not self.arguments:
             return
         # MLflow's helpers (uvicorn, gunicorn) sit next to this interpreter.
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-        command = [sys.executable, "-m", "mlflow", *self.arguments]
+        command = [sys.executable, "-m", self.module, *self.arguments]
         os.execve(sys.executable, command, {**os.environ, **self.env, "PATH": path})
-
-
-def check_backend_store(uri: str) -> None:
-    """Connect once to a database backend, so a wrong URI is one clear line, not a traceback."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-
-    try:
-        url = make_url(uri)
-    except ArgumentError:
-        raise PipelineError(f"MLFLOW_BACKEND_STORE_URI is not a database URL: {uri!r}") from None
-    shown = url.render_as_string(hide_password=True)
-    arguments = {"connect_timeout": 10} if url.get_backend_name() == "postgresql" else {}
-    try:
-        with create_engine(url, connect_args=arguments).connect() as connection:
-            connection.execute(text("SELECT 1"))
-    except (SQLAlchemyError, ImportError) as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise PipelineError(f"cannot open the backend store {shown}: {reason}") from None
 
 
 @dataclass(frozen=True)
@@ -70,7 +55,7 @@ def server_launch(options: ServerOptions) -> Launch:
             "set MLFLOW_BACKEND_STORE_URI (e.g. postgresql://mlflow@127.0.0.1:5432/mlflow) "
             "or pass --backend-store-uri"
         )
-    check_backend_store(options.backend_store_uri)
+    check_database(options.backend_store_uri, STORE_TIMEOUT_S, "backend store")
     destination = options.artifacts_destination
     if "://" not in destination:
         Path(destination).mkdir(parents=True, exist_ok=True)
@@ -114,10 +99,15 @@ def ui_launch(tracking_uri: str, port: int) -> Launch:
 def model_server_launch(
     tracking_uri: str, model: str, version: str, alias: str, host: str, port: int
 ) -> Launch:
-    """`mlflow models serve` of one registered version, in this environment, pickle-free."""
+    """MLflow's scoring server over one registered version, in this environment, pickle-free,
+    its inputs checked for non-finite values first (see `pipeline.tracking.scoring`)."""
     # The version, not the alias, is served: a promotion meanwhile does not change it.
-    arguments = ["models", "serve", "-m", f"models:/{model}/{version}", "--env-manager", "local"]
+    arguments = ["--factory", "pipeline.tracking.scoring:make_app"]
     arguments += ["--host", host, "--port", str(port)]
-    env = {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}
+    env = {
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
+        MODEL_URI_VARIABLE: f"models:/{model}/{version}",
+    }
     banner = f"serving {model} version {version} ({alias}) on http://{host}:{port}/invocations"
-    return Launch(banner, arguments, env)
+    return Launch(banner, arguments, env, module="uvicorn")

@@ -4,9 +4,6 @@ finds or creates an experiment."""
 from __future__ import annotations
 
 import fcntl
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,13 +12,15 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from pipeline.errors import PipelineError
+from pipeline.tracking.preflight import check_tracking_store
 
 Client = MlflowClient  # what the functions of this package take; callers never build one
-SERVER_TIMEOUT_S = 8.0  # an unreachable tracking server fails the command within this
 
 
 def open_client(tracking_uri: str) -> Client:
-    """A client of the tracking store (and its model registry) at `tracking_uri`."""
+    """A client of the tracking store (and its model registry) at `tracking_uri`, checked first
+    (see `check_tracking_store`)."""
+    check_tracking_store(tracking_uri)
     database = make_local_store(tracking_uri)
     if database is None:
         return MlflowClient(tracking_uri)
@@ -41,35 +40,6 @@ def make_local_store(tracking_uri: str) -> Path | None:
     database = Path(tracking_uri.removeprefix("sqlite:///"))
     database.parent.mkdir(parents=True, exist_ok=True)
     return database
-
-
-def check_tracking_server(uri: str, timeout_s: float = SERVER_TIMEOUT_S) -> None:
-    """Fail fast when an http(s) tracking server does not answer its /health endpoint.
-
-    Retried for `timeout_s` (a server that is restarting gets a moment); stores that are not
-    servers (SQLite, PostgreSQL) are left to MLflow.
-    """
-    if not uri.startswith(("http://", "https://")):
-        return
-    deadline = time.monotonic() + timeout_s
-    while True:
-        remaining = deadline - time.monotonic()
-        try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=min(4.0, remaining)):
-                return
-        except urllib.error.HTTPError as exc:
-            if exc.code < 500:  # answering, e.g. 401 from an authenticating proxy
-                return
-            problem = f"HTTP {exc.code}"
-        except OSError as exc:
-            reason = getattr(exc, "reason", exc)
-            problem = "timed out" if isinstance(reason, TimeoutError) else str(reason)
-        if deadline - time.monotonic() < 1.0:
-            raise PipelineError(
-                f"MLflow tracking server {uri} cannot be reached ({problem}); start it "
-                "(make mlflow-server) or unset MLFLOW_TRACKING_URI to use the local store"
-            )
-        time.sleep(1.0)
 
 
 @contextmanager
@@ -95,6 +65,12 @@ def ensure_experiment(client: Client, name: str, artifact_root: Path | None) -> 
         return str(found.experiment_id)
     location = (artifact_root / name).resolve().as_uri() if artifact_root else None
     return str(client.create_experiment(name, artifact_location=location))
+
+
+def find_experiment(client: Client, name: str) -> str | None:
+    """The id of the experiment named `name`, None if there is none."""
+    found = client.get_experiment_by_name(name)
+    return None if found is None else str(found.experiment_id)
 
 
 def experiment_id(client: Client, name: str) -> str:

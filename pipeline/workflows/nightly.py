@@ -22,13 +22,14 @@ from pipeline import registry, storage
 from pipeline import tune as tuning
 from pipeline.config import Experiment, load_experiment, point_from_values
 from pipeline.decisions import rank_trials
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, Terminated
 from pipeline.notify import post_json
 from pipeline.settings import Settings
 from pipeline.tracking import runs
 from pipeline.tracking.locks import LockHeld, StoreLock
+from pipeline.tracking.preflight import check_tracking_store
 from pipeline.tracking.runs import NIGHT_DATE_TAG, NightRecord
-from pipeline.tracking.store import Client, check_tracking_server, ensure_experiment, open_client
+from pipeline.tracking.store import Client, ensure_experiment, open_client
 from pipeline.workflows.nights import (
     AFTER,
     BEFORE,
@@ -47,7 +48,7 @@ from pipeline.workflows.nights import (
     Night,
     night_of,
 )
-from pipeline.workflows.tuning import load_data, retrain_and_register, run_sweep
+from pipeline.workflows.tuning import SweepResult, load_data, retrain_and_register, run_sweep
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def run_night(
         raise PipelineError(f"--keep must be at least 1, got {keep}")
     experiment = load_experiment(space)
     try:
-        check_tracking_server(settings.tracking_uri)
+        check_tracking_store(settings.tracking_uri)
         client = open_client(settings.tracking_uri)
         experiment_id = ensure_experiment(client, experiment.name, settings.artifact_root)
     except PipelineError as exc:  # nowhere to record it: the webhook still hears of it
@@ -174,7 +175,7 @@ class NightJob:
                     self.experiment, self.experiment.name, dataset, split, text, self.settings,
                     resume=True, parent_run_id=tonight.run_id,
                 )  # fmt: skip
-                return self.after_sweep(result.interrupted)
+                return self.after_sweep(result)
             # Killed before Ray saved anything: that sweep ran no trial; start the night anew.
             runs.close_open_runs(self.client, self.experiment_id, tonight.run_id, "FAILED")
             runs.set_run_tags(
@@ -202,11 +203,11 @@ class NightJob:
             warm=warm, tags=tags,
         )  # fmt: skip
         self.run_id = result.parent_run_id
-        return [*warnings, *self.after_sweep(result.interrupted)]
+        return [*warnings, *self.after_sweep(result)]
 
-    def after_sweep(self, interrupted: bool) -> list[str]:
-        if interrupted:  # Ctrl-C or a stop signal: rerunning the night resumes the sweep
-            raise KeyboardInterrupt
+    def after_sweep(self, result: SweepResult) -> list[str]:
+        if result.interrupted:  # Ctrl-C or SIGTERM: rerunning the night resumes the sweep
+            raise Terminated() if result.terminated else KeyboardInterrupt()
         return []
 
     def warm_start(

@@ -16,10 +16,10 @@ from pipeline.predict import (
 )
 from pipeline.registry import CHAMPION, Decision
 from pipeline.settings import Settings
+from pipeline.tracking.preflight import check_tracking_store
 from pipeline.tracking.server import Launch, model_server_launch, ui_launch
 from pipeline.tracking.store import (
     Client,
-    check_tracking_server,
     make_local_store,
     open_client,
 )
@@ -110,6 +110,6 @@ def serve(settings: Settings, model: str, alias: str, host: str, port: int) -> L
 
 def ui(settings: Settings, port: int) -> Launch:
     """The MLflow UI over the local store, or where the tracking server (which must answer) is."""
-    check_tracking_server(settings.tracking_uri)
+    check_tracking_store(settings.tracking_uri)
     make_local_store(settings.tracking_uri)
     return ui_launch(settings.tracking_uri, port)

@@ -9,11 +9,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from secrets import token_hex
 from typing import Any
 
 import pandas as pd
 
-from pipeline import cluster
+from pipeline import cluster, storage
 from pipeline import tune as tuning
 from pipeline.config import Experiment, Hyperparameters, Scalar, load_experiment
 from pipeline.data import Dataset, Split, load_dataset, split_dataset, tuning_data
@@ -24,7 +25,14 @@ from pipeline.registry import register_challenger
 from pipeline.retrain import check_same_data, log_retrain, train_and_test
 from pipeline.settings import Settings
 from pipeline.tracking import runs
-from pipeline.tracking.store import check_tracking_server, ensure_experiment, open_client
+from pipeline.tracking.locks import LockHeld, StoreLock
+from pipeline.tracking.preflight import check_tracking_store, store_exists
+from pipeline.tracking.store import (
+    Client,
+    ensure_experiment,
+    find_experiment,
+    open_client,
+)
 from pipeline.tracking.trials import TrialRecorder
 
 log = logging.getLogger(__name__)
@@ -42,7 +50,8 @@ class SweepResult:
     metric: str
     wall_seconds: float
     tracking_seconds: float  # time the MLflow writer spent in MLflow calls
-    interrupted: bool  # stopped (Ctrl-C) before every trial ended; `tune --resume` continues it
+    interrupted: bool  # stopped before every trial ended; `tune --resume` continues it
+    terminated: bool = False  # stopped by SIGTERM (else, if interrupted, by Ctrl-C)
 
 
 @dataclass(frozen=True)
@@ -78,11 +87,24 @@ def tune_and_register(
     resume: bool = False,
     retrain: bool = True,
     on_sweep: Callable[[SweepResult], None] | None = None,
+    abandon: bool = False,
 ) -> TuneOutcome:
     """Sweep the space, then (unless interrupted or `retrain` is off) retrain the best trial and
-    register it. `on_sweep` sees the sweep's result as soon as it ends."""
+    register it. `on_sweep` sees the sweep's result as soon as it ends.
+
+    `resume` continues the experiment's latest interrupted sweep; otherwise a new sweep starts
+    only when none is interrupted, or when `abandon` gives those up."""
+    if resume and abandon:
+        raise PipelineError("--resume and --abandon exclude each other")
     experiment = load_experiment(space, overrides)
-    check_tracking_server(settings.tracking_uri)
+    check_tracking_store(settings.tracking_uri)
+    name = experiment_name or experiment.name
+    parent_run_id = None
+    if resume:
+        parent_run_id = sweep_to_resume(settings, name)
+    else:
+        for sweep in settle_interrupted(settings, name, abandon):
+            log.warning("abandoned the interrupted %s", sweep)
     dataset, split = load_data(experiment, settings.data_dir)
     log.info(
         "%s: %d rows (%d train, %d val, %d test), %d classes",
@@ -93,8 +115,10 @@ def tune_and_register(
         len(split.test),
         dataset.num_classes,
     )
-    name = experiment_name or experiment.name
-    result = run_sweep(experiment, name, dataset, split, space.read_text(), settings, resume)
+    result = run_sweep(
+        experiment, name, dataset, split, space.read_text(), settings, resume,
+        parent_run_id=parent_run_id,
+    )  # fmt: skip
     if on_sweep is not None:
         on_sweep(result)
     if result.interrupted:
@@ -135,39 +159,59 @@ def run_sweep(
     data = tuning_data(dataset, split)
     recorder: TrialRecorder | None = None
     if resume:
-        parent_run_id, sweep_path = runs.find_unfinished_sweep(client, experiment_id, parent_run_id)
-        runs.reopen_run(client, parent_run_id)
-        tuner = tuning.restore_tuner(experiment, data, sweep_path, settings.storage_endpoint)
+        parent_run_id, run_name, sweep_path = runs.find_unfinished_sweep(
+            client, experiment_id, parent_run_id
+        )
+        lock = hold_sweep_lock(client, run_name)
     else:
-        run_name = f"{experiment.name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+        # Unique per sweep, not per second: two sweeps started at once never share a folder.
+        run_name = f"{experiment.name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{token_hex(3)}"
         sweep_path = f"{settings.storage.rstrip('/')}/{run_name}"
-        tags = {
-            **runs.sweep_tags(sweep_path, split.fingerprint, settings.code_version),
-            **(tags or {}),
-        }
-        sizes: dict[str, Scalar] = {
-            "data.rows.train": len(split.train),
-            "data.rows.val": len(split.val),
-            "data.rows.test": len(split.test),
-            "data.fingerprint": split.fingerprint,
-        }
-        parent_run_id = runs.start_parent_run(
-            client, experiment_id, run_name, experiment, space_text, tags, sizes
-        )
-        warm_points = warm.points if warm else None
-        recorder = TrialRecorder(settings.tracking_uri, experiment_id, parent_run_id, warm_points)
-        tuner = tuning.make_tuner(
-            experiment, data, settings.storage, run_name, recorder, warm, settings.storage_endpoint
-        )
-    log.info("sweep %s: experiment '%s', parent run %s", sweep_path, experiment_name, parent_run_id)
+        lock = hold_sweep_lock(client, run_name)
     status = "KILLED"
     try:
+        if resume:
+            assert parent_run_id is not None
+            runs.reopen_run(client, parent_run_id)
+            tuner = tuning.restore_tuner(experiment, data, sweep_path, settings.storage_endpoint)
+        else:
+            tags = {
+                **runs.sweep_tags(sweep_path, split.fingerprint, settings.code_version),
+                **(tags or {}),
+            }
+            sizes: dict[str, Scalar] = {
+                "data.rows.train": len(split.train),
+                "data.rows.val": len(split.val),
+                "data.rows.test": len(split.test),
+                "data.fingerprint": split.fingerprint,
+            }
+            parent_run_id = runs.start_parent_run(
+                client, experiment_id, run_name, experiment, space_text, tags, sizes
+            )
+            warm_points = warm.points if warm else None
+            recorder = TrialRecorder(
+                settings.tracking_uri, experiment_id, parent_run_id, warm_points
+            )
+            tuner = tuning.make_tuner(
+                experiment, data, settings.storage, run_name, recorder, warm,
+                settings.storage_endpoint,
+            )  # fmt: skip
+        log.info(
+            "sweep %s: experiment '%s', parent run %s", sweep_path, experiment_name, parent_run_id
+        )
         results = tuning.fit(tuner, experiment)
         if recorder is not None:
             recorder.close()
         interrupted = results.ended < experiment.budget.num_samples
         states = runs.trial_states(client, experiment_id, parent_run_id)
         table = with_states(results.table, states)
+        saved = dict(zip(table["trial_id"], table["state"], strict=True)) if len(table) else {}
+        # After a crash, what Ray saved is the truth: epochs the dead driver never wrote to
+        # MLflow are written now (a normal sweep's writer has written them all).
+        histories = results.histories if resume else None
+        lost = runs.reconcile_trial_runs(client, experiment_id, parent_run_id, saved, histories)
+        if lost:
+            log.warning("deleted %d run(s) of trials the interrupted sweep never saved", lost)
         best = best_trial(table, experiment.metric, experiment.mode)
         status = "KILLED" if interrupted else "FINISHED"
         # MLflow params are write-once: the best trial is recorded when the sweep completes.
@@ -181,7 +225,9 @@ def run_sweep(
     finally:
         if recorder is not None:
             recorder.close()
-        runs.close_open_runs(client, experiment_id, parent_run_id, status)
+        if parent_run_id is not None:
+            runs.close_open_runs(client, experiment_id, parent_run_id, status)
+        lock.release()
     if recorder is not None and recorder.errors:
         raise PipelineError(
             f"{len(recorder.errors)} MLflow writes failed, first: {recorder.errors[0]}"
@@ -196,7 +242,52 @@ def run_sweep(
         time.perf_counter() - started,
         recorder.busy_seconds if recorder else 0.0,
         interrupted,
+        results.terminated,
     )
+
+
+def hold_sweep_lock(client: Client, run_name: str) -> StoreLock:
+    """Take the sweep's lock (held while its driver lives: see `runs.sweep_lock`)."""
+    lock = runs.sweep_lock(client, run_name)
+    try:
+        lock.acquire()
+    except LockHeld as held:
+        raise PipelineError(
+            f"sweep {run_name} is running now ({held.holder.describe()}); wait for it to end"
+        ) from None
+    return lock
+
+
+def sweep_to_resume(settings: Settings, experiment_name: str) -> str:
+    """The parent run of the experiment's latest interrupted sweep; an error when none is."""
+    experiment_id = None
+    if store_exists(settings.tracking_uri):
+        client = open_client(settings.tracking_uri)
+        experiment_id = find_experiment(client, experiment_name)
+    if experiment_id is None:
+        raise PipelineError(f"no experiment '{experiment_name}': no interrupted sweep to resume")
+    return runs.find_unfinished_sweep(client, experiment_id)[0]
+
+
+def settle_interrupted(settings: Settings, experiment_name: str, abandon: bool) -> list[str]:
+    """Before a new sweep: refuse while the experiment has an interrupted sweep, which `tune
+    --resume` would continue; with `abandon`, end those sweeps for good (runs KILLED, trial state
+    removed) and return their descriptions."""
+    if not store_exists(settings.tracking_uri):  # a new store: nothing to settle, nothing made
+        return []
+    client = open_client(settings.tracking_uri)
+    experiment_id = find_experiment(client, experiment_name)
+    waiting = runs.interrupted_sweeps(client, experiment_id) if experiment_id else []
+    if waiting and not abandon:
+        raise PipelineError(
+            f"experiment '{experiment_name}' has an interrupted {runs.describe_sweep(waiting[0])};"
+            " continue it with `tune --resume`, or give it up with `tune --abandon`"
+        )
+    for run in waiting:
+        assert experiment_id is not None
+        runs.abandon_sweep(client, experiment_id, run)
+        storage.remove(run.data.tags[runs.SWEEP_PATH_TAG], settings.storage_endpoint)
+    return [runs.describe_sweep(run) for run in waiting]
 
 
 def retrain_and_register(
@@ -209,7 +300,7 @@ def retrain_and_register(
     cluster address is set, else in this process; the model comes back here to be logged.
     """
     uri = settings.tracking_uri
-    check_tracking_server(uri)
+    check_tracking_store(uri)
     client = open_client(uri)
     sweep = runs.find_sweep(client, experiment_name, parent_run_id)
     dataset, split = load_data(sweep.experiment, settings.data_dir)

@@ -1,0 +1,196 @@
+"""A sweep stopped every way a driver can be stopped, then resumed to its end through the real
+CLI: Ctrl-C (SIGINT), SIGTERM as a scheduler sends it, and SIGKILL of the driver with its local
+Ray (a lost machine). A new sweep is refused while one is interrupted; `--abandon` gives one up.
+Two sweeps started in the same second on a fresh store share nothing. Everything is read back
+from the MLflow store and from Ray's own trial records."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mlflow.entities import Run, ViewType
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import SPACES, cli_env, finished_trial_runs, run_cli
+
+pytestmark = pytest.mark.slow
+TOTAL = 16  # trials: enough that three interruptions land mid-sweep
+TUNE = ["tune", "--space", str(SPACES / "smoke.yaml"), "--no-retrain"]
+TUNE += ["--set", f"budget.num_samples={TOTAL}"]
+
+
+def start(folder: Path, *args: str) -> subprocess.Popen[str]:
+    """`python -m pipeline ARGS` in its own process group (the driver and its local Ray)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=folder,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def stop_after(process: subprocess.Popen[str], db: Path, trials: int, how: signal.Signals) -> str:
+    """Once `trials` trial runs have finished, send `how` (SIGKILL: to the driver and its local
+    Ray, as when the machine dies); the process's output."""
+    deadline = time.monotonic() + 300
+    while finished_trial_runs(db) < trials and process.poll() is None:
+        assert time.monotonic() < deadline, "the sweep made no progress"
+        time.sleep(0.3)
+    assert process.poll() is None, "the sweep ended before it could be stopped"
+    if how == signal.SIGKILL:
+        os.killpg(process.pid, signal.SIGKILL)
+    else:
+        process.send_signal(how)
+    output, _ = process.communicate(timeout=180)
+    return output
+
+
+@dataclass
+class Recovery:
+    folder: Path
+    client: MlflowClient
+    outputs: dict[str, str]
+    codes: dict[str, int]
+
+    def sweeps(self) -> list[Run]:
+        experiment = self.client.get_experiment_by_name("smoke")
+        found = self.client.search_runs([experiment.experiment_id], max_results=1000)
+        return [r for r in found if "sweep_path" in r.data.tags]
+
+    def trial_runs(self, parent: Run, view: int = ViewType.ACTIVE_ONLY) -> list[Run]:
+        found = self.client.search_runs(
+            [parent.info.experiment_id],
+            f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+            run_view_type=view,
+            max_results=1000,
+        )
+        return [r for r in found if "trial_id" in r.data.tags]
+
+
+@pytest.fixture(scope="module")
+def recovery(tmp_path_factory: pytest.TempPathFactory) -> Recovery:
+    folder = tmp_path_factory.mktemp("recovery")
+    db = folder / "mlruns" / "mlflow.db"
+    outputs: dict[str, str] = {}
+    codes: dict[str, int] = {}
+
+    def step(name: str, process: subprocess.Popen[str], output: str) -> None:
+        outputs[name], codes[name] = output, process.returncode
+
+    process = start(folder, *TUNE)
+    step("sigint", process, stop_after(process, db, 2, signal.SIGINT))
+    done = run_cli(folder, *TUNE)
+    outputs["refused"], codes["refused"] = done.stdout + done.stderr, done.returncode
+    process = start(folder, *TUNE, "--resume")
+    step("sigterm", process, stop_after(process, db, finished_trial_runs(db) + 2, signal.SIGTERM))
+    process = start(folder, *TUNE, "--resume")
+    step("sigkill", process, stop_after(process, db, finished_trial_runs(db) + 2, signal.SIGKILL))
+    done = run_cli(folder, *TUNE)
+    outputs["refused-after-kill"] = done.stdout + done.stderr
+    codes["refused-after-kill"] = done.returncode
+    done = run_cli(folder, *TUNE, "--resume")
+    outputs["resumed"], codes["resumed"] = done.stdout + done.stderr, done.returncode
+    # A second sweep, killed with its machine, then given up for a new one.
+    process = start(folder, *TUNE)
+    step("killed", process, stop_after(process, db, finished_trial_runs(db) + 1, signal.SIGKILL))
+    done = run_cli(
+        folder,
+        *TUNE[:-1],
+        "budget.num_samples=2",
+        "--set",
+        "search.n_initial_points=1",
+        "--abandon",
+    )
+    outputs["abandon"], codes["abandon"] = done.stdout + done.stderr, done.returncode
+    return Recovery(folder, MlflowClient(f"sqlite:///{db}"), outputs, codes)
+
+
+def test_ctrl_c_and_sigterm_stop_gracefully_with_a_resume_hint(recovery: Recovery) -> None:
+    assert recovery.codes["sigint"] == 130, recovery.outputs["sigint"][-3000:]
+    assert recovery.codes["sigterm"] == 143, recovery.outputs["sigterm"][-3000:]
+    for name in ("sigint", "sigterm"):
+        output = recovery.outputs[name]
+        assert "--resume" in output
+        assert "SIGTERM received" not in output and "Aborted" not in output
+        assert "Traceback" not in output
+
+
+def test_a_new_sweep_is_refused_while_one_is_interrupted(recovery: Recovery) -> None:
+    for name in ("refused", "refused-after-kill"):
+        assert recovery.codes[name] == 1, recovery.outputs[name][-3000:]
+        [line] = [x for x in recovery.outputs[name].splitlines() if "error:" in x]
+        assert "has an interrupted sweep smoke-" in line
+        assert "--resume" in line and "--abandon" in line
+    assert len(recovery.sweeps()) == 3, "the refused commands started no sweep"
+
+
+def test_the_resumed_sweep_ends_truthful_one_run_per_trial(recovery: Recovery) -> None:
+    assert recovery.codes["sigkill"] == -signal.SIGKILL
+    assert recovery.codes["resumed"] == 0, recovery.outputs["resumed"][-3000:]
+    first = min(recovery.sweeps(), key=lambda r: r.info.start_time)
+    assert first.info.status == "FINISHED"
+    children = recovery.trial_runs(first)
+    trial_ids = [c.data.tags["trial_id"] for c in children]
+    assert len(trial_ids) == len(set(trial_ids)) == TOTAL, "one run per trial, none phantom"
+    # Ray's own record of the sweep names the same trials.
+    ray_ids = {
+        json.loads(line)["trial_id"]
+        for result in Path(first.data.tags["sweep_path"]).glob("*/result.json")
+        for line in result.read_text().splitlines()[:1]
+    }
+    assert ray_ids == set(trial_ids)
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["trial_state"] in ("completed", "stopped")
+        steps = [m.step for m in recovery.client.get_metric_history(child.info.run_id, "val_acc")]
+        assert sorted(steps) == list(range(1, len(steps) + 1)), "every epoch logged, once"
+    # Runs of trials Ray never saved (started just before the kill) are deleted, not left.
+    for lost in recovery.trial_runs(first, ViewType.DELETED_ONLY):
+        assert lost.data.tags["trial_state"] == "lost"
+        assert lost.data.tags["trial_id"] not in ray_ids
+
+
+def test_abandon_ends_the_killed_sweep_and_starts_anew(recovery: Recovery) -> None:
+    assert recovery.codes["killed"] == -signal.SIGKILL
+    assert recovery.codes["abandon"] == 0, recovery.outputs["abandon"][-3000:]
+    assert "abandoned the interrupted sweep" in recovery.outputs["abandon"]
+    _, killed, new = sorted(recovery.sweeps(), key=lambda r: r.info.start_time)
+    assert killed.info.status == "KILLED" and "sweep.abandoned" in killed.data.tags
+    assert all(r.info.status != "RUNNING" for r in recovery.trial_runs(killed))
+    assert not Path(killed.data.tags["sweep_path"]).exists(), "its trial state is removed"
+    assert new.info.status == "FINISHED" and len(recovery.trial_runs(new)) == 2
+
+
+def test_no_run_is_left_running_and_no_lock_is_left_held(recovery: Recovery) -> None:
+    experiment = recovery.client.get_experiment_by_name("smoke")
+    found = recovery.client.search_runs([experiment.experiment_id], max_results=1000)
+    assert not [r for r in found if r.info.status == "RUNNING"]
+    assert not recovery.client.search_registered_models("name LIKE 'pipeline-lock.%'")
+
+
+def test_two_sweeps_started_at_once_on_a_fresh_store_share_nothing(tmp_path: Path) -> None:
+    args = [*TUNE[:-1], "budget.num_samples=2", "--set", "search.n_initial_points=1"]
+    first, second = start(tmp_path, *args), start(tmp_path, *args)
+    outputs = [p.communicate(timeout=300)[0] for p in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], [o[-2000:] for o in outputs]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("smoke")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    sweeps = [r for r in runs if "sweep_path" in r.data.tags]
+    assert len({s.data.tags["sweep_path"] for s in sweeps}) == len(sweeps) == 2
+    assert len({s.info.run_name for s in sweeps}) == 2
+    for sweep in sweeps:
+        assert sweep.info.status == "FINISHED"
+        trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == sweep.info.run_id]
+        assert len(trials) == 2
