@@ -5,6 +5,7 @@ the endpoint (AWS_ENDPOINT_URL, as boto3 and the aws CLI read it)."""
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -46,3 +47,18 @@ def remove(uri: str, endpoint: str | None = None) -> None:
             filesystem.delete_dir(path)
     except (OSError, pa.ArrowException) as exc:
         log.warning("could not remove the trial state at %s: %s", uri, exc)
+
+
+FULL_BELOW_BYTES = 1 << 20  # less free than this: a checkpoint or Tune's state cannot be written
+
+
+def full(uri: str) -> str | None:
+    """Why the folder holding trial storage `uri` is full (its free bytes), None if it is not
+    or cannot be told (object stores)."""
+    if "://" in uri and not uri.startswith("file://"):
+        return None
+    folder = Path(uri.removeprefix("file://"))
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    return f"{free} bytes free" if free < FULL_BELOW_BYTES else None

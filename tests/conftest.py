@@ -300,3 +300,16 @@ def postgres() -> str:
     REQUIRE_POSTGRES=1)."""
     admin_connection().close()
     return ADMIN_URL
+
+
+def require_private_mounts(why: str) -> None:
+    """Skip unless this user may give a process its own mount namespace (`unshare --mount`;
+    root in a container may); under REQUIRE_UNSHARE=1 (CI, which can) fail instead."""
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "true"], capture_output=True
+    )
+    if done.returncode != 0:
+        reason = f"needs `unshare --mount` to {why}"
+        if os.environ.get("REQUIRE_UNSHARE") == "1":
+            pytest.fail(f"REQUIRE_UNSHARE=1 but the test {reason}")
+        pytest.skip(reason)

@@ -35,6 +35,7 @@ from tests.conftest import (
     cli_env,
     free_port,
     image_env,
+    require_private_mounts,
     run_cli,
     torch_spec,
     wait_until,
@@ -162,22 +163,10 @@ def test_smoke_sweep_runs_on_both_nodes_and_retrains_on_the_cluster(
     assert list((tmp_path / "mlruns" / "ray").glob("smoke-*/*/params.json"))
 
 
-def can_hide_folders() -> bool:
-    """Whether this user may give a process its own mount namespace (root in a container may)."""
-    done = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "true"], capture_output=True
-    )
-    return done.returncode == 0
-
-
 def test_storage_a_node_cannot_see_is_refused_before_the_sweep(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    if not can_hide_folders():
-        reason = "needs `unshare --mount` to give a node a private view of the storage folder"
-        if os.environ.get("REQUIRE_UNSHARE") == "1":  # CI: this machine can, so it must
-            pytest.fail(f"REQUIRE_UNSHARE=1 but the test {reason}")
-        pytest.skip(reason)
+    require_private_mounts("give a node a private view of the storage folder")
     storage = tmp_path / "storage"
     storage.mkdir()
     # A third node whose /storage is an empty tmpfs: like a local folder on another machine.

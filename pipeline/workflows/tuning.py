@@ -199,7 +199,17 @@ def run_sweep(
         log.info(
             "sweep %s: experiment '%s', parent run %s", sweep_path, experiment_name, parent_run_id
         )
-        results = tuning.fit(tuner, experiment)
+        try:
+            results = tuning.fit(tuner, experiment)
+        except Exception:
+            # A full disk surfaces as whatever Ray failed to write or read back last.
+            reason = storage.full(settings.storage)
+            if reason is None:
+                raise
+            raise PipelineError(
+                f"trial storage {settings.storage} is full ({reason}); free space, then "
+                "continue with `tune --resume`"
+            ) from None
         if recorder is not None:
             recorder.close()
         interrupted = results.ended < experiment.budget.num_samples
