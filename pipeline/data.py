@@ -140,6 +140,16 @@ def load_dataset(config: DataConfig, seed: int, cache_dir: Path) -> Dataset:
     return subset(dataset, config.limit, seed) if config.limit else dataset
 
 
+def source_uri(config: DataConfig, cache_dir: Path) -> str:
+    """Where the configured data come from, as the runs record it."""
+    if config.source in ("digits", "wine", "breast_cancer"):
+        return f"sklearn.datasets.load_{config.source}"
+    if config.source == "csv":
+        assert config.path is not None
+        return str(Path(config.path).resolve())
+    return str((Path(config.path) if config.path else cache_dir / config.source).resolve())
+
+
 def load_bundled(name: str) -> Dataset:
     """A real data set shipped inside scikit-learn (no network)."""
     from sklearn import datasets as sk_datasets  # scikit-learn loads only where it is used

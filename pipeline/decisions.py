@@ -32,6 +32,16 @@ def planned_epochs(config: dict[str, Any], max_epochs: int) -> int:
     return Hyperparameters.from_params(flatten_sample(config)).planned_epochs(max_epochs)
 
 
+def best_epoch(history: list[dict[str, float]], metric: str, mode: str) -> dict[str, float] | None:
+    """The epoch of a trial's history (each epoch's reported metrics) that scored best on
+    `metric`; among equal scores the earliest. None for an empty history."""
+    scored = [epoch for epoch in history if pd.notna(epoch.get(metric))]
+    if not scored:
+        return None
+    sign = 1.0 if mode == "min" else -1.0
+    return min(scored, key=lambda epoch: (sign * epoch[metric], epoch["epoch"]))
+
+
 def with_states(table: pd.DataFrame, states: dict[str, str]) -> pd.DataFrame:
     """The trial table with each trial's state replaced by the final state it was tracked with
     (`running` is not final: a killed driver leaves it behind)."""

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from pipeline.evaluate import TestReport
     from pipeline.registry import Decision
     from pipeline.workflows.nights import Night
+    from pipeline.workflows.reporting import ReportFiles, SweepSummary
     from pipeline.workflows.serving import ExportedRows, Prediction
     from pipeline.workflows.tuning import Registration, SweepResult
 
@@ -27,24 +28,41 @@ def results() -> Console:
 
 
 def format_cell(value: object) -> str:
+    """A table cell: 4 significant digits; empty where a trial has no such value."""
     if isinstance(value, float):
-        return f"{value:.4g}"
-    return "" if value is None else str(value)
+        return "" if value != value else f"{value:.4g}"  # NaN: not sampled by this trial
+    return "" if value is None or str(value) == "<NA>" else str(value)
 
 
 def print_sweep(result: SweepResult, top: int = 5) -> None:
     """The best trials, the trial states, timings and where the runs are."""
+    from pipeline.decisions import rank_trials  # loaded already: the sweep ranked its trials
+
     table, metric = result.table, result.metric
     out = results()
-    if not table.empty and metric in table:
-        ascending = metric != "val_acc"
-        ranked = table.sort_values(metric, ascending=ascending, na_position="last").head(top)
-        shown = Table(title=f"best {min(top, len(ranked))} of {len(table)} trials")
-        columns = ["trial_id", "state", metric, "epoch"] + [c for c in SHOWN_PARAMS if c in ranked]
-        for column in columns:
-            shown.add_column(column, no_wrap=True)
+    ranked = rank_trials(table, metric, "min" if metric == "val_loss" else "max").head(top)
+    if not ranked.empty:
+        shown = Table(
+            title=f"best {len(ranked)} of {len(table)} trials, ranked on {metric} at their best "
+            "epoch"
+        )
+        headers = {
+            "hidden_layers": "layers",
+            "hidden_units": "units",
+            "activation": "act.",
+            "batch_size": "batch",
+        }
+        params = [c for c in SHOWN_PARAMS if c in ranked]
+        for header in ["trial", "state", f"best {metric}", "at epoch", *params]:
+            shown.add_column(headers.get(header, header), no_wrap=True)
         for _, row in ranked.iterrows():
-            shown.add_row(*(format_cell(row.get(c)) for c in columns))
+            shown.add_row(
+                str(row["trial_id"]),
+                str(row["state"]),
+                f"{row[metric]:.4f}",
+                f"{int(row['epoch'])} of {int(row['epochs_trained'])}",
+                *(format_cell(row.get(c)) for c in params),
+            )
         out.print(shown)
     states = table["state"].value_counts().to_dict() if not table.empty else {}
     out.print(f"trials: {', '.join(f'{n} {s}' for s, n in states.items())}")
@@ -89,9 +107,13 @@ def describe_report(report: TestReport) -> str:
 
 
 def print_decision(decision: Decision) -> None:
-    from pipeline.registry import CHAMPION  # loaded already: the command made the decision
+    from pipeline.registry import CHAMPION, NOTHING  # loaded already: the command decided
 
     out = results()
+    if decision.action == NOTHING:
+        stays = f"version {decision.champion_after}" if decision.champion_after else "none"
+        out.print(f"{NOTHING}: {decision.reason}; {CHAMPION} stays {stays}")
+        return
     if decision.action == "kept":
         out.print(
             f"{decision.model}: version {decision.candidate} NOT promoted; champion stays "
@@ -200,3 +222,68 @@ def print_scheduled(line: str) -> None:
         "NIGHTLY_WEBHOOK_URL and the like in ./nightly.env",
         highlight=False,
     )
+
+
+def print_report(report: ReportFiles) -> None:
+    """Where the sweep's report went."""
+    out = results()
+    out.print(
+        f"report of sweep {report.run_name} (parent run {report.parent_run_id}) logged to "
+        f"{report.artifact_uri}: {', '.join(report.files)}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if report.output is not None:
+        out.print(f"written to {report.output}", highlight=False, soft_wrap=True)
+    for note in report.notes:
+        out.print(f"  {note}", highlight=False)
+
+
+def print_sweeps(summaries: list[SweepSummary], experiment: str, format_: str) -> None:
+    """The experiment's sweeps, newest first: a table, or one CSV row / JSON object each."""
+    import csv
+    import json
+    from dataclasses import fields
+
+    from pipeline.workflows.reporting import SweepSummary  # loaded already: it listed them
+
+    records = [s.record() for s in summaries]
+    if format_ == "json":
+        sys.stdout.write(json.dumps(records, indent=2) + "\n")
+        return
+    if format_ == "csv":
+        columns = [f.name for f in fields(SweepSummary)]
+        writer = csv.DictWriter(sys.stdout, columns, lineterminator="\n")
+        writer.writeheader()
+        for summary, record in zip(summaries, records, strict=True):
+            writer.writerow(
+                {**record, "params": summary.compact_params, "aliases": " ".join(summary.aliases)}
+            )
+        return
+    out = results()
+    if not summaries:
+        out.print(f"experiment '{experiment}' has no sweep yet")
+        return
+    metrics = ", ".join(sorted({s.metric for s in summaries}))
+    models = {s.model for s in summaries if s.model}
+    title = f"sweeps of {experiment}, newest first (best: {metrics}"
+    title += f"; versions of {next(iter(models))})" if len(models) == 1 else ")"
+    shown = Table(title=title, show_lines=True)
+    for column in ("sweep (started, UTC)", "status", "trials", "best"):
+        shown.add_column(column, no_wrap=True)
+    shown.add_column("winner's hyperparameters", min_width=24)
+    shown.add_column("version", no_wrap=True)
+    shown.add_column("decision, aliases")
+    for s in summaries:
+        started = s.started.replace("T", " ")[:16]
+        version = f"v{s.version}" if len(models) == 1 else f"{s.model} v{s.version}"
+        shown.add_row(
+            f"{s.run_name}\n{started}",
+            s.status,
+            str(s.trials),
+            f"{s.best_score:.4f}" if s.best_score is not None else "",
+            s.compact_params,
+            version if s.version else "",
+            ", ".join(x for x in (s.decision, *s.aliases) if x),
+        )
+    out.print(shown)

@@ -18,14 +18,52 @@ from pipeline.settings import Settings
 LOCAL_STORE = Path("mlruns")
 
 
-def configure(console: Console, debug: bool) -> None:
-    """Logging to `console`, and MLflow's and Tune's defaults (a user's own settings win)."""
+# What Ray and MLflow print on every local run that a user need not read; `--verbose` shows it.
+CHATTER = {
+    # "Token authentication is enabled for this Ray cluster" (it stays enabled).
+    "ray._private.authentication.authentication_token_setup": logging.ERROR,
+    # A failed trial's traceback: the progress display gives its exception in one line, and
+    # Ray keeps the traceback in the trial's error.txt.
+    "ray.tune.execution.tune_controller": logging.CRITICAL,
+    # "Creating initial MLflow database tables..." on every new SQLite store.
+    "mlflow.store.db.utils": logging.WARNING,
+    "alembic": logging.WARNING,
+}
+
+
+# Ray errors it recovers from by itself, whose tracebacks are noise: kept, as one line. (Saving
+# the experiment state races with the searcher replacing its state file; the next save works.)
+ONE_LINE = ("ray.tune.execution.experiment_state",)
+
+
+class WithoutTraceback(logging.Filter):
+    """Keeps a record, with its exception as one line instead of a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg, record.args = f"{record.getMessage()} {type(exc).__name__}: {exc}", None
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def configure(console: Console, debug: bool, verbose: bool = False) -> None:
+    """Logging to `console`, and MLflow's and Tune's defaults (a user's own settings win);
+    unless `verbose`, Ray's and MLflow's routine chatter is not shown."""
     handler = RichHandler(console=console, show_path=False, show_time=False)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler], force=True)
     logging.getLogger("pipeline").setLevel(logging.DEBUG if debug else logging.INFO)
-    # Quiet MLflow's and alembic's chatter about database migrations on every new SQLite store.
-    for name in ("alembic", "mlflow"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    if not (verbose or debug):
+        for name, level in CHATTER.items():
+            logging.getLogger(name).setLevel(level)
+        for name in ONE_LINE:
+            logging.getLogger(name).addFilter(WithoutTraceback())
+        # Tune's own console output (its configuration box, result tables, TensorBoard hint)
+        # gives way to our progress display: the legacy reporter at verbose=0 prints nothing.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # MLflow configures its own loggers on import, from this variable.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # Transient tracking-server errors are retried: 5 times with backoff 1, 2, 4, 8, 16 s (MLflow's
     # own default, 7 retries at factor 2, can hold a command for minutes).

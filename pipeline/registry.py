@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+NOTHING = "nothing to promote"  # the action when there is no challenger
 PREVIOUS_CHAMPION = "previous-champion"
 ALIASES_WAIT_S = 120.0  # a promotion re-scores two models: tens of seconds
 # What must match for two models to be compared on one test split.
@@ -60,7 +61,7 @@ class Decision:
     """What promote or rollback did, and on which evidence."""
 
     model: str
-    action: str  # promoted, kept, forced, rolled back
+    action: str  # promoted, kept, forced, rolled back, or NOTHING (no challenger)
     candidate: str  # the version the decision was about
     champion_before: str | None
     champion_after: str | None
@@ -282,6 +283,11 @@ def decide_promotion(
     min_delta: float,
 ) -> Decision:
     aliases = check_model(client, name)
+    if version is None and CHALLENGER not in aliases:
+        # Nothing new was registered since the last decision: not an error (a nightly schedule
+        # meets this on every night that registered nothing).
+        current = aliases.get(CHAMPION)
+        return Decision(name, NOTHING, "", current, current, f"model '{name}' has no challenger")
     if version is None:
         candidate_version = aliased(aliases, name, CHALLENGER)
     else:

@@ -19,7 +19,13 @@ from pipeline.data import Dataset, Split
 from pipeline.errors import PipelineError
 from pipeline.evaluate import score
 from pipeline.model import with_probabilities
-from pipeline.tracking.runs import RetrainedModel, RetrainRecord, SweepRecord, log_retrain_run
+from pipeline.tracking.runs import (
+    LoggedData,
+    RetrainedModel,
+    RetrainRecord,
+    SweepRecord,
+    log_retrain_run,
+)
 from pipeline.train import EVAL_BATCH, fit_final
 
 INPUT_EXAMPLE_ROWS = 5
@@ -111,9 +117,15 @@ def model_metadata(experiment: Experiment, dataset: Dataset, split: Split) -> di
 
 
 def log_retrain(
-    tracking_uri: str, sweep: SweepRecord, final: FinalModel, dataset: Dataset, split: Split
+    tracking_uri: str,
+    sweep: SweepRecord,
+    final: FinalModel,
+    dataset: Dataset,
+    split: Split,
+    source: str,
 ) -> RetrainRecord:
-    """Score the test predictions and log the retrain (with its model) under the sweep."""
+    """Score the test predictions and log the retrain (with its model and the rows it trained
+    and was tested on, from `source`) under the sweep."""
     example = dataset.features[split.train[:INPUT_EXAMPLE_ROWS]]
     params = {
         **sweep.params,
@@ -133,5 +145,20 @@ def log_retrain(
         example=example,
         example_output=predict_probabilities(final.network, example),
         metadata=model_metadata(sweep.experiment, dataset, split),
+        # MLflow keeps one input per name and digest: the test rows get a name of their own.
+        data=[
+            LoggedData(
+                name,
+                source,
+                split.fingerprint,
+                dataset.features[rows],
+                dataset.labels[rows],
+                context,
+            )
+            for name, rows, context in (
+                (dataset.name, split.tuning_rows, "training"),
+                (f"{dataset.name}-test", split.test, "testing"),
+            )
+        ],
     )
     return log_retrain_run(tracking_uri, sweep, retrained)

@@ -3,7 +3,6 @@ events and results a sweep hands to tracking (as plain values)."""
 
 from __future__ import annotations
 
-import logging
 import math
 import signal
 import threading
@@ -23,6 +22,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialSch
 from ray.tune.search.hyperopt import HyperOptSearch
 
 from pipeline.config import (
+    HYPERPARAMETERS,
     ChoiceParam,
     ConditionalOption,
     Experiment,
@@ -35,12 +35,10 @@ from pipeline.config import (
     option_name,
 )
 from pipeline.data import TuningData
-from pipeline.decisions import planned_epochs, trial_state
+from pipeline.decisions import best_epoch, planned_epochs, trial_state
 from pipeline.errors import PipelineError, Terminated
 from pipeline.storage import for_ray
 from pipeline.trainable import TrialSettings, run_trial
-
-log = logging.getLogger(__name__)
 
 # Hyperopt labels carry this prefix so that they never equal a key of the space: Ray would then
 # try to translate warm-start values itself, which it cannot do for conditional options.
@@ -256,56 +254,77 @@ def restore_tuner(
 
 
 class TrialSink(Protocol):
-    """Where a sweep's trial events go (the MLflow trial recorder)."""
+    """Where a sweep's trial events go: the MLflow trial recorder, a progress display."""
 
     def start(self, trial_id: str, number: int, params: dict[str, Scalar]) -> None: ...
 
     def result(self, trial_id: str, result: dict[str, Any]) -> None: ...
 
-    def end(self, trial_id: str, state: str, errored: bool) -> None: ...
+    def end(self, trial_id: str, state: str, error: str | None) -> None: ...
 
     def close(self) -> None: ...
 
 
+class SweepWatcher(TrialSink, Protocol):
+    """A sink that watches one run of `fit` (a progress display), told the budget first."""
+
+    def begin(self, total: int, metric: str, mode: str) -> None: ...
+
+
+# The watchers of the sweep `fit` runs now. They are not part of the callback Ray pickles with
+# the sweep's state, so a resumed sweep is watched too.
+watchers: list[TrialSink] = []
+
+
 class TrialEvents(tune.Callback):
-    """Hands Tune's trial events to a sink as plain values: the sampled hyperparameters (flat),
-    each epoch's result, and the state a trial ended in."""
+    """Hands Tune's trial events to a sink (and the watchers) as plain values: the sampled
+    hyperparameters (flat), each epoch's result, the state a trial ended in and its error."""
 
     def __init__(self, sink: TrialSink, max_epochs: int) -> None:
         self.sink = sink
         self.max_epochs = max_epochs
 
+    def _sinks(self) -> list[TrialSink]:
+        return [self.sink, *watchers]
+
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         # The searcher numbers its suggestions from 1 (warm-start points first) in the tag.
         number = int(str(trial.experiment_tag).split("_", 1)[0] or 0)
-        self.sink.start(trial.trial_id, number, flatten_sample(trial.config))
+        params = flatten_sample(trial.config)
+        for sink in self._sinks():
+            sink.start(trial.trial_id, number, params)
 
     def on_trial_result(
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
     ) -> None:
-        self.sink.result(trial.trial_id, result)
+        for sink in self._sinks():
+            sink.result(trial.trial_id, result)
 
-    def _end(self, trial: Any, errored: bool) -> None:
+    def _end(self, trial: Any, error: str | None) -> None:
         last = trial.last_result or {}
-        state = trial_state(last, planned_epochs(trial.config, self.max_epochs), errored)
-        self.sink.end(trial.trial_id, state, errored)
-        log.info(
-            "trial %s %s at epoch %s: val_acc=%.4f val_loss=%.4f",
-            trial.trial_id,
-            state,
-            last.get("epoch", 0),
-            last.get("val_acc", float("nan")),
-            last.get("val_loss", float("nan")),
-        )
+        state = trial_state(last, planned_epochs(trial.config, self.max_epochs), error is not None)
+        for sink in self._sinks():
+            sink.end(trial.trial_id, state, error)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self._end(trial, errored=False)
+        self._end(trial, None)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self._end(trial, errored=True)
+        self._end(trial, error_line(trial.error_file))
 
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
         self.sink.close()
+
+
+def error_line(error_file: str | None) -> str:
+    """The last line of a failed trial's traceback (the exception), as Ray saved it."""
+    lines: list[str] = []
+    if error_file:
+        try:
+            lines = Path(error_file).read_text(errors="replace").strip().splitlines()
+        except OSError as exc:  # a full disk may not have kept it
+            return f"(its traceback could not be read: {exc})"
+    return lines[-1].strip() if lines else "(no traceback saved)"
 
 
 @dataclass(frozen=True)
@@ -319,9 +338,12 @@ class TunerResults:
     histories: dict[str, list[dict[str, float]]]  # trial id -> each epoch's reported metrics
 
 
-def fit(tuner: tune.Tuner, experiment: Experiment) -> TunerResults:
+def fit(
+    tuner: tune.Tuner, experiment: Experiment, watcher: SweepWatcher | None = None
+) -> TunerResults:
     """Run the sweep to its end, or until Ctrl-C or SIGTERM stops it gracefully (trials stopped,
-    Tune's state saved for a resume), and tabulate its trials."""
+    Tune's state saved for a resume), and tabulate its trials; `watcher` sees the trial events
+    (and is closed at the end)."""
     terminated = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -333,6 +355,9 @@ def fit(tuner: tune.Tuner, experiment: Experiment) -> TunerResults:
             raise Terminated()
         graceful(signum, frame)
 
+    if watcher is not None:
+        watcher.begin(experiment.budget.num_samples, experiment.metric, experiment.mode)
+        watchers.append(watcher)
     in_main = threading.current_thread() is threading.main_thread()
     if in_main:
         previous = signal.signal(signal.SIGTERM, stop)
@@ -342,15 +367,19 @@ def fit(tuner: tune.Tuner, experiment: Experiment) -> TunerResults:
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)
+        if watcher is not None:
+            watchers.remove(watcher)
+            watcher.close()
     configs = [grid[i].config or {} for i in range(len(grid))]
     names = {name for config in configs for name in flatten_sample(config)}
-    table = trial_table(grid, experiment)
+    histories = epoch_histories(grid)
+    table = trial_table(grid, experiment, histories)
     return TunerResults(
         table,
         [c for c in table.columns if c in names],
         grid.num_terminated + grid.num_errors,
         terminated,
-        epoch_histories(grid),
+        histories,
     )
 
 
@@ -377,8 +406,11 @@ def epoch_histories(grid: ResultGrid) -> dict[str, list[dict[str, float]]]:
     return histories
 
 
-def trial_table(grid: ResultGrid, experiment: Experiment) -> pd.DataFrame:
-    """One row per trial: id, state, hyperparameters, best epoch and its metrics, where it ran."""
+def trial_table(
+    grid: ResultGrid, experiment: Experiment, histories: dict[str, list[dict[str, float]]]
+) -> pd.DataFrame:
+    """One row per trial: id, state, hyperparameters, best epoch (of its `histories`, see
+    `epoch_histories`) and its metrics, where it ran."""
     rows = []
     for result in (grid[i] for i in range(len(grid))):
         history = result.metrics_dataframe
@@ -391,16 +423,13 @@ def trial_table(grid: ResultGrid, experiment: Experiment) -> pd.DataFrame:
             result.error is not None,
         )
         row: dict[str, Any] = {"trial_id": trial_id, "state": state, **params}
-        if history is not None and len(history) and state != "diverged":
-            ranked = history.sort_values(
-                experiment.metric, ascending=experiment.mode == "min", kind="stable"
-            )
-            best_row = ranked.iloc[0]
+        best = best_epoch(histories.get(trial_id, []), experiment.metric, experiment.mode)
+        if best is not None and state != "diverged":
             row.update(
-                epoch=int(best_row["epoch"]),
-                val_acc=float(best_row["val_acc"]),
-                val_loss=float(best_row["val_loss"]),
-                train_loss=float(best_row["train_loss"]),
+                epoch=int(best["epoch"]),
+                val_acc=float(best["val_acc"]),
+                val_loss=float(best["val_loss"]),
+                train_loss=float(best["train_loss"]),
             )
         row["epochs_trained"] = int(last.get("epoch", 0))
         row["train_seconds"] = (
@@ -411,4 +440,10 @@ def trial_table(grid: ResultGrid, experiment: Experiment) -> pd.DataFrame:
         row["host"] = last.get("hostname")
         row["device"] = last.get("device")
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    # Integers stay integers (in trials.csv and the best trial's params) where some trials
+    # lack the parameter (a conditional option not chosen), which would make the column float.
+    for name in table.columns.intersection(list(HYPERPARAMETERS)):
+        if HYPERPARAMETERS[name].kind is int:
+            table[name] = table[name].astype("Int64")
+    return table

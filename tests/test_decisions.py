@@ -8,6 +8,7 @@ import pytest
 
 from pipeline import evaluate
 from pipeline.decisions import (
+    best_epoch,
     best_trial,
     judge_promotion,
     planned_epochs,
@@ -115,3 +116,15 @@ def test_judge_promotion() -> None:
     lost = judge_promotion(report(8), report(9), force=False, min_delta=0.0)
     assert lost.action == "kept" and not lost.promoted
     assert "does not win by min_delta 0.0" in lost.reason
+
+
+def test_best_epoch_is_the_best_score_and_the_earliest_of_equals() -> None:
+    history = [
+        {"epoch": 1.0, "val_acc": 0.5, "val_loss": 0.9},
+        {"epoch": 2.0, "val_acc": 0.9, "val_loss": 0.4},
+        {"epoch": 3.0, "val_acc": 0.9, "val_loss": 0.3},
+        {"epoch": 4.0, "val_acc": 0.7, "val_loss": 0.2},
+    ]
+    assert best_epoch(history, "val_acc", "max") == history[1]
+    assert best_epoch(history, "val_loss", "min") == history[3]
+    assert best_epoch([], "val_acc", "max") is None

@@ -94,6 +94,7 @@ def cycle(tmp_path_factory: pytest.TempPathFactory) -> Cycle:
     cycle.step("promote-weak", "promote", "--model", MODEL)
     cycle.step("tune-strong", "tune", "--space", SMOKE, *STRONG)
     cycle.step("promote-strong", "promote", "--model", MODEL)
+    cycle.step("promote-nothing", "promote", "--model", MODEL)
     cycle.step("rollback", "rollback", "--model", MODEL)
     cycle.step("force", "promote", "--model", MODEL, "--version", "2", "--force")
     cycle.step("rollback-force", "rollback", "--model", MODEL)
@@ -281,6 +282,17 @@ def test_bad_requests_fail_clearly_and_change_nothing(
     assert message in " ".join(done.stderr.split()), done.stderr
     assert "Traceback" not in done.stderr
     assert registry_state(cycle.client) == before
+
+
+def test_promote_with_no_challenger_is_a_quiet_no_op(cycle: Cycle) -> None:
+    """The strong challenger's promotion took its alias: nothing is left to promote, which a
+    nightly schedule meets often; exit 0, one line, the registry unchanged."""
+    assert "challenger" not in cycle.states["promote-strong"]["aliases"]
+    assert cycle.states["promote-nothing"] == cycle.states["promote-strong"]
+    line = " ".join(cycle.outputs["promote-nothing"].split())
+    assert f"nothing to promote: model '{MODEL}' has no challenger; champion stays version 3" in (
+        line
+    )
 
 
 def test_a_challenger_trained_on_another_data_set_is_refused(cycle: Cycle) -> None:

@@ -21,6 +21,7 @@ from pipeline.errors import PipelineError
 from pipeline.retrain import check_same_data, log_retrain, predict_probabilities, train_and_test
 from pipeline.tracking.runs import (
     SWEEP_PATH_TAG,
+    LoggedData,
     SweepRecord,
     find_sweep,
     finish_parent_run,
@@ -61,7 +62,10 @@ def record_sweep(
     artifacts = Path(client.tracking_uri.removeprefix("sqlite:///")).parent / "artifacts"
     experiment_id = ensure_experiment(client, experiment.name, artifacts)
     tags = {SWEEP_PATH_TAG: "/tmp/sweep", "data_fingerprint": fingerprint}
-    run_id = start_parent_run(client, experiment_id, "sweep", experiment, "name: x", tags, {})
+    data = LoggedData("digits", "here", fingerprint, np.zeros((2, 3)), np.zeros(2), "training")
+    run_id = start_parent_run(
+        client, experiment_id, "sweep", experiment, "name: x", tags, {}, data.as_input()
+    )
     finish_parent_run(client, run_id, pd.DataFrame(rows), None, [], status)
     return run_id
 
@@ -163,7 +167,7 @@ def test_logged_model_loads_pickle_free_in_a_fresh_process_and_predicts_the_same
     record_sweep(client, experiment, [row], digits_split.fingerprint)
     sweep: SweepRecord = find_sweep(client, "smoke", None)
     final = train_and_test(experiment, Hyperparameters(**GOOD), 3, digits, digits_split, CPU)
-    record = log_retrain(uri, sweep, final, digits, digits_split)
+    record = log_retrain(uri, sweep, final, digits, digits_split, "sklearn.datasets.load_digits")
 
     run = client.get_run(record.run_id)
     assert run.info.status == "FINISHED"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,10 +16,12 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import flatten_sample
-from tests.conftest import SPACES, run_cli
+from tests.conftest import SPACES, run_cli, run_reporting
 
 pytestmark = pytest.mark.slow
 SMOKE = yaml.safe_load((SPACES / "smoke.yaml").read_text())
+MODEL = SMOKE["registered_model"]
+PICTURES = {"history.png", "parallel.png", "importance.png", "curves.png", "states.png"}
 
 
 @dataclass
@@ -85,7 +90,83 @@ def test_metric_history_has_one_point_per_epoch_reached(sweep: Sweep) -> None:
             assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(
                 [r[metric] for r in results]
             )
-        assert set(child.data.metrics) == {"train_loss", "val_loss", "val_acc"}
+        summary = {"best_val_acc", "best_val_loss", "best_epoch"}
+        assert set(child.data.metrics) == {"train_loss", "val_loss", "val_acc"} | summary
+
+
+def test_trial_runs_carry_their_best_epoch_and_sorting_on_it_ranks_the_winner_first(
+    sweep: Sweep,
+) -> None:
+    """Each trial run's best_* metrics are its best epoch in Ray's own record (the earliest of
+    equal scores), so the UI's sort on best_val_acc (ties: lower best_val_loss) ranks the trial
+    the sweep registered first, though its last epoch may score lower."""
+    trials = ray_trials(sweep)
+    for child in sweep.children:
+        _, results = trials[child.data.tags["trial_id"]]
+        best = max(results, key=lambda r: (r["val_acc"], -r["epoch"]))
+        metrics = child.data.metrics
+        assert metrics["best_epoch"] == best["epoch"]
+        assert metrics["best_val_acc"] == pytest.approx(best["val_acc"])
+        assert metrics["best_val_loss"] == pytest.approx(best["val_loss"])
+    ranked = sweep.client.search_runs(
+        [sweep.parent.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{sweep.parent.info.run_id}'",
+        order_by=["metrics.best_val_acc DESC", "metrics.best_val_loss ASC"],
+    )
+    assert ranked[0].data.tags["trial_id"] == sweep.parent.data.params["best.trial_id"]
+
+
+def test_trial_runs_have_readable_names_and_keep_the_trial_id_as_a_tag(sweep: Sweep) -> None:
+    for child in sweep.children:
+        tags, params = child.data.tags, child.data.params
+        lr = float(params["lr"])
+        expected = (
+            f"t{int(tags['trial_number']):02d} {params['optimizer']} "
+            f"{params['hidden_layers']}x{params['hidden_units']} lr={lr:.1e}"
+        )
+        assert child.info.run_name == expected
+        assert len(tags["trial_id"]) == 8
+
+
+def test_integers_stay_integers_in_every_record(sweep: Sweep) -> None:
+    params = sweep.parent.data.params
+    for name in ("batch_size", "hidden_layers", "hidden_units"):
+        assert params[f"best.{name}"].isdigit(), (name, params[f"best.{name}"])
+        assert sweep.retrains[0].data.params[name].isdigit()
+    local = sweep.client.download_artifacts(
+        sweep.parent.info.run_id, "trials.csv", str(sweep.folder)
+    )
+    header, *rows = Path(local).read_text().splitlines()
+    column = header.split(",").index("batch_size")
+    assert all(row.split(",")[column].isdigit() for row in rows)
+
+
+def test_experiment_opens_on_its_runs_with_a_description_and_datasets(sweep: Sweep) -> None:
+    experiment = sweep.client.get_experiment(sweep.parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "best_val_acc" in experiment.tags["mlflow.note.content"]
+    fingerprint = sweep.parent.data.tags["data_fingerprint"]
+    for run in [sweep.parent, *sweep.children]:
+        [logged] = run.inputs.dataset_inputs
+        assert (logged.dataset.name, logged.dataset.digest) == ("digits", fingerprint)
+        assert [t.value for t in logged.tags] == ["training"]
+    contexts = {
+        (d.dataset.name, t.value) for d in sweep.retrains[0].inputs.dataset_inputs for t in d.tags
+    }
+    assert contexts == {("digits", "training"), ("digits-test", "testing")}
+
+
+def test_progress_replaces_rays_output(sweep: Sweep) -> None:
+    """One line per ended trial with its best and last epoch, a final status line, and none of
+    Ray's configuration box, TensorBoard hint or token notice."""
+    output = " ".join(sweep.output.split())
+    total = SMOKE["budget"]["num_samples"]
+    assert f"trials {total}/{total} ended" in output
+    assert output.count(") completed: best val_acc") + output.count(") stopped: best val_acc") == (
+        total
+    )
+    for chatter in ("Configuration for experiment", "TensorBoard", "Token authentication"):
+        assert chatter not in output
 
 
 def test_trial_states_are_tagged_and_asha_stopped_some(sweep: Sweep) -> None:
@@ -175,6 +256,93 @@ def test_summary_names_the_experiment_and_the_parent_run(sweep: Sweep) -> None:
     assert "experiment: smoke" in sweep.output
     assert sweep.parent.info.run_id in sweep.output
     assert "make ui" in sweep.output
+
+
+# --- the report and the list of sweeps, on the same store (the promotion comes last) ---
+
+
+def test_report_writes_a_self_contained_page_and_logs_it_to_the_parent_run(sweep: Sweep) -> None:
+    output = sweep.folder / "out" / "report.html"
+    loaded, done = run_reporting(
+        sweep.folder, "report", "--experiment", "smoke", "--output", str(output)
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ray" not in loaded and "torch" not in loaded
+    assert sweep.parent.info.run_id in done.stdout and str(output) in done.stdout
+    page = output.read_text()
+    assert f"Sweep report: {sweep.parent.info.run_name}" in page
+    assert f"{SMOKE['budget']['num_samples']} (" in page  # the trial count and its states
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == len(PICTURES)
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.I)
+    assert f"{MODEL} version 1" in page  # tune registered it before the report was drawn
+    logged = {a.path for a in sweep.client.list_artifacts(sweep.parent.info.run_id, "report")}
+    assert logged == {f"report/{name}" for name in {"report.html", *PICTURES}}
+    copy = sweep.client.download_artifacts(
+        sweep.parent.info.run_id, "report/report.html", str(output.parent)
+    )
+    # The logged page is the one written here (the importance forest is seeded).
+    assert Path(copy).read_text() == page
+
+
+def test_report_of_a_named_sweep(sweep: Sweep) -> None:
+    done = run_cli(
+        sweep.folder, "report", "--experiment", "smoke", "--parent-run", sweep.parent.info.run_id
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "report/" in done.stdout or "report:" in done.stdout
+
+
+def sweeps_json(sweep: Sweep) -> list[dict[str, object]]:
+    done = run_cli(sweep.folder, "sweeps", "--experiment", "smoke", "--format", "json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = json.loads(done.stdout)
+    assert isinstance(records, list)
+    return records
+
+
+def test_sweeps_lists_the_sweep_its_version_and_then_the_promotion(sweep: Sweep) -> None:
+    (record,) = sweeps_json(sweep)
+    parent = sweep.client.get_run(sweep.parent.info.run_id)
+    assert record["parent_run_id"] == sweep.parent.info.run_id
+    assert record["run_name"] == sweep.parent.info.run_name
+    assert record["status"] == "FINISHED"
+    assert record["trials"] == SMOKE["budget"]["num_samples"]
+    assert record["metric"] == "val_acc"
+    assert record["best_score"] == pytest.approx(parent.data.metrics["best_val_acc"])
+    assert record["best_trial_id"] == parent.data.params["best.trial_id"]
+    params = record["params"]
+    assert isinstance(params, dict)
+    assert params["optimizer"] in ("adam", "momentum") and isinstance(params["lr"], float)
+    assert (record["model"], record["version"]) == (MODEL, "1")
+    assert (record["aliases"], record["decision"]) == (["challenger"], None)
+
+    done = run_cli(sweep.folder, "promote", "--model", MODEL)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (record,) = sweeps_json(sweep)
+    assert (record["aliases"], record["decision"]) == (["champion"], "promoted")
+
+    done = run_cli(sweep.folder, "sweeps", "--experiment", "smoke", "--format", "csv")
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = csv.DictReader(io.StringIO(done.stdout))
+    assert list(row) == list(record)  # the same stable keys, in the same order
+    assert row["trials"] == str(SMOKE["budget"]["num_samples"])
+    assert (row["version"], row["aliases"], row["decision"]) == ("1", "champion", "promoted")
+    assert f"optimizer={params['optimizer']}" in row["params"]
+
+    loaded, done = run_reporting(sweep.folder, "sweeps", "--experiment", "smoke")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ray" not in loaded and "torch" not in loaded
+    score = f"{record['best_score']:.4f}"
+    for shown in (sweep.parent.info.run_name, "FINISHED", score, "v1", "promoted"):
+        assert shown in done.stdout
+
+
+@pytest.mark.parametrize("command", ["sweeps", "report"])
+def test_an_unknown_experiment_is_one_line_and_exit_1(sweep: Sweep, command: str) -> None:
+    done = run_cli(sweep.folder, command, "--experiment", "absent")
+    assert done.returncode == 1
+    assert done.stderr.strip() == "error: no MLflow experiment 'absent'; run a sweep first"
+    assert done.stdout == ""
 
 
 def test_bad_space_fails_with_one_line_and_writes_nothing(tmp_path: Path) -> None:

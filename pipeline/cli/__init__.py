@@ -4,9 +4,9 @@ the registry commands start fast (and never load Ray)."""
 
 # isort: off
 # Registering the commands; `--help` lists them in this order.
-from pipeline.cli import tuning, nightly, models, servers
+from pipeline.cli import tuning, nightly, reports, models, servers
 from pipeline.cli.app import app
 
 # isort: on
 
-__all__ = ["app", "models", "nightly", "servers", "tuning"]
+__all__ = ["app", "models", "nightly", "reports", "servers", "tuning"]

@@ -63,8 +63,11 @@ def start(launch: Launch) -> None:
 @app.callback()
 def main(
     debug: Annotated[bool, typer.Option(help="Show tracebacks and debug logs.")] = False,
+    verbose: Annotated[
+        bool, typer.Option(help="Show Ray's and MLflow's own output (banners, hints, tracebacks).")
+    ] = False,
 ) -> None:
-    configure(console, debug)
+    configure(console, debug, verbose)
     state["debug"] = debug
     signal.signal(signal.SIGTERM, raise_terminated)
 

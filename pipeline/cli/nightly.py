@@ -9,8 +9,9 @@ from typing import Annotated
 import typer
 
 from pipeline import display
-from pipeline.cli.app import DEFAULT_SPACE, Model, Space, app, guarded
+from pipeline.cli.app import DEFAULT_SPACE, Model, Space, app, console, guarded
 from pipeline.environment import actor, settings, webhook_url
+from pipeline.progress import SweepProgress
 
 
 @app.command()
@@ -34,7 +35,9 @@ def nightly(
     with guarded():
         from pipeline.workflows.nightly import run_night
 
-        night = run_night(space, settings(), actor(), date, min_delta, keep, webhook_url())
+        night = run_night(
+            space, settings(), actor(), date, min_delta, keep, webhook_url(), SweepProgress(console)
+        )
     display.print_night(night)
     raise typer.Exit(night.exit_code)
 

@@ -7,8 +7,9 @@ from typing import Annotated
 import typer
 
 from pipeline import display
-from pipeline.cli.app import DEFAULT_SPACE, Space, app, guarded
+from pipeline.cli.app import DEFAULT_SPACE, Space, app, console, guarded
 from pipeline.environment import settings
+from pipeline.progress import SweepProgress
 
 
 @app.command()
@@ -47,13 +48,15 @@ def tune(
 
         outcome = tune_and_register(
             space, settings(address), experiment, set_, resume, retrain, display.print_sweep,
-            abandon,
+            abandon, SweepProgress(console),
         )  # fmt: skip
     if outcome.sweep.interrupted:
         display.print_resume_hint(space, outcome.sweep.experiment_name)
         raise typer.Exit(143 if outcome.sweep.terminated else 130)
     if outcome.registration is not None:
         display.print_registration(outcome.registration)
+    if outcome.report is not None:
+        display.print_report(outcome.report)
 
 
 @app.command("retrain")

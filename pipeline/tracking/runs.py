@@ -13,12 +13,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.entities import Dataset as DatasetEntity
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_DATASET_CONTEXT,
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_PARENT_RUN_ID,
+    MLFLOW_RUN_NAME,
+)
 
 from pipeline.config import HYPERPARAMETERS, Experiment, Scalar, parse_experiment
-from pipeline.decisions import TRIAL_STATES, best_trial
+from pipeline.decisions import TRIAL_STATES, VALID_STATES, best_epoch, best_trial
 from pipeline.errors import PipelineError
 from pipeline.evaluate import TestReport, confusion_figure
 from pipeline.tracking.locks import StoreLock
@@ -34,6 +40,31 @@ MODEL_ARTIFACT = "model"
 
 
 # --- a sweep's runs ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoggedData:
+    """Rows a run used, for its Dataset column: the data set, where it comes from, the split's
+    fingerprint (the digest) and the rows themselves (for their shape)."""
+
+    name: str
+    source: str
+    fingerprint: str
+    features: np.ndarray
+    labels: np.ndarray
+    context: str  # MLflow's: training, testing
+
+    def as_input(self) -> DatasetInput:
+        """The run input MLflow records: name, digest, source, shapes (not the rows)."""
+        profile = {"features_shape": list(self.features.shape), "targets_shape": [len(self.labels)]}
+        dataset = DatasetEntity(
+            name=self.name,
+            digest=self.fingerprint,
+            source_type="local",
+            source=json.dumps({"uri": self.source}),
+            profile=json.dumps(profile),
+        )
+        return DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, self.context)])
 
 
 def flat_settings(experiment: Experiment) -> dict[str, Scalar]:
@@ -55,6 +86,19 @@ def flat_settings(experiment: Experiment) -> dict[str, Scalar]:
     return flat
 
 
+def describe_experiment(experiment: Experiment) -> str:
+    """The experiment's description (Markdown, shown on its page in MLflow's UI)."""
+    about = f"{experiment.description}\n\n" if experiment.description else ""
+    best = "highest" if experiment.mode == "max" else "lowest"
+    return (
+        f"{about}Hyperparameter sweeps of `{experiment.name}` on the `{experiment.data.source}` "
+        f"data: one parent run per sweep (its settings, `trials.csv` and the sweep report under "
+        f"`report/`), one nested run per trial, and a `retrain` run holding the model registered "
+        f"as `{experiment.model_name}`. Trials are ranked on `{experiment.metric}` ({best} wins) "
+        f"at their best epoch: sort the trial runs by `best_{experiment.metric}`."
+    )
+
+
 def start_parent_run(
     client: Client,
     experiment_id: str,
@@ -63,14 +107,17 @@ def start_parent_run(
     space_text: str,
     tags: dict[str, str],
     params: dict[str, Scalar],
+    data: DatasetInput,
 ) -> str:
-    """Open the sweep's parent run: its settings, the search-space file and the resolved config."""
+    """Open the sweep's parent run: its settings, data, the search-space file and the resolved
+    config."""
     run = client.create_run(
         experiment_id, run_name=run_name, tags={MLFLOW_RUN_NAME: run_name, **tags}
     )
     run_id = str(run.info.run_id)
     settings = {**flat_settings(experiment), **params}
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in settings.items()])
+    client.log_inputs(run_id, [data])
     client.log_text(run_id, space_text, "search_space.yaml")
     client.log_text(run_id, json.dumps(experiment.model_dump(mode="json"), indent=2), "config.json")
     return run_id
@@ -103,7 +150,8 @@ def finish_parent_run(
     metrics: list[Metric] = []
     now = int(time.time() * 1000)
     if best is not None:
-        params = [Param(f"best.{n}", str(best[n])) for n in param_names if pd.notna(best.get(n))]
+        chosen = hyperparameters_of(best)
+        params = [Param(f"best.{n}", str(chosen[n])) for n in param_names if n in chosen]
         params.append(Param("best.trial_id", str(best["trial_id"])))
         for name in ("val_acc", "val_loss", "epoch"):
             metrics.append(Metric(f"best_{name}", float(best[name]), now, 0))
@@ -116,19 +164,27 @@ def finish_parent_run(
 
 def child_runs(client: Client, experiment_id: str, parent_run_id: str) -> list[Run]:
     """Every run nested under the parent run."""
-    runs: list[Run] = []
+    return search_all(client, experiment_id, f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'")
+
+
+def search_all(
+    client: Client, experiment_id: str, filter_string: str, order_by: list[str] | None = None
+) -> list[Run]:
+    """Every run of the experiment that matches, page after page."""
+    found: list[Run] = []
     token = None
     while True:
         page = client.search_runs(
             [experiment_id],
-            filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'",
+            filter_string=filter_string,
+            order_by=order_by,
             max_results=1000,
             page_token=token,
         )
-        runs.extend(page)
+        found.extend(page)
         token = page.token
         if not token:
-            return runs
+            return found
 
 
 def trial_states(client: Client, experiment_id: str, parent_run_id: str) -> dict[str, str]:
@@ -223,6 +279,7 @@ def abandon_sweep(client: Client, experiment_id: str, run: Run) -> None:
 
 def reconcile_trial_runs(
     client: Client,
+    experiment: Experiment,
     experiment_id: str,
     parent_run_id: str,
     states: dict[str, str],
@@ -232,8 +289,8 @@ def reconcile_trial_runs(
     left `running` by a killed driver gets its trial's state, and a run of a trial Ray never
     saved (started just before a SIGKILL; resumed, its configuration runs under a new trial id)
     is deleted, so that there is one run per trial. With `histories` (trial id -> epochs Ray
-    recorded), epochs a killed driver reported to Ray but never wrote to MLflow are written.
-    Returns how many runs were deleted."""
+    recorded), epochs a killed driver reported to Ray but never wrote to MLflow are written, and
+    the best epoch of a trial that ended meanwhile. Returns how many runs were deleted."""
     deleted = 0
     for run in child_runs(client, experiment_id, parent_run_id):
         trial_id = run.data.tags.get("trial_id")
@@ -248,31 +305,64 @@ def reconcile_trial_runs(
         if run.data.tags.get("trial_state") not in TRIAL_STATES and states[trial_id]:
             client.set_tag(run.info.run_id, "trial_state", states[trial_id])
         if histories is not None:
-            write_missing_epochs(client, run.info.run_id, histories.get(trial_id, []))
+            history = histories.get(trial_id, [])
+            missing = missing_epochs(client, run.info.run_id, history)
+            if states[trial_id] in VALID_STATES and "best_val_acc" not in run.data.metrics:
+                missing += best_metrics(history, experiment.metric, experiment.mode)
+            write_metrics(client, run.info.run_id, missing)
     return deleted
 
 
-def write_missing_epochs(client: Client, run_id: str, history: list[dict[str, float]]) -> None:
-    """Log the epochs of `history` the run lacks, at the time Ray recorded them (batched)."""
+def missing_epochs(client: Client, run_id: str, history: list[dict[str, float]]) -> list[Metric]:
+    """The epochs of `history` the run lacks, at the time Ray recorded them."""
     logged = {m.step for m in client.get_metric_history(run_id, "val_acc")}
     now = time.time()
-    missing = [
+    return [
         Metric(name, float(epoch[name]), int(epoch.get("timestamp", now) * 1000), step)
         for epoch in history
         if (step := int(epoch["epoch"])) not in logged
         for name in ("train_loss", "val_loss", "val_acc")
     ]
+
+
+def best_metrics(history: list[dict[str, float]], metric: str, mode: str) -> list[Metric]:
+    """A trial's summary from its epochs: `best_val_acc`, `best_val_loss` and `best_epoch` of
+    its best epoch on `metric` (logged at that epoch's step); none for an empty history."""
+    best = best_epoch(history, metric, mode)
+    if best is None:
+        return []
+    now, step = int(time.time() * 1000), int(best["epoch"])
+    return [
+        Metric(f"best_{name}", float(best[name]), now, step)
+        for name in ("val_acc", "val_loss", "epoch")
+    ]
+
+
+def logged_epochs(client: Client, run_id: str) -> list[dict[str, float]]:
+    """A trial run's logged epochs: epoch, val_acc, val_loss."""
+    epochs: dict[int, dict[str, float]] = {}
+    for name in ("val_acc", "val_loss"):
+        for m in client.get_metric_history(run_id, name):
+            epochs.setdefault(m.step, {"epoch": float(m.step)})[name] = m.value
+    return [epochs[step] for step in sorted(epochs)]
+
+
+def write_metrics(client: Client, run_id: str, missing: list[Metric]) -> None:
+    """Log metrics in batches of MLflow's size limit."""
     for start in range(0, len(missing), 999):
         client.log_batch(run_id, metrics=missing[start : start + 999])
 
 
 def hyperparameters_of(row: dict[str, Any]) -> dict[str, Scalar]:
-    """A trials.csv row's hyperparameters, as plain Python values (NaN: not set, so left out)."""
-    return {
-        name: value.item() if isinstance(value, np.generic) else value
-        for name, value in row.items()
-        if name in HYPERPARAMETERS and not pd.isna(value)
-    }
+    """A trials.csv row's hyperparameters, as plain Python values of their own type (NaN: not
+    set, so left out; an integer that pandas made a float is an integer again)."""
+    values: dict[str, Scalar] = {}
+    for name, value in row.items():
+        if name not in HYPERPARAMETERS or pd.isna(value):
+            continue
+        plain = value.item() if isinstance(value, np.generic) else value
+        values[name] = int(plain) if HYPERPARAMETERS[name].kind is int else plain
+    return values
 
 
 @dataclass(frozen=True)
@@ -439,6 +529,7 @@ class RetrainedModel:
     example: np.ndarray  # a few input rows, for the signature and the input example
     example_output: np.ndarray  # the network's output for them
     metadata: dict[str, Any]  # stored with the model: what prediction and promotion need
+    data: list[LoggedData]  # the rows it trained on and was tested on
 
 
 @dataclass(frozen=True)
@@ -479,6 +570,7 @@ def log_retrain_run(tracking_uri: str, sweep: SweepRecord, model: RetrainedModel
             params=[Param(k, str(v)) for k, v in model.params.items()],
             tags=[RunTag("test_rows_seen", "once")],
         )
+        client.log_inputs(run_id, [d.as_input() for d in model.data])
         client.log_dict(run_id, report.per_class(), "classification_report.json")
         title = f"{model.dataset_name}: test accuracy {report.test_acc:.4f}"
         client.log_figure(run_id, confusion_figure(report, title), "confusion_matrix.png")

@@ -54,17 +54,30 @@ def use_tracking_uri(tracking_uri: str) -> Iterator[None]:
         mlflow.set_tracking_uri(previous)
 
 
-def ensure_experiment(client: Client, name: str, artifact_root: Path | None) -> str:
-    """The experiment's id, creating it (artifacts under `artifact_root`, if given) when new."""
+# MLflow's UI opens an experiment of this kind on its runs table (its JS bundle's
+# CUSTOM_MODEL_DEVELOPMENT), not on the GenAI overview of traces and tokens.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+NOTE_TAG = "mlflow.note.content"  # the description MLflow's UI shows, of a run or experiment
+
+
+def ensure_experiment(
+    client: Client, name: str, artifact_root: Path | None, description: str = ""
+) -> str:
+    """The experiment's id, creating it (artifacts under `artifact_root`, if given; with
+    `description` as its note) when new. Either way it opens on the runs table in the UI."""
     found = client.get_experiment_by_name(name)
     if found is not None:
         if found.lifecycle_stage == "deleted":
             raise PipelineError(
                 f"MLflow experiment '{name}' is deleted; restore it or pick another name"
             )
+        for key, value in EXPERIMENT_KIND.items():
+            if key not in found.tags:  # made before we set it, or by someone else
+                client.set_experiment_tag(found.experiment_id, key, value)
         return str(found.experiment_id)
     location = (artifact_root / name).resolve().as_uri() if artifact_root else None
-    return str(client.create_experiment(name, artifact_location=location))
+    tags = {**EXPERIMENT_KIND, NOTE_TAG: description} if description else EXPERIMENT_KIND
+    return str(client.create_experiment(name, artifact_location=location, tags=tags))
 
 
 def find_experiment(client: Client, name: str) -> str | None:

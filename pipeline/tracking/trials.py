@@ -15,11 +15,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import DatasetInput, Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from pipeline.config import Scalar
-from pipeline.tracking.runs import child_runs
+from pipeline.decisions import VALID_STATES
+from pipeline.tracking.runs import best_metrics, child_runs, logged_epochs
 from pipeline.tracking.store import Client, open_client
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,9 @@ class TrialRecorder:
     """Writes one child run per trial, nested under the sweep's parent run.
 
     Only the hyperparameters become params; `train_loss`, `val_loss` and `val_acc` are logged with
-    `step=epoch`, buffered and written in batches. A resumed sweep finds its runs by `trial_id`.
+    `step=epoch`, buffered and written in batches. A trial that ends completed or stopped also
+    gets its best epoch on `metric` (`best_val_acc`, `best_val_loss`, `best_epoch`), so that the
+    UI sorts trials the way the sweep ranks them. A resumed sweep finds its runs by `trial_id`.
     """
 
     def __init__(
@@ -40,12 +43,18 @@ class TrialRecorder:
         tracking_uri: str,
         experiment_id: str,
         parent_run_id: str,
+        metric: str,
+        mode: str,
+        data: DatasetInput | None = None,
         warm_points: list[tuple[dict[str, Scalar], str]] | None = None,
         flush_seconds: float = 10.0,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
+        self.metric = metric
+        self.mode = mode
+        self.data = data  # the rows trials see, for each trial run's Dataset column
         self.warm_points = warm_points or []  # (point, source): trials at them are tagged so
         self.flush_seconds = flush_seconds
         self._reset()
@@ -55,9 +64,11 @@ class TrialRecorder:
         self._thread: threading.Thread | None = None
         self._client: Client | None = None
         self._run_ids: dict[str, str] = {}  # trial id -> run id; touched by the writer thread only
+        self._earlier_epochs: dict[str, list[dict[str, float]]] = {}  # resumed trials' (writer)
         self._logged_epoch: dict[str, int] = {}
         self._pending: dict[str, list[Metric]] = {}
         self._pending_tags: dict[str, list[RunTag]] = {}
+        self._epochs: dict[str, list[dict[str, float]]] = {}  # trial id -> each epoch's metrics
         self._last_flush: dict[str, float] = {}
         self._open: set[str] = set()
         self.errors: list[str] = []
@@ -65,7 +76,10 @@ class TrialRecorder:
 
     # Ray pickles the sweep's callbacks (and so this recorder) with the sweep state, for resuming.
     def __getstate__(self) -> dict[str, Any]:
-        keep = ("tracking_uri", "experiment_id", "parent_run_id", "warm_points", "flush_seconds")
+        keep = (
+            "tracking_uri", "experiment_id", "parent_run_id", "metric", "mode", "data",
+            "warm_points", "flush_seconds",
+        )  # fmt: skip
         return {k: self.__dict__[k] for k in keep}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -118,12 +132,15 @@ class TrialRecorder:
         run_id = self._run_ids.get(trial_id)
         if run_id is not None:  # a resumed trial: keep its run, skip epochs it already logged
             self._client.update_run(run_id, status="RUNNING")
-            history = self._client.get_metric_history(run_id, "val_acc")
-            self._logged_epoch[trial_id] = max((m.step for m in history), default=0)
+            self._earlier_epochs[trial_id] = logged_epochs(self._client, run_id)
+            self._logged_epoch[trial_id] = max(
+                (int(e["epoch"]) for e in self._earlier_epochs[trial_id]), default=0
+            )
             return
+        name = trial_run_name(number, params)
         tags = {
             MLFLOW_PARENT_RUN_ID: self.parent_run_id,
-            MLFLOW_RUN_NAME: trial_id,
+            MLFLOW_RUN_NAME: name,
             "trial_id": trial_id,
             "trial_number": str(number),
             "trial_state": "running",
@@ -131,16 +148,27 @@ class TrialRecorder:
         source = next((s for p, s in self.warm_points if at_point(params, p)), None)
         if source is not None:
             tags["warm_start"] = source
-        run = self._client.create_run(self.experiment_id, run_name=trial_id, tags=tags)
+        run = self._client.create_run(self.experiment_id, run_name=name, tags=tags)
         self._run_ids[trial_id] = run.info.run_id
         self._client.log_batch(
             run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()]
         )
+        if self.data is not None:
+            self._client.log_inputs(run.info.run_id, [self.data])
 
-    def _write_metrics(self, trial_id: str, metrics: list[Metric], tags: list[RunTag]) -> None:
+    def _write_metrics(
+        self,
+        trial_id: str,
+        metrics: list[Metric],
+        tags: list[RunTag],
+        epochs: list[dict[str, float]] | None = None,
+    ) -> None:
         assert self._client is not None
         floor = self._logged_epoch.get(trial_id, 0)
         metrics = [m for m in metrics if m.step > floor]
+        if epochs is not None:
+            earlier = self._earlier_epochs.pop(trial_id, [])
+            metrics += best_metrics(earlier + epochs, self.metric, self.mode)
         for start in range(0, max(len(metrics), 1), MLFLOW_BATCH):
             self._client.log_batch(
                 self._run_ids[trial_id],
@@ -175,24 +203,55 @@ class TrialRecorder:
         self._pending.setdefault(trial_id, []).extend(
             Metric(name, float(result[name]), now, step) for name in TRIAL_METRICS
         )
+        epoch = {"epoch": float(step), **{name: float(result[name]) for name in TRIAL_METRICS}}
+        self._epochs.setdefault(trial_id, []).append(epoch)
         if time.monotonic() - self._last_flush.get(trial_id, 0.0) >= self.flush_seconds:
             self._flush(trial_id)
 
-    def end(self, trial_id: str, state: str, errored: bool) -> None:
-        """The trial ended in `state`: flush it, tag the state and end its run."""
-        self._flush(trial_id, [RunTag("trial_state", state)])
-        status = "FAILED" if errored else "FINISHED"
+    def end(self, trial_id: str, state: str, error: str | None) -> None:
+        """The trial ended in `state` (with `error`, if it failed): flush it with its best epoch,
+        tag the state and end its run."""
+        tags = [RunTag("trial_state", state)]
+        if error is not None:
+            tags.append(RunTag("trial_error", error[:5000]))  # MLflow's limit on a tag value
+        epochs = self._epochs.pop(trial_id, [])
+        self._flush(trial_id, tags, epochs if state in VALID_STATES else None)
+        status = "FAILED" if error is not None else "FINISHED"
         self._submit(lambda: self._terminate(trial_id, status))
         self._open.discard(trial_id)
 
-    def _flush(self, trial_id: str, tags: list[RunTag] | None = None) -> None:
-        """Hand the trial's buffered metrics and tags to the writer as one batch."""
+    def _flush(
+        self,
+        trial_id: str,
+        tags: list[RunTag] | None = None,
+        epochs: list[dict[str, float]] | None = None,
+    ) -> None:
+        """Hand the trial's buffered metrics and tags to the writer as one batch (with its best
+        epoch among `epochs` and those logged before a resume, if given)."""
         metrics = self._pending.pop(trial_id, [])
         all_tags = self._pending_tags.get(trial_id, []) + (tags or [])
         self._pending_tags[trial_id] = []
         self._last_flush[trial_id] = time.monotonic()
-        if metrics or all_tags:
-            self._submit(functools.partial(self._write_metrics, trial_id, metrics, all_tags))
+        if metrics or all_tags or epochs:
+            self._submit(
+                functools.partial(self._write_metrics, trial_id, metrics, all_tags, epochs)
+            )
+
+
+def trial_run_name(number: int, params: dict[str, Scalar]) -> str:
+    """A readable name for a trial's run, e.g. `t07 adam 2x256 lr=3.2e-03` (the trial id stays
+    a tag)."""
+    parts = [f"t{number:02d}"]
+    if "optimizer" in params:
+        parts.append(str(params["optimizer"]))
+    if "hidden_layers" in params or "hidden_units" in params:
+        parts.append(f"{params.get('hidden_layers', '?')}x{params.get('hidden_units', '?')}")
+    if "conv_layers" in params:
+        parts.append(f"conv{params['conv_layers']}")
+    lr = params.get("lr")
+    if isinstance(lr, (int, float)):
+        parts.append(f"lr={lr:.1e}")
+    return " ".join(parts)
 
 
 def at_point(params: dict[str, Scalar], point: dict[str, Scalar]) -> bool:

@@ -75,8 +75,10 @@ def run_night(
     min_delta: float = 0.0,
     keep: int = KEEP_VERSIONS,
     webhook_url: str | None = None,
+    watcher: tuning.SweepWatcher | None = None,
 ) -> Night:
-    """Run the night `date` (default: today, UTC) of a space, or find it done.
+    """Run the night `date` (default: today, UTC) of a space, or find it done; `watcher` sees
+    its sweep's trial events (a progress display).
 
     Returns the night; raises PipelineError (after recording and notifying the failure) when it
     failed, KeyboardInterrupt when it was interrupted (rerun to resume).
@@ -88,12 +90,14 @@ def run_night(
     try:
         check_tracking_store(settings.tracking_uri)
         client = open_client(settings.tracking_uri)
-        experiment_id = ensure_experiment(client, experiment.name, settings.artifact_root)
+        experiment_id = ensure_experiment(
+            client, experiment.name, settings.artifact_root, runs.describe_experiment(experiment)
+        )
     except PipelineError as exc:  # nowhere to record it: the webhook still hears of it
         notify(webhook_url, settings, None, Night(date, experiment.model_name, "failed", None,
                                                   {ERROR: str(exc)}))  # fmt: skip
         raise
-    job = NightJob(client, settings, experiment, experiment_id, date, space, actor)
+    job = NightJob(client, settings, experiment, experiment_id, date, space, actor, watcher)
     lock = StoreLock(client, f"nightly.{experiment.name}")
     try:
         lock.acquire()
@@ -124,6 +128,7 @@ class NightJob:
     date: str
     space: Path
     actor: str
+    watcher: tuning.SweepWatcher | None = None
     run_id: str | None = None  # the night's sweep, once known
 
     @property
@@ -173,7 +178,7 @@ class NightJob:
                 log.info("night %s: resuming its sweep %s", self.date, tonight.run_id)
                 result = run_sweep(
                     self.experiment, self.experiment.name, dataset, split, text, self.settings,
-                    resume=True, parent_run_id=tonight.run_id,
+                    resume=True, parent_run_id=tonight.run_id, watcher=self.watcher,
                 )  # fmt: skip
                 return self.after_sweep(result)
             # Killed before Ray saved anything: that sweep ran no trial; start the night anew.
@@ -200,7 +205,7 @@ class NightJob:
         }
         result = run_sweep(
             self.experiment, self.experiment.name, dataset, split, text, self.settings,
-            warm=warm, tags=tags,
+            warm=warm, tags=tags, watcher=self.watcher,
         )  # fmt: skip
         self.run_id = result.parent_run_id
         return [*warnings, *self.after_sweep(result)]

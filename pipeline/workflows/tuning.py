@@ -17,7 +17,14 @@ import pandas as pd
 from pipeline import cluster, storage
 from pipeline import tune as tuning
 from pipeline.config import Experiment, Hyperparameters, Scalar, load_experiment
-from pipeline.data import Dataset, Split, load_dataset, split_dataset, tuning_data
+from pipeline.data import (
+    Dataset,
+    Split,
+    load_dataset,
+    source_uri,
+    split_dataset,
+    tuning_data,
+)
 from pipeline.decisions import best_trial, with_states
 from pipeline.errors import PipelineError
 from pipeline.evaluate import TestReport
@@ -34,6 +41,7 @@ from pipeline.tracking.store import (
     open_client,
 )
 from pipeline.tracking.trials import TrialRecorder
+from pipeline.workflows.reporting import ReportFiles, write_sweep_report
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +79,7 @@ class Registration:
 class TuneOutcome:
     sweep: SweepResult
     registration: Registration | None  # None: interrupted, or --no-retrain
+    report: ReportFiles | None = None  # the sweep's report on its parent run, once drawn
 
 
 def load_data(experiment: Experiment, data_dir: Path) -> tuple[Dataset, Split]:
@@ -88,9 +97,11 @@ def tune_and_register(
     retrain: bool = True,
     on_sweep: Callable[[SweepResult], None] | None = None,
     abandon: bool = False,
+    watcher: tuning.SweepWatcher | None = None,
 ) -> TuneOutcome:
     """Sweep the space, then (unless interrupted or `retrain` is off) retrain the best trial and
-    register it. `on_sweep` sees the sweep's result as soon as it ends.
+    register it. `watcher` sees the trial events (a progress display), `on_sweep` the sweep's
+    result as soon as it ends.
 
     `resume` continues the experiment's latest interrupted sweep; otherwise a new sweep starts
     only when none is interrupted, or when `abandon` gives those up."""
@@ -117,7 +128,7 @@ def tune_and_register(
     )
     result = run_sweep(
         experiment, name, dataset, split, space.read_text(), settings, resume,
-        parent_run_id=parent_run_id,
+        parent_run_id=parent_run_id, watcher=watcher,
     )  # fmt: skip
     if on_sweep is not None:
         on_sweep(result)
@@ -128,7 +139,24 @@ def tune_and_register(
     registration = None
     if retrain:
         registration = retrain_and_register(settings, name, result.parent_run_id, on_ray=True)
-    return TuneOutcome(result, registration)
+    return TuneOutcome(result, registration, report_on(settings, name, result.parent_run_id))
+
+
+def report_on(settings: Settings, experiment_name: str, parent_run_id: str) -> ReportFiles | None:
+    """Draw the finished sweep's report onto its parent run. A report that fails is a warning:
+    the sweep and the model it registered stand, and `report` can draw it again."""
+    try:
+        return write_sweep_report(settings, experiment_name, parent_run_id)
+    except Exception as exc:
+        log.warning(
+            "the sweep report failed (%s: %s); draw it again with: python -m pipeline report "
+            "--experiment %s --parent-run %s",
+            type(exc).__name__,
+            exc,
+            experiment_name,
+            parent_run_id,
+        )
+        return None
 
 
 def run_sweep(
@@ -143,8 +171,10 @@ def run_sweep(
     parent_run_id: str | None = None,
     warm: tuning.WarmStart | None = None,
     tags: dict[str, str] | None = None,
+    watcher: tuning.SweepWatcher | None = None,
 ) -> SweepResult:
-    """Tune `experiment` on Ray, tracking every trial under one MLflow parent run.
+    """Tune `experiment` on Ray, tracking every trial under one MLflow parent run; `watcher`
+    sees the trial events too.
 
     `resume` continues the sweep of `parent_run_id` (default: the experiment's latest, if it did
     not finish). A new sweep starts from `warm` if given, its parent run tagged with `tags`.
@@ -155,7 +185,9 @@ def run_sweep(
     cluster.check_resources(experiment, autoscaling=bool(settings.ray_address))
     cluster.check_storage(settings.storage, settings.storage_endpoint)
     client = open_client(settings.tracking_uri)
-    experiment_id = ensure_experiment(client, experiment_name, settings.artifact_root)
+    experiment_id = ensure_experiment(
+        client, experiment_name, settings.artifact_root, runs.describe_experiment(experiment)
+    )
     data = tuning_data(dataset, split)
     recorder: TrialRecorder | None = None
     if resume:
@@ -185,13 +217,17 @@ def run_sweep(
                 "data.rows.test": len(split.test),
                 "data.fingerprint": split.fingerprint,
             }
+            source = source_uri(experiment.data, settings.data_dir)
+            logged = runs.LoggedData(
+                dataset.name, source, split.fingerprint, data.features, data.labels, "training"
+            ).as_input()
             parent_run_id = runs.start_parent_run(
-                client, experiment_id, run_name, experiment, space_text, tags, sizes
+                client, experiment_id, run_name, experiment, space_text, tags, sizes, logged
             )
-            warm_points = warm.points if warm else None
             recorder = TrialRecorder(
-                settings.tracking_uri, experiment_id, parent_run_id, warm_points
-            )
+                settings.tracking_uri, experiment_id, parent_run_id, experiment.metric,
+                experiment.mode, logged, warm.points if warm else None,
+            )  # fmt: skip
             tuner = tuning.make_tuner(
                 experiment, data, settings.storage, run_name, recorder, warm,
                 settings.storage_endpoint,
@@ -200,7 +236,7 @@ def run_sweep(
             "sweep %s: experiment '%s', parent run %s", sweep_path, experiment_name, parent_run_id
         )
         try:
-            results = tuning.fit(tuner, experiment)
+            results = tuning.fit(tuner, experiment, watcher)
         except Exception:
             # A full disk surfaces as whatever Ray failed to write or read back last.
             reason = storage.full(settings.storage)
@@ -212,6 +248,15 @@ def run_sweep(
             ) from None
         if recorder is not None:
             recorder.close()
+        errored = int((results.table.get("state", pd.Series(dtype=str)) == "errored").sum())
+        if errored and (reason := storage.full(settings.storage)) is not None:
+            log.warning(
+                "%d trial(s) failed: trial storage %s is full (%s); free space before the next "
+                "sweep",
+                errored,
+                settings.storage,
+                reason,
+            )
         interrupted = results.ended < experiment.budget.num_samples
         states = runs.trial_states(client, experiment_id, parent_run_id)
         table = with_states(results.table, states)
@@ -219,7 +264,9 @@ def run_sweep(
         # After a crash, what Ray saved is the truth: epochs the dead driver never wrote to
         # MLflow are written now (a normal sweep's writer has written them all).
         histories = results.histories if resume else None
-        lost = runs.reconcile_trial_runs(client, experiment_id, parent_run_id, saved, histories)
+        lost = runs.reconcile_trial_runs(
+            client, experiment, experiment_id, parent_run_id, saved, histories
+        )
         if lost:
             log.warning("deleted %d run(s) of trials the interrupted sweep never saved", lost)
         best = best_trial(table, experiment.metric, experiment.mode)
@@ -330,7 +377,8 @@ def retrain_and_register(
         final = cluster.run_remote(train_and_test, resources.cpus, resources.gpus, *arguments)
     else:
         final = train_and_test(*arguments)
-    record = log_retrain(uri, sweep, final, dataset, split)
+    source = source_uri(sweep.experiment.data, settings.data_dir)
+    record = log_retrain(uri, sweep, final, dataset, split, source)
     name = sweep.experiment.model_name
     version = register_challenger(client, uri, name, sweep, record, split)
     return Registration(

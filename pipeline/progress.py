@@ -1,0 +1,169 @@
+"""The live progress of a sweep: trials ended (by state) out of the budget, trials running, the
+best so far, elapsed time and an ETA. On a terminal a status line redrawn once a second; in a log
+(CI, cron) a plain line every `every` seconds. One line per ended trial either way."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console, RenderableType
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from pipeline.config import Scalar
+
+STATE_ORDER = ("completed", "stopped", "diverged", "errored")
+
+
+@dataclass
+class TrialProgress:
+    """What the display knows of one trial: its number, best and last epoch."""
+
+    number: int
+    best_score: float = math.nan
+    best_epoch: int = 0
+    last_score: float = math.nan
+    last_epoch: int = 0
+
+
+def format_duration(seconds: float) -> str:
+    """`m:ss`, or `h:mm:ss` from an hour on."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class SweepProgress:
+    """A watcher of a sweep's trial events (see `pipeline.tune.fit`) that shows its progress on
+    `console`."""
+
+    def __init__(self, console: Console, every: float = 10.0) -> None:
+        self.console = console
+        self.every = every
+        self.total = 0
+        self.metric = "val_acc"
+        self.mode = "max"
+        self.trials: dict[str, TrialProgress] = {}
+        self.running: set[str] = set()
+        self.ended: Counter[str] = Counter()
+        self.best: tuple[float, str, int] | None = None  # score, trial id, epoch
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+        self._live: Live | None = None
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+
+    # --- the sweep's events -------------------------------------------------------------------
+
+    def begin(self, total: int, metric: str, mode: str) -> None:
+        """The sweep starts: `total` trials planned, ranked on `metric` (`mode` max or min)."""
+        self.total, self.metric, self.mode = total, metric, mode
+        self.started = time.monotonic()
+        if self.console.is_terminal:
+            self._live = Live(self, console=self.console, refresh_per_second=1, transient=True)
+            self._live.start()
+        else:
+            self._ticker = threading.Thread(target=self._tick, name="progress", daemon=True)
+            self._ticker.start()
+
+    def start(self, trial_id: str, number: int, params: dict[str, Scalar]) -> None:
+        with self._lock:
+            self.trials.setdefault(trial_id, TrialProgress(number))
+            self.running.add(trial_id)
+
+    def result(self, trial_id: str, result: dict[str, Any]) -> None:
+        score, epoch = float(result.get(self.metric, math.nan)), int(result.get("epoch", 0))
+        with self._lock:
+            trial = self.trials.setdefault(trial_id, TrialProgress(0))
+            trial.last_score, trial.last_epoch = score, epoch
+            if result.get("diverged") or math.isnan(score):
+                return
+            if math.isnan(trial.best_score) or self._better(score, trial.best_score):
+                trial.best_score, trial.best_epoch = score, epoch
+            if self.best is None or self._better(score, self.best[0]):
+                self.best = (score, trial_id, epoch)
+
+    def end(self, trial_id: str, state: str, error: str | None) -> None:
+        with self._lock:
+            self.running.discard(trial_id)
+            self.ended[state] += 1
+            trial = self.trials.setdefault(trial_id, TrialProgress(0))
+        self.console.print(
+            self.describe_trial(trial_id, trial, state, error), highlight=False, soft_wrap=True
+        )
+
+    def close(self) -> None:
+        """The sweep ended (or was stopped): stop redrawing, leave the last status as a line."""
+        self._stop.set()
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+        if self._ticker is not None:
+            self._ticker.join()
+            self._ticker = None
+        if self.total:
+            self.console.print(self.status_line(), highlight=False, soft_wrap=True)
+            self.total = 0  # closed: a second close prints nothing
+
+    # --- what is shown ------------------------------------------------------------------------
+
+    def _better(self, score: float, than: float) -> bool:
+        return score > than if self.mode == "max" else score < than
+
+    def describe_trial(
+        self, trial_id: str, trial: TrialProgress, state: str, error: str | None
+    ) -> str:
+        """One line for an ended trial: its best epoch and, if later, its last one."""
+        head = f"trial {trial.number:>2} ({trial_id}) {state}"
+        if error is not None:
+            return f"{head}: {error}"
+        if math.isnan(trial.best_score):
+            return f"{head} at epoch {trial.last_epoch}"
+        line = f"{head}: best {self.metric} {trial.best_score:.4f} at epoch {trial.best_epoch}"
+        if trial.last_epoch != trial.best_epoch:
+            line += f" (last {trial.last_score:.4f} at epoch {trial.last_epoch})"
+        return line
+
+    def status_line(self) -> str:
+        """Trials ended by state out of the budget, running, best so far, elapsed and ETA."""
+        return " · ".join(self.status_parts())
+
+    def status_parts(self) -> list[str]:
+        with self._lock:
+            ended = sum(self.ended.values())
+            states = ", ".join(f"{self.ended[s]} {s}" for s in STATE_ORDER if self.ended[s])
+            running = len(self.running)
+            best = self.best
+            number = self.trials[best[1]].number if best else 0
+        elapsed = time.monotonic() - self.started
+        parts = [f"trials {ended}/{self.total} ended" + (f" ({states})" if states else "")]
+        parts.append(f"{running} running")
+        if best is not None:
+            parts.append(f"best {self.metric} {best[0]:.4f} (trial {number}, epoch {best[2]})")
+        parts.append(f"{format_duration(elapsed)} elapsed")
+        if 0 < ended < self.total:
+            parts.append(f"ETA {format_duration(elapsed / ended * (self.total - ended))}")
+        return parts
+
+    def __rich__(self) -> RenderableType:
+        """Two lines on a terminal: a bar with the trial counts, then the best and the times."""
+        ended = sum(self.ended.values())
+        parts = self.status_parts()
+        grid = Table.grid(padding=(0, 1))
+        grid.add_row(
+            ProgressBar(total=max(self.total, 1), completed=ended, width=16),
+            Text(" · ".join(parts[:2])),
+        )
+        grid.add_row("", Text(" · ".join(parts[2:])))
+        return grid
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.every):
+            self.console.print(self.status_line(), highlight=False, soft_wrap=True)

@@ -1,0 +1,217 @@
+"""Reading sweeps back out of the tracking store for reports and listings: a sweep's trial table,
+its trial runs' histories and times, the experiment's sweeps with the model versions they
+produced; and logging a report's files to the sweep's parent run."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+
+from pipeline.config import Experiment, parse_experiment
+from pipeline.errors import PipelineError
+from pipeline.tracking import runs
+from pipeline.tracking.store import Client, experiment_id
+
+REPORT_FOLDER = "report"  # the report's artifact folder on the parent run
+HISTORY_METRICS = ("val_acc", "val_loss")
+
+
+@dataclass(frozen=True)
+class TrialRun:
+    """A trial's run: its number in the searcher's order, state and times (ms since the epoch)."""
+
+    trial_id: str
+    number: int | None
+    state: str
+    start_time: int
+    end_time: int | None  # None: never ended
+
+
+@dataclass(frozen=True)
+class RecordedSweep:
+    """A sweep as the store holds it: its parent run, settings, trial table and trial runs."""
+
+    experiment_id: str
+    parent_run_id: str
+    run_name: str
+    status: str
+    start_time: int  # ms since the epoch
+    experiment: Experiment
+    table: pd.DataFrame  # trials.csv
+    trials: list[TrialRun]
+    histories: pd.DataFrame  # trial_id, epoch, val_acc, val_loss
+
+
+def sweep_run(client: Client, experiment_name: str, parent_run_id: str | None) -> Run:
+    """The named sweep's parent run, or the experiment's latest finished sweep's."""
+    experiment = experiment_id(client, experiment_name)
+    if parent_run_id is None:
+        run = runs.latest_sweep(client, experiment, finished=True)
+        if run is None:
+            raise PipelineError(f"experiment '{experiment_name}' has no finished sweep")
+        return run
+    try:
+        run = client.get_run(parent_run_id)
+    except MlflowException:
+        raise PipelineError(f"no run '{parent_run_id}' in the tracking store") from None
+    if run.info.experiment_id != experiment or runs.SWEEP_PATH_TAG not in run.data.tags:
+        raise PipelineError(
+            f"run '{parent_run_id}' is not a sweep of experiment '{experiment_name}'"
+        )
+    return run
+
+
+def read_sweep(client: Client, experiment_name: str, parent_run_id: str | None) -> RecordedSweep:
+    """Everything a report shows of a sweep (see `sweep_run` for which), read from the store."""
+    run = sweep_run(client, experiment_name, parent_run_id)
+    run_id = run.info.run_id
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            config = Path(client.download_artifacts(run_id, "config.json", folder)).read_text()
+            table = pd.read_csv(client.download_artifacts(run_id, "trials.csv", folder))
+        except (MlflowException, OSError):
+            raise PipelineError(
+                f"sweep {run_id} has no trial table yet ({run.info.status}): it is running or "
+                "was interrupted; resume it with `python -m pipeline tune --resume` first"
+            ) from None
+    experiment = parse_experiment(json.loads(config), f"run {run_id}: config.json")
+    trials, histories = [], []
+    for child in runs.child_runs(client, run.info.experiment_id, run_id):
+        tags = child.data.tags
+        if "trial_id" not in tags:  # the retrain run
+            continue
+        number = tags.get("trial_number")
+        trials.append(
+            TrialRun(
+                tags["trial_id"],
+                int(number) if number else None,
+                tags.get("trial_state", ""),
+                child.info.start_time,
+                child.info.end_time,
+            )
+        )
+        histories.append(metric_histories(client, child.info.run_id, tags["trial_id"]))
+    columns = ["trial_id", "epoch", *HISTORY_METRICS]
+    return RecordedSweep(
+        run.info.experiment_id,
+        run_id,
+        run.info.run_name,
+        run.info.status,
+        run.info.start_time,
+        experiment,
+        table,
+        trials,
+        pd.concat(histories, ignore_index=True) if histories else pd.DataFrame(columns=columns),
+    )
+
+
+def metric_histories(client: Client, run_id: str, trial_id: str) -> pd.DataFrame:
+    """A trial's val_acc and val_loss per epoch (one row per epoch it reached)."""
+    epochs = pd.DataFrame(runs.logged_epochs(client, run_id), columns=["epoch", *HISTORY_METRICS])
+    return epochs.assign(epoch=epochs["epoch"].astype(int), trial_id=trial_id)
+
+
+def log_report(client: Client, parent_run_id: str, files: dict[str, bytes | str]) -> str:
+    """Log the report's files to the parent run under `report/`, replacing an earlier report's;
+    returns the folder's artifact URI."""
+    with tempfile.TemporaryDirectory() as folder:
+        for name, content in files.items():
+            path = Path(folder, name)
+            if isinstance(content, str):
+                path.write_text(content, encoding="utf-8")
+            else:
+                path.write_bytes(content)
+        client.log_artifacts(parent_run_id, folder, REPORT_FOLDER)
+    return f"{client.get_run(parent_run_id).info.artifact_uri}/{REPORT_FOLDER}"
+
+
+# --- the experiment's sweeps ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelVersionRecord:
+    """A model version registered from a sweep, with its aliases and tags."""
+
+    name: str
+    version: str
+    aliases: tuple[str, ...]
+    tags: dict[str, str]
+
+
+@dataclass(frozen=True)
+class SweepListing:
+    """A sweep's parent run as recorded: params (settings, best.*), metrics, tags, and the model
+    versions registered from it."""
+
+    run_id: str
+    run_name: str
+    status: str
+    start_time: int  # ms since the epoch
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    trial_runs: int  # child runs of trials: the count while the sweep has no trials.* tags
+    versions: list[ModelVersionRecord]
+
+
+def list_sweeps(client: Client, experiment_name: str) -> list[SweepListing]:
+    """The experiment's sweeps, newest first, each with the versions registered from it."""
+    experiment = experiment_id(client, experiment_name)
+    found = runs.search_all(
+        client, experiment, f"tags.{runs.SWEEP_PATH_TAG} != ''", ["attributes.start_time DESC"]
+    )
+    aliases: dict[str, dict[str, list[str]]] = {}  # model -> version -> its aliases
+    listings = []
+    for run in found:
+        tags = dict(run.data.tags)
+        counted = any(key.startswith("trials.") for key in tags)
+        listings.append(
+            SweepListing(
+                run.info.run_id,
+                run.info.run_name,
+                run.info.status,
+                run.info.start_time,
+                dict(run.data.params),
+                dict(run.data.metrics),
+                tags,
+                0 if counted else trial_run_count(client, experiment, run.info.run_id),
+                sweep_versions(client, run.info.run_id, aliases),
+            )
+        )
+    return listings
+
+
+def trial_run_count(client: Client, experiment_id: str, parent_run_id: str) -> int:
+    children = runs.child_runs(client, experiment_id, parent_run_id)
+    return sum("trial_id" in child.data.tags for child in children)
+
+
+def sweep_versions(
+    client: Client, parent_run_id: str, aliases: dict[str, dict[str, list[str]]]
+) -> list[ModelVersionRecord]:
+    """The model versions tagged with the sweep's parent run id, oldest first; `aliases` caches
+    each model's aliases (a search of versions does not return them)."""
+    found = client.search_model_versions(f"tags.parent_run_id = '{parent_run_id}'")
+    records = []
+    for version in sorted(found, key=lambda v: int(v.version)):
+        if version.name not in aliases:
+            by_version: dict[str, list[str]] = {}
+            for alias, number in client.get_registered_model(version.name).aliases.items():
+                by_version.setdefault(str(number), []).append(str(alias))
+            aliases[version.name] = by_version
+        number = str(version.version)
+        records.append(
+            ModelVersionRecord(
+                version.name,
+                number,
+                tuple(sorted(aliases[version.name].get(number, []))),
+                dict(version.tags),
+            )
+        )
+    return records

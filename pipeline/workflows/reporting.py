@@ -1,0 +1,225 @@
+"""Looking back at sweeps: a sweep's report (pictures and one self-contained HTML page, logged
+to its parent run) and the list of an experiment's sweeps with what each produced. Needs no
+Ray."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline.config import HYPERPARAMETERS, ChoiceParam, ConditionalOption, ParamSpec, Scalar
+from pipeline.decisions import TRIAL_STATES, best_trial, rank_trials
+from pipeline.errors import PipelineError
+from pipeline.registry import version_of_sweep
+from pipeline.report import SweepData, build_report
+from pipeline.settings import Settings
+from pipeline.tracking import sweeps
+from pipeline.tracking.preflight import check_tracking_store, store_exists
+from pipeline.tracking.store import Client, open_client
+from pipeline.workflows import nights
+
+REPORT_PAGE = "report.html"
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """Where a sweep's report went."""
+
+    experiment_name: str
+    parent_run_id: str
+    run_name: str
+    artifact_uri: str  # the parent run's report/ folder: report.html and the PNGs
+    files: tuple[str, ...]  # the names logged there
+    output: Path | None  # the local copy of the page, if one was asked for
+    notes: tuple[str, ...] = ()  # sections drawn without a picture, and why
+
+
+def write_sweep_report(
+    settings: Settings,
+    experiment_name: str,
+    parent_run_id: str | None = None,
+    output: Path | None = None,
+) -> ReportFiles:
+    """Draw the report of a sweep (the experiment's latest finished one without
+    `parent_run_id`), log it to the sweep's parent run under `report/` and, with `output`, also
+    write the page there."""
+    client = connect(settings, experiment_name)
+    recorded = sweeps.read_sweep(client, experiment_name, parent_run_id)
+    version = version_of_sweep(client, recorded.experiment.model_name, recorded.parent_run_id)
+    data = sweep_data(recorded, experiment_name, version)
+    report = build_report(data)
+    files: dict[str, bytes | str] = {REPORT_PAGE: report.html, **report.pngs}
+    if output is not None:
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text(report.html, encoding="utf-8")
+        except OSError as exc:
+            raise PipelineError(f"cannot write the report to {output}: {exc.strerror}") from None
+    uri = sweeps.log_report(client, recorded.parent_run_id, files)
+    return ReportFiles(
+        experiment_name,
+        recorded.parent_run_id,
+        recorded.run_name,
+        uri,
+        tuple(files),
+        output,
+        tuple(f"{s.title}: {s.note}" for s in report.sections if s.png is None),
+    )
+
+
+def connect(settings: Settings, experiment_name: str) -> Client:
+    """A client of the store; a store not made yet has no experiment (and is not made now)."""
+    check_tracking_store(settings.tracking_uri)
+    if not store_exists(settings.tracking_uri):
+        raise PipelineError(f"no MLflow experiment '{experiment_name}'; run a sweep first")
+    return open_client(settings.tracking_uri)
+
+
+def sweep_data(
+    recorded: sweeps.RecordedSweep, experiment_name: str, model_version: str | None
+) -> SweepData:
+    """The report's input: the trial table joined with each trial run's number and end time,
+    and which trials may be best by the pipeline's own rule (`decisions.rank_trials`)."""
+    experiment = recorded.experiment
+    metric, mode = experiment.metric, experiment.mode
+    table = recorded.table
+    for column in ("trial_id", "state", metric, "epoch"):  # absent when no trial has a score
+        if column not in table:
+            table = table.assign(**{column: pd.Series(dtype=float)})
+    table = table.assign(trial_id=table["trial_id"].astype(str))
+    numbers = {t.trial_id: t.number for t in recorded.trials}
+    ended = {
+        t.trial_id: (t.end_time - recorded.start_time) / 1000
+        for t in recorded.trials
+        if t.end_time is not None
+    }
+    order = pd.Series(range(1, len(table) + 1), index=table.index)
+    table = table.assign(
+        number=table["trial_id"].map(numbers).fillna(order).astype(int),
+        end_seconds=table["trial_id"].map(ended).astype(float),
+        valid=table.index.isin(rank_trials(table, metric, mode).index),
+    )
+    histories = recorded.histories.assign(trial_id=recorded.histories["trial_id"].astype(str))
+    return SweepData(
+        experiment=experiment_name,
+        run_name=recorded.run_name,
+        parent_run_id=recorded.parent_run_id,
+        started=datetime.fromtimestamp(recorded.start_time / 1000, timezone.utc),
+        metric=metric,
+        mode=mode,
+        seed=experiment.seed,
+        params=tuple(c for c in table.columns if c in HYPERPARAMETERS),
+        log_params=log_scaled(experiment.params),
+        states=TRIAL_STATES,
+        trials=table,
+        histories=histories,
+        best=best_trial(table, metric, mode),
+        model_version=(
+            f"{experiment.model_name} version {model_version}" if model_version else None
+        ),
+    )
+
+
+def log_scaled(params: dict[str, ParamSpec]) -> frozenset[str]:
+    """The parameters the space samples log-uniformly, conditional ones included."""
+    found = set()
+    for name, spec in params.items():
+        if getattr(spec, "log", False):
+            found.add(name)
+        if isinstance(spec, ChoiceParam):
+            for option in spec.values:
+                if isinstance(option, ConditionalOption):
+                    found |= log_scaled(option.params)
+    return frozenset(found)
+
+
+# --- the experiment's sweeps -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepSummary:
+    """One sweep of an experiment, in a line: when, how it went, what it produced."""
+
+    started: str  # ISO 8601, UTC
+    run_name: str
+    parent_run_id: str
+    status: str  # the parent run's: FINISHED, RUNNING, KILLED, FAILED
+    trials: int
+    metric: str
+    best_score: float | None  # None until the sweep finished with a valid trial
+    best_trial_id: str | None
+    params: dict[str, Scalar] = field(default_factory=dict)  # the winner's hyperparameters
+    model: str | None = None
+    version: str | None = None  # the newest version registered from the sweep
+    aliases: tuple[str, ...] = ()  # that version's aliases now
+    decision: str | None = None  # the promotion decision recorded for that version
+
+    @property
+    def compact_params(self) -> str:
+        """The winner's hyperparameters as `name=value` pairs."""
+        return " ".join(f"{name}={compact(value)}" for name, value in self.params.items())
+
+    def record(self) -> dict[str, Any]:
+        """The summary as a record whose keys are the fields' names, in order (for CSV and
+        JSON)."""
+        record = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {**record, "params": dict(self.params), "aliases": list(self.aliases)}
+
+
+def list_sweeps(settings: Settings, experiment_name: str) -> list[SweepSummary]:
+    """The experiment's sweeps, newest first, with their best trial and the model version each
+    registered (its aliases, and the promotion decision when one was recorded)."""
+    client = connect(settings, experiment_name)
+    return [summary_of(listing) for listing in sweeps.list_sweeps(client, experiment_name)]
+
+
+def summary_of(listing: sweeps.SweepListing) -> SweepSummary:
+    metric = listing.params.get("metric", "val_acc")
+    counts = [int(v) for k, v in listing.tags.items() if k.startswith("trials.")]
+    best = listing.metrics.get(f"best_{metric}")
+    version = listing.versions[-1] if listing.versions else None
+    decision = version.tags.get("promotion.decision") if version else None
+    # A night records its gate's outcome on its sweep: the decision even if the tag is missing.
+    if decision is None and listing.tags.get(nights.OUTCOME) in ("promoted", "kept"):
+        decision = listing.tags[nights.OUTCOME]
+    started = datetime.fromtimestamp(listing.start_time / 1000, timezone.utc)
+    return SweepSummary(
+        started=started.isoformat(timespec="seconds"),
+        run_name=listing.run_name,
+        parent_run_id=listing.run_id,
+        status=listing.status,
+        trials=sum(counts) if counts else listing.trial_runs,
+        metric=metric,
+        best_score=best if best is not None and math.isfinite(best) else None,
+        best_trial_id=listing.params.get("best.trial_id"),
+        params={
+            name.removeprefix("best."): scalar(value)
+            for name, value in listing.params.items()
+            if name.startswith("best.") and name != "best.trial_id"
+        },
+        model=version.name if version else None,
+        version=version.version if version else None,
+        aliases=version.aliases if version else (),
+        decision=decision,
+    )
+
+
+def scalar(text: str) -> Scalar:
+    """An MLflow param (always a string) as the number it was, if it was one."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def compact(value: Scalar) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,106 @@
+"""The sweep's progress display, fed trial events as Ray's callback hands them over."""
+
+from __future__ import annotations
+
+import io
+import time
+
+from rich.console import Console
+
+from pipeline.progress import SweepProgress, format_duration
+
+
+def log_console() -> tuple[Console, io.StringIO]:
+    """A console writing to a log (not a terminal), as under cron or in CI."""
+    out = io.StringIO()
+    return Console(file=out, force_terminal=False, width=200), out
+
+
+def epoch(number: int, val_acc: float, **extra: object) -> dict[str, object]:
+    return {"epoch": number, "val_acc": val_acc, "val_loss": 1.0 - val_acc, **extra}
+
+
+def test_status_counts_states_running_best_and_eta() -> None:
+    console, _ = log_console()
+    progress = SweepProgress(console, every=3600)
+    progress.begin(4, "val_acc", "max")
+    for number, trial in enumerate(("a", "b", "c"), start=1):
+        progress.start(trial, number, {})
+    progress.result("a", epoch(1, 0.50))
+    progress.result("a", epoch(2, 0.80))
+    progress.result("b", epoch(1, 0.90))
+    progress.result("c", epoch(1, 0.99, diverged=True))  # never the best
+    progress.end("a", "completed", None)
+    progress.end("c", "diverged", None)
+    line = progress.status_line()
+    assert line.startswith("trials 2/4 ended (1 completed, 1 diverged) · 1 running · ")
+    assert "best val_acc 0.9000 (trial 2, epoch 1)" in line
+    assert "ETA " in line
+    progress.close()
+
+
+def test_lower_is_better_when_the_metric_is_a_loss() -> None:
+    console, _ = log_console()
+    progress = SweepProgress(console, every=3600)
+    progress.begin(2, "val_loss", "min")
+    progress.start("a", 1, {})
+    progress.result("a", {"epoch": 1, "val_loss": 0.4})
+    progress.result("a", {"epoch": 2, "val_loss": 0.6})
+    assert "best val_loss 0.4000 (trial 1, epoch 1)" in progress.status_line()
+    progress.close()
+
+
+def test_an_ended_trial_is_one_line_with_its_best_and_last_epoch() -> None:
+    console, out = log_console()
+    progress = SweepProgress(console, every=3600)
+    progress.begin(3, "val_acc", "max")
+    progress.start("a", 7, {})
+    for number, score in enumerate((0.5, 0.9, 0.8), start=1):
+        progress.result("a", epoch(number, score))
+    progress.end("a", "completed", None)
+    progress.start("b", 8, {})
+    progress.result("b", epoch(1, 0.3))
+    progress.end("b", "stopped", None)
+    progress.start("c", 9, {})
+    progress.end("c", "errored", "OSError: [Errno 28] No space left on device")
+    lines = out.getvalue().splitlines()
+    assert lines == [
+        "trial  7 (a) completed: best val_acc 0.9000 at epoch 2 (last 0.8000 at epoch 3)",
+        "trial  8 (b) stopped: best val_acc 0.3000 at epoch 1",
+        "trial  9 (c) errored: OSError: [Errno 28] No space left on device",
+    ]
+    progress.close()
+
+
+def test_in_a_log_a_status_line_comes_every_interval_and_once_at_the_end() -> None:
+    console, out = log_console()
+    progress = SweepProgress(console, every=0.05)
+    progress.begin(2, "val_acc", "max")
+    progress.start("a", 1, {})
+    deadline = time.monotonic() + 10
+    while out.getvalue().count("trials 0/2 ended") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert out.getvalue().count("trials 0/2 ended") >= 2  # the ticker's lines
+    progress.end("a", "completed", None)
+    progress.close()
+    progress.close()  # a second close prints nothing more
+    assert out.getvalue().splitlines()[-1].startswith("trials 1/2 ended (1 completed)")
+    assert out.getvalue().count("trials 1/2 ended") == 1
+
+
+def test_on_a_terminal_the_status_is_redrawn_not_appended() -> None:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=200)
+    progress = SweepProgress(console, every=3600)
+    progress.begin(1, "val_acc", "max")
+    assert progress._live is not None and progress._live.is_started
+    progress.start("a", 1, {})
+    progress.end("a", "completed", None)
+    progress.close()
+    assert progress._live is None
+
+
+def test_durations_read_as_clock_times() -> None:
+    assert format_duration(9.4) == "0:09"
+    assert format_duration(754) == "12:34"
+    assert format_duration(3725) == "1:02:05"
