@@ -19,7 +19,7 @@ import pytest
 from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import SPACES, cli_env, finished_trial_runs, run_cli
+from tests.conftest import SPACES, cli_env, finished_trial_runs, require_private_mounts, run_cli
 
 pytestmark = pytest.mark.slow
 TOTAL = 16  # trials: enough that three interruptions land mid-sweep
@@ -194,3 +194,37 @@ def test_two_sweeps_started_at_once_on_a_fresh_store_share_nothing(tmp_path: Pat
         assert sweep.info.status == "FINISHED"
         trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == sweep.info.run_id]
         assert len(trials) == 2
+
+
+def test_a_full_trial_storage_is_named_in_a_few_lines_and_leaves_no_run_running(
+    tmp_path: Path,
+) -> None:
+    """Trial storage on a 400 KB tmpfs (in a private mount namespace) fills up mid-sweep. Ray
+    either gives up the sweep (one error line naming the full storage) or survives it with the
+    trials that could not write errored (one line each, and a warning naming the full storage);
+    which one happens depends on what Ray was writing when the space ran out. Either way: no
+    traceback, a few lines, no run left RUNNING."""
+    require_private_mounts("give the sweep a small private disk")
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    small = ["budget.num_samples=4", "--set", "search.n_initial_points=1"]
+    small += ["--set", "budget.max_failures=0"]
+    tune = " ".join([sys.executable, "-m", "pipeline", *TUNE[:-1], *small])
+    script = f"mount -t tmpfs -o size=400k none {storage} && exec {tune}"
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        cwd=tmp_path,
+        env=cli_env(PIPELINE_STORAGE=str(storage)),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    output = done.stdout + done.stderr
+    assert f"trial storage {storage} is full (" in " ".join(output.split()), output[-3000:]
+    assert "Traceback" not in output and "Aborted" not in output
+    assert len(output.splitlines()) < 40, output[-3000:]
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == done.returncode, output[-3000:]  # exit 1 comes with its one line
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    assert runs and not [r for r in runs if r.info.status == "RUNNING"]

@@ -120,6 +120,11 @@ def test_tune_registers_version_1_as_challenger_with_its_provenance(cycle: Cycle
     assert tags["epochs"] == "1"
     version = cycle.client.get_model_version(MODEL, "1")
     assert version.run_id == retrain.info.run_id
+    # The descriptions name the experiment and the sweep, not Ray's folder.
+    experiment = cycle.client.get_experiment(parent.info.experiment_id).name
+    model = cycle.client.get_registered_model(MODEL)
+    assert f"experiment '{experiment}'" in model.description
+    assert f"Trial {tags['trial_id']} of sweep {parent.info.run_name}" in version.description
 
 
 def test_first_promotion_makes_the_challenger_champion(cycle: Cycle) -> None:

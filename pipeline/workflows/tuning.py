@@ -248,14 +248,15 @@ def run_sweep(
             ) from None
         if recorder is not None:
             recorder.close()
-        errored = int((results.table.get("state", pd.Series(dtype=str)) == "errored").sum())
-        if errored and (reason := storage.full(settings.storage)) is not None:
+        if (reason := storage.full(settings.storage)) is not None:
+            # Ray carried on (trials that could not write ended errored): say why, once.
+            errored = int((results.table.get("state", pd.Series(dtype=str)) == "errored").sum())
             log.warning(
-                "%d trial(s) failed: trial storage %s is full (%s); free space before the next "
-                "sweep",
-                errored,
+                "trial storage %s is full (%s): %d trial(s) errored and Ray may not have saved "
+                "all of the sweep's state; free space before the next sweep",
                 settings.storage,
                 reason,
+                errored,
             )
         interrupted = results.ended < experiment.budget.num_samples
         states = runs.trial_states(client, experiment_id, parent_run_id)
