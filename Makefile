@@ -21,15 +21,24 @@ INPUT ?=
 TEST_ROWS ?= mlruns/$(MODEL)-test-rows.csv
 OUTPUT ?= mlruns/$(MODEL)-predictions.csv
 PORT ?= 5001
+UI_PORT ?= 5000
 # make schedule: the time of day (this machine's) of each night.
 AT ?= 02:00
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev install-cluster install-server tune nightly history schedule unschedule retrain promote rollback predict serve test test-fast lint \
+.PHONY: help install install-dev install-cluster install-server tune nightly history schedule unschedule report sweeps retrain promote rollback predict serve test test-fast lint \
 	bench-cli bench-overhead ui mlflow-server clean
 
+# The settings above (NAME ?= default), which a help text names as $(NAME): help shows their
+# values, e.g. `make help PORT=8000` the port `make serve PORT=8000` would take.
+HELP_SETTINGS = $(filter-out ARGS,$(shell sed -nE 's/^([A-Z_]+) \?=.*/\1/p' $(MAKEFILE_LIST)))
+
 help: ## List the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+	$(foreach v,$(HELP_SETTINGS),$(v)='$($(v))') awk -F':.*## ' -v settings='$(HELP_SETTINGS)' \
+	'{ n = split(settings, name, " "); \
+	   for (i = 1; i <= n; i++) gsub("[$$][(]" name[i] "[)]", ENVIRON[name[i]], $$2); \
+	   printf "  make %-16s %s\n", $$1, $$2 }'
 
 $(VENV)/.installed: $(ROOT)/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +63,15 @@ install-cluster: $(VENV)/.installed-cluster ## Install for a Ray node: Ray's das
 
 install-server: $(VENV)/.installed-server ## Install the tracking server's extras (basic auth, psycopg, boto3)
 
+.PHONY: install-browser
+# Debian's packages, never a browser downloaded at run time; sudo where not root.
+install-browser: ## Install the UI test's browser: Debian's chromium and chromium-driver, if missing
+	@test -x /usr/bin/chromium && test -x /usr/bin/chromedriver || { \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	  { $$sudo apt-get update -q >/dev/null && \
+	    $$sudo apt-get install -y -q chromium chromium-driver >/dev/null; }; }
+
 tune: install ## Sweep, retrain, register: [SPACE=search_spaces/x.yaml] [RAY_ADDRESS=head:6380] [ARGS=..]
 	$(PY) -m pipeline tune --space $(SPACE) $(ARGS)
 
@@ -68,6 +86,12 @@ schedule: install ## Run `make nightly` every day at AT with cron [SPACE=..] [AT
 
 unschedule: install ## Remove the cron line of `make schedule` [SPACE=..]
 	$(PY) -m pipeline unschedule --space $(SPACE)
+
+report: install ## The latest sweep's report (HTML + PNGs on its parent run): [EXPERIMENT=..] [ARGS='--output r.html']
+	$(PY) -m pipeline report --experiment $(or $(EXPERIMENT),$(MODEL)) $(ARGS)
+
+sweeps: install ## The experiment's sweeps: trials, best, version, decision [EXPERIMENT=..] [ARGS='--format csv']
+	$(PY) -m pipeline sweeps --experiment $(or $(EXPERIMENT),$(MODEL)) $(ARGS)
 
 retrain: install ## Retrain the latest sweep's best trial: make retrain EXPERIMENT=digits-mlp
 	$(PY) -m pipeline retrain --experiment $(or $(EXPERIMENT),$(MODEL)) $(ARGS)
@@ -86,7 +110,7 @@ else
 	$(PY) -m pipeline predict --model $(MODEL) --alias $(ALIAS) --input $(INPUT) --output $(OUTPUT) $(ARGS)
 endif
 
-serve: install ## Serve the champion on http://127.0.0.1:$(PORT)/invocations
+serve: install ## Serve the champion ($(MODEL)@$(ALIAS)) on http://127.0.0.1:$(PORT)/invocations
 	$(PY) -m pipeline serve --model $(MODEL) --alias $(ALIAS) --port $(PORT) $(ARGS)
 
 test: install-dev ## Run the whole test suite (slow tests included), a test module per worker, 2 workers
@@ -107,8 +131,8 @@ bench-cli: install ## Benchmark: seconds of --help, promote, rollback, predict (
 bench-overhead: install ## Benchmark: sweep efficiency and MLflow share, realistic and tiny sweeps
 	$(PY) benchmarks/overhead.py $(ARGS)
 
-ui: install ## MLflow UI on http://127.0.0.1:5000 (or where MLFLOW_TRACKING_URI's server is)
-	$(PY) -m pipeline ui $(ARGS)
+ui: install ## MLflow UI on http://127.0.0.1:$(UI_PORT) (or where MLFLOW_TRACKING_URI's server is)
+	$(PY) -m pipeline ui --port $(UI_PORT) $(ARGS)
 
 mlflow-server: install-server ## Tracking server: MLFLOW_BACKEND_STORE_URI=postgresql://... [MLFLOW_SERVER_PORT=5000]
 	$(PY) -m pipeline mlflow-server $(ARGS)

@@ -72,7 +72,13 @@ def print_sweep(result: SweepResult, top: int = 5) -> None:
     if result.best is None:
         out.print("[red]no trial finished without diverging or failing[/red]")
     out.print(f"experiment: {result.experiment_name}   parent run: {result.parent_run_id}")
-    out.print("browse the runs: make ui  (http://127.0.0.1:5000)")
+    # The link opens the runs table, not MLflow 3.17's GenAI overview (see tracking.store).
+    out.print(
+        "browse the runs: make ui, then open http://127.0.0.1:5000/#/experiments/"
+        f"{result.experiment_id}?workflowType=machine_learning",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def print_resume_hint(space: Path, experiment_name: str) -> None:

@@ -93,7 +93,18 @@ def ui_launch(tracking_uri: str, port: int) -> Launch:
         return Launch(f"the tracking server serves the UI: open {tracking_uri}")
     arguments = ["ui", "--backend-store-uri", tracking_uri]
     arguments += ["--host", "127.0.0.1", "--port", str(port)]
-    return Launch(f"MLflow UI over {tracking_uri} on http://127.0.0.1:{port}", arguments)
+    # One browser needs one web worker; MLflow's default starts 4 (`--workers`, else 4).
+    arguments += ["--workers", "1"]
+    # Job execution (huey consumers for GenAI scorers and periodic tasks: 7 more processes)
+    # serves nothing a browse of runs and models uses; off, the UI answers in seconds.
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    # MLflow 3.17 opens experiments on a GenAI overview unless its switch says otherwise (the
+    # browser remembers it; a link can carry ?workflowType=machine_learning).
+    banner = (
+        f"MLflow UI over {tracking_uri} on http://127.0.0.1:{port}\n"
+        "runs tables: set its switch (top left) to 'Model training'"
+    )
+    return Launch(banner, arguments, env)
 
 
 def model_server_launch(

@@ -54,8 +54,10 @@ def use_tracking_uri(tracking_uri: str) -> Iterator[None]:
         mlflow.set_tracking_uri(previous)
 
 
-# MLflow's UI opens an experiment of this kind on its runs table (its JS bundle's
-# CUSTOM_MODEL_DEVELOPMENT), not on the GenAI overview of traces and tokens.
+# The kind MLflow's UI files this experiment under, "Machine learning" (its JS bundle's
+# CUSTOM_MODEL_DEVELOPMENT), not GenAI. MLflow 3.17's UI still opens experiments on its GenAI
+# overview unless its switch or a link's `?workflowType=machine_learning` says otherwise (see
+# `display.print_sweep`).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 NOTE_TAG = "mlflow.note.content"  # the description MLflow's UI shows, of a run or experiment
 

@@ -1,0 +1,312 @@
+"""The MLflow UI in a real browser (Debian's headless Chromium) over a store holding a smoke sweep
+and its promoted model: the experiment opens on its runs table with the trials nested under the
+sweep's run, sorting by best_val_acc ranks the registered trial first, the winner's run page and
+the model page (with its `champion` alias) render. Screenshots are kept as test artifacts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import SPACES, background, cli_env, free_port, run_cli, wait_until
+
+pytestmark = pytest.mark.slow
+# Debian's packages (`make install-browser`): nothing here may download a browser or a driver.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+MODEL = "smoke-digits-mlp"
+PAGE_TIMEOUT_S = 60  # a first page load compiles MLflow's JS bundle on two busy cores
+# MLflow 3.17.2's UI picks an experiment's landing tab from its GenAI / Model-training switch,
+# carried in this URL parameter (or the browser's local storage), not from the
+# `mlflow.experimentKind` tag; without it an experiment opens on the GenAI overview.
+MODEL_TRAINING = "workflowType=machine_learning"
+# The runs table's URL state (its JS bundle's searchFacets: orderByKey, orderByAsc, ...).
+BY_BEST_VAL_ACC = "orderByKey=metrics.%60best_val_acc%60&orderByAsc=false"
+RUN_NAME_CELL = "[col-id='attributes.`Run Name`']"
+BEST_CELL = "[col-id='metrics.`best_val_acc`']"
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def chromium() -> None:
+    """Skip where Debian's chromium is not installed, before the sweep; fail instead under
+    REQUIRE_BROWSER=1 (CI, which installs it)."""
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if missing:
+        reason = f"no {' or '.join(missing)} (make install-browser)"
+        if os.environ.get("REQUIRE_BROWSER") == "1":
+            pytest.fail(f"REQUIRE_BROWSER=1 but {reason}")
+        pytest.skip(reason)
+
+
+@dataclass(frozen=True)
+class Store:
+    """A store holding one smoke sweep and its promoted model, as the UI will show them."""
+
+    folder: Path
+    tracking_uri: str
+    client: MlflowClient
+    experiment_id: str
+    parent_id: str  # the sweep's run
+    children: frozenset[str]  # the runs nested under it: trials and the retrain
+    trials: frozenset[str]
+    winner: str  # the trial run whose configuration the champion was retrained from
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
+    folder = tmp_path_factory.mktemp("ui-store")
+    for args in (["tune", "--space", str(SPACES / "smoke.yaml")], ["promote", "--model", MODEL]):
+        done = run_cli(folder, *args)
+        assert done.returncode == 0, f"{args}: {done.stdout[-2000:]}{done.stderr[-3000:]}"
+    tracking_uri = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("smoke")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    trials = {r.data.tags["trial_id"]: r.info.run_id for r in children if "trial_id" in r.data.tags}
+    # The champion's source run is the retrain run; it names the trial it retrained.
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    assert champion.run_id is not None
+    trial_id = client.get_run(champion.run_id).data.tags["source_trial_id"]
+    assert champion.tags["trial_id"] == trial_id
+    return Store(
+        folder,
+        tracking_uri,
+        client,
+        experiment.experiment_id,
+        parent.info.run_id,
+        frozenset(r.info.run_id for r in children),
+        frozenset(trials.values()),
+        trials[trial_id],
+    )
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@dataclass(frozen=True)
+class Ui:
+    url: str
+    pid: int  # `python -m pipeline ui`, which became MLflow's server
+
+
+@pytest.fixture(scope="module")
+def ui(store: Store) -> Iterator[Ui]:
+    """`python -m pipeline ui` over the store, as `make ui` starts it."""
+    port = free_port()
+    log = store.folder / "ui.log"
+    command = [sys.executable, "-m", "pipeline", "ui", "--port", str(port)]
+    env = cli_env(MLFLOW_TRACKING_URI=store.tracking_uri)
+    with background(command, env, store.folder, log) as server:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: answers(f"{url}/health"), 120, "MLflow UI", log, server)
+        yield Ui(url, server.pid)
+
+
+def descendants(pid: int) -> list[str]:
+    """The command lines of the processes below `pid` (read from /proc)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # pid (comm) state ppid ...; comm may hold spaces and parentheses.
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # exited meanwhile
+    below: list[int] = []
+    level = {pid}
+    while level:
+        level = {child for child, parent in parents.items() if parent in level}
+        below += sorted(level)
+    return [
+        Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        for child in below
+    ]
+
+
+class Browser:
+    """One headless Chromium session for every page; each page is screenshotted."""
+
+    def __init__(self, screenshots: Path) -> None:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+
+        options = webdriver.ChromeOptions()
+        options.binary_location = str(CHROMIUM)
+        # Root in CI: no sandbox; /dev/shm may be small in a container.
+        for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
+            options.add_argument(argument)
+        options.add_argument("--window-size=1600,1000")
+        # The driver's path given: Selenium Manager (which downloads) is not run.
+        self.driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+        self.screenshots = screenshots
+
+    def open(self, url: str, ready: Callable[[], T]) -> T:
+        """Load `url` and wait until `ready` returns something truthy; return it."""
+        self.driver.get(url)
+        return self.wait(ready)
+
+    def wait(self, ready: Callable[[], T]) -> T:
+        from selenium.webdriver.support.wait import WebDriverWait
+
+        return WebDriverWait(self.driver, PAGE_TIMEOUT_S).until(lambda _: ready())
+
+    def text(self) -> str:
+        from selenium.webdriver.common.by import By
+
+        return str(self.driver.find_element(By.TAG_NAME, "body").text)
+
+    def shot(self, name: str) -> Path:
+        """A screenshot under the test's folder, copied to $UI_SCREENSHOTS when set."""
+        path = self.screenshots / f"{name}.png"
+        self.driver.save_screenshot(str(path))
+        if copy_to := os.environ.get("UI_SCREENSHOTS"):
+            Path(copy_to).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, Path(copy_to) / path.name)
+        return path
+
+    def rows(self) -> list[str]:
+        """The run ids of the runs table's rows, top to bottom."""
+        from selenium.webdriver.common.by import By
+
+        rows = self.driver.find_elements(By.CSS_SELECTOR, ".ag-pinned-left-cols-container [row-id]")
+        ordered = sorted(rows, key=lambda row: int(row.get_attribute("row-index") or 0))
+        return [str(row.get_attribute("row-id")) for row in ordered]
+
+    def column(self, cell: str) -> dict[str, str]:
+        """The text of one column of the runs table, by run id."""
+        from selenium.webdriver.common.by import By
+
+        values = {}
+        for row in self.driver.find_elements(By.CSS_SELECTOR, ".ag-center-cols-container [row-id]"):
+            found = row.find_elements(By.CSS_SELECTOR, cell)
+            values[str(row.get_attribute("row-id"))] = found[0].text if found else ""
+        return values
+
+
+@pytest.fixture(scope="module")
+def browser(ui: Ui, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    browser = Browser(tmp_path_factory.mktemp("screenshots"))
+    try:
+        # MLflow's assistant panel opens itself on a first visit, over the runs table: mark it
+        # opened once already, and closed, then reload (the pages after differ by their #hash
+        # only, so the app stays loaded).
+        browser.open(ui.url, lambda: "MLflow" in browser.text())
+        browser.driver.execute_script(
+            "localStorage['mlflow.assistant.fab.autoOpenedOnFirstLoad_v1'] = 'true';"
+            "localStorage['mlflow.assistant.panelOpen_v1'] = 'false';"
+        )
+        browser.driver.refresh()
+        yield browser
+    finally:
+        browser.driver.quit()
+
+
+def test_the_ui_runs_one_web_worker_and_no_job_consumers(ui: Ui) -> None:
+    processes = descendants(ui.pid)
+    # MLflow's server has one child: uvicorn serving in its own process (no worker processes,
+    # no huey consumers of MLflow's job execution).
+    assert len(processes) == 1, processes
+    assert "-m uvicorn" in processes[0] and "--workers 1" in processes[0], processes
+
+
+def test_the_experiment_opens_on_its_runs_table_with_the_trials_nested_under_the_sweep(
+    store: Store, ui: Ui, browser: Browser
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    # Set by the pipeline; MLflow versions and hosts that read the tag open the runs table too.
+    tags = store.client.get_experiment(store.experiment_id).tags
+    assert tags.get("mlflow.experimentKind") == "custom_model_development"
+    runs_page = f"/experiments/{store.experiment_id}/runs"
+    browser.open(
+        f"{ui.url}/#/experiments/{store.experiment_id}?{MODEL_TRAINING}",
+        lambda: runs_page in browser.driver.current_url and browser.rows(),
+    )
+    assert "overview" not in browser.driver.current_url
+    # Collapsed, the sweep's run is the one row; its trials and retrain run open beneath it.
+    assert browser.rows() == [store.parent_id]
+    browser.shot("experiment-collapsed")
+    parent = f"[row-id='{store.parent_id}'] {RUN_NAME_CELL} button"
+    browser.driver.find_element(By.CSS_SELECTOR, parent).click()
+    browser.wait(lambda: len(browser.rows()) > len(store.children))
+    rows = browser.rows()
+    browser.shot("experiment-runs")
+    assert rows[0] == store.parent_id
+    assert set(rows[1:]) == store.children
+    assert f"{len(store.children) + 1} matching runs" in browser.text()
+
+
+def test_sorting_by_best_val_acc_ranks_the_registered_trial_first(
+    store: Store, ui: Ui, browser: Browser
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.open(
+        f"{ui.url}/#/experiments/{store.experiment_id}/runs?{MODEL_TRAINING}&{BY_BEST_VAL_ACC}",
+        lambda: len(browser.rows()) > 1,
+    )
+    assert "Sort: best_val_acc" in browser.text()
+    # Show the score beside the names: Columns, search, tick it.
+    driver = browser.driver
+    driver.find_element(By.XPATH, "//button[normalize-space(.)='Columns']").click()
+    search = browser.wait(
+        lambda: driver.find_element(By.CSS_SELECTOR, "[placeholder='Search columns']")
+    )
+    search.send_keys("best_val_acc")
+    tick = "//*[@data-testid='column-selector-tree']//*[contains(@class, 'tree-title')]"
+    browser.wait(
+        lambda: driver.find_element(By.XPATH, f"{tick}[normalize-space(.)='best_val_acc']")
+    ).click()
+    driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+    scores = browser.wait(lambda: {k: v for k, v in browser.column(BEST_CELL).items() if v})
+    browser.shot("runs-by-best-val-acc")
+    ranked = [run for run in browser.rows() if run in store.trials]
+    assert set(ranked) == store.trials
+    values = [float(scores[run]) for run in ranked]
+    assert values == sorted(values, reverse=True)
+    # The winner leads; a trial tied with it on best_val_acc may share the top (the pipeline
+    # breaks such ties on val_loss, which one sort key cannot show).
+    leaders = [run for run, value in zip(ranked, values, strict=True) if value == values[0]]
+    assert store.winner in leaders, (store.winner, ranked, values)
+
+
+def test_the_registered_trials_run_page_shows_its_scores_and_its_sweep(
+    store: Store, ui: Ui, browser: Browser
+) -> None:
+    winner = store.client.get_run(store.winner)
+    parent = store.client.get_run(store.parent_id)
+    page = f"{ui.url}/#/experiments/{store.experiment_id}/runs/{store.winner}?{MODEL_TRAINING}"
+    browser.open(page, lambda: "best_val_acc" in browser.text())
+    text = browser.text()
+    browser.shot("winner-run")
+    assert winner.info.run_name in text
+    assert f"Parent run\n{parent.info.run_name}" in text
+    assert f"best_val_acc\n{winner.data.metrics['best_val_acc']}" in text
+    assert winner.data.tags["trial_id"] in text
+
+
+def test_the_model_page_shows_the_champion_alias(store: Store, ui: Ui, browser: Browser) -> None:
+    browser.open(f"{ui.url}/#/models/{MODEL}", lambda: "@ champion" in browser.text())
+    text = browser.text()
+    browser.shot("registered-model")
+    assert MODEL in text
+    assert "Version 1" in text
