@@ -27,7 +27,7 @@ AT ?= 02:00
 
 .DEFAULT_GOAL := help
 .PHONY: help install install-dev install-cluster install-server tune nightly history schedule unschedule report sweeps retrain promote rollback predict serve test test-fast lint \
-	bench-cli bench-overhead ui mlflow-server clean
+	bench-cli bench-overhead bench-peer bench-scale ui mlflow-server clean
 
 # The settings above (NAME ?= default), which a help text names as $(NAME): help shows their
 # values, e.g. `make help PORT=8000` the port `make serve PORT=8000` would take.
@@ -131,6 +131,13 @@ bench-cli: install ## Benchmark: seconds of --help, promote, rollback, predict (
 bench-overhead: install ## Benchmark: sweep efficiency and MLflow share, realistic and tiny sweeps
 	$(PY) benchmarks/overhead.py $(ARGS)
 
+bench-peer: install ## Benchmark: tune against a plain in-process Optuna script on the same job (median of 3)
+	$(PY) -m pip install -q -e '$(ROOT)[bench]'
+	$(PY) benchmarks/peer.py $(ARGS)
+
+bench-scale: install ## Benchmark: 1,000 one-epoch trials: bookkeeping per trial, MLflow share, driver memory
+	$(PY) benchmarks/scale.py $(ARGS)
+
 ui: install ## MLflow UI on http://127.0.0.1:$(UI_PORT) (or where MLFLOW_TRACKING_URI's server is)
 	$(PY) -m pipeline ui --port $(UI_PORT) $(ARGS)
 
@@ -138,4 +145,4 @@ mlflow-server: install-server ## Tracking server: MLFLOW_BACKEND_STORE_URI=postg
 	$(PY) -m pipeline mlflow-server $(ARGS)
 
 clean: ## Remove the local MLflow store and Ray trial state (keeps .venv)
-	rm -rf mlruns/mlflow.db mlruns/artifacts mlruns/ray mlruns/*.csv
+	rm -rf mlruns/mlflow.db mlruns/mlflow.db-wal mlruns/mlflow.db-shm mlruns/artifacts mlruns/ray mlruns/*.csv

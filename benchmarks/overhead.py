@@ -37,7 +37,8 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from typing import Any
 import numpy as np
 import ray
 import yaml
+from common import positive
 from mlflow.tracking import MlflowClient
 
 from pipeline import cluster
@@ -341,13 +343,6 @@ def report(name: str, runs: list[Figures]) -> bool:
 # --- command line -------------------------------------------------------------------------------
 
 
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--only", choices=SWEEPS, help="run only this sweep")
@@ -392,32 +387,40 @@ def configure_logging() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    configure_logging()
-    # Like the CLI: one checkpoint kept per trial makes Tune snapshot its state often; intended.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    names = [args.only] if args.only else list(SWEEPS)
-    workdir = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
-    results: dict[str, list[Figures]] = {name: [] for name in names}
+@contextmanager
+def bench_folder(prefix: str, keep: bool) -> Iterator[Path]:
+    """A fresh temporary folder holding an MLflow store, with a local Ray started (neither
+    counted in a sweep's figures); afterwards Ray stops and the folder goes, unless `keep`."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         print(f"MLflow store and Ray trial state in {workdir}")
         print(f"MLflow store created in {init_store(workdir):.1f} s (not counted)")
         started = time.perf_counter()
         cluster.connect(None)
         print(f"Ray started in {time.perf_counter() - started:.1f} s (not counted)")
+        yield workdir
+    finally:
+        ray.shutdown()
+        if keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging()
+    # Like the CLI: one checkpoint kept per trial makes Tune snapshot its state often; intended.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    names = [args.only] if args.only else list(SWEEPS)
+    results: dict[str, list[Figures]] = {name: [] for name in names}
+    with bench_folder("bench-overhead-", args.keep) as workdir:
         for repeat in range(args.repeat):
             for name in names:
                 label = f" (run {repeat + 1} of {args.repeat})" if args.repeat > 1 else ""
                 print(f"running the {name} sweep{label} ...", flush=True)
                 resources = Resources(args.concurrent, args.cpus, args.gpus)
                 results[name].append(run_one(name, args.trials, resources, workdir))
-    finally:
-        ray.shutdown()
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
     met = [report(name, runs) for name, runs in results.items()]
     return 1 if args.check and not all(met) else 0
 

@@ -1,0 +1,391 @@
+"""Benchmark: our `tune` against a plain Optuna script on the same job, each in a fresh process.
+
+The job (`job_overrides`): search_spaces/default.yaml's MLP space (lr log-uniform 1e-4..0.5, 1-3
+hidden layers of 32/64/128/256 units, activation, dropout 0..0.5, weight decay log-uniform
+1e-7..1e-2, optimizer gd/sgd/momentum/adam/adamw/rmsprop with its batch size and momentum) on
+scikit-learn's bundled digits (1,797 rows, 64 features, 10 classes), with its seeded, stratified
+train / validation / test split (1,257 / 270 / 270 rows) and no cross-validation
+(`data.cv_folds` unset); 32 trials, TPE with 8 random start-up trials, early stopping with grace
+period 1 and reduction factor 3, at most 30 epochs, 2 trials at a time of 1 CPU each, metric
+val_acc (max). The network and the training loop are ours in every way (`pipeline.train.fit`:
+the same data, split, model and seed), so only the orchestration differs:
+
+(a) Optuna in-process: a plain script (`run_optuna`): TPESampler(n_startup_trials=8, seed),
+    HyperbandPruner(min_resource=1, max_resource=30, reduction_factor=3), `study.optimize(...,
+    n_trials=32, n_jobs=2)` (two threads, torch at one intra-op thread each), `trial.report`
+    every epoch and `trial.should_prune()` after it. Its sweep seconds are those of `optimize`.
+(b) `python -m pipeline tune --no-retrain`: Ray Tune, HyperOpt TPE, ASHA, every trial tracked in
+    MLflow (SQLite). Its sweep seconds are the `wall time X s` it prints (from Ray's start to the
+    sweep's runs closed).
+(c) `python -m pipeline tune`: (b), then the best trial retrained on train + validation, tested
+    once and registered, and the sweep's report drawn.
+
+Each way runs REPEAT times (default 3), every run a fresh process: for ours, in a fresh
+temporary folder (its own mlruns/ store, PIPELINE_STORAGE there), with the environment a user
+gets (RAY_ADDRESS and MLFLOW_TRACKING_URI unset: the CLI starts a local Ray). A run's command
+seconds are start to exit. The best val_acc follows our rule for every way: the best trial,
+completed or stopped early, at its best epoch (`best_val_acc` of our parent run; for Optuna,
+the highest reported val_acc of any trial, pruned ones included). Printed: the medians per way,
+the ratios to Optuna's sweep seconds, when our command reached each step (the lines it printed),
+and the bars: our sweep <= 1.2x Optuna's, our whole command <= 2x Optuna's sweep, at an equal or
+better best val_acc.
+
+    .venv/bin/pip install -e '.[bench]'     # Optuna, which the pipeline itself does not need
+    .venv/bin/python benchmarks/peer.py [--repeat N] [--trials N] [--concurrent N] [--keep]
+        [--check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from common import passed, positive
+
+# Only what the Optuna side needs is imported at its start (in `run_optuna`), and nothing of
+# Ray or MLflow: this file is also that side's script, whose start-up is timed.
+if TYPE_CHECKING:
+    import optuna
+
+    from pipeline.config import ParamSpec, Scalar
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SPACE = ROOT / "search_spaces" / "default.yaml"
+DEFAULT_TRIALS = 32
+DEFAULT_CONCURRENT = 2
+DEFAULT_REPEAT = 3
+STARTUP_TRIALS = 8  # random trials before TPE models the results, in both searchers
+MAX_EPOCHS = 30
+GRACE_PERIOD = 1
+REDUCTION_FACTOR = 3
+GOAL_SWEEP_RATIO = 1.2
+GOAL_COMMAND_RATIO = 2.0
+OPTUNA_FLAG = "--run-optuna"  # internal: run the Optuna side in this process, print JSON
+
+# When our command reached each step: the first line it printed containing the text.
+STEPS = (
+    ("data loaded", "rows ("),
+    ("Ray up, parent run open", "INFO     sweep "),
+    ("sweep summary printed", "wall time "),
+    ("retrain started", "retraining trial"),
+    # `tune` prints its registration and its report together, once both are done.
+    ("report drawn", "report of sweep"),
+)
+
+
+@dataclass
+class Runs:
+    """What one way measured, one entry per run."""
+
+    sweep: list[float] = field(default_factory=list)
+    command: list[float] = field(default_factory=list)
+    best: list[float] = field(default_factory=list)
+    test_acc: list[float] = field(default_factory=list)
+    steps: dict[str, list[float]] = field(default_factory=dict)
+
+    def median(self, figure: str) -> float:
+        """The median of one figure over the runs; NaN when this way has no such figure."""
+        values: list[float] = getattr(self, figure)
+        return statistics.median(values) if values else math.nan
+
+
+def job_overrides(trials: int, concurrent: int) -> list[str]:
+    """The job, as `--set` overrides of search_spaces/default.yaml (which cross-validates)."""
+    return [
+        "data.cv_folds=null",
+        f"budget.num_samples={trials}",
+        f"budget.max_concurrent={concurrent}",
+        f"budget.max_epochs={MAX_EPOCHS}",
+        "search.algorithm=tpe",
+        # TPE needs one trial after its random ones.
+        f"search.n_initial_points={max(1, min(STARTUP_TRIALS, trials - 1))}",
+        "scheduler.name=asha",
+        f"scheduler.grace_period={GRACE_PERIOD}",
+        f"scheduler.reduction_factor={REDUCTION_FACTOR}",
+        "resources.cpus=1",
+        "resources.gpus=0",
+    ]
+
+
+# --- (a) Optuna -------------------------------------------------------------------------------
+
+
+def suggest(trial: optuna.Trial, params: dict[str, ParamSpec]) -> dict[str, Scalar]:
+    """Sample our space with Optuna: the flat parameters `Hyperparameters.from_params` takes, a
+    chosen option's own parameters included (Optuna, like TPE in hyperopt, leaves the others
+    out)."""
+    from pipeline.config import ChoiceParam, ConditionalOption, FloatParam, IntParam, option_name
+
+    flat: dict[str, Scalar] = {}
+    for name, spec in params.items():
+        if isinstance(spec, FloatParam):
+            flat[name] = trial.suggest_float(
+                name, spec.low, spec.high, log=spec.log, step=spec.step
+            )
+        elif isinstance(spec, IntParam):
+            flat[name] = trial.suggest_int(name, spec.low, spec.high, log=spec.log, step=spec.step)
+        elif isinstance(spec, ChoiceParam):
+            options = {option_name(option): option for option in spec.values}
+            chosen = trial.suggest_categorical(name, list(options))
+            assert chosen is not None  # one of our options, none of which is null
+            flat[name] = chosen
+            option = options[chosen]
+            if isinstance(option, ConditionalOption):
+                flat.update(suggest(trial, option.params))
+        else:
+            flat[name] = spec
+    return flat
+
+
+def run_optuna(trials: int, concurrent: int) -> None:
+    """The Optuna side: the job with our data, network and training loop; prints one JSON line
+    with the seconds of `optimize`, the best val_acc and the trial states."""
+    import optuna
+    import torch
+
+    from pipeline.config import Hyperparameters, load_experiment
+    from pipeline.data import load_dataset, split_dataset, tuning_data
+    from pipeline.train import EpochMetrics, fit
+
+    experiment = load_experiment(DEFAULT_SPACE, job_overrides(trials, concurrent))
+    # digits is bundled with scikit-learn: nothing is downloaded or cached.
+    dataset = load_dataset(experiment.data, experiment.seed, Path(tempfile.gettempdir()))
+    data = tuning_data(dataset, split_dataset(dataset, experiment.data, experiment.seed))
+    torch.set_num_threads(1)  # each trial one CPU, as our trials get (resources.cpus=1)
+    device = torch.device("cpu")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def objective(trial: optuna.Trial) -> float:
+        hp = Hyperparameters.from_params(suggest(trial, experiment.params))
+        last = [0.0]
+
+        def report(metrics: EpochMetrics, state: object) -> None:
+            trial.report(metrics.val_acc, metrics.epoch)
+            last[0] = metrics.val_acc
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        fit(
+            experiment.model.family, hp, data, experiment.budget.max_epochs, report, device,
+            experiment.seed,
+        )  # fmt: skip
+        # The last epoch's score, as Ray hands our TPE a trial's last result.
+        return last[0]
+
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(
+            n_startup_trials=experiment.n_initial_points, seed=experiment.seed
+        ),
+        pruner=optuna.pruners.HyperbandPruner(
+            min_resource=experiment.scheduler.grace_period,
+            max_resource=experiment.budget.max_epochs,
+            reduction_factor=int(experiment.scheduler.reduction_factor),
+        ),
+    )
+    started = time.perf_counter()
+    study.optimize(objective, n_trials=trials, n_jobs=concurrent)
+    seconds = time.perf_counter() - started
+    scores = [max(t.intermediate_values.values()) for t in study.trials if t.intermediate_values]
+    states = [t.state.name.lower() for t in study.trials]
+    print(
+        json.dumps(
+            {
+                "sweep_seconds": seconds,
+                "best_val_acc": max(scores, default=0.0),
+                "states": {s: states.count(s) for s in sorted(set(states))},
+            }
+        )
+    )
+
+
+def time_optuna(trials: int, concurrent: int, runs: Runs) -> None:
+    """One run of the Optuna side in a fresh process."""
+    out, seconds, _ = run_timed(
+        [sys.executable, __file__, OPTUNA_FLAG, "--trials", str(trials),
+         "--concurrent", str(concurrent)],
+        ROOT, dict(os.environ),
+    )  # fmt: skip
+    runs.command.append(seconds)
+    result = json.loads(out.strip().splitlines()[-1])
+    runs.sweep.append(result["sweep_seconds"])
+    runs.best.append(result["best_val_acc"])
+    print(f"  optuna: sweep {result['sweep_seconds']:.1f} s, best val_acc "
+          f"{result['best_val_acc']:.4f}, trials {result['states']}", flush=True)  # fmt: skip
+
+
+# --- (b), (c) our CLI -------------------------------------------------------------------------
+
+
+def user_env(folder: Path) -> dict[str, str]:
+    """A user's environment: no cluster or tracking server set; trial state under `folder`."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env["PIPELINE_STORAGE"] = str(folder / "ray")
+    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONUNBUFFERED"] = "1"  # lines arrive when printed, so each step is timed
+    return env
+
+
+def run_timed(
+    command: list[str], cwd: Path, env: dict[str, str]
+) -> tuple[str, float, dict[str, float]]:
+    """Run a command to its end (stderr into stdout): its output, its seconds and when it
+    printed each of STEPS; a failure stops the benchmark."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    assert process.stdout is not None
+    lines, steps = [], {}
+    for line in process.stdout:
+        lines.append(line)
+        for step, text in STEPS:
+            if step not in steps and text in line:
+                steps[step] = time.perf_counter() - started
+    code = process.wait()
+    seconds = time.perf_counter() - started
+    output = "".join(lines)
+    if code != 0:
+        sys.exit(f"`{' '.join(command)}` failed ({code}):\n{output[-4000:]}")
+    return output, seconds, steps
+
+
+def time_ours(trials: int, concurrent: int, retrain: bool, keep: bool, runs: Runs) -> None:
+    """One run of `tune` (with or without the retrain) in a fresh folder; the scores come from
+    its store."""
+    # MLflow loads only here, in the benchmark's own process, never in the Optuna side's.
+    from pipeline.registry import logged_test_acc, version_of_sweep
+    from pipeline.tracking.store import open_client
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-peer-"))
+    try:
+        sets = [arg for o in job_overrides(trials, concurrent) for arg in ("--set", o)]
+        command = [sys.executable, "-m", "pipeline", "tune", "--space", str(DEFAULT_SPACE), *sets]
+        output, seconds, steps = run_timed(
+            command if retrain else [*command, "--no-retrain"], folder, user_env(folder)
+        )
+        wall = re.search(r"wall time ([\d.]+) s", output)
+        parent = re.search(r"parent run: ([0-9a-f]+)", output)
+        if wall is None or parent is None:
+            sys.exit(f"no sweep summary in the output of tune:\n{output[-4000:]}")
+        client = open_client(f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}")
+        best = client.get_run(parent[1]).data.metrics["best_val_acc"]
+        runs.command.append(seconds)
+        runs.sweep.append(float(wall[1]))
+        runs.best.append(best)
+        for step, at in steps.items():
+            runs.steps.setdefault(step, []).append(at)
+        line = f"sweep {float(wall[1]):.1f} s, command {seconds:.1f} s, best val_acc {best:.4f}"
+        if retrain:
+            model = "digits-mlp"  # default.yaml's registered_model
+            version = version_of_sweep(client, model, parent[1])
+            test_acc = logged_test_acc(client, model, version) if version else None
+            if test_acc is None:
+                sys.exit(f"tune registered no {model} version for its sweep:\n{output[-4000:]}")
+            runs.test_acc.append(test_acc)
+            line += f", test_acc {test_acc:.4f}"
+        print(f"  {'tune' if retrain else 'tune --no-retrain'}: {line}", flush=True)
+    finally:
+        if keep:
+            print(f"  kept {folder}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def report(results: dict[str, Runs], trials: int, concurrent: int) -> bool:
+    """Print the medians, the ratios, our steps and the bars; True when every bar is met."""
+    optuna = results["optuna"]
+    base, peer_best = optuna.median("sweep"), optuna.median("best")
+    print(f"\n{trials} trials, {concurrent} at a time, on {os.cpu_count()} CPUs; medians of "
+          f"{len(optuna.sweep)} run(s) each")  # fmt: skip
+    print(f"{'way':18} {'sweep':>8} {'command':>8} {'best val_acc':>13} {'test_acc':>9}"
+          f" {'sweep/optuna':>13} {'command/optuna':>15}")  # fmt: skip
+    for way, runs in results.items():
+        sweep, command = runs.median("sweep"), runs.median("command")
+        test = f"{runs.median('test_acc'):9.4f}" if runs.test_acc else f"{'':9}"
+        print(f"{way:18} {sweep:7.1f}s {command:7.1f}s {runs.median('best'):13.4f} {test} "
+              f"{sweep / base:12.2f}x {command / base:14.2f}x")  # fmt: skip
+    print("(ratios to Optuna's sweep seconds; Optuna's command adds its imports and data)")
+    for way, runs in results.items():
+        if runs.steps:
+            steps = ", ".join(f"{s} {statistics.median(t):.1f}" for s, t in runs.steps.items())
+            print(f"{way}, seconds from its start to (median): {steps}, exit "
+                  f"{runs.median('command'):.1f}")  # fmt: skip
+    print("bars:")
+    met = True
+    for way in ("tune --no-retrain", "tune"):
+        sweep, command = results[way].median("sweep"), results[way].median("command")
+        best = results[way].median("best")
+        checks = [
+            (f"sweep {sweep / base:.2f}x Optuna's <= {GOAL_SWEEP_RATIO}x",
+             sweep <= GOAL_SWEEP_RATIO * base),
+            (f"command {command / base:.2f}x Optuna's sweep <= {GOAL_COMMAND_RATIO}x",
+             command <= GOAL_COMMAND_RATIO * base),
+            (f"best val_acc {best:.4f} >= Optuna's {peer_best:.4f}", best >= peer_best),
+        ]  # fmt: skip
+        for text, ok in checks:
+            print(f"  {way:18} {text:46} {passed(ok)}")
+            met &= ok
+    return met
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--repeat", type=positive, default=DEFAULT_REPEAT,
+        help=f"runs of each way; medians are reported (default {DEFAULT_REPEAT})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--trials", type=positive, default=DEFAULT_TRIALS,
+        help=f"trials per sweep (default {DEFAULT_TRIALS})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--concurrent", type=positive, default=DEFAULT_CONCURRENT,
+        help=f"trials at once (default {DEFAULT_CONCURRENT})",
+    )  # fmt: skip
+    parser.add_argument("--keep", action="store_true", help="keep our runs' temporary folders")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a bar is missed")
+    parser.add_argument(OPTUNA_FLAG, action="store_true", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.run_optuna:
+        run_optuna(args.trials, args.concurrent)
+        return 0
+    if importlib.util.find_spec("optuna") is None:
+        sys.exit("Optuna is missing: .venv/bin/pip install -e '.[bench]'")
+    results = {way: Runs() for way in ("optuna", "tune --no-retrain", "tune")}
+    for repeat in range(args.repeat):
+        # The 1-minute load average tells whether something else competed for the CPUs.
+        load = os.getloadavg()[0]
+        print(f"run {repeat + 1} of {args.repeat} (load average {load:.1f}) ...", flush=True)
+        # Interleaved, so that a slow spell of the machine falls on every way alike.
+        time_optuna(args.trials, args.concurrent, results["optuna"])
+        time_ours(args.trials, args.concurrent, False, args.keep, results["tune --no-retrain"])
+        time_ours(args.trials, args.concurrent, True, args.keep, results["tune"])
+    met = report(results, args.trials, args.concurrent)
+    return 1 if args.check and not met else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
