@@ -138,9 +138,11 @@ def refused_tune(folder: Path, *args: str, **settings: str) -> str:
 def test_smoke_sweep_runs_on_both_nodes_and_retrains_on_the_cluster(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    # Trials long enough (full digits, 12 epochs, no early stop) that two always overlap: with
-    # 50-ms trials one reused actor on the head can finish the sweep before the other starts.
-    longer = ["--set", "data.limit=null", "--set", "budget.max_epochs=12"]
+    # Trials long enough (full digits, 30 epochs, no early stop) that two always overlap: with
+    # short trials one reused actor on the head can finish the sweep before the other node's
+    # first actor has started (12 epochs were not enough on a clean clone, whose node venv
+    # imports torch from a cold disk).
+    longer = ["--set", "data.limit=null", "--set", "budget.max_epochs=30"]
     longer += ["--set", "scheduler.name=fifo"]
     done = run_cli(
         tmp_path, "tune", "--space", SMOKE, *longer, RAY_ADDRESS=cluster.address, **cluster.auth

@@ -1,0 +1,53 @@
+"""The trial recorder on a real SQLite MLflow store, fed trial events as Tune's callback hands
+them over (no Ray needed to produce them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.tracking.store import open_client
+from pipeline.tracking.trials import TrialRecorder
+
+pytestmark = pytest.mark.slow  # opens an MLflow store
+
+
+def epoch(number: int, val_acc: float) -> dict[str, object]:
+    return {
+        "epoch": number,
+        "train_loss": 1.0 / number,
+        "val_loss": 1.0 - val_acc,
+        "val_acc": val_acc,
+        "hostname": "here",
+        "device": "cpu",
+    }
+
+
+def test_a_restarted_trial_repeats_no_epoch_and_records_its_best_one(tmp_path: Path) -> None:
+    """Its node lost, a trial restarts from an older checkpoint and reports epochs 2 and 3
+    again (other values): the first report of each epoch stands, and the best epoch is over all
+    of them."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client: MlflowClient = open_client(uri)
+    experiment_id = client.create_experiment("trials")
+    parent = client.create_run(experiment_id).info.run_id
+    recorder = TrialRecorder(uri, experiment_id, parent, "val_acc", "max", flush_seconds=0)
+    recorder.start("t1", 3, {"optimizer": "adam", "hidden_layers": 2, "hidden_units": 64})
+    for number, score in ((1, 0.5), (2, 0.9), (3, 0.7), (2, 0.1), (3, 0.2), (4, 0.8)):
+        recorder.result("t1", epoch(number, score))
+    recorder.end("t1", "completed", None)
+    recorder.close()
+    assert not recorder.errors
+    [run] = [r for r in client.search_runs([experiment_id]) if r.info.run_id != parent]
+    history = client.get_metric_history(run.info.run_id, "val_acc")
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [
+        (1, 0.5),
+        (2, 0.9),
+        (3, 0.7),
+        (4, 0.8),
+    ]
+    assert run.data.metrics["best_val_acc"] == 0.9 and run.data.metrics["best_epoch"] == 2
+    assert run.info.run_name == "t03 adam 2x64"
+    assert run.data.tags["trial_state"] == "completed" and run.info.status == "FINISHED"
