@@ -238,9 +238,14 @@ def can_resume(sweep_path: str, endpoint: str | None = None) -> bool:
 
 
 def restore_tuner(
-    experiment: Experiment, data: TuningData, sweep_path: str, endpoint: str | None = None
+    experiment: Experiment,
+    data: TuningData,
+    sweep_path: str,
+    endpoint: str | None = None,
+    restart_errored: bool = False,
 ) -> tune.Tuner:
-    """Resume an interrupted sweep: finished trials stay, the others continue from checkpoints."""
+    """Resume an interrupted sweep: finished trials stay, the others continue from checkpoints
+    (errored ones from their first epoch, with `restart_errored`)."""
     if not can_resume(sweep_path, endpoint):
         raise PipelineError(f"{sweep_path}: no sweep state to resume from")
     path, filesystem = for_ray(sweep_path, endpoint)
@@ -248,7 +253,8 @@ def restore_tuner(
         path,
         make_trainable(experiment, data),
         resume_unfinished=True,
-        resume_errored=True,
+        resume_errored=not restart_errored,
+        restart_errored=restart_errored,
         storage_filesystem=filesystem,
     )
 
@@ -336,6 +342,12 @@ class TunerResults:
     ended: int  # trials that terminated or errored
     terminated: bool  # SIGTERM stopped it (as Ctrl-C does)
     histories: dict[str, list[dict[str, float]]]  # trial id -> each epoch's reported metrics
+    lost_checkpoints: int = 0  # trials that errored because their checkpoint was gone
+
+
+# Ray's error when a resumed sweep's saved state names a checkpoint that Ray had already deleted
+# (num_to_keep): a driver killed between that deletion and the next snapshot of its state.
+LOST_CHECKPOINT = "Could not recover from checkpoint as it does not exist on storage anymore"
 
 
 def fit(
@@ -380,6 +392,7 @@ def fit(
         grid.num_terminated + grid.num_errors,
         terminated,
         histories,
+        sum(LOST_CHECKPOINT in str(grid[i].error) for i in range(len(grid)) if grid[i].error),
     )
 
 

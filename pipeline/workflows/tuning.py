@@ -237,6 +237,17 @@ def run_sweep(
         )
         try:
             results = tuning.fit(tuner, experiment, watcher)
+            if resume and results.lost_checkpoints:
+                log.warning(
+                    "%d trial(s) could not resume: the checkpoint Ray's saved state names was "
+                    "gone (the driver was killed as Ray replaced it); restarting them from "
+                    "their first epoch",
+                    results.lost_checkpoints,
+                )
+                tuner = tuning.restore_tuner(
+                    experiment, data, sweep_path, settings.storage_endpoint, restart_errored=True
+                )
+                results = tuning.fit(tuner, experiment, watcher)
         except Exception:
             # A full disk surfaces as whatever Ray failed to write or read back last.
             reason = storage.full(settings.storage)
