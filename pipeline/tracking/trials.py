@@ -69,7 +69,6 @@ class TrialRecorder:
         self._pending: dict[str, list[Metric]] = {}
         self._pending_tags: dict[str, list[RunTag]] = {}
         self._epochs: dict[str, list[dict[str, float]]] = {}  # trial id -> each epoch's metrics
-        self._reported: dict[str, int] = {}  # trial id -> the last epoch it reported
         self._last_flush: dict[str, float] = {}
         self._open: set[str] = set()
         self.errors: list[str] = []
@@ -197,9 +196,9 @@ class TrialRecorder:
         # A trial restarted from a checkpoint older than its last report (its node was lost)
         # reports those epochs again: the first report of an epoch stands, so that a run's
         # epochs never go backwards or repeat.
-        if step <= self._reported.get(trial_id, 0):
+        reported = self._epochs.get(trial_id)
+        if reported and step <= reported[-1]["epoch"]:
             return
-        self._reported[trial_id] = step
         if trial_id not in self._pending_tags:  # where it runs: known from its first result
             self._pending_tags[trial_id] = [
                 RunTag("host", str(result.get("hostname", ""))),
