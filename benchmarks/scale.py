@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -195,12 +194,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    configure_logging()
-    # Like the CLI: one checkpoint kept per trial makes Tune snapshot its state often; intended.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Like the CLI (pipeline.environment.configure): Tune's own console reporter stays silent,
-    # as it would spend the driver's time printing tables of 1,000 trials.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    configure_logging()  # as the CLI does: Tune's console reporter silent, Ray's chatter quiet
     experiment = scale_experiment(args.trials, args.rows, args.concurrent, args.search)
     with bench_folder("bench-scale-", args.keep) as workdir:
         dataset = load_dataset(experiment.data, experiment.seed, workdir / "data")

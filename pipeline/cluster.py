@@ -28,12 +28,6 @@ REACH_TIMEOUT_S = 5.0  # how long an unreachable head may take to say so
 T = TypeVar("T")
 
 
-def quiet_worker_logs() -> None:
-    """Runs in each Ray worker: keep Ray's per-checkpoint INFO lines out of the user's terminal."""
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
-    logging.getLogger("ray.tune").setLevel(logging.WARNING)
-
-
 def check_ray_address(address: str) -> None:
     """Fail fast, before anything is written, when the Ray head at `address` does not answer.
 
@@ -71,7 +65,9 @@ def connect(address: str | None) -> None:
         return
     if address:
         check_ray_address(address)
-    runtime_env: dict[str, Any] = {"worker_process_setup_hook": quiet_worker_logs}
+    # No worker setup hook: it cost each worker the import of this module and its own; the
+    # trial quiets Ray's loggers itself (trainable.run_trial).
+    runtime_env: dict[str, Any] = {}
     if address:
         runtime_env["py_modules"] = [str(Path(__file__).parent)]
     on_sigterm = signal.getsignal(signal.SIGTERM)
@@ -80,7 +76,7 @@ def connect(address: str | None) -> None:
             address=address or "local",
             include_dashboard=False,
             logging_level=logging.WARNING,
-            runtime_env=runtime_env,
+            runtime_env=runtime_env or None,
         )
         # Ray's driver takes SIGTERM over (a core dump, exit 134); the caller's handler stays.
         if on_sigterm is not None and threading.current_thread() is threading.main_thread():
@@ -102,6 +98,18 @@ def connect(address: str | None) -> None:
         raise PipelineError(f"cannot connect to Ray at {address or 'local'}: {exc}{hint}") from None
     except (RuntimeError, ValueError) as exc:
         raise PipelineError(f"cannot connect to Ray at {address or 'local'}: {exc}") from None
+
+
+def disconnect_in_background() -> threading.Thread:
+    """Leave Ray on a background thread, and return it to join before the process exits.
+
+    Stopping a local Ray takes seconds (each of its processes is given up to a second to exit,
+    and the interpreter's own exit hook sleeps half a second more); work that needs no Ray, the
+    retrain and the model's logging, goes on meanwhile.
+    """
+    thread = threading.Thread(target=ray.shutdown, name="ray-shutdown")
+    thread.start()
+    return thread
 
 
 def check_storage(storage: str, endpoint: str | None = None) -> None:

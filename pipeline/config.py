@@ -296,6 +296,11 @@ class BudgetConfig(Record):
     max_concurrent: int = Field(default=2, ge=1)
     max_epochs: int = Field(ge=1)  # also ASHA's max_t
     max_failures: int = Field(default=1, ge=0)  # restarts of a crashed trial, from its checkpoint
+    # A trial checkpoints at the end of the first epoch this many seconds after its previous
+    # checkpoint (or its start); 0: every epoch. A restarted trial or a resumed sweep so loses at
+    # most this much training per trial, plus the epoch under way. Ten seconds matches Ray's
+    # snapshot of the sweep's state; a checkpoint per epoch cost more than a digits epoch.
+    checkpoint_seconds: float = Field(default=10.0, ge=0)
 
 
 class SearchConfig(Record):

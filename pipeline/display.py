@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
     from pipeline.evaluate import TestReport
     from pipeline.registry import Decision
+    from pipeline.stopwatch import Stopwatch
     from pipeline.workflows.nights import Night
     from pipeline.workflows.reporting import ReportFiles, SweepSummary
     from pipeline.workflows.serving import ExportedRows, Prediction
@@ -228,6 +229,11 @@ def print_scheduled(line: str) -> None:
         "NIGHTLY_WEBHOOK_URL and the like in ./nightly.env",
         highlight=False,
     )
+
+
+def print_timings(stopwatch: Stopwatch) -> None:
+    """Where the command's time went, in one line."""
+    results().print(stopwatch.line(), highlight=False, soft_wrap=True, style="dim")
 
 
 def print_report(report: ReportFiles) -> None:

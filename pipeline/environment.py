@@ -65,13 +65,16 @@ def configure(console: Console, debug: bool, verbose: bool = False) -> None:
     # MLflow configures its own loggers on import, from this variable.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow's usage telemetry is a queue and a sender thread in the driver, beside the trials.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # Transient tracking-server errors are retried: 5 times with backoff 1, 2, 4, 8, 16 s (MLflow's
     # own default, 7 retries at factor 2, can hold a command for minutes).
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     # Model loading never unpickles: pt2 models need no pickle, and refuse it.
     os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
-    # One checkpoint kept per trial makes Tune snapshot its state often; that is intended here.
+    # budget.checkpoint_seconds=0 (a checkpoint every epoch) makes Tune snapshot its state
+    # often, as asked.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 

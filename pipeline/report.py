@@ -331,7 +331,6 @@ def importances(data: SweepData) -> pd.DataFrame | str:
     """Permutation importance of each hyperparameter for a random forest fitted to the valid
     trials' scores (scikit-learn's, seeded), most important first; or why there is none."""
     from sklearn.ensemble import RandomForestRegressor
-    from sklearn.inspection import permutation_importance
 
     valid = data.trials[data.trials["valid"]]
     if len(valid) < MIN_IMPORTANCE_TRIALS:
@@ -345,15 +344,40 @@ def importances(data: SweepData) -> pd.DataFrame | str:
     if features.empty or scores.nunique() < 2:
         return "every valid trial scored the same or sampled the same values: nothing to explain"
     forest = RandomForestRegressor(n_estimators=200, random_state=data.seed, min_samples_leaf=1)
-    forest.fit(features, scores)
-    found = permutation_importance(
-        forest, features, scores, n_repeats=IMPORTANCE_REPEATS, random_state=data.seed
+    forest.fit(features.to_numpy(), scores.to_numpy())
+    drops = permutation_drops(
+        forest.predict, features.to_numpy(), scores.to_numpy(), IMPORTANCE_REPEATS, data.seed
     )
     table = pd.DataFrame(
-        {"importance": found.importances_mean, "std": found.importances_std},
-        index=features.columns,
+        {"importance": drops.mean(axis=1), "std": drops.std(axis=1)}, index=features.columns
     )
     return table.sort_values("importance", ascending=False)
+
+
+def permutation_drops(
+    predict: Callable[[np.ndarray], np.ndarray],
+    features: np.ndarray,
+    targets: np.ndarray,
+    repeats: int,
+    seed: int,
+) -> np.ndarray:
+    """How much the fit (R²) of `predict` drops when one column's values are shuffled: an array
+    of columns x `repeats` shuffles. scikit-learn's `permutation_importance` computes the same,
+    but predicts each shuffled copy in a call of its own (a forest of 200 trees then took 5 s
+    for a 40-trial sweep); here every copy goes in one call."""
+    rng = np.random.default_rng(seed)
+    rows, columns = features.shape
+    copies = np.repeat(features[np.newaxis], columns * repeats, axis=0)
+    for column in range(columns):
+        for repeat in range(repeats):
+            copies[column * repeats + repeat, :, column] = rng.permutation(features[:, column])
+    predicted = predict(copies.reshape(-1, columns)).reshape(columns, repeats, rows)
+    spread = float(((targets - targets.mean()) ** 2).sum())
+
+    def r2(values: np.ndarray) -> np.ndarray:
+        return np.asarray(1.0 - ((values - targets) ** 2).sum(axis=-1) / spread)
+
+    return np.asarray(r2(predict(features)) - r2(predicted))
 
 
 def importance_note(data: SweepData) -> str:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,25 @@ class TrialSettings:
     max_epochs: int
     seed: int
     cpus: float
+    checkpoint_seconds: float  # budget.checkpoint_seconds
+
+
+@dataclass
+class CheckpointTimer:
+    """When a trial's next checkpoint is due: `seconds` after its previous one, or its start."""
+
+    seconds: float
+    clock: Callable[[], float] = time.monotonic
+    saved_at: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.saved_at = self.clock()
+
+    def due(self) -> bool:
+        return self.clock() - self.saved_at >= self.seconds
+
+    def saved(self) -> None:
+        self.saved_at = self.clock()
 
 
 def trial_device() -> torch.device:
@@ -36,7 +58,11 @@ def trial_device() -> torch.device:
 
 
 def run_trial(config: dict[str, Any], data: TuningData, settings: TrialSettings) -> None:
-    """Train one sampled configuration, reporting and checkpointing every epoch."""
+    """Train one sampled configuration, reporting every epoch and checkpointing once
+    `settings.checkpoint_seconds` have passed since the trial's previous checkpoint (or start)."""
+    # Keep Ray's INFO line per checkpoint out of the user's terminal.
+    for name in ("ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     hp = Hyperparameters.from_params(flatten_sample(config))
     # Match torch's intra-op threads to the CPUs Ray reserved, so concurrent trials do not thrash.
     torch.set_num_threads(max(1, int(settings.cpus)))
@@ -48,13 +74,16 @@ def run_trial(config: dict[str, Any], data: TuningData, settings: TrialSettings)
         with checkpoint.as_directory() as folder:
             resume = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=True)
 
+    timer = CheckpointTimer(settings.checkpoint_seconds)
+
     def report(metrics: EpochMetrics, state: dict[str, Any]) -> None:
         result = {**metrics.as_dict(), "device": str(device), "node_id": node_id}
-        if not state:
+        if not state or not timer.due():
             tune.report(result)
             return
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state, Path(folder) / STATE_FILE)
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+        timer.saved()
 
     fit(settings.family, hp, data, settings.max_epochs, report, device, settings.seed, resume)

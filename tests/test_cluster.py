@@ -316,7 +316,7 @@ def test_a_node_lost_mid_sweep_costs_no_trial_and_no_epoch(
     longer = ["--set", "data.limit=null", "--set", f"budget.max_epochs={epochs}"]
     longer += ["--set", "scheduler.name=fifo", "--set", "budget.max_concurrent=3"]
     longer += ["--set", f"budget.num_samples={samples}", "--set", "budget.max_failures=2"]
-    longer += ["--set", "search.n_initial_points=2"]
+    longer += ["--set", "search.n_initial_points=2", "--set", "budget.checkpoint_seconds=0"]
     sweeps = tmp_path / "mlruns" / "ray"
     env = cli_env(RAY_ADDRESS=cluster.address, **cluster.auth)
     with background(node3, cli_env(**cluster.auth), tmp_path, log) as node:

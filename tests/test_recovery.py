@@ -239,8 +239,10 @@ def test_a_resume_whose_checkpoints_are_gone_restarts_those_trials(tmp_path: Pat
     trials that cannot continue from their first epoch (Ray gives them new trial ids; the runs
     of the old ones are deleted), and still ends truthful: one run per trial, all finished."""
     db = tmp_path / "mlruns" / "mlflow.db"
-    # Trials of 30 epochs (no early stop): the ones under way at the kill have checkpointed.
+    # Trials of 30 epochs (no early stop), checkpointing every epoch: the ones under way at the
+    # kill have checkpointed.
     tune = [*TUNE, "--set", "scheduler.name=fifo", "--set", "budget.max_epochs=30"]
+    tune += ["--set", "budget.checkpoint_seconds=0"]
     process = start(tmp_path, *tune)
     stop_after(process, db, 2, signal.SIGKILL)
     checkpoints = list((tmp_path / "mlruns" / "ray").glob("smoke-*/run_trial_*/checkpoint_*"))

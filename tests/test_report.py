@@ -11,7 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.report import MISSING, SweepData, axis_positions, build_report, importances
+from pipeline.report import (
+    MISSING,
+    SweepData,
+    axis_positions,
+    build_report,
+    importances,
+    permutation_drops,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SECTIONS = ("history", "parallel", "importance", "curves", "states")
@@ -130,6 +137,23 @@ def test_importance_finds_the_parameter_that_matters_and_is_seeded() -> None:
     again = importances(data)
     assert isinstance(again, pd.DataFrame)
     pd.testing.assert_frame_equal(found, again)
+
+
+def test_permutation_drops_agree_with_scikit_learns_permutation_importance() -> None:
+    from sklearn.inspection import permutation_importance
+    from sklearn.linear_model import LinearRegression
+
+    rng = np.random.default_rng(0)
+    features = rng.random((40, 3))
+    targets = 2 * features[:, 0] + 0.5 * features[:, 1]  # the third column is ignored
+    model = LinearRegression().fit(features, targets)
+    drops = permutation_drops(model.predict, features, targets, 200, seed=1)
+    assert drops.shape == (3, 200)
+    assert np.allclose(drops[2], 0.0, atol=1e-12), "shuffling an unused column costs nothing"
+    theirs = permutation_importance(model, features, targets, n_repeats=200, random_state=1)
+    # The same statistic over other shuffles: equal within sampling noise (5%).
+    assert np.allclose(drops.mean(axis=1), theirs.importances_mean, rtol=0.05)
+    assert np.allclose(drops.std(axis=1), theirs.importances_std, rtol=0.15)
 
 
 @pytest.mark.parametrize("trials", [3, 5])  # 3 or 5 trials, of which 2 not valid: 1 or 3 valid

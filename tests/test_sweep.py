@@ -94,6 +94,13 @@ def test_metric_history_has_one_point_per_epoch_reached(sweep: Sweep) -> None:
         assert set(child.data.metrics) == {"train_loss", "val_loss", "val_acc"} | summary
 
 
+def test_trials_shorter_than_the_checkpoint_interval_write_no_checkpoint(sweep: Sweep) -> None:
+    """smoke.yaml's trials take about a second, under the default budget.checkpoint_seconds."""
+    sweep_path = Path(sweep.parent.data.tags["sweep_path"])
+    assert list(sweep_path.glob("*/result.json")), "Ray's trial folders are there"
+    assert not list(sweep_path.glob("*/checkpoint_*"))
+
+
 def test_trial_runs_carry_their_best_epoch_and_sorting_on_it_ranks_the_winner_first(
     sweep: Sweep,
 ) -> None:

@@ -214,7 +214,9 @@ def cycle(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> P
     through the other."""
     folder = tmp_path_factory.mktemp("client")
     settings = {**deployment.client_env, "PIPELINE_STORAGE": "s3://trials/hpo"}
-    for command in (["tune", "--space", str(SPACES / "smoke.yaml")], ["promote", "--model", MODEL]):
+    # Checkpoints every epoch, so that trial state on S3 includes checkpoints.
+    tune = ["tune", "--space", str(SPACES / "smoke.yaml"), "--set", "budget.checkpoint_seconds=0"]
+    for command in (tune, ["promote", "--model", MODEL]):
         done = run_cli(folder, *command, **settings)
         assert done.returncode == 0, done.stderr[-3000:]
     rows, output = folder / "rows.csv", folder / "predictions.csv"

@@ -10,6 +10,7 @@ from pipeline import display
 from pipeline.cli.app import DEFAULT_SPACE, Space, app, console, guarded
 from pipeline.environment import settings
 from pipeline.progress import SweepProgress
+from pipeline.stopwatch import Stopwatch
 
 
 @app.command()
@@ -43,12 +44,14 @@ def tune(
     A sweep stopped by Ctrl-C (exit status 130), SIGTERM (143) or a crash can be resumed; a new
     sweep is refused while one is interrupted, unless --abandon gives it up.
     """
+    stopwatch = Stopwatch()
     with guarded():
         from pipeline.workflows.tuning import tune_and_register
 
+        stopwatch.lap("imports")
         outcome = tune_and_register(
             space, settings(address), experiment, set_, resume, retrain, display.print_sweep,
-            abandon, SweepProgress(console),
+            abandon, SweepProgress(console), stopwatch,
         )  # fmt: skip
     if outcome.sweep.interrupted:
         display.print_resume_hint(space, outcome.sweep.experiment_name)
@@ -57,6 +60,7 @@ def tune(
         display.print_registration(outcome.registration)
     if outcome.report is not None:
         display.print_report(outcome.report)
+    display.print_timings(stopwatch)
 
 
 @app.command("retrain")

@@ -279,9 +279,8 @@ class NightJob:
             self.client, self.model, record.run_id
         )
         if version is None:
-            version = retrain_and_register(
-                self.settings, self.experiment.name, record.run_id, on_ray=True
-            ).version
+            retrained = retrain_and_register(self.settings, self.experiment.name, record.run_id)
+            version = retrained.version
         runs.set_run_tags(self.client, record.run_id, {VERSION: version})
         registry.tag_version(self.client, self.model, version, self.base_tags)
         return version

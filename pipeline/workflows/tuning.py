@@ -31,6 +31,7 @@ from pipeline.evaluate import TestReport
 from pipeline.registry import register_challenger
 from pipeline.retrain import check_same_data, log_retrain, train_and_test
 from pipeline.settings import Settings
+from pipeline.stopwatch import Stopwatch
 from pipeline.tracking import runs
 from pipeline.tracking.locks import LockHeld, StoreLock
 from pipeline.tracking.preflight import check_tracking_store, store_exists
@@ -98,15 +99,17 @@ def tune_and_register(
     on_sweep: Callable[[SweepResult], None] | None = None,
     abandon: bool = False,
     watcher: tuning.SweepWatcher | None = None,
+    stopwatch: Stopwatch | None = None,
 ) -> TuneOutcome:
     """Sweep the space, then (unless interrupted or `retrain` is off) retrain the best trial and
     register it. `watcher` sees the trial events (a progress display), `on_sweep` the sweep's
-    result as soon as it ends.
+    result as soon as it ends, `stopwatch` the time each phase took.
 
     `resume` continues the experiment's latest interrupted sweep; otherwise a new sweep starts
     only when none is interrupted, or when `abandon` gives those up."""
     if resume and abandon:
         raise PipelineError("--resume and --abandon exclude each other")
+    watch = stopwatch or Stopwatch()
     experiment = load_experiment(space, overrides)
     check_tracking_store(settings.tracking_uri)
     name = experiment_name or experiment.name
@@ -117,6 +120,7 @@ def tune_and_register(
         for sweep in settle_interrupted(settings, name, abandon):
             log.warning("abandoned the interrupted %s", sweep)
     dataset, split = load_data(experiment, settings.data_dir)
+    watch.lap("config and data")
     log.info(
         "%s: %d rows (%d train, %d val, %d test), %d classes",
         dataset.name,
@@ -128,7 +132,7 @@ def tune_and_register(
     )
     result = run_sweep(
         experiment, name, dataset, split, space.read_text(), settings, resume,
-        parent_run_id=parent_run_id, watcher=watcher,
+        parent_run_id=parent_run_id, watcher=watcher, stopwatch=watch,
     )  # fmt: skip
     if on_sweep is not None:
         on_sweep(result)
@@ -136,10 +140,18 @@ def tune_and_register(
         return TuneOutcome(result, None)
     if result.best is None:
         raise PipelineError("no trial finished without diverging or failing; nothing registered")
+    # A local Ray is done with: it stops while the retrain runs here (on a cluster, the retrain
+    # runs there, on Ray).
+    stopping = None if settings.ray_address else cluster.disconnect_in_background()
     registration = None
     if retrain:
-        registration = retrain_and_register(settings, name, result.parent_run_id, on_ray=True)
-    return TuneOutcome(result, registration, report_on(settings, name, result.parent_run_id))
+        registration = retrain_and_register(settings, name, result.parent_run_id, watch)
+    report = report_on(settings, name, result.parent_run_id)
+    watch.lap("report")
+    if stopping is not None:
+        stopping.join()
+        watch.lap("ray stop")
+    return TuneOutcome(result, registration, report)
 
 
 def report_on(settings: Settings, experiment_name: str, parent_run_id: str) -> ReportFiles | None:
@@ -172,18 +184,21 @@ def run_sweep(
     warm: tuning.WarmStart | None = None,
     tags: dict[str, str] | None = None,
     watcher: tuning.SweepWatcher | None = None,
+    stopwatch: Stopwatch | None = None,
 ) -> SweepResult:
     """Tune `experiment` on Ray, tracking every trial under one MLflow parent run; `watcher`
-    sees the trial events too.
+    sees the trial events too, `stopwatch` the time of each phase.
 
     `resume` continues the sweep of `parent_run_id` (default: the experiment's latest, if it did
     not finish). A new sweep starts from `warm` if given, its parent run tagged with `tags`.
     """
     started = time.perf_counter()
+    watch = stopwatch or Stopwatch()
     # Everything that can fail for want of a cluster or storage fails before MLflow is written.
     cluster.connect(settings.ray_address)
     cluster.check_resources(experiment, autoscaling=bool(settings.ray_address))
     cluster.check_storage(settings.storage, settings.storage_endpoint)
+    watch.lap("ray start")
     client = open_client(settings.tracking_uri)
     experiment_id = ensure_experiment(
         client, experiment_name, settings.artifact_root, runs.describe_experiment(experiment)
@@ -235,6 +250,7 @@ def run_sweep(
         log.info(
             "sweep %s: experiment '%s', parent run %s", sweep_path, experiment_name, parent_run_id
         )
+        watch.lap("tracking")
         try:
             results = tuning.fit(tuner, experiment, watcher)
             if resume and results.lost_checkpoints:
@@ -259,6 +275,7 @@ def run_sweep(
             ) from None
         if recorder is not None:
             recorder.close()
+        watch.lap("sweep")
         if (reason := storage.full(settings.storage)) is not None:
             # Ray carried on (trials that could not write ended errored): say why, once.
             errored = int((results.table.get("state", pd.Series(dtype=str)) == "errored").sum())
@@ -288,6 +305,7 @@ def run_sweep(
         runs.finish_parent_run(
             client, parent_run_id, table, final_best, results.param_names, status
         )
+        watch.lap("sweep records")
     except Exception:
         status = "FAILED"
         raise
@@ -360,14 +378,19 @@ def settle_interrupted(settings: Settings, experiment_name: str, abandon: bool) 
 
 
 def retrain_and_register(
-    settings: Settings, experiment_name: str, parent_run_id: str | None, on_ray: bool = False
+    settings: Settings,
+    experiment_name: str,
+    parent_run_id: str | None,
+    stopwatch: Stopwatch | None = None,
 ) -> Registration:
     """Retrain a sweep's best trial (the latest finished sweep's without `parent_run_id`) on
     train + validation, test it once, log it and register it as the challenger.
 
-    The refit runs as a Ray task (a GPU node if the space gives trials GPUs) when `on_ray` or a
-    cluster address is set, else in this process; the model comes back here to be logged.
+    On a cluster (a Ray address set) the refit runs there as a Ray task (on a GPU node if the
+    space gives trials GPUs), else in this process (on its GPU, if it has one); the model comes
+    back here to be logged. `stopwatch` books the retrain, its logging and the registration.
     """
+    watch = stopwatch or Stopwatch()
     uri = settings.tracking_uri
     check_tracking_store(uri)
     client = open_client(uri)
@@ -383,16 +406,19 @@ def retrain_and_register(
         sweep.epochs,
     )
     arguments = (sweep.experiment, hp, sweep.epochs, dataset, split)
-    if on_ray or settings.ray_address:
+    if settings.ray_address:
         cluster.connect(settings.ray_address)
         resources = sweep.experiment.resources
         final = cluster.run_remote(train_and_test, resources.cpus, resources.gpus, *arguments)
     else:
         final = train_and_test(*arguments)
+    watch.lap("retrain")
     source = source_uri(sweep.experiment.data, settings.data_dir)
     record = log_retrain(uri, sweep, final, dataset, split, source)
+    watch.lap("model logging")
     name = sweep.experiment.model_name
     version = register_challenger(client, uri, name, sweep, record, split)
+    watch.lap("registration")
     return Registration(
         trial_id,
         sweep.experiment.metric,
