@@ -26,7 +26,8 @@ gets (RAY_ADDRESS and MLFLOW_TRACKING_URI unset: the CLI starts a local Ray). A 
 seconds are start to exit. The best val_acc follows our rule for every way: the best trial,
 completed or stopped early, at its best epoch (`best_val_acc` of our parent run; for Optuna,
 the highest reported val_acc of any trial, pruned ones included). Printed: the medians per way,
-the ratios to Optuna's sweep seconds, when our command reached each step (the lines it printed),
+the ratios to Optuna's sweep seconds, the median seconds of each phase of our command (from the
+timings line `tune` ends with, plus what it cannot see: start-up and exit),
 and the bars: our sweep <= 1.2x Optuna's, our whole command <= 2x Optuna's sweep, at an equal or
 better best val_acc.
 
@@ -75,15 +76,8 @@ GOAL_SWEEP_RATIO = 1.2
 GOAL_COMMAND_RATIO = 2.0
 OPTUNA_FLAG = "--run-optuna"  # internal: run the Optuna side in this process, print JSON
 
-# When our command reached each step: the first line it printed containing the text.
-STEPS = (
-    ("data loaded", "rows ("),
-    ("Ray up, parent run open", "INFO     sweep "),
-    ("sweep summary printed", "wall time "),
-    ("retrain started", "retraining trial"),
-    # `tune` prints its registration and its report together, once both are done.
-    ("report drawn", "report of sweep"),
-)
+# `tune`'s last line: the seconds of each of its phases, e.g. "timings: imports 6.9 s, ...".
+TIMINGS = re.compile(r"([a-z][a-z ]*) (\d+\.\d) s")
 
 
 @dataclass
@@ -94,7 +88,7 @@ class Runs:
     command: list[float] = field(default_factory=list)
     best: list[float] = field(default_factory=list)
     test_acc: list[float] = field(default_factory=list)
-    steps: dict[str, list[float]] = field(default_factory=dict)
+    phases: dict[str, list[float]] = field(default_factory=dict)  # our command's timings line
 
     def median(self, figure: str) -> float:
         """The median of one figure over the runs; NaN when this way has no such figure."""
@@ -214,7 +208,7 @@ def run_optuna(trials: int, concurrent: int) -> None:
 
 def time_optuna(trials: int, concurrent: int, runs: Runs) -> None:
     """One run of the Optuna side in a fresh process."""
-    out, seconds, _ = run_timed(
+    out, seconds = run_timed(
         [sys.executable, __file__, OPTUNA_FLAG, "--trials", str(trials),
          "--concurrent", str(concurrent)],
         ROOT, dict(os.environ),
@@ -235,31 +229,31 @@ def user_env(folder: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     env["PIPELINE_STORAGE"] = str(folder / "ray")
     env["PYTHONPATH"] = str(ROOT)
-    env["PYTHONUNBUFFERED"] = "1"  # lines arrive when printed, so each step is timed
     return env
 
 
-def run_timed(
-    command: list[str], cwd: Path, env: dict[str, str]
-) -> tuple[str, float, dict[str, float]]:
-    """Run a command to its end (stderr into stdout): its output, its seconds and when it
-    printed each of STEPS; a failure stops the benchmark."""
+def run_timed(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[str, float]:
+    """Run a command to its end (stderr into stdout): its output and its seconds; a failure
+    stops the benchmark."""
     started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    assert process.stdout is not None
-    lines, steps = [], {}
-    for line in process.stdout:
-        lines.append(line)
-        for step, text in STEPS:
-            if step not in steps and text in line:
-                steps[step] = time.perf_counter() - started
-    code = process.wait()
+    done = subprocess.run(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, check=False)  # fmt: skip
     seconds = time.perf_counter() - started
-    output = "".join(lines)
-    if code != 0:
-        sys.exit(f"`{' '.join(command)}` failed ({code}):\n{output[-4000:]}")
-    return output, seconds, steps
+    if done.returncode != 0:
+        sys.exit(f"`{' '.join(command)}` failed ({done.returncode}):\n{done.stdout[-4000:]}")
+    return done.stdout, seconds
+
+
+def timed_phases(output: str, seconds: float) -> dict[str, float]:
+    """The phases of our command's timings line, and what the line cannot see: the seconds
+    before its stopwatch started (the interpreter, the CLI's own imports) and after its last
+    line (the exit)."""
+    line = next((x for x in output.splitlines() if x.startswith("timings: ")), None)
+    if line is None:
+        sys.exit(f"no timings line in the output of tune:\n{output[-4000:]}")
+    phases = {name: float(value) for name, value in TIMINGS.findall(line.removeprefix("timings: "))}
+    total = phases.pop("total")
+    return {**phases, "start-up and exit": seconds - total}
 
 
 def time_ours(trials: int, concurrent: int, retrain: bool, keep: bool, runs: Runs) -> None:
@@ -273,7 +267,7 @@ def time_ours(trials: int, concurrent: int, retrain: bool, keep: bool, runs: Run
     try:
         sets = [arg for o in job_overrides(trials, concurrent) for arg in ("--set", o)]
         command = [sys.executable, "-m", "pipeline", "tune", "--space", str(DEFAULT_SPACE), *sets]
-        output, seconds, steps = run_timed(
+        output, seconds = run_timed(
             command if retrain else [*command, "--no-retrain"], folder, user_env(folder)
         )
         wall = re.search(r"wall time ([\d.]+) s", output)
@@ -285,8 +279,8 @@ def time_ours(trials: int, concurrent: int, retrain: bool, keep: bool, runs: Run
         runs.command.append(seconds)
         runs.sweep.append(float(wall[1]))
         runs.best.append(best)
-        for step, at in steps.items():
-            runs.steps.setdefault(step, []).append(at)
+        for phase, spent in timed_phases(output, seconds).items():
+            runs.phases.setdefault(phase, []).append(spent)
         line = f"sweep {float(wall[1]):.1f} s, command {seconds:.1f} s, best val_acc {best:.4f}"
         if retrain:
             model = "digits-mlp"  # default.yaml's registered_model
@@ -308,7 +302,7 @@ def time_ours(trials: int, concurrent: int, retrain: bool, keep: bool, runs: Run
 
 
 def report(results: dict[str, Runs], trials: int, concurrent: int) -> bool:
-    """Print the medians, the ratios, our steps and the bars; True when every bar is met."""
+    """Print the medians, the ratios, our phases and the bars; True when every bar is met."""
     optuna = results["optuna"]
     base, peer_best = optuna.median("sweep"), optuna.median("best")
     print(f"\n{trials} trials, {concurrent} at a time, on {os.cpu_count()} CPUs; medians of "
@@ -322,10 +316,9 @@ def report(results: dict[str, Runs], trials: int, concurrent: int) -> bool:
               f"{sweep / base:12.2f}x {command / base:14.2f}x")  # fmt: skip
     print("(ratios to Optuna's sweep seconds; Optuna's command adds its imports and data)")
     for way, runs in results.items():
-        if runs.steps:
-            steps = ", ".join(f"{s} {statistics.median(t):.1f}" for s, t in runs.steps.items())
-            print(f"{way}, seconds from its start to (median): {steps}, exit "
-                  f"{runs.median('command'):.1f}")  # fmt: skip
+        if runs.phases:
+            phases = ", ".join(f"{p} {statistics.median(s):.1f}" for p, s in runs.phases.items())
+            print(f"{way}, median seconds per phase: {phases}")
     print("bars:")
     met = True
     for way in ("tune --no-retrain", "tune"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -11,12 +12,16 @@ class Stopwatch:
     """Laps of a command: each `lap(name)` books the seconds since the previous lap (or the
     start) to `name`. A phase booked twice (a resumed sweep's second fit) adds up."""
 
+    clock: Callable[[], float] = time.perf_counter
     seconds: dict[str, float] = field(default_factory=dict)
-    last: float = field(default_factory=time.perf_counter)
+    last: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.last = self.clock()
 
     def lap(self, name: str) -> None:
         """End the phase `name` now."""
-        now = time.perf_counter()
+        now = self.clock()
         self.seconds[name] = self.seconds.get(name, 0.0) + now - self.last
         self.last = now
 

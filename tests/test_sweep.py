@@ -259,6 +259,17 @@ def test_tune_ends_by_retraining_the_best_trial_and_registering_it(sweep: Sweep)
     assert "registered smoke-digits-mlp version 1 as 'challenger'" in " ".join(sweep.output.split())
 
 
+def test_tune_ends_with_where_its_time_went(sweep: Sweep) -> None:
+    [line] = [x for x in sweep.output.splitlines() if x.startswith("timings:")]
+    phases = dict(re.findall(r"([a-z][a-z ]*) (\d+\.\d) s", line.removeprefix("timings: ")))
+    expected = ["imports", "config and data", "ray start", "tracking", "sweep", "sweep records"]
+    expected += ["retrain", "model logging", "registration", "report", "ray stop"]
+    assert list(phases) == [*expected, "total"], line
+    total = float(phases.pop("total"))
+    assert abs(sum(float(s) for s in phases.values()) - total) <= 0.1 * len(phases), line
+    assert float(phases["sweep"]) > 0
+
+
 def test_summary_names_the_experiment_and_the_parent_run(sweep: Sweep) -> None:
     assert "experiment: smoke" in sweep.output
     assert sweep.parent.info.run_id in sweep.output

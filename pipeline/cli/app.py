@@ -3,12 +3,14 @@ every command gets (logging, MLflow's client defaults)."""
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -52,6 +54,20 @@ def guarded() -> Iterator[None]:
             raise
         console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
+
+
+def exit_promptly() -> NoReturn:
+    """End a command that has written and printed everything, with status 0, skipping the
+    interpreter's teardown: after `tune`, freeing torch, Ray, MLflow, scikit-learn and
+    matplotlib took 4 s past the last line (2 cores), and it does nothing the command needs.
+    Output is flushed and the SQLite store closed first; Ray has been left already."""
+    from pipeline.tracking.store import close_stores  # loaded already: the command used it
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    close_stores()
+    os._exit(0)
 
 
 def start(launch: Launch) -> None:

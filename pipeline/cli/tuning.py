@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from pipeline import display
-from pipeline.cli.app import DEFAULT_SPACE, Space, app, console, guarded
+from pipeline.cli.app import DEFAULT_SPACE, Space, app, console, exit_promptly, guarded
 from pipeline.environment import settings
 from pipeline.progress import SweepProgress
 from pipeline.stopwatch import Stopwatch
@@ -61,6 +61,7 @@ def tune(
     if outcome.report is not None:
         display.print_report(outcome.report)
     display.print_timings(stopwatch)
+    exit_promptly()
 
 
 @app.command("retrain")

@@ -39,12 +39,27 @@ def open_client(tracking_uri: str) -> Client:
     return client
 
 
+# Every SQLite connection opened through a client of `open_client`, for `close_stores` (a pool
+# closes a connection it drops; closing one twice does nothing).
+sqlite_connections: set[sqlite3.Connection] = set()
+
+
+def close_stores() -> None:
+    """Close this process's SQLite connections: the last one to close folds the write-ahead
+    log into the database file and removes it, as the interpreter's own teardown would (for a
+    process about to leave without it; see `cli.app.exit_promptly`)."""
+    for connection in sqlite_connections:
+        connection.close()
+    sqlite_connections.clear()
+
+
 def write_ahead(connection: Any, record: Any) -> None:
     """Open SQLite databases in WAL mode with normal syncing: a commit appends to the log
     instead of syncing the database file (MLflow commits several times per trial; this made
     them ~N times cheaper), readers (the UI) do not block the writer, and a crashed process
     loses nothing committed (a power cut may lose the last commits, never consistency)."""
     if isinstance(connection, sqlite3.Connection):
+        sqlite_connections.add(connection)
         cursor = connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")

@@ -146,11 +146,12 @@ def tune_and_register(
     registration = None
     if retrain:
         registration = retrain_and_register(settings, name, result.parent_run_id, watch)
+    if stopping is None:  # the cluster's retrain is done: leave it while the report is drawn
+        stopping = cluster.disconnect_in_background()
     report = report_on(settings, name, result.parent_run_id)
     watch.lap("report")
-    if stopping is not None:
-        stopping.join()
-        watch.lap("ray stop")
+    stopping.join()
+    watch.lap("ray stop")
     return TuneOutcome(result, registration, report)
 
 
