@@ -138,12 +138,13 @@ def refused_tune(folder: Path, *args: str, **settings: str) -> str:
 def test_smoke_sweep_runs_on_both_nodes_and_retrains_on_the_cluster(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    # Trials long enough (full digits, 30 epochs, no early stop) that two always overlap: with
-    # short trials one reused actor on the head can finish the sweep before the other node's
-    # first actor has started (12 epochs were not enough on a clean clone, whose node venv
-    # imports torch from a cold disk).
-    longer = ["--set", "data.limit=null", "--set", "budget.max_epochs=30"]
-    longer += ["--set", "scheduler.name=fifo"]
+    # Trials long enough (full digits in 5 folds, 40 epochs, no early stop: about 6 s each, 50 s
+    # for all 8 on one node) that two always overlap: with short trials one reused actor on the
+    # head can finish the sweep before the other node's first actor has started (30 one-fold
+    # epochs, 1-2 s a trial once checkpoints stopped costing every epoch, were not enough on a
+    # clean clone, whose node venv imports torch from a cold disk).
+    longer = ["--set", "data.limit=null", "--set", "data.cv_folds=5"]
+    longer += ["--set", "budget.max_epochs=40", "--set", "scheduler.name=fifo"]
     done = run_cli(
         tmp_path, "tune", "--space", SMOKE, *longer, RAY_ADDRESS=cluster.address, **cluster.auth
     )
@@ -312,8 +313,12 @@ def test_a_node_lost_mid_sweep_costs_no_trial_and_no_epoch(
     log = tmp_path / "node3.log"
     node3 = [cluster.ray, "start", "--block", "--num-cpus", "1", "--disable-usage-stats"]
     node3 += ["--address", cluster.address]
-    epochs, samples = 100, 4  # trials of 10-20 s: three are surely under way at once
-    longer = ["--set", "data.limit=null", "--set", f"budget.max_epochs={epochs}"]
+    # Trials of 15-25 s (full digits in 5 folds, 100 epochs, a checkpoint every epoch), so three
+    # are surely under way at once: one-fold trials took 5 s, and the head's two could end before
+    # the third node's first worker had started.
+    epochs, samples = 100, 4
+    longer = ["--set", "data.limit=null", "--set", "data.cv_folds=5"]
+    longer += ["--set", f"budget.max_epochs={epochs}"]
     longer += ["--set", "scheduler.name=fifo", "--set", "budget.max_concurrent=3"]
     longer += ["--set", f"budget.num_samples={samples}", "--set", "budget.max_failures=2"]
     longer += ["--set", "search.n_initial_points=2", "--set", "budget.checkpoint_seconds=0"]
