@@ -62,6 +62,12 @@ def configure(console: Console, debug: bool, verbose: bool = False) -> None:
         # Tune's own console output (its configuration box, result tables, TensorBoard hint)
         # gives way to our progress display: the legacy reporter at verbose=0 prints nothing.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        # What trial workers print is not echoed by the driver: a worker that Ray stops with
+        # SIGTERM may print a traceback from inside Ray's own handler. A trial's error still
+        # shows as one line, with its traceback in the trial's error.txt; the workers' output
+        # stays in Ray's session logs on each node. (Ray reads this on import: no command
+        # imports Ray before `configure`.)
+        os.environ.setdefault("RAY_LOG_TO_DRIVER", "0")
     # MLflow configures its own loggers on import, from this variable.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -1,16 +1,20 @@
 """Checks before a sweep touches the cluster: a bad or unreachable Ray address fails at once,
-with the deadline passed to the connection attempt."""
+with the deadline passed to the connection attempt; what workers print reaches the console only
+with --verbose."""
 
 from __future__ import annotations
 
 import socket
-from typing import Any
+import subprocess
+import sys
+import threading
+from typing import IO, Any
 
 import pytest
 
 from pipeline import cluster
 from pipeline.errors import PipelineError
-from tests.conftest import free_port
+from tests.conftest import cli_env, free_port
 
 
 def test_an_unreachable_head_is_refused_within_the_reach_timeout(
@@ -39,3 +43,73 @@ def test_a_malformed_address_is_named(address: str) -> None:
 def test_auto_and_local_are_not_probed() -> None:
     cluster.check_ray_address("auto")
     cluster.check_ray_address("local")
+
+
+# A Ray worker printing to stderr under the CLI's console set-up, on a real local Ray. The driver
+# says "spoken" once the task has run and keeps Ray up until its stdin closes.
+WORKER_PRINTS = """
+import sys
+from rich.console import Console
+from pipeline.environment import configure
+configure(Console(stderr=True), debug=False, verbose=sys.argv[1] == "verbose")
+import ray  # after `configure`, as in the CLI: Ray reads its settings on import
+from pipeline import cluster
+cluster.connect(None)
+@ray.remote
+def speak() -> None:
+    print("worker says hello", file=sys.stderr, flush=True)
+ray.get(speak.remote())
+print("spoken", flush=True)
+sys.stdin.readline()
+ray.shutdown()
+"""
+WORKER_LINE = "worker says hello"
+# How long the driver has to echo the worker's line: Ray's log monitor forwards about every
+# 100 ms, far slower under a loaded CI machine.
+FORWARD_WAIT_S = 60.0
+# How long a quiet driver is watched for the line after the task has run.
+QUIET_WATCH_S = 5.0
+# How long the driver may take to start Ray and run the task, and to shut Ray down.
+START_WAIT_S = 180.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["quiet", "verbose"])
+def test_worker_output_reaches_the_console_only_when_verbose(mode: str) -> None:
+    """A worker that Ray stops may print a traceback from Ray's own SIGTERM handler; the
+    driver echoes what workers print only with --verbose."""
+    driver = subprocess.Popen(
+        [sys.executable, "-c", WORKER_PRINTS, mode],
+        env=cli_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert driver.stdin is not None and driver.stdout is not None and driver.stderr is not None
+    lines: list[str] = []
+    spoken, echoed = threading.Event(), threading.Event()
+
+    def collect(stream: IO[str], marker: str, seen: threading.Event) -> None:
+        # Both pipes are drained to the end, so the driver never blocks on a full one.
+        for line in stream:
+            lines.append(line)
+            if marker in line:
+                seen.set()
+
+    collectors = [
+        threading.Thread(target=collect, args=(driver.stdout, "spoken", spoken), daemon=True),
+        threading.Thread(target=collect, args=(driver.stderr, WORKER_LINE, echoed), daemon=True),
+    ]
+    for collector in collectors:
+        collector.start()
+    try:
+        assert spoken.wait(START_WAIT_S), "".join(lines)[-3000:]
+        echoed.wait(FORWARD_WAIT_S if mode == "verbose" else QUIET_WATCH_S)
+        driver.stdin.close()
+        assert driver.wait(timeout=START_WAIT_S) == 0, "".join(lines)[-3000:]
+    finally:
+        driver.kill()
+    for collector in collectors:
+        collector.join(timeout=10)
+    assert echoed.is_set() == (mode == "verbose"), "".join(lines)[-3000:]
