@@ -24,8 +24,11 @@ Each way runs REPEAT times (default 3), every run a fresh process: for ours, in 
 temporary folder (its own mlruns/ store, PIPELINE_STORAGE there), with the environment a user
 gets (RAY_ADDRESS and MLFLOW_TRACKING_URI unset: the CLI starts a local Ray). A run's command
 seconds are start to exit. The best val_acc follows our rule for every way: the best trial,
-completed or stopped early, at its best epoch (`best_val_acc` of our parent run; for Optuna,
-the highest reported val_acc of any trial, pruned ones included). Printed: the medians per way,
+completed or stopped early, at its best epoch of the smoothed score (`decisions.best_epoch`: the
+mean of the five epochs centred on it), which is `best_val_acc` of our parent run and, for
+Optuna, the best such score of any trial, pruned ones included. Optuna's TPE learns that score
+from the trials that complete, as ours learns it from every trial; a pruned trial is known to it
+by the raw val_acc it last reported (Optuna's own rule). Printed: the medians per way,
 the ratios to Optuna's sweep seconds, the median seconds of each phase of our command (from the
 timings line `tune` ends with, plus what it cannot see: start-up and exit),
 and the bars: our sweep <= 1.2x Optuna's, our whole command <= 2x Optuna's sweep, at an equal or
@@ -46,7 +49,6 @@ import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from common import passed, positive
+from common import ROOT, passed, positive, run_timed, user_env
 
 # Only what the Optuna side needs is imported at its start (in `run_optuna`), and nothing of
 # Ray or MLflow: this file is also that side's script, whose start-up is timed.
@@ -63,7 +65,6 @@ if TYPE_CHECKING:
 
     from pipeline.config import ParamSpec, Scalar
 
-ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPACE = ROOT / "search_spaces" / "default.yaml"
 DEFAULT_TRIALS = 32
 DEFAULT_CONCURRENT = 2
@@ -152,32 +153,42 @@ def run_optuna(trials: int, concurrent: int) -> None:
 
     from pipeline.config import Hyperparameters, load_experiment
     from pipeline.data import load_dataset, split_dataset, tuning_data
+    from pipeline.decisions import best_epoch
     from pipeline.train import EpochMetrics, fit
 
     experiment = load_experiment(DEFAULT_SPACE, job_overrides(trials, concurrent))
     # digits is bundled with scikit-learn: nothing is downloaded or cached.
     dataset = load_dataset(experiment.data, experiment.seed, Path(tempfile.gettempdir()))
-    data = tuning_data(dataset, split_dataset(dataset, experiment.data, experiment.seed))
+    data = tuning_data(
+        dataset, split_dataset(dataset, experiment.data, experiment.seed), experiment.data
+    )
     torch.set_num_threads(1)  # each trial one CPU, as our trials get (resources.cpus=1)
     device = torch.device("cpu")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+    scores: dict[int, float] = {}  # per trial: its best smoothed val_acc, pruned ones included
+
     def objective(trial: optuna.Trial) -> float:
         hp = Hyperparameters.from_params(suggest(trial, experiment.params))
-        last = [0.0]
+        history: list[dict[str, float]] = []
 
         def report(metrics: EpochMetrics, state: object) -> None:
             trial.report(metrics.val_acc, metrics.epoch)
-            last[0] = metrics.val_acc
+            history.append(metrics.as_dict())
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
-        fit(
-            experiment.model.family, hp, data, experiment.budget.max_epochs, report, device,
-            experiment.seed,
-        )  # fmt: skip
-        # The last epoch's score, as Ray hands our TPE a trial's last result.
-        return last[0]
+        try:
+            fit(
+                experiment.model.family, hp, data, experiment.budget.max_epochs, report, device,
+                experiment.seed,
+            )  # fmt: skip
+        finally:
+            best = best_epoch(history, "val_acc", "max")
+            scores[trial.number] = best["val_acc"] if best else 0.0
+        # The trial's best smoothed score, as our TPE learns it (`best_val_acc`); a pruned trial
+        # never gets here.
+        return scores[trial.number]
 
     study = optuna.create_study(
         direction="maximize",
@@ -193,13 +204,12 @@ def run_optuna(trials: int, concurrent: int) -> None:
     started = time.perf_counter()
     study.optimize(objective, n_trials=trials, n_jobs=concurrent)
     seconds = time.perf_counter() - started
-    scores = [max(t.intermediate_values.values()) for t in study.trials if t.intermediate_values]
     states = [t.state.name.lower() for t in study.trials]
     print(
         json.dumps(
             {
                 "sweep_seconds": seconds,
-                "best_val_acc": max(scores, default=0.0),
+                "best_val_acc": max(scores.values(), default=0.0),
                 "states": {s: states.count(s) for s in sorted(set(states))},
             }
         )
@@ -222,26 +232,6 @@ def time_optuna(trials: int, concurrent: int, runs: Runs) -> None:
 
 
 # --- (b), (c) our CLI -------------------------------------------------------------------------
-
-
-def user_env(folder: Path) -> dict[str, str]:
-    """A user's environment: no cluster or tracking server set; trial state under `folder`."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    env["PIPELINE_STORAGE"] = str(folder / "ray")
-    env["PYTHONPATH"] = str(ROOT)
-    return env
-
-
-def run_timed(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[str, float]:
-    """Run a command to its end (stderr into stdout): its output and its seconds; a failure
-    stops the benchmark."""
-    started = time.perf_counter()
-    done = subprocess.run(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, check=False)  # fmt: skip
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        sys.exit(f"`{' '.join(command)}` failed ({done.returncode}):\n{done.stdout[-4000:]}")
-    return done.stdout, seconds
 
 
 def timed_phases(output: str, seconds: float) -> dict[str, float]:
