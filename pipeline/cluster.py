@@ -174,5 +174,14 @@ def check_resources(experiment: Experiment, autoscaling: bool) -> None:
 def run_remote(function: Callable[..., T], cpus: float, gpus: float, *args: Any) -> T:
     """Run `function(*args)` as one Ray task with these resources (a GPU node when gpus > 0)
     and hand its result back to the driver."""
+    [result] = run_remote_each(function, cpus, gpus, [args])
+    return result
+
+
+def run_remote_each(
+    function: Callable[..., T], cpus: float, gpus: float, calls: list[tuple[Any, ...]]
+) -> list[T]:
+    """Run `function(*args)` for each `args` of `calls` as Ray tasks side by side, each with
+    these resources, and hand their results back in the order of `calls`."""
     task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(function)
-    return cast(T, ray.get(task.remote(*args)))
+    return cast(list[T], ray.get([task.remote(*args) for args in calls]))

@@ -216,6 +216,9 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
     ),
     "weight_decay": Hyperparameter(float, "L2 penalty", low=0.0, high=1.0),
     "dropout": Hyperparameter(float, "dropout probability", low=0.0, high=1.0, high_open=True),
+    "label_smoothing": Hyperparameter(
+        float, "share of each target spread over all classes", low=0.0, high=1.0, high_open=True
+    ),
     "hidden_layers": Hyperparameter(int, "hidden (fully connected) layers", low=0, high=16),
     "hidden_units": Hyperparameter(int, "units per hidden layer", low=1, high=8192),
     "activation": Hyperparameter(str, "non-linearity", allowed=ACTIVATIONS),
@@ -236,6 +239,7 @@ class Hyperparameters:
     batch_size: int | None = 64  # None: the whole training split (full-batch gradient descent)
     weight_decay: float = 0.0
     dropout: float = 0.0
+    label_smoothing: float = 0.0  # of the training loss only; validation scores plain targets
     hidden_layers: int = 1
     hidden_units: int = 128
     activation: str = "relu"
@@ -263,6 +267,10 @@ class Hyperparameters:
 # --- experiment sections -----------------------------------------------------------------------
 
 
+# Sources whose features are pixels: one unit, one scale.
+IMAGE_SOURCES = ("digits", "mnist", "fashion_mnist")
+
+
 class DataConfig(Record):
     """Where the examples come from and how they are split."""
 
@@ -275,6 +283,25 @@ class DataConfig(Record):
     val_fraction: float = Field(default=0.15, gt=0.0, lt=1.0)
     test_fraction: float = Field(default=0.15, gt=0.0, lt=1.0)
     cv_folds: int | None = Field(default=None, ge=2, le=20)
+    # How a model scales its inputs, with statistics of its own training rows: per_feature (each
+    # feature its own std), or shared (one std for all, for features in one unit such as pixels).
+    # Unset: shared for the image sources (digits, mnist, fashion_mnist), per_feature otherwise;
+    # filled in on loading, so the sweep's recorded config says which.
+    standardize: Literal["per_feature", "shared"]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_standardize(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("standardize") is None:
+            source = data.get("source", cls.model_fields["source"].default)
+            scaling = "shared" if source in IMAGE_SOURCES else "per_feature"
+            return {**data, "standardize": scaling}
+        return data
+
+    @property
+    def shared_scale(self) -> bool:
+        """Whether all features are scaled by one std (see `standardize`)."""
+        return self.standardize == "shared"
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -336,7 +363,8 @@ class Experiment(Record):
     metric: Literal["val_acc", "val_loss"] = "val_acc"
     mode: Literal["max", "min"] = "max"
     registered_model: str | None = None
-    data: DataConfig = Field(default_factory=DataConfig)
+    # Validated from no keys, so that its defaults are filled in as a file's would be.
+    data: DataConfig = Field(default_factory=lambda: DataConfig.model_validate({}))
     model: ModelConfig = Field(default_factory=ModelConfig)
     budget: BudgetConfig
     search: SearchConfig = Field(default_factory=SearchConfig)

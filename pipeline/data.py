@@ -12,7 +12,7 @@ import logging
 import struct
 import urllib.request
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -113,13 +113,21 @@ class TuningData:
     num_classes: int
     image_shape: tuple[int, int, int] | None
     # Per fold: (mean, std) of its training rows, computed once for the sweep, not per trial.
-    fold_stats: tuple[tuple[np.ndarray, np.ndarray], ...] | None = None
+    fold_stats: tuple[tuple[np.ndarray, np.ndarray], ...]
 
 
-def column_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and std (float32) of the given rows; constant features get std 1."""
+def column_stats(features: np.ndarray, shared_scale: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std (float32) of the given rows.
+
+    Without `shared_scale` each feature gets its own std (a constant feature std 1). With it every
+    feature gets one std, the root mean square of their stds (the centred inputs then have unit
+    variance overall; 1 if all are constant), so features in one unit, such as pixels, keep their
+    relative scale: a rarely inked border pixel is not blown up to the variance of a central one.
+    """
     mean = features.mean(axis=0, dtype=np.float64)
     std = features.std(axis=0, dtype=np.float64)
+    if shared_scale:
+        std = np.full_like(std, np.sqrt(np.mean(std**2)))
     std[std < 1e-8] = 1.0
     return mean.astype(np.float32), std.astype(np.float32)
 
@@ -369,7 +377,7 @@ def subset(dataset: Dataset, limit: int, seed: int) -> Dataset:
 
 def split_dataset(dataset: Dataset, config: DataConfig, seed: int) -> Split:
     """Seeded, stratified train / validation / test split, or k folds over train + validation."""
-    from sklearn.model_selection import StratifiedKFold, train_test_split
+    from sklearn.model_selection import train_test_split
 
     rows = np.arange(len(dataset.labels))
     labels = dataset.labels
@@ -401,12 +409,34 @@ def split_dataset(dataset: Dataset, config: DataConfig, seed: int) -> Split:
                 f"'{dataset.class_names[smallest]}' has only {pooled[smallest]} rows for train + "
                 "validation; lower cv_folds or add rows"
             )
-        folder = StratifiedKFold(config.cv_folds, shuffle=True, random_state=seed)
-        folds = tuple((a, b) for a, b in folder.split(pool, labels[pool]))
+        folds = draw_folds(labels[pool], config.cv_folds, len(val), seed)
     else:
         folds = ((np.arange(len(train)), np.arange(len(train), len(train) + len(val))),)
     hashed = [dataset.features, dataset.labels, train, val, test, *(r for f in folds for r in f)]
     return Split(train, val, test, folds, fingerprint(hashed))
+
+
+def draw_folds(
+    labels: np.ndarray, cv_folds: int | None, val_rows: int, seed: int
+) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """Seeded, stratified folds over rows with these labels: `cv_folds` of them, or without
+    cross-validation one (train, validation) pair with `val_rows` validation rows."""
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+
+    rows = np.arange(len(labels))
+    if cv_folds:
+        folder = StratifiedKFold(cv_folds, shuffle=True, random_state=seed)
+        return tuple((a, b) for a, b in folder.split(rows, labels))
+    train, val = train_test_split(rows, test_size=val_rows, stratify=labels, random_state=seed)
+    return ((np.sort(train), np.sort(val)),)
+
+
+def refolded(dataset: Dataset, split: Split, config: DataConfig, seed: int) -> TuningData:
+    """The sweep's train + validation rows in fresh folds drawn with another `seed` (the same
+    count and sizes): a second opinion on a configuration that no trial's score has seen."""
+    rows = split.tuning_rows
+    folds = draw_folds(dataset.labels[rows], config.cv_folds, len(split.val), seed)
+    return tuning_data(dataset, replace(split, folds=folds), config)
 
 
 def fingerprint(arrays: list[np.ndarray]) -> str:
@@ -417,11 +447,12 @@ def fingerprint(arrays: list[np.ndarray]) -> str:
     return digest.hexdigest()[:16]
 
 
-def tuning_data(dataset: Dataset, split: Split) -> TuningData:
-    """The rows a sweep may use (train + validation), with fold indices into them."""
+def tuning_data(dataset: Dataset, split: Split, config: DataConfig) -> TuningData:
+    """The rows a sweep may use (train + validation), with fold indices into them and each fold's
+    scaling statistics (`config.shared_scale`)."""
     rows = split.tuning_rows
     features = dataset.features[rows]
-    stats = tuple(column_stats(features[train]) for train, _ in split.folds)
+    stats = tuple(column_stats(features[train], config.shared_scale) for train, _ in split.folds)
     return TuningData(
         features,
         dataset.labels[rows],

@@ -6,14 +6,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from pipeline.config import Hyperparameters, flatten_sample
-from pipeline.evaluate import TestReport
+from pipeline.evaluate import TestReport, mcnemar_p
 
 TRIAL_STATES = ("completed", "stopped", "diverged", "errored", "interrupted")
 VALID_STATES = ("completed", "stopped")  # the states a best trial may have
 EPSILON = 1e-9  # accuracies are ratios of counts; differences below this are ties
+SCORE_WINDOW = 5  # epochs averaged into a trial's score at each epoch (see `best_epoch`)
+NOISE_LEVEL = 0.05  # a promotion's difference at a McNemar p above this is inside the noise
+CANDIDATES = 3  # the sweep's best trials given a second opinion before one is retrained
 
 
 def trial_state(last_result: dict[str, Any] | None, planned_epochs: int, errored: bool) -> str:
@@ -32,14 +36,44 @@ def planned_epochs(config: dict[str, Any], max_epochs: int) -> int:
     return Hyperparameters.from_params(flatten_sample(config)).planned_epochs(max_epochs)
 
 
+def smoothed(history: list[dict[str, float]], metric: str) -> list[dict[str, float]]:
+    """A trial's epochs that scored `metric`, in epoch order, each with its metrics averaged over
+    the `SCORE_WINDOW` epochs centred on it (fewer at either end of the history).
+
+    Why averaged: the maximum over every (trial, epoch) pair of a noisy score is biased upward,
+    and the epoch it picks is partly luck; an epoch in the middle of a good stretch is not.
+    """
+    scored = sorted(
+        (epoch for epoch in history if pd.notna(epoch.get(metric))), key=lambda e: e["epoch"]
+    )
+    reach = SCORE_WINDOW // 2
+    averaged = []
+    for i, epoch in enumerate(scored):
+        window = scored[max(0, i - reach) : i + reach + 1]
+        means = {
+            name: float(np.mean([e[name] for e in window if pd.notna(e.get(name))]))
+            for name in epoch
+            if name not in ("epoch", "timestamp") and pd.notna(epoch[name])
+        }
+        averaged.append({**epoch, **means})
+    return averaged
+
+
 def best_epoch(history: list[dict[str, float]], metric: str, mode: str) -> dict[str, float] | None:
-    """The epoch of a trial's history (each epoch's reported metrics) that scored best on
-    `metric`; among equal scores the earliest. None for an empty history."""
-    scored = [epoch for epoch in history if pd.notna(epoch.get(metric))]
-    if not scored:
+    """A trial's best epoch on its `smoothed` `metric`, with its metrics so averaged (the trial's
+    score, which ranks it); among equal scores the earliest. None for an empty history."""
+    averaged = smoothed(history, metric)
+    if not averaged:
         return None
     sign = 1.0 if mode == "min" else -1.0
-    return min(scored, key=lambda epoch: (sign * epoch[metric], epoch["epoch"]))
+    return min(averaged, key=lambda epoch: (sign * epoch[metric], epoch["epoch"]))
+
+
+def score_at(history: list[dict[str, float]], metric: str, epoch: int) -> float | None:
+    """The `smoothed` `metric` at `epoch`, or at the last epoch before it where the history ends
+    sooner (a diverged run's last epoch carries its worst-case metrics); None for no epochs."""
+    reached = [e for e in smoothed(history, metric) if e["epoch"] <= epoch]
+    return reached[-1][metric] if reached else None
 
 
 def with_states(table: pd.DataFrame, states: dict[str, str]) -> pd.DataFrame:
@@ -73,6 +107,44 @@ def best_trial(table: pd.DataFrame, metric: str, mode: str) -> dict[str, Any] | 
     return {str(k): v for k, v in ranked.iloc[0].items()}
 
 
+@dataclass(frozen=True)
+class Opinion:
+    """A candidate for the retrain: one of the sweep's best trials, at its best epoch, with its
+    score in the sweep and its second opinion (cross-validated on fresh folds, fresh seed)."""
+
+    trial_id: str
+    epoch: int
+    sweep_score: float
+    second_opinion: float
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The candidates, the chosen one first; its second opinion is the selection score."""
+
+    metric: str
+    opinions: tuple[Opinion, ...]
+
+    @property
+    def chosen(self) -> Opinion:
+        return self.opinions[0]
+
+    @property
+    def score(self) -> float:
+        return self.chosen.second_opinion
+
+
+def select(candidates: list[Opinion], metric: str, mode: str) -> Selection:
+    """The candidate with the best second opinion (ties to the better sweep rank, the order
+    given). Its second opinion was measured on folds no selection had seen, so the maximum over
+    a few candidates is nearly an honest estimate of how the configuration does on new rows."""
+    if not candidates:
+        raise ValueError("no candidates to select from")
+    sign = 1.0 if mode == "min" else -1.0
+    ranked = sorted(range(len(candidates)), key=lambda i: (sign * candidates[i].second_opinion, i))
+    return Selection(metric, tuple(candidates[i] for i in ranked))
+
+
 def wins(candidate: TestReport, champion: TestReport, min_delta: float) -> bool:
     """Higher test accuracy by at least `min_delta`; an exact tie goes to the lower test loss."""
     delta = candidate.test_acc - champion.test_acc
@@ -100,13 +172,30 @@ def judge_promotion(
         return Verdict("promoted", "no champion yet")
     if force:
         return Verdict("forced", "promoted by hand (--force), comparison skipped")
+    noise = describe_noise(candidate, champion)
     if wins(candidate, champion, min_delta):
         return Verdict(
             "promoted",
-            f"test_acc {candidate.test_acc:.4f} vs {champion.test_acc:.4f} (min_delta {min_delta})",
+            f"test_acc {candidate.test_acc:.4f} vs {champion.test_acc:.4f} (min_delta "
+            f"{min_delta}); {noise}",
         )
     return Verdict(
         "kept",
         f"test_acc {candidate.test_acc:.4f} vs champion's {champion.test_acc:.4f} does not win "
-        f"by min_delta {min_delta}",
+        f"by min_delta {min_delta}; {noise}",
+    )
+
+
+def describe_noise(candidate: TestReport, champion: TestReport) -> str:
+    """Whether the two models' accuracies on the same test rows differ beyond chance: only the
+    rows one gets right and the other wrong tell them apart (McNemar's exact test, 5% level)."""
+    if len(candidate.correct) != len(champion.correct):
+        return "not scored on the same rows, so not compared row by row"
+    only_candidate = int((candidate.correct & ~champion.correct).sum())
+    only_champion = int((champion.correct & ~candidate.correct).sum())
+    p = mcnemar_p(only_candidate, only_champion)
+    where = "inside the noise" if p >= NOISE_LEVEL else "beyond the noise"
+    return (
+        f"{where}: {only_candidate} test rows right only by the candidate, {only_champion} only "
+        f"by the champion (McNemar p = {p:.2f})"
     )

@@ -95,9 +95,12 @@ def print_registration(registration: Registration) -> None:
 
     out = results()
     report = registration.report
+    metric = registration.metric
+    low, high = report.test_acc_interval
     out.print(
-        f"retrained trial {registration.trial_id}: {registration.metric} "
-        f"{registration.trial_score:.4f} in the sweep; test_acc {report.test_acc:.4f}, test_loss "
+        f"retrained trial {registration.trial_id}: {metric} {registration.trial_score:.4f} in "
+        f"the sweep, {registration.selection_score:.4f} on fresh folds (its selection score); "
+        f"test_acc {report.test_acc:.4f} (95% interval {low:.4f}-{high:.4f}), test_loss "
         f"{report.test_loss:.4f} on {registration.test_rows} held-out rows"
     )
     out.print(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -12,6 +13,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 PROBABILITY_FLOOR = 1e-12  # keeps log(0) finite for a confidently wrong prediction
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 
 
 @dataclass(frozen=True)
@@ -26,15 +28,26 @@ class TestReport:
     f1: tuple[float, ...]
     support: tuple[int, ...]
     confusion: np.ndarray  # rows: true class, columns: predicted class
+    correct: np.ndarray  # per row, in row order: whether the prediction was right
 
     @property
     def macro_f1(self) -> float:
         return float(np.mean(self.f1))
 
+    @property
+    def test_acc_interval(self) -> tuple[float, float]:
+        """The 95% interval of the accuracy on rows like these (Wilson's score interval: sound
+        near 1.0, where a normal approximation runs past it)."""
+        return wilson_interval(int(self.correct.sum()), len(self.correct))
+
     def metrics(self) -> dict[str, float]:
-        """Flat MLflow metrics: test_acc, test_loss, test_macro_f1, and test_<score>/<class>."""
+        """Flat MLflow metrics: test_acc (with test_acc_low and test_acc_high, its 95% interval),
+        test_loss, test_macro_f1, and test_<score>/<class>."""
+        low, high = self.test_acc_interval
         flat = {
             "test_acc": self.test_acc,
+            "test_acc_low": low,
+            "test_acc_high": high,
             "test_loss": self.test_loss,
             "test_macro_f1": self.macro_f1,
         }
@@ -56,6 +69,28 @@ class TestReport:
             }
             for i, name in enumerate(self.class_names)
         }
+
+
+def wilson_interval(successes: int, trials: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson's score interval of a proportion (z = 1.96: 95%); (0, 1) for no trials."""
+    if trials == 0:
+        return 0.0, 1.0
+    share = successes / trials
+    centre = (share + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(share * (1 - share) / trials + z * z / (4 * trials * trials))
+    half /= 1 + z * z / trials
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mcnemar_p(only_first: int, only_second: int) -> float:
+    """Exact two-sided McNemar p-value: how likely a split at least this uneven of the rows that
+    two models score differently (`only_first` right only by the first, `only_second` only by the
+    second) is, were both equally good."""
+    differ = only_first + only_second
+    if differ == 0:
+        return 1.0
+    tail = sum(math.comb(differ, k) for k in range(min(only_first, only_second) + 1))
+    return min(1.0, 2 * tail / (1 << differ))  # exact integers: no overflow at many rows
 
 
 def metric_safe(name: str) -> str:
@@ -94,6 +129,7 @@ def score(
         f1=tuple(float(v) for v in f1),
         support=tuple(int(v) for v in support),
         confusion=confusion,
+        correct=predicted == labels,
     )
 
 

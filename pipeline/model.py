@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
 from pipeline.config import Hyperparameters
-from pipeline.data import column_stats
 
 ACTIVATION_LAYERS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -31,12 +29,6 @@ class Standardize(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
-
-
-def feature_stats(features: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-feature mean and std of the given (training) rows as tensors; constant features get 1."""
-    mean, std = column_stats(features)
-    return torch.from_numpy(mean), torch.from_numpy(std)
 
 
 def dense_stack(inputs: int, hp: Hyperparameters, num_classes: int) -> list[nn.Module]:

@@ -8,7 +8,7 @@ import math
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console, RenderableType
@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pipeline.config import Scalar
+from pipeline.decisions import best_epoch
 
 STATE_ORDER = ("completed", "stopped", "diverged", "errored")
 
@@ -27,10 +28,11 @@ class TrialProgress:
     """What the display knows of one trial: its number, best and last epoch."""
 
     number: int
-    best_score: float = math.nan
+    best_score: float = math.nan  # scored as the sweep ranks trials (`decisions.best_epoch`)
     best_epoch: int = 0
     last_score: float = math.nan
     last_epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def format_duration(seconds: float) -> str:
@@ -85,10 +87,15 @@ class SweepProgress:
             trial.last_score, trial.last_epoch = score, epoch
             if result.get("diverged") or math.isnan(score):
                 return
-            if math.isnan(trial.best_score) or self._better(score, trial.best_score):
-                trial.best_score, trial.best_epoch = score, epoch
-            if self.best is None or self._better(score, self.best[0]):
-                self.best = (score, trial_id, epoch)
+            trial.history.append({"epoch": float(epoch), self.metric: score})
+            # A trial's score at an epoch averages the epochs around it, so it moves as later
+            # epochs come in: the best so far is taken again over every trial.
+            best = best_epoch(trial.history, self.metric, self.mode)
+            if best is not None:
+                trial.best_score, trial.best_epoch = best[self.metric], int(best["epoch"])
+            scored = [(t.best_score, i, t.best_epoch) for i, t in self.trials.items()]
+            scored = [s for s in scored if not math.isnan(s[0])]
+            self.best = min(scored, key=lambda s: -s[0] if self.mode == "max" else s[0])
 
     def end(self, trial_id: str, state: str, error: str | None) -> None:
         with self._lock:
@@ -113,9 +120,6 @@ class SweepProgress:
             self.total = 0  # closed: a second close prints nothing
 
     # --- what is shown ------------------------------------------------------------------------
-
-    def _better(self, score: float, than: float) -> bool:
-        return score > than if self.mode == "max" else score < than
 
     def describe_trial(
         self, trial_id: str, trial: TrialProgress, state: str, error: str | None

@@ -23,7 +23,7 @@ from mlflow.exceptions import MlflowException
 
 from pipeline.config import DataConfig
 from pipeline.data import Dataset, Split, load_dataset, split_dataset
-from pipeline.decisions import judge_promotion
+from pipeline.decisions import Selection, judge_promotion
 from pipeline.errors import PipelineError
 from pipeline.evaluate import TestReport, score
 from pipeline.tracking.locks import LOCK_PREFIX, LockHeld, StoreLock
@@ -77,6 +77,7 @@ def register_challenger(
     sweep: SweepRecord,
     record: RetrainRecord,
     split: Split,
+    selection: Selection,
 ) -> str:
     """A new version of `name` from the retrained model, tagged and given the `challenger` alias;
     returns the version."""
@@ -97,7 +98,9 @@ def register_challenger(
         "data_fingerprint": split.fingerprint,
         "epochs": str(sweep.epochs),
         f"trial_{sweep.experiment.metric}": f"{sweep.score:.6f}",
+        f"selection_{sweep.experiment.metric}": f"{selection.score:.6f}",
         "test_acc": f"{report.test_acc:.6f}",
+        "test_acc_95": "[{:.4f}, {:.4f}]".format(*report.test_acc_interval),
         "test_loss": f"{report.test_loss:.6f}",
         "test_macro_f1": f"{report.macro_f1:.6f}",
     }
@@ -111,7 +114,8 @@ def register_challenger(
             model_id=model_id,
             description=f"Trial {tags['trial_id']} of sweep {sweep.run_name} (experiment "
             f"'{experiment}'), retrained for {sweep.epochs} epochs: test_acc "
-            f"{report.test_acc:.4f} on {split.test.size} held-out rows.",
+            f"{report.test_acc:.4f} (95% interval {tags['test_acc_95']}) on {split.test.size} "
+            f"held-out rows; {sweep.experiment.metric} {selection.score:.4f} when selected.",
         )
     client.set_registered_model_alias(name, CHALLENGER, version.version)
     return str(version.version)

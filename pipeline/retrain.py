@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from pipeline.config import Experiment, Hyperparameters
-from pipeline.data import Dataset, Split
+from pipeline.data import Dataset, Split, TuningData
+from pipeline.decisions import SCORE_WINDOW, Selection, score_at
 from pipeline.errors import PipelineError
 from pipeline.evaluate import score
 from pipeline.model import with_probabilities
@@ -26,7 +27,7 @@ from pipeline.tracking.runs import (
     SweepRecord,
     log_retrain_run,
 )
-from pipeline.train import EVAL_BATCH, fit_final
+from pipeline.train import DIVERGED_ACC, DIVERGED_LOSS, EVAL_BATCH, fit, fit_final
 
 INPUT_EXAMPLE_ROWS = 5
 
@@ -87,6 +88,7 @@ def train_and_test(
         epochs,
         device,
         experiment.seed,
+        shared_scale=experiment.data.shared_scale,
     )
     seconds = time.perf_counter() - started
     if len(losses) < epochs or not np.isfinite(losses[-1]):
@@ -97,6 +99,40 @@ def train_and_test(
     classifier = with_probabilities(network).eval()
     probabilities = predict_probabilities(classifier, dataset.features[split.test])
     return FinalModel(classifier, losses, probabilities, seconds, str(device))
+
+
+def second_opinion(
+    experiment: Experiment,
+    hp: Hyperparameters,
+    epochs: int,
+    data: TuningData,
+    device: torch.device | None = None,
+) -> float:
+    """The sweep's `metric` for one configuration, cross-validated again on `data` (the tuning
+    rows in fresh folds, see `data.refolded`) from a fresh seed, scored as the sweep scores
+    (smoothed) at `epochs`. No trial's score has seen these folds or this seed, so the winner's
+    luck in the sweep does not carry over.
+
+    Without a `device`: the GPU when one is visible, else the CPU.
+    """
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    history: list[dict[str, Any]] = []
+    # Trained just far enough to score `epochs` as the sweep did: the window centred on it.
+    last = min(hp.planned_epochs(experiment.budget.max_epochs), epochs + SCORE_WINDOW // 2)
+    fit(
+        experiment.model.family,
+        hp,
+        data,
+        last,
+        lambda metrics, _: history.append(metrics.as_dict()),
+        device,
+        experiment.seed + 1,
+    )
+    score = score_at(history, experiment.metric, epochs)
+    if score is None or not np.isfinite(score):
+        return DIVERGED_LOSS if experiment.mode == "min" else DIVERGED_ACC
+    return score
 
 
 def model_metadata(experiment: Experiment, dataset: Dataset, split: Split) -> dict[str, Any]:
@@ -123,9 +159,10 @@ def log_retrain(
     dataset: Dataset,
     split: Split,
     source: str,
+    selection: Selection,
 ) -> RetrainRecord:
-    """Score the test predictions and log the retrain (with its model and the rows it trained
-    and was tested on, from `source`) under the sweep."""
+    """Score the test predictions and log the retrain (with its model, the rows it trained and
+    was tested on, from `source`, and how it was selected) under the sweep."""
     example = dataset.features[split.train[:INPUT_EXAMPLE_ROWS]]
     params = {
         **sweep.params,
@@ -145,6 +182,7 @@ def log_retrain(
         example=example,
         example_output=predict_probabilities(final.network, example),
         metadata=model_metadata(sweep.experiment, dataset, split),
+        selection=selection,
         # MLflow keeps one input per name and digest: the test rows get a name of their own.
         data=[
             LoggedData(

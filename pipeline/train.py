@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from pipeline.config import Hyperparameters
-from pipeline.data import TuningData
-from pipeline.model import build_model, feature_stats
+from pipeline.data import TuningData, column_stats
+from pipeline.model import build_model
 
 # Stand-ins for the metrics of a diverged run: finite (so ASHA's and TPE's arithmetic stays sane)
 # and worse than anything a real run reports.
@@ -73,20 +73,17 @@ class FoldTrainer:
         train_rows: np.ndarray,
         num_classes: int,
         image_shape: tuple[int, int, int] | None,
-        stats: tuple[np.ndarray, np.ndarray] | None = None,
+        stats: tuple[np.ndarray, np.ndarray],
     ) -> None:
+        """`stats`: the scaling statistics (mean, std) of `train_rows` (`data.column_stats`)."""
         self.hp = hp
         self.features, self.labels = features, labels
         device = features.device
         self.train_rows = torch.as_tensor(train_rows, device=device)
-        # Scaling statistics come from this model's own training rows only.
-        if stats is None:
-            mean, std = feature_stats(features[self.train_rows].cpu().numpy())
-        else:
-            mean, std = torch.from_numpy(stats[0]), torch.from_numpy(stats[1])
+        mean, std = torch.from_numpy(stats[0]), torch.from_numpy(stats[1])
         self.model = build_model(family, hp, mean, std, num_classes, image_shape).to(device)
         self.optimizer = make_optimizer(hp, self.model.parameters())
-        self.loss_fn = nn.CrossEntropyLoss()
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
 
     def train_epoch(self) -> float:
         """One pass over the training rows in shuffled mini-batches; mean training loss."""
@@ -155,10 +152,9 @@ def fit(
     """
     torch.manual_seed(seed)
     features, labels = as_tensors(data.features, data.labels, device)
-    stats = data.fold_stats or (None,) * len(data.folds)
     trainers = [
         FoldTrainer(family, hp, features, labels, train, data.num_classes, data.image_shape, fs)
-        for (train, _), fs in zip(data.folds, stats, strict=True)
+        for (train, _), fs in zip(data.folds, data.fold_stats, strict=True)
     ]
     val_rows = [torch.as_tensor(val, device=device) for _, val in data.folds]
     first_epoch = 1
@@ -208,15 +204,19 @@ def fit_final(
     epochs: int,
     device: torch.device,
     seed: int,
+    *,
+    shared_scale: bool,
 ) -> tuple[nn.Module, list[float]]:
-    """Train one configuration on `train_rows` for exactly `epochs`, with no validation rows.
+    """Train one configuration on `train_rows` for exactly `epochs`, with no validation rows,
+    scaled by their own statistics (`data.column_stats`).
 
     Returns the network in eval mode on the CPU and the training loss of each epoch; a non-finite
     loss stops training early (the caller sees the shorter, non-finite history).
     """
     torch.manual_seed(seed)
     x, y = as_tensors(features, labels, device)
-    trainer = FoldTrainer(family, hp, x, y, train_rows, num_classes, image_shape)
+    stats = column_stats(features[train_rows], shared_scale)
+    trainer = FoldTrainer(family, hp, x, y, train_rows, num_classes, image_shape, stats)
     losses: list[float] = []
     for _ in range(epochs):
         losses.append(trainer.train_epoch())

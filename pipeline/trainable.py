@@ -16,6 +16,7 @@ from ray import tune
 
 from pipeline.config import Hyperparameters, flatten_sample
 from pipeline.data import TuningData
+from pipeline.decisions import best_epoch
 from pipeline.train import EpochMetrics, fit
 
 STATE_FILE = "state.pt"
@@ -30,6 +31,8 @@ class TrialSettings:
     seed: int
     cpus: float
     checkpoint_seconds: float  # budget.checkpoint_seconds
+    metric: str  # what the sweep ranks trials on, and `mode`, max or min
+    mode: str
 
 
 @dataclass
@@ -59,7 +62,12 @@ def trial_device() -> torch.device:
 
 def run_trial(config: dict[str, Any], data: TuningData, settings: TrialSettings) -> None:
     """Train one sampled configuration, reporting every epoch and checkpointing once
-    `settings.checkpoint_seconds` have passed since the trial's previous checkpoint (or start)."""
+    `settings.checkpoint_seconds` have passed since the trial's previous checkpoint (or start).
+
+    Each epoch's result also carries `best_<metric>`, the trial's best score so far as the sweep
+    ranks trials (`decisions.best_epoch`), which the searcher learns from: a trial's last epoch
+    may be past its best (an overfitting network), and it is its best that the sweep keeps.
+    """
     # Keep Ray's INFO line per checkpoint out of the user's terminal.
     for name in ("ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -75,14 +83,23 @@ def run_trial(config: dict[str, Any], data: TuningData, settings: TrialSettings)
             resume = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=True)
 
     timer = CheckpointTimer(settings.checkpoint_seconds)
+    # The epochs so far, for the trial's best score so far: what the searcher learns from.
+    history: list[dict[str, float]] = list(resume.get("history", [])) if resume else []
+    best_name = f"best_{settings.metric}"
 
     def report(metrics: EpochMetrics, state: dict[str, Any]) -> None:
         result = {**metrics.as_dict(), "device": str(device), "node_id": node_id}
+        score = float(getattr(metrics, settings.metric))
+        if not metrics.diverged:  # a diverged trial tells the searcher its worst-case score
+            history.append({"epoch": float(metrics.epoch), settings.metric: score})
+            best = best_epoch(history, settings.metric, settings.mode)
+            score = best[settings.metric] if best else score
+        result[best_name] = score
         if not state or not timer.due():
             tune.report(result)
             return
         with tempfile.TemporaryDirectory() as folder:
-            torch.save(state, Path(folder) / STATE_FILE)
+            torch.save({**state, "history": history}, Path(folder) / STATE_FILE)
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
         timer.saved()
 

@@ -160,7 +160,9 @@ def make_searcher(experiment: Experiment, warm: WarmStart | None = None) -> Hype
     evaluated = warm.evaluated if warm and experiment.search.algorithm == "tpe" else []
     return ConditionalHyperOptSearch(
         space=hyperopt_space(experiment.params),
-        metric=experiment.metric,
+        # A trial's best score so far (see `run_trial`), not its last epoch's: the score that
+        # ranks it, and the one warm starts give for earlier trials.
+        metric=f"best_{experiment.metric}",
         mode=experiment.mode,
         points_to_evaluate=[hyperopt_point(experiment.params, p) for p in points] or None,
         n_initial_points=experiment.n_initial_points,
@@ -190,6 +192,8 @@ def make_trainable(experiment: Experiment, data: TuningData) -> Any:
         seed=experiment.seed,
         cpus=experiment.resources.cpus,
         checkpoint_seconds=experiment.budget.checkpoint_seconds,
+        metric=experiment.metric,
+        mode=experiment.mode,
     )
     trainable = tune.with_parameters(run_trial, data=data, settings=settings)
     return tune.with_resources(

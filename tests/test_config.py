@@ -586,6 +586,7 @@ def test_a_recorded_trial_becomes_a_point_of_the_space() -> None:
     params = load_experiment(SPACES / "default.yaml").params
     row = {"lr": 0.01, "hidden_layers": 2.0, "hidden_units": 64.0, "activation": "relu"}
     row |= {"dropout": 0.1, "weight_decay": 1e-5, "optimizer": "adam", "batch_size": 32.0}
+    row |= {"label_smoothing": 0.05}
     point = point_from_values(params, row, "warm start")
     assert point == {**row, "hidden_layers": 2, "hidden_units": 64, "batch_size": 32}
     assert [type(point[k]) for k in ("hidden_layers", "hidden_units", "batch_size")] == [int] * 3
@@ -607,6 +608,7 @@ def test_a_trial_the_space_no_longer_holds_names_the_key(
     params = load_experiment(SPACES / "default.yaml").params
     row = {"lr": 0.01, "hidden_layers": 2, "hidden_units": 64, "activation": "relu"}
     row |= {"dropout": 0.1, "weight_decay": 1e-5, "optimizer": "adam", "batch_size": 32}
+    row |= {"label_smoothing": 0.05}
     row = {k: v for k, v in {**row, **change}.items() if v is not None}
     with pytest.raises(ValueError, match=message):
         point_from_values(params, row, "warm start")

@@ -159,7 +159,7 @@ def test_tuning_data_never_contains_test_rows(csv_file: Path) -> None:
     dataset = load_dataset(csv_config(csv_file), 0, NO_CACHE)
     split = split_dataset(dataset, csv_config(csv_file), seed=0)
     assert_partition(split, 300)
-    data = tuning_data(dataset, split)
+    data = tuning_data(dataset, split, csv_config(csv_file))
     seen = data.features[:, 0].astype(np.int64)
     assert not set(seen) & set(row_ids(dataset, split.test))
     assert np.array_equal(seen, split.tuning_rows)
@@ -183,7 +183,7 @@ def test_k_folds_partition_the_tuning_rows(csv_file: Path) -> None:
     config = csv_config(csv_file, cv_folds=3)
     dataset = load_dataset(config, 0, NO_CACHE)
     split = split_dataset(dataset, config, seed=0)
-    data = tuning_data(dataset, split)
+    data = tuning_data(dataset, split, config)
     n_tuning = len(split.tuning_rows)
     assert len(data.folds) == 3
     vals = [val for _, val in data.folds]
@@ -378,7 +378,7 @@ def test_idx_folder_loads_and_t10k_is_the_test_split(
     split = split_dataset(dataset, mnist_config(tmp_path / "mnist"), seed=0)
     assert_partition(split, N_TRAIN + N_TEST)
     assert np.array_equal(split.test, np.arange(N_TRAIN, N_TRAIN + N_TEST))
-    data = tuning_data(dataset, split)
+    data = tuning_data(dataset, split, mnist_config(tmp_path / "mnist"))
     assert (data.features[:, 1] == 0).all()  # no t10k pixel marker among the tuning rows
     assert np.array_equal(np.sort(data.features[:, 0]), np.arange(N_TRAIN))
     assert data.image_shape == (1, HEIGHT, WIDTH)
@@ -566,10 +566,45 @@ def test_fold_statistics_come_from_each_fold_train_rows_only() -> None:
 
     config = _DataConfig(source="digits", cv_folds=3)
     dataset = load_dataset(config, seed=0, cache_dir=Path("/nonexistent"))
-    data = tuning_data(dataset, split_dataset(dataset, config, seed=0))
-    assert data.fold_stats is not None and len(data.fold_stats) == 3
+    data = tuning_data(dataset, split_dataset(dataset, config, seed=0), config)
+    assert len(data.fold_stats) == 3
     for (train, val), (mean, std) in zip(data.folds, data.fold_stats, strict=True):
-        expected_mean, expected_std = column_stats(data.features[train])
+        expected_mean, expected_std = column_stats(data.features[train], shared_scale=True)
         np.testing.assert_allclose(mean, expected_mean)
         np.testing.assert_allclose(std, expected_std)
-        assert not np.allclose(mean, column_stats(data.features[val])[0])
+        assert not np.allclose(mean, column_stats(data.features[val], shared_scale=True)[0])
+
+
+def test_a_shared_scale_is_one_std_for_all_features(digits: Dataset) -> None:
+    """Pixels share one unit: every feature is divided by the root mean square of the per-feature
+    stds, so a rarely inked border pixel keeps its small scale; the means stay per feature."""
+    from pipeline.data import column_stats
+
+    mean, std = column_stats(digits.features, shared_scale=True)
+    per_mean, per_std = column_stats(digits.features, shared_scale=False)
+    np.testing.assert_array_equal(mean, per_mean)
+    assert np.unique(std).size == 1
+    assert std[0] == pytest.approx(np.sqrt(np.mean(digits.features.std(axis=0) ** 2)), rel=1e-5)
+    border = np.argmin(np.where(per_std > 0, per_std, np.inf))  # the least varying inked pixel
+    assert per_std[border] < 0.2 * std[0]
+    # Blank rows still get std 1.
+    _, blank = column_stats(np.zeros((3, 4), np.float32), shared_scale=True)
+    np.testing.assert_array_equal(blank, np.ones(4, np.float32))
+
+
+@pytest.mark.parametrize(
+    ("values", "shared"),
+    [
+        ({"source": "digits"}, True),
+        ({"source": "mnist"}, True),
+        ({"source": "wine"}, False),
+        ({"source": "csv", "path": "x.csv", "target": "y"}, False),
+        ({"source": "digits", "standardize": "per_feature"}, False),
+        ({"source": "csv", "path": "x.csv", "target": "y", "standardize": "shared"}, True),
+    ],
+)
+def test_image_sources_share_one_scale_unless_told(values: dict[str, str], shared: bool) -> None:
+    """The default is filled in on loading, so a sweep's recorded config names it."""
+    config = DataConfig.model_validate(values)
+    assert config.shared_scale is shared
+    assert config.model_dump()["standardize"] == ("shared" if shared else "per_feature")

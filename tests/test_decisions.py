@@ -8,10 +8,12 @@ import pytest
 
 from pipeline import evaluate
 from pipeline.decisions import (
+    Opinion,
     best_epoch,
     best_trial,
     judge_promotion,
     planned_epochs,
+    select,
     trial_state,
     wins,
     with_states,
@@ -112,19 +114,58 @@ def test_judge_promotion() -> None:
     assert forced.action == "forced" and forced.promoted
     won = judge_promotion(report(9), report(8), force=False, min_delta=0.0)
     assert won.action == "promoted"
-    assert won.reason == "test_acc 0.9000 vs 0.8000 (min_delta 0.0)"
+    assert won.reason == (
+        "test_acc 0.9000 vs 0.8000 (min_delta 0.0); inside the noise: 1 test rows right only by "
+        "the candidate, 0 only by the champion (McNemar p = 1.00)"
+    )
     lost = judge_promotion(report(8), report(9), force=False, min_delta=0.0)
     assert lost.action == "kept" and not lost.promoted
     assert "does not win by min_delta 0.0" in lost.reason
 
 
-def test_best_epoch_is_the_best_score_and_the_earliest_of_equals() -> None:
+def test_best_epoch_is_scored_on_five_epochs_not_on_one_lucky_spike() -> None:
+    """A spike of one epoch loses to a good stretch: each epoch scores the mean of the five
+    centred on it (fewer at the ends), and that mean is what the best epoch reports."""
+    accs = [0.50, 0.97, 0.60, 0.60, 0.90, 0.92, 0.91, 0.93, 0.80]
     history = [
-        {"epoch": 1.0, "val_acc": 0.5, "val_loss": 0.9},
-        {"epoch": 2.0, "val_acc": 0.9, "val_loss": 0.4},
-        {"epoch": 3.0, "val_acc": 0.9, "val_loss": 0.3},
-        {"epoch": 4.0, "val_acc": 0.7, "val_loss": 0.2},
+        {"epoch": float(i), "val_acc": a, "val_loss": 1 - a, "timestamp": 100.0 + i}
+        for i, a in enumerate(accs, 1)
     ]
-    assert best_epoch(history, "val_acc", "max") == history[1]
-    assert best_epoch(history, "val_loss", "min") == history[3]
+    best = best_epoch(history, "val_acc", "max")
+    assert best is not None and best["epoch"] == 7  # epochs 5-9 average 0.892
+    assert best["val_acc"] == pytest.approx(np.mean(accs[4:9]))
+    assert best["val_loss"] == pytest.approx(1 - np.mean(accs[4:9]))
+    assert best["timestamp"] == 107.0  # not averaged
+    worst = best_epoch(history, "val_loss", "min")
+    assert worst is not None and worst["epoch"] == 7
+    # The ends of the history average what there is; equal scores go to the earliest epoch.
+    short = [{"epoch": 1.0, "val_acc": 0.8}, {"epoch": 2.0, "val_acc": 0.8}]
+    assert best_epoch(short, "val_acc", "max") == {"epoch": 1.0, "val_acc": 0.8}
+    assert best_epoch(list(reversed(history)), "val_acc", "max") == best  # by epoch, not order
     assert best_epoch([], "val_acc", "max") is None
+
+
+def test_promotion_says_whether_the_difference_is_beyond_the_noise() -> None:
+    """Only rows the two models score differently count: 12 to 1 is beyond chance, 3 to 1 is
+    not, whatever min_delta lets through."""
+    clear = judge_promotion(report(24, of=30), report(13, of=30), force=False, min_delta=0.0)
+    assert clear.action == "promoted"
+    assert "beyond the noise: 11 test rows right only by the candidate, 0 only by" in clear.reason
+    close = judge_promotion(report(27, of=30), report(29, of=30), force=False, min_delta=0.0)
+    assert close.action == "kept"
+    assert "inside the noise: 0 test rows right only by the candidate, 2 only by" in close.reason
+
+
+def test_select_takes_the_best_second_opinion_and_ties_go_to_the_sweeps_order() -> None:
+    opinions = [
+        Opinion("first", 20, 0.985, 0.975),
+        Opinion("second", 12, 0.984, 0.979),
+        Opinion("third", 30, 0.983, 0.979),
+    ]
+    chosen = select(opinions, "val_acc", "max")
+    assert [o.trial_id for o in chosen.opinions] == ["second", "third", "first"]
+    assert chosen.chosen.trial_id == "second" and chosen.score == 0.979
+    by_loss = select([Opinion("a", 1, 0.2, 0.3), Opinion("b", 1, 0.25, 0.1)], "val_loss", "min")
+    assert by_loss.chosen.trial_id == "b"
+    with pytest.raises(ValueError, match="no candidates"):
+        select([], "val_acc", "max")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import classification_report
 
+from pipeline import evaluate
 from pipeline.evaluate import confusion_figure, metric_safe, score
 
 CLASSES = ("cat", "dog", "t-shirt/top")
@@ -62,3 +63,28 @@ def test_confusion_figure_renders_a_png() -> None:
     buffer = io.BytesIO()
     confusion_figure(report, "title").savefig(buffer, format="png")
     assert buffer.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(("right", "rows"), [(0, 10), (10, 10), (264, 270), (135, 270), (1, 3)])
+def test_the_accuracy_interval_is_wilsons(right: int, rows: int) -> None:
+    """Checked against SciPy's binomial test (its own Wilson interval)."""
+    from scipy.stats import binomtest
+
+    expected = binomtest(right, rows).proportion_ci(0.95, method="wilson")
+    low, high = evaluate.wilson_interval(right, rows)
+    assert (low, high) == pytest.approx((expected.low, expected.high), abs=1e-9)
+    labels = np.zeros(rows, dtype=np.int64)
+    probabilities = np.array([[0.9, 0.1]] * right + [[0.1, 0.9]] * (rows - right))
+    report = evaluate.score(probabilities, labels, ("a", "b"))
+    assert report.test_acc_interval == (low, high)
+    assert report.metrics()["test_acc_low"] == low and report.metrics()["test_acc_high"] == high
+
+
+@pytest.mark.parametrize(("first", "second"), [(0, 0), (3, 1), (11, 0), (5, 5), (2, 9), (40, 25)])
+def test_mcnemar_is_the_exact_binomial_test_of_the_rows_that_differ(
+    first: int, second: int
+) -> None:
+    from scipy.stats import binomtest
+
+    expected = binomtest(first, first + second, 0.5).pvalue if first + second else 1.0
+    assert evaluate.mcnemar_p(first, second) == pytest.approx(expected, abs=1e-12)

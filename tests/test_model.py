@@ -8,11 +8,17 @@ import torch
 from torch import nn
 
 from pipeline.config import ACTIVATIONS, Hyperparameters
-from pipeline.data import Dataset, Split
-from pipeline.model import ACTIVATION_LAYERS, Standardize, build_model, feature_stats
+from pipeline.data import Dataset, Split, column_stats
+from pipeline.model import ACTIVATION_LAYERS, Standardize, build_model
 
 MNIST_SHAPE = (1, 28, 28)
 DIGITS_SHAPE = (1, 8, 8)
+
+
+def feature_stats(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature scaling statistics of `rows`, as the model takes them."""
+    mean, std = column_stats(rows, shared_scale=False)
+    return torch.from_numpy(mean), torch.from_numpy(std)
 
 
 def plain_stats(n_features: int) -> tuple[torch.Tensor, torch.Tensor]:

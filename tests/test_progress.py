@@ -46,7 +46,9 @@ def test_lower_is_better_when_the_metric_is_a_loss() -> None:
     progress.start("a", 1, {})
     progress.result("a", {"epoch": 1, "val_loss": 0.4})
     progress.result("a", {"epoch": 2, "val_loss": 0.6})
-    assert "best val_loss 0.4000 (trial 1, epoch 1)" in progress.status_line()
+    progress.start("b", 2, {})
+    progress.result("b", {"epoch": 1, "val_loss": 0.45})
+    assert "best val_loss 0.4500 (trial 2, epoch 1)" in progress.status_line()  # a's: 0.5
     progress.close()
 
 
@@ -55,7 +57,8 @@ def test_an_ended_trial_is_one_line_with_its_best_and_last_epoch() -> None:
     progress = SweepProgress(console, every=3600)
     progress.begin(3, "val_acc", "max")
     progress.start("a", 7, {})
-    for number, score in enumerate((0.5, 0.9, 0.8), start=1):
+    # Scored as the sweep ranks trials: each epoch the mean of the five centred on it.
+    for number, score in enumerate((0.5, 0.6, 0.9, 0.95, 0.9, 0.7, 0.8), start=1):
         progress.result("a", epoch(number, score))
     progress.end("a", "completed", None)
     progress.start("b", 8, {})
@@ -65,7 +68,7 @@ def test_an_ended_trial_is_one_line_with_its_best_and_last_epoch() -> None:
     progress.end("c", "errored", "OSError: [Errno 28] No space left on device")
     lines = out.getvalue().splitlines()
     assert lines == [
-        "trial  7 (a) completed: best val_acc 0.9000 at epoch 2 (last 0.8000 at epoch 3)",
+        "trial  7 (a) completed: best val_acc 0.8500 at epoch 5 (last 0.8000 at epoch 7)",
         "trial  8 (b) stopped: best val_acc 0.3000 at epoch 1",
         "trial  9 (c) errored: OSError: [Errno 28] No space left on device",
     ]

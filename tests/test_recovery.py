@@ -48,7 +48,12 @@ def stop_after(process: subprocess.Popen[str], db: Path, trials: int, how: signa
     while finished_trial_runs(db) < trials and process.poll() is None:
         assert time.monotonic() < deadline, "the sweep made no progress"
         time.sleep(0.3)
-    assert process.poll() is None, "the sweep ended before it could be stopped"
+    if process.poll() is not None:
+        assert process.stdout is not None
+        ended = process.stdout.read()[-3000:]
+        raise AssertionError(
+            f"the sweep ended ({process.returncode}) before it could be stopped:\n{ended}"
+        )
     if how == signal.SIGKILL:
         os.killpg(process.pid, signal.SIGKILL)
     else:

@@ -4,6 +4,7 @@ roll back, predict and serve, with every alias and tag read back from the MLflow
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import urllib.error
@@ -117,6 +118,10 @@ def test_tune_registers_version_1_as_challenger_with_its_provenance(cycle: Cycle
     assert retrain.data.tags["source_trial_id"] == tags["trial_id"]
     assert float(tags["test_acc"]) == pytest.approx(retrain.data.metrics["test_acc"], abs=1e-6)
     assert float(tags["test_loss"]) == pytest.approx(retrain.data.metrics["test_loss"], abs=1e-6)
+    low, high = retrain.data.metrics["test_acc_low"], retrain.data.metrics["test_acc_high"]
+    assert tags["test_acc_95"] == f"[{low:.4f}, {high:.4f}]"
+    selection = float(tags["selection_val_acc"])
+    assert selection == pytest.approx(retrain.data.metrics["selection_val_acc"], abs=1e-6)
     assert tags["epochs"] == "1"
     version = cycle.client.get_model_version(MODEL, "1")
     assert version.run_id == retrain.info.run_id
@@ -150,6 +155,10 @@ def test_a_weaker_challenger_is_refused(cycle: Cycle) -> None:
     assert challenger_acc < champion_acc
     assert champion_acc == pytest.approx(float(tags_of(cycle, "tune", "1")["test_acc"]))
     assert "version 2 NOT promoted" in cycle.outputs["promote-weak"]
+    # Whether the difference is beyond chance, from the rows only one of them gets right.
+    assert re.search(r"(inside|beyond) the noise: \d+ test rows right only by the candidate, "
+                     r"\d+ only by the champion \(McNemar p = [01]\.\d\d\)",
+                     tags["promotion.reason"])  # fmt: skip
 
 
 def test_a_stronger_challenger_is_promoted_and_the_old_champion_kept_as_previous(

@@ -15,10 +15,17 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from pipeline.config import Experiment, Hyperparameters, load_experiment
-from pipeline.data import Dataset, Split
+from pipeline.config import DataConfig, Experiment, Hyperparameters, load_experiment
+from pipeline.data import Dataset, Split, refolded, tuning_data
+from pipeline.decisions import Opinion, select
 from pipeline.errors import PipelineError
-from pipeline.retrain import check_same_data, log_retrain, predict_probabilities, train_and_test
+from pipeline.retrain import (
+    check_same_data,
+    log_retrain,
+    predict_probabilities,
+    second_opinion,
+    train_and_test,
+)
 from pipeline.tracking.runs import (
     SWEEP_PATH_TAG,
     LoggedData,
@@ -28,6 +35,7 @@ from pipeline.tracking.runs import (
     start_parent_run,
 )
 from pipeline.tracking.store import ensure_experiment
+from pipeline.train import DIVERGED_ACC, fit
 from tests.conftest import REPO, SPACES
 
 CPU = torch.device("cpu")
@@ -96,6 +104,8 @@ def test_find_sweep_takes_the_best_valid_trial_of_the_latest_finished_sweep(
     sweep = find_sweep(client, experiment.name, None)
     assert sweep.parent_run_id == latest
     assert sweep.best["trial_id"] == "winner"
+    # The candidates for a second opinion: the best valid trials, best first.
+    assert [c["trial_id"] for c in sweep.candidates] == ["winner", "tie-worse-loss"]
     assert sweep.params == GOOD  # NaN (inactive) parameters left out, numpy scalars unwrapped
     assert all(type(v) in (int, float, str) for v in sweep.params.values())
     assert sweep.epochs == 3
@@ -167,7 +177,11 @@ def test_logged_model_loads_pickle_free_in_a_fresh_process_and_predicts_the_same
     record_sweep(client, experiment, [row], digits_split.fingerprint)
     sweep: SweepRecord = find_sweep(client, "smoke", None)
     final = train_and_test(experiment, Hyperparameters(**GOOD), 3, digits, digits_split, CPU)
-    record = log_retrain(uri, sweep, final, digits, digits_split, "sklearn.datasets.load_digits")
+    selection = select(
+        [Opinion("runner-up", 5, 0.96, 0.93), Opinion("winner", 3, 0.95, 0.94)], "val_acc", "max"
+    )
+    source = "sklearn.datasets.load_digits"
+    record = log_retrain(uri, sweep, final, digits, digits_split, source, selection)
 
     run = client.get_run(record.run_id)
     assert run.info.status == "FINISHED"
@@ -177,7 +191,17 @@ def test_logged_model_loads_pickle_free_in_a_fresh_process_and_predicts_the_same
     assert "test_f1/9" in run.data.metrics and run.data.params["epochs"] == "3"
     assert len(client.get_metric_history(record.run_id, "train_loss")) == 3
     artifacts = {a.path for a in client.list_artifacts(record.run_id)}
-    assert {"confusion_matrix.png", "classification_report.json"} <= artifacts
+    assert {"confusion_matrix.png", "classification_report.json", "selection.json"} <= artifacts
+    assert run.data.metrics["selection_val_acc"] == 0.94
+    assert run.data.metrics["trial_val_acc"] == 0.95
+    low, high = record.report.test_acc_interval
+    assert run.data.metrics["test_acc_low"] == low < record.report.test_acc
+    assert run.data.metrics["test_acc_high"] == high > record.report.test_acc
+    chosen = client.download_artifacts(record.run_id, "selection.json", str(tmp_path))
+    recorded = json.loads(Path(chosen).read_text())
+    assert recorded["chosen"] == "winner" and recorded["selection_val_acc"] == 0.94
+    assert [c["trial_id"] for c in recorded["candidates"]] == ["winner", "runner-up"]
+    assert recorded["candidates"][1]["sweep_val_acc"] == 0.96
 
     rows = digits.features[digits_split.test]
     rows_file, out_file = str(tmp_path / "rows.npy"), str(tmp_path / "out.npy")
@@ -206,3 +230,39 @@ def test_logged_model_loads_pickle_free_in_a_fresh_process_and_predicts_the_same
         p.name for p in (tmp_path / "artifacts").rglob("*") if p.suffix in (".pt2", ".pkl", ".pth")
     }
     assert saved == {"model.pt2"}
+
+
+def test_refolded_data_are_the_tuning_rows_in_other_folds_of_the_same_sizes(
+    digits: Dataset, digits_split: Split
+) -> None:
+    five = DataConfig(source="digits", cv_folds=5)
+    fresh = refolded(digits, digits_split, five, seed=1)
+    np.testing.assert_array_equal(fresh.features, tuning_data(digits, digits_split, five).features)
+    assert len(fresh.folds) == 5  # and never a test row: the rows are the tuning rows
+    rows = len(digits_split.tuning_rows)
+    for train, val in fresh.folds:
+        assert len(val) == pytest.approx(rows / 5, abs=1) and not set(train) & set(val)
+    assert sorted(np.concatenate([v for _, v in fresh.folds])) == list(range(rows))
+    again = refolded(digits, digits_split, five, seed=2)
+    assert not np.array_equal(fresh.folds[0][1], again.folds[0][1])  # the seed draws them
+    # One validation split: its sizes, other rows.
+    [(train, val)] = refolded(digits, digits_split, DataConfig(source="digits"), seed=1).folds
+    assert (len(train), len(val)) == (len(digits_split.train), len(digits_split.val))
+    assert set(val) != set(digits_split.folds[0][1])
+
+
+def test_a_second_opinion_scores_as_the_sweep_does_on_fresh_folds(
+    experiment: Experiment, digits: Dataset, digits_split: Split
+) -> None:
+    """Epoch 2's score: the mean of epochs 1-4 (the window centred on it, cut by the space's
+    max_epochs, 4) of the same training on the fresh folds from the experiment's seed + 1; a
+    diverging configuration scores the worst."""
+    data = refolded(digits, digits_split, DataConfig(source="digits", cv_folds=3), seed=7)
+    score = second_opinion(experiment, Hyperparameters(**GOOD), 2, data, CPU)
+    history: list[float] = []
+    fit("mlp", Hyperparameters(**GOOD), data, 4, lambda m, _: history.append(m.val_acc), CPU,
+        experiment.seed + 1)  # fmt: skip
+    assert len(history) == 4 and score == pytest.approx(np.mean(history))
+    assert score > 0.85
+    wild = Hyperparameters(optimizer="sgd", lr=1e6, batch_size=32)
+    assert second_opinion(experiment, wild, 2, data, CPU) == DIVERGED_ACC

@@ -72,7 +72,9 @@ def get(url: str, host: str | None = None, login: tuple[str, str] | None = None)
         token = base64.b64encode(":".join(login).encode()).decode()
         headers["Authorization"] = f"Basic {token}"
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+        # Generous: a login's first request hashes the password and opens the store, which
+        # took over 10 s on a loaded 2-core machine.
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60) as r:
             return int(r.status)
     except urllib.error.HTTPError as exc:
         return exc.code

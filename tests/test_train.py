@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import Hyperparameters
-from pipeline.data import TuningData
-from pipeline.train import DIVERGED_ACC, DIVERGED_LOSS, EpochMetrics, fit
+from pipeline.config import DataConfig, Hyperparameters
+from pipeline.data import Dataset, Split, TuningData, column_stats, tuning_data
+from pipeline.train import DIVERGED_ACC, DIVERGED_LOSS, EpochMetrics, fit, fit_final
 
 CPU = torch.device("cpu")
 
@@ -92,6 +92,7 @@ def test_cross_validation_reports_the_mean_over_folds(digits_tuning: TuningData)
         folds,
         digits_tuning.num_classes,
         digits_tuning.image_shape,
+        tuple(column_stats(digits_tuning.features[train], shared_scale=True) for train, _ in folds),
     )
     metrics, states = run(Hyperparameters(lr=3e-3), cv, 2)
     assert len(states[-1]["folds"]) == 3
@@ -101,3 +102,18 @@ def test_cross_validation_reports_the_mean_over_folds(digits_tuning: TuningData)
 def test_epochs_hyperparameter_caps_training(digits_tuning: TuningData) -> None:
     metrics, _ = run(Hyperparameters(epochs=2), digits_tuning, 5)
     assert [m.epoch for m in metrics] == [1, 2]
+
+
+def test_each_fold_and_the_retrain_scale_as_configured(
+    digits: Dataset, digits_split: Split
+) -> None:
+    """The fold statistics of a sweep and the retrain's model follow `data.standardize`."""
+    for standardize, distinct in (("shared", 1), ("per_feature", 2)):
+        config = DataConfig(source="digits", standardize=standardize)
+        [(_, std)] = tuning_data(digits, digits_split, config).fold_stats
+        assert min(np.unique(std).size, 2) == distinct
+        network, _ = fit_final(
+            "mlp", Hyperparameters(), digits.features, digits.labels, digits_split.train,
+            digits.num_classes, None, 1, CPU, 0, shared_scale=config.shared_scale,
+        )  # fmt: skip
+        assert min(torch.unique(network[0].std).numel(), 2) == distinct

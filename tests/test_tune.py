@@ -77,7 +77,8 @@ def test_warm_start_point_translates_to_hyperopt_labels(tmp_path: Path) -> None:
 def test_searcher_and_scheduler_follow_the_config() -> None:
     experiment = load_experiment(SPACES / "smoke.yaml")
     searcher = make_searcher(experiment)
-    assert searcher.metric == "val_acc" and searcher.mode == "max"
+    # TPE learns from each trial's best smoothed score so far, as the sweep ranks trials.
+    assert searcher.metric == "best_val_acc" and searcher.mode == "max"
     scheduler = make_scheduler(experiment)
     assert type(scheduler).__name__ == "AsyncHyperBandScheduler"
     fifo = load_experiment(SPACES / "smoke.yaml", ["scheduler.name=fifo"])

@@ -1,7 +1,8 @@
 """The MLflow UI in a real browser (Debian's headless Chromium) over a store holding a smoke sweep
 and its promoted model: the experiment opens on its runs table with the trials nested under the
-sweep's run, sorting by best_val_acc ranks the registered trial first, the winner's run page and
-the model page (with its `champion` alias) render. Screenshots are kept as test artifacts."""
+sweep's run, sorting by best_val_acc ranks the registered trial among the candidates given a
+second opinion, the winner's run page and the model page (with its `champion` alias) render.
+Screenshots are kept as test artifacts."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import TypeVar
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipeline.decisions import CANDIDATES
 from tests.conftest import SPACES, background, cli_env, free_port, run_cli, wait_until
 
 pytestmark = pytest.mark.slow
@@ -254,7 +256,7 @@ def test_the_experiment_opens_on_its_runs_table_with_the_trials_nested_under_the
     assert f"{len(store.children) + 1} matching runs" in browser.text()
 
 
-def test_sorting_by_best_val_acc_ranks_the_registered_trial_first(
+def test_sorting_by_best_val_acc_ranks_the_registered_trial_among_the_candidates(
     store: Store, ui: Ui, browser: Browser
 ) -> None:
     from selenium.webdriver.common.by import By
@@ -283,10 +285,12 @@ def test_sorting_by_best_val_acc_ranks_the_registered_trial_first(
     assert set(ranked) == store.trials
     values = [float(scores[run]) for run in ranked]
     assert values == sorted(values, reverse=True)
-    # The winner leads; a trial tied with it on best_val_acc may share the top (the pipeline
-    # breaks such ties on val_loss, which one sort key cannot show).
-    leaders = [run for run, value in zip(ranked, values, strict=True) if value == values[0]]
-    assert store.winner in leaders, (store.winner, ranked, values)
+    # The registered trial is one of the CANDIDATES best, which got a second opinion (the best
+    # second opinion wins, not necessarily the best sweep score); a trial tied with the last of
+    # them may rank above it (the pipeline breaks ties on val_loss, which one sort key cannot show).
+    cutoff = values[min(CANDIDATES, len(values)) - 1]
+    contenders = [run for run, value in zip(ranked, values, strict=True) if value >= cutoff]
+    assert store.winner in contenders, (store.winner, ranked, values)
 
 
 def test_the_registered_trials_run_page_shows_its_scores_and_its_sweep(

@@ -24,7 +24,14 @@ from mlflow.utils.mlflow_tags import (
 )
 
 from pipeline.config import HYPERPARAMETERS, Experiment, Scalar, parse_experiment
-from pipeline.decisions import TRIAL_STATES, VALID_STATES, best_epoch, best_trial
+from pipeline.decisions import (
+    CANDIDATES,
+    TRIAL_STATES,
+    VALID_STATES,
+    Selection,
+    best_epoch,
+    rank_trials,
+)
 from pipeline.errors import PipelineError
 from pipeline.evaluate import TestReport, confusion_figure
 from pipeline.tracking.locks import StoreLock
@@ -374,7 +381,8 @@ class SweepRecord:
     run_name: str
     experiment: Experiment
     data_fingerprint: str
-    best: dict[str, Any]
+    best: dict[str, Any]  # the trial to retrain: the sweep's best, or the candidate chosen
+    candidates: tuple[dict[str, Any], ...]  # the best few valid trials, best first
 
     @property
     def params(self) -> dict[str, Scalar]:
@@ -420,19 +428,21 @@ def find_sweep(client: Client, experiment_name: str, parent_run_id: str | None) 
         )
     table = sweep_table(client, run_id)
     settings = parse_experiment(config, f"run {run_id}: config.json")
-    best = best_trial(table, settings.metric, settings.mode)
-    if best is None:
+    ranked = rank_trials(table, settings.metric, settings.mode).head(CANDIDATES)
+    if ranked.empty:
         raise PipelineError(
             f"sweep {run_id} has no trial that completed or stopped without diverging or "
             "failing; nothing to retrain or register"
         )
+    candidates = tuple({str(k): v for k, v in row.items()} for _, row in ranked.iterrows())
     return SweepRecord(
         experiment,
         run_id,
         run.info.run_name,
         settings,
         run.data.tags.get("data_fingerprint", ""),
-        best,
+        candidates[0],
+        candidates,
     )
 
 
@@ -530,6 +540,7 @@ class RetrainedModel:
     example_output: np.ndarray  # the network's output for them
     metadata: dict[str, Any]  # stored with the model: what prediction and promotion need
     data: list[LoggedData]  # the rows it trained on and was tested on
+    selection: Selection  # the candidates' second opinions, this model's first
 
 
 @dataclass(frozen=True)
@@ -560,8 +571,10 @@ def log_retrain_run(tracking_uri: str, sweep: SweepRecord, model: RetrainedModel
         now = int(time.time() * 1000)
         metrics = [Metric("train_loss", v, now, i + 1) for i, v in enumerate(model.train_losses)]
         metrics += [Metric(k, v, now, 0) for k, v in report.metrics().items()]
+        metric = sweep.experiment.metric
         metrics += [
-            Metric(f"trial_{sweep.experiment.metric}", sweep.score, now, 0),
+            Metric(f"trial_{metric}", sweep.score, now, 0),
+            Metric(f"selection_{metric}", model.selection.score, now, 0),
             Metric("train_seconds", model.train_seconds, now, 0),
         ]
         client.log_batch(
@@ -572,6 +585,7 @@ def log_retrain_run(tracking_uri: str, sweep: SweepRecord, model: RetrainedModel
         )
         client.log_inputs(run_id, [d.as_input() for d in model.data])
         client.log_dict(run_id, report.per_class(), "classification_report.json")
+        client.log_dict(run_id, selection_record(model.selection), "selection.json")
         title = f"{model.dataset_name}: test accuracy {report.test_acc:.4f}"
         client.log_figure(run_id, confusion_figure(report, title), "confusion_matrix.png")
         model_uri = log_network(tracking_uri, run_id, model)
@@ -579,6 +593,26 @@ def log_retrain_run(tracking_uri: str, sweep: SweepRecord, model: RetrainedModel
     finally:
         client.set_terminated(run_id, status)
     return RetrainRecord(run_id, model_uri, report)
+
+
+def selection_record(selection: Selection) -> dict[str, Any]:
+    """How the retrained trial was chosen, as the retrain run's selection.json shows it."""
+    metric = selection.metric
+    return {
+        "chosen": selection.chosen.trial_id,
+        f"selection_{metric}": selection.score,
+        "rule": f"the best second opinion on {metric}: cross-validated again on fresh folds "
+        "from a fresh seed, averaged over the epochs centred on the trial's best one",
+        "candidates": [
+            {
+                "trial_id": o.trial_id,
+                "epoch": o.epoch,
+                f"sweep_{metric}": o.sweep_score,
+                f"second_opinion_{metric}": o.second_opinion,
+            }
+            for o in selection.opinions
+        ],
+    }
 
 
 def log_network(tracking_uri: str, run_id: str, model: RetrainedModel) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from secrets import token_hex
@@ -21,15 +21,16 @@ from pipeline.data import (
     Dataset,
     Split,
     load_dataset,
+    refolded,
     source_uri,
     split_dataset,
     tuning_data,
 )
-from pipeline.decisions import best_trial, with_states
+from pipeline.decisions import Opinion, Selection, best_trial, select, with_states
 from pipeline.errors import PipelineError
 from pipeline.evaluate import TestReport
 from pipeline.registry import register_challenger
-from pipeline.retrain import check_same_data, log_retrain, train_and_test
+from pipeline.retrain import check_same_data, log_retrain, second_opinion, train_and_test
 from pipeline.settings import Settings
 from pipeline.stopwatch import Stopwatch
 from pipeline.tracking import runs
@@ -70,6 +71,7 @@ class Registration:
     trial_id: str
     metric: str
     trial_score: float  # on `metric`, in the sweep
+    selection_score: float  # on `metric`, its second opinion (fresh folds, fresh seed)
     report: TestReport
     test_rows: int
     model_name: str
@@ -204,7 +206,7 @@ def run_sweep(
     experiment_id = ensure_experiment(
         client, experiment_name, settings.artifact_root, runs.describe_experiment(experiment)
     )
-    data = tuning_data(dataset, split)
+    data = tuning_data(dataset, split, experiment.data)
     recorder: TrialRecorder | None = None
     if resume:
         parent_run_id, run_name, sweep_path = runs.find_unfinished_sweep(
@@ -398,6 +400,14 @@ def retrain_and_register(
     sweep = runs.find_sweep(client, experiment_name, parent_run_id)
     dataset, split = load_data(sweep.experiment, settings.data_dir)
     check_same_data(sweep, split)
+    experiment = sweep.experiment
+    if settings.ray_address:
+        cluster.connect(settings.ray_address)
+    selection = select_candidate(sweep, dataset, split, bool(settings.ray_address))
+    watch.lap("second opinions")
+    sweep = replace(
+        sweep, best=next(c for c in sweep.candidates if c["trial_id"] == selection.chosen.trial_id)
+    )
     hp = Hyperparameters.from_params(sweep.params)
     trial_id = str(sweep.best["trial_id"])
     log.info(
@@ -406,26 +416,51 @@ def retrain_and_register(
         len(split.tuning_rows),
         sweep.epochs,
     )
-    arguments = (sweep.experiment, hp, sweep.epochs, dataset, split)
+    arguments = (experiment, hp, sweep.epochs, dataset, split)
     if settings.ray_address:
-        cluster.connect(settings.ray_address)
-        resources = sweep.experiment.resources
+        resources = experiment.resources
         final = cluster.run_remote(train_and_test, resources.cpus, resources.gpus, *arguments)
     else:
         final = train_and_test(*arguments)
     watch.lap("retrain")
-    source = source_uri(sweep.experiment.data, settings.data_dir)
-    record = log_retrain(uri, sweep, final, dataset, split, source)
+    source = source_uri(experiment.data, settings.data_dir)
+    record = log_retrain(uri, sweep, final, dataset, split, source, selection)
     watch.lap("model logging")
-    name = sweep.experiment.model_name
-    version = register_challenger(client, uri, name, sweep, record, split)
+    name = experiment.model_name
+    version = register_challenger(client, uri, name, sweep, record, split, selection)
     watch.lap("registration")
     return Registration(
         trial_id,
-        sweep.experiment.metric,
+        experiment.metric,
         sweep.score,
+        selection.score,
         record.report,
         len(split.test),
         name,
         version,
     )
+
+
+def select_candidate(
+    sweep: runs.SweepRecord, dataset: Dataset, split: Split, on_cluster: bool
+) -> Selection:
+    """The sweep's best few trials each cross-validated again on fresh folds from a fresh seed
+    (`retrain.second_opinion`), side by side as Ray tasks on a cluster, else one after another
+    here; the best second opinion is retrained. The test rows take no part."""
+    experiment = sweep.experiment
+    data = refolded(dataset, split, experiment.data, experiment.seed + 1)
+    calls = [
+        (experiment, Hyperparameters.from_params(runs.hyperparameters_of(c)), int(c["epoch"]), data)
+        for c in sweep.candidates
+    ]
+    log.info("second opinions on the sweep's best %d trials", len(calls))
+    if on_cluster:
+        resources = experiment.resources
+        scores = cluster.run_remote_each(second_opinion, resources.cpus, resources.gpus, calls)
+    else:
+        scores = [second_opinion(*call) for call in calls]
+    opinions = [
+        Opinion(str(c["trial_id"]), int(c["epoch"]), float(c[experiment.metric]), score)
+        for c, score in zip(sweep.candidates, scores, strict=True)
+    ]
+    return select(opinions, experiment.metric, experiment.mode)

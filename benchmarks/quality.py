@@ -1,0 +1,214 @@
+"""Benchmark: is the registered model as good as the sweep says, and does the search pay?
+
+Each run is `python -m pipeline tune --space search_spaces/default.yaml --set seed=S` (the
+default space: an MLP on scikit-learn's bundled digits, 5-fold cross-validation over the 1,527
+train + validation rows, 40 trials of at most 40 epochs, TPE after 20 random trials, ASHA with
+grace period 3 and reduction factor 3, 2 trials at a time), end to end (sweep, retrain on train +
+validation, one test on the 270 held-out rows, registration), from a fresh process in a fresh
+folder (its own mlruns/ store), for every seed (default 0, 1, 2; the seed also draws the split,
+so each seed has other test rows). Three ways, the same budget each:
+
+    tpe     the default space as it is (TPE + ASHA)
+    random  search.algorithm=random (random search + ASHA)
+    fifo    scheduler.name=fifo (TPE, every trial trains all its epochs)
+
+Printed per run: the selection score the registered model was recorded with (the retrain run's
+`selection_<metric>`, its second opinion on fresh folds), its test accuracy with the 95%
+interval and loss, the gap (selection - test), the sweep's best score (the parent run's
+`best_<metric>`), the epochs all trials trained together (trials.csv's `epochs_trained`) and the
+command's seconds. Then the bars:
+
+    tpe:    test_acc mean over seeds >= 0.980 and none below 0.975; |gap| <= 1 point per seed;
+            the command <= 300 s (the slowest seed)
+    random: TPE's best score >= random's in at least 2 of the seeds
+    fifo:   ASHA trains <= 40% of FIFO's epochs (summed over seeds) with a best score within 0.5
+            points of FIFO's (means over seeds)
+
+A bar whose ways were not run is not judged. It takes tens of minutes on 2 cores (FIFO is the
+slow way); it is a benchmark, not a test.
+
+    .venv/bin/python benchmarks/quality.py [--seeds 0 1 2] [--ways tpe random fifo] [--keep]
+        [--check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from common import ROOT, passed, run_timed, user_env
+
+DEFAULT_SPACE = ROOT / "search_spaces" / "default.yaml"
+WAYS = {
+    "tpe": [],
+    "random": ["search.algorithm=random"],
+    "fifo": ["scheduler.name=fifo"],
+}
+GOAL_MEAN_TEST_ACC = 0.980
+GOAL_MIN_TEST_ACC = 0.975
+GOAL_GAP = 0.01
+GOAL_SECONDS = 300.0
+GOAL_ASHA_EPOCH_SHARE = 0.40
+GOAL_ASHA_SCORE_LOSS = 0.005
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One end-to-end run of `tune`."""
+
+    way: str
+    seed: int
+    selection: float  # the registered model's recorded selection score
+    test_acc: float
+    test_low: float  # its 95% interval
+    test_high: float
+    test_loss: float
+    best: float  # the sweep's best score
+    epochs: int  # trained by all trials together
+    seconds: float
+
+    @property
+    def gap(self) -> float:
+        return self.selection - self.test_acc
+
+
+def run_once(way: str, seed: int, keep: bool) -> Outcome:
+    """`tune` in a fresh folder for this way and seed; the figures come from its store."""
+    # MLflow loads only here, in the benchmark's own process.
+    from pipeline.registry import version_of_sweep
+    from pipeline.tracking.runs import sweep_table
+    from pipeline.tracking.store import open_client
+
+    folder = Path(tempfile.mkdtemp(prefix=f"bench-quality-{way}-{seed}-"))
+    try:
+        sets = [arg for o in [f"seed={seed}", *WAYS[way]] for arg in ("--set", o)]
+        command = [sys.executable, "-m", "pipeline", "tune", "--space", str(DEFAULT_SPACE), *sets]
+        output, seconds = run_timed(command, folder, user_env(folder))
+        parent = re.search(r"parent run: ([0-9a-f]+)", output)
+        if parent is None:
+            sys.exit(f"no sweep summary in the output of tune:\n{output[-4000:]}")
+        client = open_client(f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}")
+        model = "digits-mlp"  # default.yaml's registered_model
+        version = version_of_sweep(client, model, parent[1])
+        if version is None:
+            sys.exit(f"tune registered no {model} version for its sweep:\n{output[-4000:]}")
+        retrain_run = str(client.get_model_version(model, version).run_id)
+        retrain = client.get_run(retrain_run).data.metrics
+        table = sweep_table(client, parent[1])
+        outcome = Outcome(
+            way,
+            seed,
+            # Before second opinions, the trial's own score in the sweep was the selection score.
+            retrain.get("selection_val_acc", retrain["trial_val_acc"]),
+            retrain["test_acc"],
+            retrain.get("test_acc_low", float("nan")),
+            retrain.get("test_acc_high", float("nan")),
+            retrain["test_loss"],
+            client.get_run(parent[1]).data.metrics["best_val_acc"],
+            int(table["epochs_trained"].sum()),
+            seconds,
+        )
+    finally:
+        if keep:
+            print(f"  kept {folder}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+    print(f"  {line(outcome)}", flush=True)
+    return outcome
+
+
+def line(o: Outcome) -> str:
+    return (
+        f"{o.way:6} seed {o.seed}  selection {o.selection:.4f}  test_acc {o.test_acc:.4f} "
+        f"[{o.test_low:.4f}, {o.test_high:.4f}]  test_loss {o.test_loss:.4f}  gap "
+        f"{100 * o.gap:+5.2f} pt  best {o.best:.4f}  epochs {o.epochs:5d}  {o.seconds:6.1f} s"
+    )
+
+
+def report(outcomes: list[Outcome]) -> bool:
+    """The table and the bars; True when every judged bar holds."""
+    print("\nway    seed  selection  test_acc  [95% interval]     test_loss  gap      best    "
+          "epochs  seconds")  # fmt: skip
+    for o in outcomes:
+        print(
+            f"{o.way:6} {o.seed:4}  {o.selection:9.4f}  {o.test_acc:8.4f}  [{o.test_low:.4f}, "
+            f"{o.test_high:.4f}]  {o.test_loss:9.4f}  {100 * o.gap:+5.2f}pt  {o.best:.4f}  "
+            f"{o.epochs:6d}  {o.seconds:7.1f}"
+        )
+    by_way: dict[str, dict[int, Outcome]] = {}
+    for o in outcomes:
+        by_way.setdefault(o.way, {})[o.seed] = o
+    verdicts: list[bool] = []
+    print("\nbars")
+    tpe = by_way.get("tpe", {})
+    if tpe:
+        tests = [o.test_acc for o in tpe.values()]
+        ok = statistics.mean(tests) >= GOAL_MEAN_TEST_ACC and min(tests) >= GOAL_MIN_TEST_ACC
+        verdicts.append(ok)
+        print(f"  test_acc mean {statistics.mean(tests):.4f} (goal >= {GOAL_MEAN_TEST_ACC}), "
+              f"lowest {min(tests):.4f} (goal >= {GOAL_MIN_TEST_ACC})  {passed(ok)}")  # fmt: skip
+        worst = max(abs(o.gap) for o in tpe.values())
+        verdicts.append(worst <= GOAL_GAP)
+        print(f"  largest |selection - test| {100 * worst:.2f} pt (goal <= "
+              f"{100 * GOAL_GAP:.0f})  {passed(worst <= GOAL_GAP)}")  # fmt: skip
+        slowest = max(o.seconds for o in tpe.values())
+        verdicts.append(slowest <= GOAL_SECONDS)
+        print(f"  slowest default tune {slowest:.0f} s (goal <= {GOAL_SECONDS:.0f})  "
+              f"{passed(slowest <= GOAL_SECONDS)}")  # fmt: skip
+    random = by_way.get("random", {})
+    seeds = sorted(set(tpe) & set(random))
+    if seeds:
+        wins = sum(tpe[s].best >= random[s].best for s in seeds)
+        needed = len(seeds) // 2 + 1
+        verdicts.append(wins >= needed)
+        print(f"  TPE's best >= random's in {wins} of {len(seeds)} seeds (goal >= {needed})  "
+              f"{passed(wins >= needed)}")  # fmt: skip
+    fifo = by_way.get("fifo", {})
+    seeds = sorted(set(tpe) & set(fifo))
+    if seeds:
+        share = sum(tpe[s].epochs for s in seeds) / sum(fifo[s].epochs for s in seeds)
+        loss = statistics.mean(fifo[s].best for s in seeds) - statistics.mean(
+            tpe[s].best for s in seeds
+        )
+        ok = share <= GOAL_ASHA_EPOCH_SHARE and loss <= GOAL_ASHA_SCORE_LOSS
+        verdicts.append(ok)
+        print(f"  ASHA trains {share:.0%} of FIFO's epochs (goal <= "
+              f"{GOAL_ASHA_EPOCH_SHARE:.0%}), best {100 * loss:+.2f} pt below FIFO's (goal <= "
+              f"{100 * GOAL_ASHA_SCORE_LOSS:.1f})  {passed(ok)}")  # fmt: skip
+    return all(verdicts)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (0 1 2)")
+    parser.add_argument("--ways", nargs="+", choices=list(WAYS), default=list(WAYS),
+                        help="which ways to run (all)")  # fmt: skip
+    parser.add_argument("--keep", action="store_true", help="keep each run's folder")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a bar is missed")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from rich.console import Console
+
+    from pipeline import environment
+
+    environment.configure(Console(stderr=True), debug=False)  # MLflow as quiet as in the CLI
+    outcomes = []
+    for way in args.ways:
+        for seed in args.seeds:
+            print(f"running {way}, seed {seed} ...", flush=True)
+            outcomes.append(run_once(way, seed, args.keep))
+    ok = report(outcomes)
+    return 1 if args.check and not ok else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
