@@ -30,6 +30,18 @@ REPO = Path(__file__).resolve().parents[1]
 SPACES = REPO / "search_spaces"
 
 
+@pytest.fixture(autouse=True)
+def isolated_environment() -> Iterator[None]:
+    """Each test sees the environment its session started with. The CLI sets process-wide
+    defaults (`environment.configure`, e.g. RAY_LOG_TO_DRIVER=0 when not verbose); a test that
+    runs the CLI in-process would otherwise hand them to every later test in its worker, and to
+    the subprocesses those start."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def digits() -> Dataset:
     return load_dataset(DataConfig(source="digits"), seed=0, cache_dir=Path("/nonexistent"))
