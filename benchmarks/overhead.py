@@ -50,9 +50,10 @@ from common import positive
 from mlflow.tracking import MlflowClient
 from rich.console import Console
 
-from pipeline import cluster, environment
+from pipeline.cli import environment
 from pipeline.config import Experiment, load_experiment, parse_experiment
-from pipeline.data import Dataset, load_dataset, split_dataset
+from pipeline.core.data import Dataset, load_dataset, split_dataset
+from pipeline.distributed import cluster
 from pipeline.settings import Settings
 from pipeline.tracking.store import open_client
 from pipeline.workflows.tuning import SweepResult, run_sweep

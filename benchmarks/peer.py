@@ -7,7 +7,7 @@ scikit-learn's bundled digits (1,797 rows, 64 features, 10 classes), with its se
 train / validation / test split (1,257 / 270 / 270 rows) and no cross-validation
 (`data.cv_folds` unset); 32 trials, TPE with 8 random start-up trials, early stopping with grace
 period 1 and reduction factor 3, at most 30 epochs, 2 trials at a time of 1 CPU each, metric
-val_acc (max). The network and the training loop are ours in every way (`pipeline.train.fit`:
+val_acc (max). The network and the training loop are ours in every way (`pipeline.core.train.fit`:
 the same data, split, model and seed), so only the orchestration differs:
 
 (a) Optuna in-process: a plain script (`run_optuna`): TPESampler(n_startup_trials=8, seed),
@@ -152,9 +152,9 @@ def run_optuna(trials: int, concurrent: int) -> None:
     import torch
 
     from pipeline.config import Hyperparameters, load_experiment
-    from pipeline.data import load_dataset, split_dataset, tuning_data
-    from pipeline.decisions import best_epoch
-    from pipeline.train import EpochMetrics, fit
+    from pipeline.core.data import load_dataset, split_dataset, tuning_data
+    from pipeline.core.decisions import best_epoch
+    from pipeline.core.train import EpochMetrics, fit
 
     experiment = load_experiment(DEFAULT_SPACE, job_overrides(trials, concurrent))
     # digits is bundled with scikit-learn: nothing is downloaded or cached.
@@ -250,7 +250,7 @@ def time_ours(trials: int, concurrent: int, retrain: bool, keep: bool, runs: Run
     """One run of `tune` (with or without the retrain) in a fresh folder; the scores come from
     its store."""
     # MLflow loads only here, in the benchmark's own process, never in the Optuna side's.
-    from pipeline.registry import logged_test_acc, version_of_sweep
+    from pipeline.tracking.registry import logged_test_acc, version_of_sweep
     from pipeline.tracking.store import open_client
 
     folder = Path(tempfile.mkdtemp(prefix="bench-peer-"))

@@ -81,7 +81,7 @@ class Outcome:
 def run_once(way: str, seed: int, keep: bool) -> Outcome:
     """`tune` in a fresh folder for this way and seed; the figures come from its store."""
     # MLflow loads only here, in the benchmark's own process.
-    from pipeline.registry import version_of_sweep
+    from pipeline.tracking.registry import version_of_sweep
     from pipeline.tracking.runs import sweep_table
     from pipeline.tracking.store import open_client
 
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from rich.console import Console
 
-    from pipeline import environment
+    from pipeline.cli import environment
 
     environment.configure(Console(stderr=True), debug=False)  # MLflow as quiet as in the CLI
     outcomes = []

@@ -54,8 +54,8 @@ from overhead import (
 )
 
 from pipeline.config import Experiment, load_experiment
-from pipeline.data import load_dataset, split_dataset
-from pipeline.tune import ConditionalHyperOptSearch
+from pipeline.core.data import load_dataset, split_dataset
+from pipeline.distributed.tune import ConditionalHyperOptSearch
 from pipeline.workflows.tuning import run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,11 +15,12 @@ import torch
 from torch import nn
 
 from pipeline.config import Experiment, Hyperparameters
-from pipeline.data import Dataset, Split, TuningData
-from pipeline.decisions import SCORE_WINDOW, Selection, score_at
+from pipeline.core.data import Dataset, Split, TuningData
+from pipeline.core.decisions import SCORE_WINDOW, Selection, score_at
+from pipeline.core.evaluate import score
+from pipeline.core.model import with_probabilities
+from pipeline.core.train import DIVERGED_ACC, DIVERGED_LOSS, EVAL_BATCH, fit, fit_final
 from pipeline.errors import PipelineError
-from pipeline.evaluate import score
-from pipeline.model import with_probabilities
 from pipeline.tracking.runs import (
     LoggedData,
     RetrainedModel,
@@ -27,7 +28,6 @@ from pipeline.tracking.runs import (
     SweepRecord,
     log_retrain_run,
 )
-from pipeline.train import DIVERGED_ACC, DIVERGED_LOSS, EVAL_BATCH, fit, fit_final
 
 INPUT_EXAMPLE_ROWS = 5
 

@@ -15,8 +15,8 @@ from tests.conftest import HEAVY, cli_env, run_reporting
 # Each command's module, lightest first: a module is checked before any heavier one is loaded.
 COMMAND_MODULES = {
     "pipeline.cli": set(),  # --help, and every command's options
-    "pipeline.display": set(),
-    "pipeline.environment": set(),
+    "pipeline.cli.display": set(),
+    "pipeline.cli.environment": set(),
     "pipeline.tracking.server": set(),  # mlflow-server: MLflow only in the process it becomes
     "pipeline.workflows.schedule": set(),  # schedule, unschedule
     "pipeline.workflows.serving": {"mlflow"},  # promote, rollback, predict, export, serve, ui

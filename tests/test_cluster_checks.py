@@ -12,7 +12,7 @@ from typing import IO, Any
 
 import pytest
 
-from pipeline import cluster
+from pipeline.distributed import cluster
 from pipeline.errors import PipelineError
 from tests.conftest import cli_env, free_port
 
@@ -50,10 +50,10 @@ def test_auto_and_local_are_not_probed() -> None:
 WORKER_PRINTS = """
 import sys
 from rich.console import Console
-from pipeline.environment import configure
+from pipeline.cli.environment import configure
 configure(Console(stderr=True), debug=False, verbose=sys.argv[1] == "verbose")
 import ray  # after `configure`, as in the CLI: Ray reads its settings on import
-from pipeline import cluster
+from pipeline.distributed import cluster
 cluster.connect(None)
 @ray.remote
 def speak() -> None:

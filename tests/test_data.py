@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from pipeline.config import DataConfig
-from pipeline.data import (
+from pipeline.core.data import (
     IDX_FILES,
     Dataset,
     Split,
@@ -562,7 +562,7 @@ def test_load_dataset_downloads_from_mirror_and_verifies(
 
 def test_fold_statistics_come_from_each_fold_train_rows_only() -> None:
     from pipeline.config import DataConfig as _DataConfig
-    from pipeline.data import column_stats, load_dataset, split_dataset, tuning_data
+    from pipeline.core.data import column_stats, load_dataset, split_dataset, tuning_data
 
     config = _DataConfig(source="digits", cv_folds=3)
     dataset = load_dataset(config, seed=0, cache_dir=Path("/nonexistent"))
@@ -578,7 +578,7 @@ def test_fold_statistics_come_from_each_fold_train_rows_only() -> None:
 def test_a_shared_scale_is_one_std_for_all_features(digits: Dataset) -> None:
     """Pixels share one unit: every feature is divided by the root mean square of the per-feature
     stds, so a rarely inked border pixel keeps its small scale; the means stay per feature."""
-    from pipeline.data import column_stats
+    from pipeline.core.data import column_stats
 
     mean, std = column_stats(digits.features, shared_scale=True)
     per_mean, per_std = column_stats(digits.features, shared_scale=False)

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import evaluate
-from pipeline.decisions import (
+from pipeline.core import evaluate
+from pipeline.core.decisions import (
     Opinion,
     best_epoch,
     best_trial,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import classification_report
 
-from pipeline import evaluate
-from pipeline.evaluate import confusion_figure, metric_safe, score
+from pipeline.core import evaluate
+from pipeline.core.evaluate import confusion_figure, metric_safe, score
 
 CLASSES = ("cat", "dog", "t-shirt/top")
 

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from pipeline.config import ACTIVATIONS, Hyperparameters
-from pipeline.data import Dataset, Split, column_stats
-from pipeline.model import ACTIVATION_LAYERS, Standardize, build_model
+from pipeline.core.data import Dataset, Split, column_stats
+from pipeline.core.model import ACTIVATION_LAYERS, Standardize, build_model
 
 MNIST_SHAPE = (1, 28, 28)
 DIGITS_SHAPE = (1, 8, 8)

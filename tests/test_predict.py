@@ -10,9 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.data import Dataset, Split
-from pipeline.errors import PipelineError
-from pipeline.predict import (
+from pipeline.core.data import Dataset, Split
+from pipeline.core.predict import (
     Inputs,
     held_out_rows,
     labelled_accuracy,
@@ -20,6 +19,7 @@ from pipeline.predict import (
     read_inputs,
     write_csv,
 )
+from pipeline.errors import PipelineError
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import time
 
 from rich.console import Console
 
-from pipeline.progress import SweepProgress, format_duration
+from pipeline.cli.progress import SweepProgress, format_duration
 
 
 def log_console() -> tuple[Console, io.StringIO]:

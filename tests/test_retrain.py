@@ -16,8 +16,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import DataConfig, Experiment, Hyperparameters, load_experiment
-from pipeline.data import Dataset, Split, refolded, tuning_data
-from pipeline.decisions import Opinion, select
+from pipeline.core.data import Dataset, Split, refolded, tuning_data
+from pipeline.core.decisions import Opinion, select
+from pipeline.core.train import DIVERGED_ACC, fit
 from pipeline.errors import PipelineError
 from pipeline.retrain import (
     check_same_data,
@@ -27,7 +28,6 @@ from pipeline.retrain import (
     train_and_test,
 )
 from pipeline.tracking.runs import (
-    SWEEP_PATH_TAG,
     LoggedData,
     SweepRecord,
     find_sweep,
@@ -35,7 +35,6 @@ from pipeline.tracking.runs import (
     start_parent_run,
 )
 from pipeline.tracking.store import ensure_experiment
-from pipeline.train import DIVERGED_ACC, fit
 from tests.conftest import REPO, SPACES
 
 CPU = torch.device("cpu")
@@ -69,7 +68,7 @@ def record_sweep(
     """A sweep's parent run written by the same functions the sweep uses."""
     artifacts = Path(client.tracking_uri.removeprefix("sqlite:///")).parent / "artifacts"
     experiment_id = ensure_experiment(client, experiment.name, artifacts)
-    tags = {SWEEP_PATH_TAG: "/tmp/sweep", "data_fingerprint": fingerprint}
+    tags = {"sweep_path": "/tmp/sweep", "data_fingerprint": fingerprint}
     data = LoggedData("digits", "here", fingerprint, np.zeros((2, 3)), np.zeros(2), "training")
     run_id = start_parent_run(
         client, experiment_id, "sweep", experiment, "name: x", tags, {}, data.as_input()

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from pipeline.config import DataConfig, Hyperparameters
-from pipeline.data import Dataset, Split, TuningData, column_stats, tuning_data
-from pipeline.train import DIVERGED_ACC, DIVERGED_LOSS, EpochMetrics, fit, fit_final
+from pipeline.core.data import Dataset, Split, TuningData, column_stats, tuning_data
+from pipeline.core.train import DIVERGED_ACC, DIVERGED_LOSS, EpochMetrics, fit, fit_final
 
 CPU = torch.device("cpu")
 

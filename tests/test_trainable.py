@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.trainable import CheckpointTimer
+from pipeline.distributed.trainable import CheckpointTimer
 
 
 class Clock:

@@ -11,7 +11,7 @@ from hyperopt.base import JOB_STATE_DONE
 from hyperopt.fmin import generate_trials_to_calculate
 
 from pipeline.config import Experiment, flatten_sample, load_experiment
-from pipeline.tune import (
+from pipeline.distributed.tune import (
     LABEL_PREFIX,
     WarmStart,
     hyperopt_point,

@@ -19,7 +19,7 @@ from typing import TypeVar
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.decisions import CANDIDATES
+from pipeline.core.decisions import CANDIDATES
 from tests.conftest import SPACES, background, cli_env, free_port, run_cli, wait_until
 
 pytestmark = pytest.mark.slow

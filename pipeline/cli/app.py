@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 from rich.console import Console
 
-from pipeline.environment import configure
+from pipeline.cli.environment import configure
 from pipeline.errors import PipelineError, Terminated
 
 if TYPE_CHECKING:

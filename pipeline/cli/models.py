@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from pipeline import display
+from pipeline.cli import display
 from pipeline.cli.app import Alias, Model, Port, app, guarded, start
-from pipeline.environment import actor, settings
+from pipeline.cli.environment import actor, settings
 
 
 @app.command("promote")

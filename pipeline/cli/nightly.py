@@ -8,10 +8,10 @@ from typing import Annotated
 
 import typer
 
-from pipeline import display
+from pipeline.cli import display
 from pipeline.cli.app import DEFAULT_SPACE, Model, Space, app, console, guarded
-from pipeline.environment import actor, settings, webhook_url
-from pipeline.progress import SweepProgress
+from pipeline.cli.environment import actor, settings, webhook_url
+from pipeline.cli.progress import SweepProgress
 
 
 @app.command()

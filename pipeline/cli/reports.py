@@ -9,9 +9,9 @@ from typing import Annotated
 
 import typer
 
-from pipeline import display
+from pipeline.cli import display
 from pipeline.cli.app import app, guarded
-from pipeline.environment import settings
+from pipeline.cli.environment import settings
 
 Experiment = Annotated[str, typer.Option(help="MLflow experiment of the sweeps.")]
 

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from pipeline.cli.app import Port, app, guarded, start
-from pipeline.environment import settings
+from pipeline.cli.environment import settings
 
 
 @app.command("mlflow-server")

@@ -6,10 +6,10 @@ from typing import Annotated
 
 import typer
 
-from pipeline import display
+from pipeline.cli import display
 from pipeline.cli.app import DEFAULT_SPACE, Space, app, console, exit_promptly, guarded
-from pipeline.environment import settings
-from pipeline.progress import SweepProgress
+from pipeline.cli.environment import settings
+from pipeline.cli.progress import SweepProgress
 from pipeline.stopwatch import Stopwatch
 
 

@@ -26,6 +26,7 @@ from types import TracebackType
 
 from mlflow.exceptions import MlflowException
 
+from pipeline import tags
 from pipeline.errors import PipelineError
 from pipeline.tracking.store import Client
 
@@ -67,27 +68,27 @@ class Holder:
     since: str  # when it was taken, UTC
     heartbeat: float  # seconds since the epoch, the holder's clock
 
-    def tags(self) -> dict[str, str]:
+    def as_tags(self) -> dict[str, str]:
         return {
-            "holder": self.id,
-            "host": self.host,
-            "pid": str(self.pid),
-            "pid_start": self.pid_start,
-            "boot": self.boot,
-            "since": self.since,
-            "heartbeat": f"{self.heartbeat:.3f}",
+            tags.LOCK_HOLDER: self.id,
+            tags.HOST: self.host,
+            tags.LOCK_PID: str(self.pid),
+            tags.LOCK_PID_START: self.pid_start,
+            tags.LOCK_BOOT: self.boot,
+            tags.LOCK_SINCE: self.since,
+            tags.LOCK_HEARTBEAT: f"{self.heartbeat:.3f}",
         }
 
     @classmethod
-    def from_tags(cls, tags: dict[str, str]) -> Holder:
+    def from_tags(cls, marks: dict[str, str]) -> Holder:
         return cls(
-            tags.get("holder", ""),
-            tags.get("host", ""),
-            int(tags.get("pid", "0") or 0),
-            tags.get("pid_start", ""),
-            tags.get("boot", ""),
-            tags.get("since", ""),
-            float(tags.get("heartbeat", "0") or 0),
+            marks.get(tags.LOCK_HOLDER, ""),
+            marks.get(tags.HOST, ""),
+            int(marks.get(tags.LOCK_PID, "0") or 0),
+            marks.get(tags.LOCK_PID_START, ""),
+            marks.get(tags.LOCK_BOOT, ""),
+            marks.get(tags.LOCK_SINCE, ""),
+            float(marks.get(tags.LOCK_HEARTBEAT, "0") or 0),
         )
 
     def describe(self) -> str:
@@ -162,7 +163,7 @@ class StoreLock:
             try:
                 self.client.create_registered_model(
                     self.name,
-                    tags=self.holder.tags(),
+                    tags=self.holder.as_tags(),
                     description=f"held by a pipeline run: {self.key} (deleted when it ends)",
                 )
                 break
@@ -226,7 +227,9 @@ class StoreLock:
                 if current is None or current.id != self.holder.id:
                     log.error("lost the lock on %s: another run took it over", self.key)
                     return
-                self.client.set_registered_model_tag(self.name, "heartbeat", f"{time.time():.3f}")
+                self.client.set_registered_model_tag(
+                    self.name, tags.LOCK_HEARTBEAT, f"{time.time():.3f}"
+                )
             except Exception as exc:  # a store that is busy or down for a moment: next beat
                 log.warning("lock heartbeat on %s failed: %s", self.key, exc)
 

@@ -23,8 +23,9 @@ from mlflow.utils.mlflow_tags import (
     MLFLOW_RUN_NAME,
 )
 
+from pipeline import tags
 from pipeline.config import HYPERPARAMETERS, Experiment, Scalar, parse_experiment
-from pipeline.decisions import (
+from pipeline.core.decisions import (
     CANDIDATES,
     TRIAL_STATES,
     VALID_STATES,
@@ -32,16 +33,14 @@ from pipeline.decisions import (
     best_epoch,
     rank_trials,
 )
+from pipeline.core.evaluate import TestReport, confusion_figure
 from pipeline.errors import PipelineError
-from pipeline.evaluate import TestReport, confusion_figure
 from pipeline.tracking.locks import StoreLock
 from pipeline.tracking.store import Client, experiment_id, open_client, use_tracking_uri
 
 if TYPE_CHECKING:
     from torch import nn
 
-SWEEP_PATH_TAG = "sweep_path"  # marks a sweep's parent run: where Ray keeps its trial state
-ABANDONED_TAG = "sweep.abandoned"  # an interrupted sweep that will not be resumed: when
 RETRAIN_RUN_NAME = "retrain"
 MODEL_ARTIFACT = "model"
 
@@ -133,10 +132,10 @@ def start_parent_run(
 def sweep_tags(sweep_path: str, data_fingerprint: str, code_version: str | None) -> dict[str, str]:
     """The tags that mark a parent run as a sweep: where its trial state is, which data, which
     code."""
-    tags = {SWEEP_PATH_TAG: sweep_path, "data_fingerprint": data_fingerprint}
+    marks = {tags.SWEEP_PATH: sweep_path, tags.DATA_FINGERPRINT: data_fingerprint}
     if code_version:
-        tags[MLFLOW_GIT_COMMIT] = code_version
-    return tags
+        marks[MLFLOW_GIT_COMMIT] = code_version
+    return marks
 
 
 def reopen_run(client: Client, run_id: str) -> None:
@@ -158,13 +157,18 @@ def finish_parent_run(
     now = int(time.time() * 1000)
     if best is not None:
         chosen = hyperparameters_of(best)
-        params = [Param(f"best.{n}", str(chosen[n])) for n in param_names if n in chosen]
-        params.append(Param("best.trial_id", str(best["trial_id"])))
+        params = [
+            Param(f"{tags.BEST_PARAM}{n}", str(chosen[n])) for n in param_names if n in chosen
+        ]
+        params.append(Param(tags.BEST_PARAM + tags.TRIAL_ID, str(best["trial_id"])))
         for name in ("val_acc", "val_loss", "epoch"):
             metrics.append(Metric(f"best_{name}", float(best[name]), now, 0))
     counts = table["state"].value_counts() if len(table) else pd.Series(dtype=int)
-    tags = [RunTag(f"trials.{state}", str(int(counts.get(state, 0)))) for state in TRIAL_STATES]
-    client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+    counted = [
+        RunTag(f"{tags.TRIAL_COUNT}{state}", str(int(counts.get(state, 0))))
+        for state in TRIAL_STATES
+    ]
+    client.log_batch(run_id, metrics=metrics, params=params, tags=counted)
     client.log_text(run_id, table.to_csv(index=False), "trials.csv")
     client.set_terminated(run_id, status)
 
@@ -198,9 +202,9 @@ def trial_states(client: Client, experiment_id: str, parent_run_id: str) -> dict
     """trial id -> the state its child run was tagged with."""
     runs = child_runs(client, experiment_id, parent_run_id)
     return {
-        r.data.tags["trial_id"]: r.data.tags.get("trial_state", "")
+        r.data.tags[tags.TRIAL_ID]: r.data.tags.get(tags.TRIAL_STATE, "")
         for r in runs
-        if "trial_id" in r.data.tags
+        if tags.TRIAL_ID in r.data.tags
     }
 
 
@@ -218,7 +222,7 @@ def close_open_runs(client: Client, experiment_id: str, parent_run_id: str, stat
 
 def latest_sweep(client: Client, experiment_id: str, finished: bool) -> Run | None:
     """The experiment's most recently started sweep (only finished ones if `finished`)."""
-    query = f"tags.{SWEEP_PATH_TAG} != ''"
+    query = f"tags.{tags.SWEEP_PATH} != ''"
     if finished:
         query += " and attributes.status = 'FINISHED'"
     runs = client.search_runs(
@@ -238,14 +242,14 @@ def interrupted_sweeps(client: Client, experiment_id: str) -> list[Run]:
     (stopped, killed, lost with its node), newest first."""
     found = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.{SWEEP_PATH_TAG} != '' and attributes.status != 'FINISHED'",
+        filter_string=f"tags.{tags.SWEEP_PATH} != '' and attributes.status != 'FINISHED'",
         order_by=["attributes.start_time DESC"],
         max_results=1000,
     )
     return [
         run
         for run in found
-        if ABANDONED_TAG not in run.data.tags
+        if tags.SWEEP_ABANDONED not in run.data.tags
         and sweep_lock(client, run.info.run_name).live_holder() is None
     ]
 
@@ -272,14 +276,14 @@ def find_unfinished_sweep(
         run = client.get_run(parent_run_id)
         if run.info.status == "FINISHED":
             raise PipelineError(f"sweep {parent_run_id} finished; nothing to resume")
-    return run.info.run_id, run.info.run_name, run.data.tags[SWEEP_PATH_TAG]
+    return run.info.run_id, run.info.run_name, run.data.tags[tags.SWEEP_PATH]
 
 
 def abandon_sweep(client: Client, experiment_id: str, run: Run) -> None:
     """End an interrupted sweep for good: its open runs KILLED, the parent tagged abandoned, the
     lock its dead driver left dropped."""
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    client.set_tag(run.info.run_id, ABANDONED_TAG, now)
+    client.set_tag(run.info.run_id, tags.SWEEP_ABANDONED, now)
     close_open_runs(client, experiment_id, run.info.run_id, "KILLED")
     sweep_lock(client, run.info.run_name).clear_stale()
 
@@ -300,17 +304,17 @@ def reconcile_trial_runs(
     the best epoch of a trial that ended meanwhile. Returns how many runs were deleted."""
     deleted = 0
     for run in child_runs(client, experiment_id, parent_run_id):
-        trial_id = run.data.tags.get("trial_id")
+        trial_id = run.data.tags.get(tags.TRIAL_ID)
         if trial_id is None:
             continue
         if trial_id not in states:
-            client.set_tag(run.info.run_id, "trial_state", "lost")
+            client.set_tag(run.info.run_id, tags.TRIAL_STATE, "lost")
             client.set_terminated(run.info.run_id, "KILLED")
             client.delete_run(run.info.run_id)  # MLflow keeps it, recoverable, out of views
             deleted += 1
             continue
-        if run.data.tags.get("trial_state") not in TRIAL_STATES and states[trial_id]:
-            client.set_tag(run.info.run_id, "trial_state", states[trial_id])
+        if run.data.tags.get(tags.TRIAL_STATE) not in TRIAL_STATES and states[trial_id]:
+            client.set_tag(run.info.run_id, tags.TRIAL_STATE, states[trial_id])
         if histories is not None:
             history = histories.get(trial_id, [])
             missing = missing_epochs(client, run.info.run_id, history)
@@ -412,7 +416,7 @@ def find_sweep(client: Client, experiment_name: str, parent_run_id: str | None) 
             run = client.get_run(parent_run_id)
         except MlflowException:
             raise PipelineError(f"no run '{parent_run_id}' in the tracking store") from None
-        if run.info.experiment_id != experiment or SWEEP_PATH_TAG not in run.data.tags:
+        if run.info.experiment_id != experiment or tags.SWEEP_PATH not in run.data.tags:
             raise PipelineError(
                 f"run '{parent_run_id}' is not a sweep of experiment '{experiment_name}'"
             )
@@ -440,7 +444,7 @@ def find_sweep(client: Client, experiment_name: str, parent_run_id: str | None) 
         run_id,
         run.info.run_name,
         settings,
-        run.data.tags.get("data_fingerprint", ""),
+        run.data.tags.get(tags.DATA_FINGERPRINT, ""),
         candidates[0],
         candidates,
     )
@@ -452,27 +456,21 @@ def sweep_table(client: Client, parent_run_id: str) -> pd.DataFrame:
         return pd.read_csv(client.download_artifacts(parent_run_id, "trials.csv", folder))
 
 
-def set_run_tags(client: Client, run_id: str, tags: dict[str, str]) -> None:
+def set_run_tags(client: Client, run_id: str, marks: dict[str, str]) -> None:
     """Tag a run, in one batch."""
-    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in marks.items()])
 
 
-def run_tags(client: Client, run_id: str) -> dict[str, str]:
-    return dict(client.get_run(run_id).data.tags)
-
-
-def record_run(client: Client, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
+def record_run(client: Client, experiment_id: str, run_name: str, marks: dict[str, str]) -> str:
     """A finished run that only records something (tags), such as a night that did not sweep."""
     run = client.create_run(
-        experiment_id, run_name=run_name, tags={MLFLOW_RUN_NAME: run_name, **tags}
+        experiment_id, run_name=run_name, tags={MLFLOW_RUN_NAME: run_name, **marks}
     )
     client.set_terminated(run.info.run_id, "FINISHED")
     return str(run.info.run_id)
 
 
 # --- nights --------------------------------------------------------------------------------
-
-NIGHT_DATE_TAG = "night.date"
 
 
 @dataclass(frozen=True)
@@ -487,15 +485,15 @@ class NightRecord:
 
     @property
     def date(self) -> str:
-        return self.tags.get(NIGHT_DATE_TAG, "")
+        return self.tags.get(tags.NIGHT_DATE, "")
 
     @property
     def is_sweep(self) -> bool:
-        return SWEEP_PATH_TAG in self.tags
+        return tags.SWEEP_PATH in self.tags
 
     @property
     def sweep_path(self) -> str:
-        return self.tags.get(SWEEP_PATH_TAG, "")
+        return self.tags.get(tags.SWEEP_PATH, "")
 
 
 def night_records(
@@ -504,7 +502,7 @@ def night_records(
     """Runs tagged with a night date (and matching `query`, an MLflow filter), newest first."""
     found = client.search_runs(
         experiment_ids,
-        filter_string=" and ".join(q for q in (f"tags.`{NIGHT_DATE_TAG}` != ''", query) if q),
+        filter_string=" and ".join(q for q in (f"tags.`{tags.NIGHT_DATE}` != ''", query) if q),
         order_by=["attributes.start_time DESC"],
         max_results=limit,
     )
@@ -556,15 +554,14 @@ def log_retrain_run(tracking_uri: str, sweep: SweepRecord, model: RetrainedModel
     """Log the retrain under the sweep's parent run: params, history, test scores and the model."""
     client = open_client(tracking_uri)
     report = model.report
-    tags = {
+    marks = {
         MLFLOW_RUN_NAME: RETRAIN_RUN_NAME,
         MLFLOW_PARENT_RUN_ID: sweep.parent_run_id,
-        # Not `trial_id`: that tag marks the sweep's trial runs.
-        "source_trial_id": str(sweep.best["trial_id"]),
-        "data_fingerprint": model.data_fingerprint,
-        "device": model.device,
+        tags.SOURCE_TRIAL_ID: str(sweep.best["trial_id"]),
+        tags.DATA_FINGERPRINT: model.data_fingerprint,
+        tags.DEVICE: model.device,
     }
-    run = client.create_run(sweep.experiment_id, run_name=RETRAIN_RUN_NAME, tags=tags)
+    run = client.create_run(sweep.experiment_id, run_name=RETRAIN_RUN_NAME, tags=marks)
     run_id = run.info.run_id
     status = "FAILED"
     try:
@@ -581,7 +578,7 @@ def log_retrain_run(tracking_uri: str, sweep: SweepRecord, model: RetrainedModel
             run_id,
             metrics=metrics,
             params=[Param(k, str(v)) for k, v in model.params.items()],
-            tags=[RunTag("test_rows_seen", "once")],
+            tags=[RunTag(tags.TEST_ROWS_SEEN, "once")],
         )
         client.log_inputs(run_id, [d.as_input() for d in model.data])
         client.log_dict(run_id, report.per_class(), "classification_report.json")

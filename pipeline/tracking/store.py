@@ -12,6 +12,7 @@ from typing import Any
 
 import mlflow
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
@@ -92,7 +93,6 @@ def use_tracking_uri(tracking_uri: str) -> Iterator[None]:
 # overview unless its switch or a link's `?workflowType=machine_learning` says otherwise (see
 # `display.print_sweep`).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
-NOTE_TAG = "mlflow.note.content"  # the description MLflow's UI shows, of a run or experiment
 
 
 def ensure_experiment(
@@ -111,8 +111,9 @@ def ensure_experiment(
                 client.set_experiment_tag(found.experiment_id, key, value)
         return str(found.experiment_id)
     location = (artifact_root / name).resolve().as_uri() if artifact_root else None
-    tags = {**EXPERIMENT_KIND, NOTE_TAG: description} if description else EXPERIMENT_KIND
-    return str(client.create_experiment(name, artifact_location=location, tags=tags))
+    # The note is the description MLflow's UI shows, of a run or an experiment.
+    marks = {**EXPERIMENT_KIND, MLFLOW_RUN_NOTE: description} if description else EXPERIMENT_KIND
+    return str(client.create_experiment(name, artifact_location=location, tags=marks))
 
 
 def find_experiment(client: Client, name: str) -> str | None:

@@ -13,6 +13,7 @@ import pandas as pd
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
+from pipeline import tags
 from pipeline.config import Experiment, parse_experiment
 from pipeline.errors import PipelineError
 from pipeline.tracking import runs
@@ -60,7 +61,7 @@ def sweep_run(client: Client, experiment_name: str, parent_run_id: str | None) -
         run = client.get_run(parent_run_id)
     except MlflowException:
         raise PipelineError(f"no run '{parent_run_id}' in the tracking store") from None
-    if run.info.experiment_id != experiment or runs.SWEEP_PATH_TAG not in run.data.tags:
+    if run.info.experiment_id != experiment or tags.SWEEP_PATH not in run.data.tags:
         raise PipelineError(
             f"run '{parent_run_id}' is not a sweep of experiment '{experiment_name}'"
         )
@@ -83,20 +84,20 @@ def read_sweep(client: Client, experiment_name: str, parent_run_id: str | None) 
     experiment = parse_experiment(json.loads(config), f"run {run_id}: config.json")
     trials, histories = [], []
     for child in runs.child_runs(client, run.info.experiment_id, run_id):
-        tags = child.data.tags
-        if "trial_id" not in tags:  # the retrain run
+        marks = child.data.tags
+        if tags.TRIAL_ID not in marks:  # the retrain run
             continue
-        number = tags.get("trial_number")
+        number = marks.get(tags.TRIAL_NUMBER)
         trials.append(
             TrialRun(
-                tags["trial_id"],
+                marks[tags.TRIAL_ID],
                 int(number) if number else None,
-                tags.get("trial_state", ""),
+                marks.get(tags.TRIAL_STATE, ""),
                 child.info.start_time,
                 child.info.end_time,
             )
         )
-        histories.append(metric_histories(client, child.info.run_id, tags["trial_id"]))
+        histories.append(metric_histories(client, child.info.run_id, marks[tags.TRIAL_ID]))
     columns = ["trial_id", "epoch", *HISTORY_METRICS]
     return RecordedSweep(
         run.info.experiment_id,
@@ -164,13 +165,13 @@ def list_sweeps(client: Client, experiment_name: str) -> list[SweepListing]:
     """The experiment's sweeps, newest first, each with the versions registered from it."""
     experiment = experiment_id(client, experiment_name)
     found = runs.search_all(
-        client, experiment, f"tags.{runs.SWEEP_PATH_TAG} != ''", ["attributes.start_time DESC"]
+        client, experiment, f"tags.{tags.SWEEP_PATH} != ''", ["attributes.start_time DESC"]
     )
     aliases: dict[str, dict[str, list[str]]] = {}  # model -> version -> its aliases
     listings = []
     for run in found:
-        tags = dict(run.data.tags)
-        counted = any(key.startswith("trials.") for key in tags)
+        marks = dict(run.data.tags)
+        counted = any(key.startswith(tags.TRIAL_COUNT) for key in marks)
         listings.append(
             SweepListing(
                 run.info.run_id,
@@ -179,7 +180,7 @@ def list_sweeps(client: Client, experiment_name: str) -> list[SweepListing]:
                 run.info.start_time,
                 dict(run.data.params),
                 dict(run.data.metrics),
-                tags,
+                marks,
                 0 if counted else trial_run_count(client, experiment, run.info.run_id),
                 sweep_versions(client, run.info.run_id, aliases),
             )
@@ -189,7 +190,7 @@ def list_sweeps(client: Client, experiment_name: str) -> list[SweepListing]:
 
 def trial_run_count(client: Client, experiment_id: str, parent_run_id: str) -> int:
     children = runs.child_runs(client, experiment_id, parent_run_id)
-    return sum("trial_id" in child.data.tags for child in children)
+    return sum(tags.TRIAL_ID in child.data.tags for child in children)
 
 
 def sweep_versions(
@@ -197,7 +198,7 @@ def sweep_versions(
 ) -> list[ModelVersionRecord]:
     """The model versions tagged with the sweep's parent run id, oldest first; `aliases` caches
     each model's aliases (a search of versions does not return them)."""
-    found = client.search_model_versions(f"tags.parent_run_id = '{parent_run_id}'")
+    found = client.search_model_versions(f"tags.{tags.PARENT_RUN_ID} = '{parent_run_id}'")
     records = []
     for version in sorted(found, key=lambda v: int(v.version)):
         if version.name not in aliases:

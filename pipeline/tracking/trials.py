@@ -18,8 +18,9 @@ from typing import Any
 from mlflow.entities import DatasetInput, Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from pipeline import tags
 from pipeline.config import Scalar
-from pipeline.decisions import VALID_STATES
+from pipeline.core.decisions import VALID_STATES
 from pipeline.tracking.runs import best_metrics, child_runs, logged_epochs
 from pipeline.tracking.store import Client, open_client
 
@@ -109,7 +110,7 @@ class TrialRecorder:
     def _load_existing_runs(self) -> None:
         assert self._client is not None
         for run in child_runs(self._client, self.experiment_id, self.parent_run_id):
-            trial_id = run.data.tags.get("trial_id")
+            trial_id = run.data.tags.get(tags.TRIAL_ID)
             if trial_id:
                 self._run_ids[trial_id] = run.info.run_id
 
@@ -118,7 +119,7 @@ class TrialRecorder:
         if self._thread is None:
             return
         for trial_id in list(self._open):
-            self._flush(trial_id, [RunTag("trial_state", "interrupted")])
+            self._flush(trial_id, [RunTag(tags.TRIAL_STATE, "interrupted")])
             self._submit(functools.partial(self._terminate, trial_id, "KILLED"))
         self._open.clear()
         self._queue.put(None)
@@ -138,17 +139,17 @@ class TrialRecorder:
             )
             return
         name = trial_run_name(number, params)
-        tags = {
+        marks = {
             MLFLOW_PARENT_RUN_ID: self.parent_run_id,
             MLFLOW_RUN_NAME: name,
-            "trial_id": trial_id,
-            "trial_number": str(number),
-            "trial_state": "running",
+            tags.TRIAL_ID: trial_id,
+            tags.TRIAL_NUMBER: str(number),
+            tags.TRIAL_STATE: "running",
         }
         source = next((s for p, s in self.warm_points if at_point(params, p)), None)
         if source is not None:
-            tags["warm_start"] = source
-        run = self._client.create_run(self.experiment_id, run_name=name, tags=tags)
+            marks[tags.WARM_START] = source
+        run = self._client.create_run(self.experiment_id, run_name=name, tags=marks)
         self._run_ids[trial_id] = run.info.run_id
         self._client.log_batch(
             run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()]
@@ -201,10 +202,10 @@ class TrialRecorder:
             return
         if trial_id not in self._pending_tags:  # where it runs: known from its first result
             self._pending_tags[trial_id] = [
-                RunTag("host", str(result.get("hostname", ""))),
-                RunTag("node_ip", str(result.get("node_ip", ""))),
-                RunTag("node_id", str(result.get("node_id", ""))),
-                RunTag("device", str(result.get("device", ""))),
+                RunTag(tags.HOST, str(result.get("hostname", ""))),
+                RunTag(tags.NODE_IP, str(result.get("node_ip", ""))),
+                RunTag(tags.NODE_ID, str(result.get("node_id", ""))),
+                RunTag(tags.DEVICE, str(result.get("device", ""))),
             ]
         self._pending.setdefault(trial_id, []).extend(
             Metric(name, float(result[name]), now, step) for name in TRIAL_METRICS
@@ -217,11 +218,11 @@ class TrialRecorder:
     def end(self, trial_id: str, state: str, error: str | None) -> None:
         """The trial ended in `state` (with `error`, if it failed): flush it with its best epoch,
         tag the state and end its run."""
-        tags = [RunTag("trial_state", state)]
+        ending = [RunTag(tags.TRIAL_STATE, state)]
         if error is not None:
-            tags.append(RunTag("trial_error", error[:5000]))  # MLflow's limit on a tag value
+            ending.append(RunTag(tags.TRIAL_ERROR, error[:5000]))  # MLflow's limit on a tag value
         epochs = self._epochs.pop(trial_id, [])
-        self._flush(trial_id, tags, epochs if state in VALID_STATES else None)
+        self._flush(trial_id, ending, epochs if state in VALID_STATES else None)
         status = "FAILED" if error is not None else "FINISHED"
         self._submit(lambda: self._terminate(trial_id, status))
         self._open.discard(trial_id)

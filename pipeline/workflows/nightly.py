@@ -18,41 +18,34 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline import registry, storage
-from pipeline import tune as tuning
+from pipeline import storage, tags
 from pipeline.config import Experiment, load_experiment, point_from_values
-from pipeline.decisions import rank_trials
+from pipeline.core.decisions import rank_trials
+from pipeline.distributed import tune as tuning
 from pipeline.errors import PipelineError, Terminated
 from pipeline.notify import post_json
 from pipeline.settings import Settings
-from pipeline.tracking import runs
+from pipeline.tracking import registry, runs
 from pipeline.tracking.locks import LockHeld, StoreLock
 from pipeline.tracking.preflight import check_tracking_store
-from pipeline.tracking.runs import NIGHT_DATE_TAG, NightRecord
+from pipeline.tracking.runs import NightRecord
 from pipeline.tracking.store import Client, ensure_experiment, open_client
-from pipeline.workflows.nights import (
-    AFTER,
-    BEFORE,
-    BEST,
-    CHALLENGER_ACC,
-    CHAMPION_ACC,
-    CHANGED,
-    ERROR,
-    FINAL_OUTCOMES,
-    FINGERPRINT,
-    MODEL,
-    OUTCOME,
-    TRIALS,
-    VERSION,
-    WARM,
-    Night,
-    night_of,
-)
+from pipeline.workflows.nights import FINAL_OUTCOMES, Night, night_of
 from pipeline.workflows.tuning import SweepResult, load_data, retrain_and_register, run_sweep
 
 log = logging.getLogger(__name__)
 
 WARM_FROM_PREVIOUS = 3  # the previous night's best configurations run again first
+# The night's scores of its challenger and of the champion, from the gate's candidate and champion.
+NIGHT_SCORES = (tags.NIGHT_CHALLENGER_ACC, tags.NIGHT_CHAMPION_ACC)
+# What a night tells its model version of itself.
+VERSION_TAGS = (
+    tags.NIGHT_OUTCOME,
+    tags.NIGHT_CHANGED,
+    tags.NIGHT_FINGERPRINT,
+    tags.NIGHT_BEFORE,
+    tags.NIGHT_AFTER,
+)
 KEEP_VERSIONS = 10
 
 
@@ -95,7 +88,7 @@ def run_night(
         )
     except PipelineError as exc:  # nowhere to record it: the webhook still hears of it
         notify(webhook_url, settings, None, Night(date, experiment.model_name, "failed", None,
-                                                  {ERROR: str(exc)}))  # fmt: skip
+                                                  {tags.NIGHT_ERROR: str(exc)}))  # fmt: skip
         raise
     job = NightJob(client, settings, experiment, experiment_id, date, space, actor, watcher)
     lock = StoreLock(client, f"nightly.{experiment.name}")
@@ -137,7 +130,7 @@ class NightJob:
 
     @property
     def base_tags(self) -> dict[str, str]:
-        return {NIGHT_DATE_TAG: self.date, MODEL: self.model}
+        return {tags.NIGHT_DATE: self.date, tags.NIGHT_MODEL: self.model}
 
     def records(self) -> list[NightRecord]:
         return runs.night_records(self.client, [self.experiment_id])
@@ -148,7 +141,7 @@ class NightJob:
             log.warning("night %s: resuming after a run that died (%s)", self.date, taken_over)
         sweeps = [r for r in self.records() if r.is_sweep]
         tonight = next((r for r in sweeps if r.date == self.date), None)
-        if tonight is not None and tonight.tags.get(OUTCOME) in FINAL_OUTCOMES:
+        if tonight is not None and tonight.tags.get(tags.NIGHT_OUTCOME) in FINAL_OUTCOMES:
             return night_of(tonight, already_done=True)
         previous = next((r for r in sweeps if r.date < self.date and r.status == "FINISHED"), None)
         warnings = self.sweep(tonight, previous)
@@ -157,7 +150,7 @@ class NightJob:
         # The sweep is over: nothing to resume from its trial state.
         storage.remove(record.sweep_path, self.settings.storage_endpoint)
         if f"best_{self.experiment.metric}" not in record.metrics:
-            return self.finish({OUTCOME: "no-valid-trial"}, warnings)
+            return self.finish({tags.NIGHT_OUTCOME: "no-valid-trial"}, warnings)
         version = self.register(record)
         outcome = self.gate(version, min_delta)
         deleted = registry.prune_versions(self.client, self.settings.tracking_uri, self.model, keep)
@@ -186,9 +179,12 @@ class NightJob:
             runs.set_run_tags(
                 self.client,
                 tonight.run_id,
-                {OUTCOME: "failed", ERROR: "interrupted before its sweep saved any state"},
+                {
+                    tags.NIGHT_OUTCOME: "failed",
+                    tags.NIGHT_ERROR: "interrupted before its sweep saved any state",
+                },
             )
-        previous_fingerprint = previous.tags.get(FINGERPRINT) if previous else None
+        previous_fingerprint = previous.tags.get(tags.NIGHT_FINGERPRINT) if previous else None
         changed = (
             "first"
             if previous_fingerprint is None
@@ -196,16 +192,17 @@ class NightJob:
         )
         champion = registry.model_aliases(self.client, self.model).get(registry.CHAMPION)
         warm, warnings = self.warm_start(champion, previous)
-        tags = {
+        warmed = f"{len(warm.points)} points, {len(warm.evaluated)} results" if warm else "none"
+        marks = {
             **self.base_tags,
-            FINGERPRINT: split.fingerprint,
-            CHANGED: changed,
-            BEFORE: champion or "none",
-            WARM: f"{len(warm.points)} points, {len(warm.evaluated)} results" if warm else "none",
+            tags.NIGHT_FINGERPRINT: split.fingerprint,
+            tags.NIGHT_CHANGED: changed,
+            tags.NIGHT_BEFORE: champion or "none",
+            tags.NIGHT_WARM: warmed,
         }
         result = run_sweep(
             self.experiment, self.experiment.name, dataset, split, text, self.settings,
-            warm=warm, tags=tags, watcher=self.watcher,
+            warm=warm, tags=marks, watcher=self.watcher,
         )  # fmt: skip
         self.run_id = result.parent_run_id
         return [*warnings, *self.after_sweep(result)]
@@ -224,9 +221,9 @@ class NightJob:
             return None, []
         candidates: list[tuple[dict[str, Any], str]] = []
         source = registry.version_tags(self.client, self.model, champion)
-        if source.get("parent_run_id") and source.get("trial_id"):
-            table = runs.sweep_table(self.client, source["parent_run_id"])
-            trial = table[table["trial_id"] == source["trial_id"]]
+        if source.get(tags.PARENT_RUN_ID) and source.get(tags.TRIAL_ID):
+            table = runs.sweep_table(self.client, source[tags.PARENT_RUN_ID])
+            trial = table[table["trial_id"] == source[tags.TRIAL_ID]]
             candidates += [(r, "champion") for r in records(trial)]
         results: list[tuple[dict[str, Any], float]] = []
         if previous is not None:
@@ -275,13 +272,13 @@ class NightJob:
 
     def register(self, record: NightRecord) -> str:
         """Retrain and register tonight's winner, once: a version found for the sweep is it."""
-        version = record.tags.get(VERSION) or registry.version_of_sweep(
+        version = record.tags.get(tags.NIGHT_VERSION) or registry.version_of_sweep(
             self.client, self.model, record.run_id
         )
         if version is None:
             retrained = retrain_and_register(self.settings, self.experiment.name, record.run_id)
             version = retrained.version
-        runs.set_run_tags(self.client, record.run_id, {VERSION: version})
+        runs.set_run_tags(self.client, record.run_id, {tags.NIGHT_VERSION: version})
         registry.tag_version(self.client, self.model, version, self.base_tags)
         return version
 
@@ -289,12 +286,17 @@ class NightJob:
         """The promotion gate on today's test split (as `promote`); its decision as tags."""
         champion = registry.model_aliases(self.client, self.model).get(registry.CHAMPION)
         if champion == version:  # promoted by an attempt that died before recording it
-            tags = registry.version_tags(self.client, self.model, version)
+            gate = registry.version_tags(self.client, self.model, version)
+            scored = (
+                tags.PROMOTION + tags.gate_score(role, tags.TEST_ACC) for role in tags.GATE_ROLES
+            )
             return {
-                OUTCOME: "promoted",
-                AFTER: version,
-                CHALLENGER_ACC: tags.get("promotion.candidate_test_acc", ""),
-                CHAMPION_ACC: tags.get("promotion.champion_test_acc", ""),
+                tags.NIGHT_OUTCOME: "promoted",
+                tags.NIGHT_AFTER: version,
+                **{
+                    night: gate.get(tag, "")
+                    for night, tag in zip(NIGHT_SCORES, scored, strict=True)
+                },
             }
         decision = registry.promote(
             self.client,
@@ -306,59 +308,67 @@ class NightJob:
             force=False,
             min_delta=min_delta,
         )
-        scores = {
-            CHALLENGER_ACC: decision.candidate_report,
-            CHAMPION_ACC: decision.champion_report,
-        }
+        scores = dict(
+            zip(NIGHT_SCORES, (decision.candidate_report, decision.champion_report), strict=True)
+        )
         return {
-            OUTCOME: "kept" if decision.action == "kept" else "promoted",
-            AFTER: decision.champion_after or "none",
+            tags.NIGHT_OUTCOME: "kept" if decision.action == "kept" else "promoted",
+            tags.NIGHT_AFTER: decision.champion_after or "none",
             **{k: f"{r.test_acc:.6f}" for k, r in scores.items() if r is not None},
         }
 
-    def finish(self, tags: dict[str, str], warnings: list[str]) -> Night:
+    def finish(self, outcome: dict[str, str], warnings: list[str]) -> Night:
         """Record the night's outcome on its run (and version), and return the night."""
         assert self.run_id is not None
         record = self.record()
         trials = sum(
-            int(v) for k, v in record.tags.items() if k.startswith("trials.") and v.isdigit()
+            int(v) for k, v in record.tags.items() if k.startswith(tags.TRIAL_COUNT) and v.isdigit()
         )
-        tags = {**tags, TRIALS: str(trials)}
+        marks = {**outcome, tags.NIGHT_TRIALS: str(trials)}
         best = record.metrics.get(f"best_{self.experiment.metric}")
         if best is not None:
-            tags[BEST] = f"{best:.6f}"
-        runs.set_run_tags(self.client, self.run_id, tags)
-        version = record.tags.get(VERSION)
+            marks[tags.NIGHT_BEST] = f"{best:.6f}"
+        runs.set_run_tags(self.client, self.run_id, marks)
+        version = record.tags.get(tags.NIGHT_VERSION)
         if version:
-            night_tags = (OUTCOME, CHANGED, FINGERPRINT, BEFORE, AFTER)
-            merged = {**record.tags, **tags}
+            merged = {**record.tags, **marks}
             registry.tag_version(
-                self.client, self.model, version, {k: merged[k] for k in night_tags if k in merged}
+                self.client,
+                self.model,
+                version,
+                {k: merged[k] for k in VERSION_TAGS if k in merged},
             )
         return replace(night_of(self.record()), warnings=tuple(warnings))
 
     def record_skipped(self, held: LockHeld) -> Night:
         """A night that found another one of the space running: recorded on a run of its own."""
-        tags = {**self.base_tags, OUTCOME: "skipped-locked", ERROR: str(held)}
-        run_id = runs.record_run(self.client, self.experiment_id, f"night-{self.date}", tags)
-        return Night(self.date, self.model, "skipped-locked", run_id, tags)
+        marks = {
+            **self.base_tags,
+            tags.NIGHT_OUTCOME: "skipped-locked",
+            tags.NIGHT_ERROR: str(held),
+        }
+        run_id = runs.record_run(self.client, self.experiment_id, f"night-{self.date}", marks)
+        return Night(self.date, self.model, "skipped-locked", run_id, marks)
 
     def record_failure(self, exc: Exception) -> Night:
         """Record a failed night on its sweep's run (or a run of its own, if none started).
         A store that fails too only costs the record: the night's own error still surfaces."""
-        tags = {OUTCOME: "failed", ERROR: (str(exc) or type(exc).__name__)[:5000]}
+        marks = {
+            tags.NIGHT_OUTCOME: "failed",
+            tags.NIGHT_ERROR: (str(exc) or type(exc).__name__)[:5000],
+        }
         try:
             if self.run_id is None:
-                tags = {**self.base_tags, **tags}
+                marks = {**self.base_tags, **marks}
                 self.run_id = runs.record_run(
-                    self.client, self.experiment_id, f"night-{self.date}", tags
+                    self.client, self.experiment_id, f"night-{self.date}", marks
                 )
             else:
-                runs.set_run_tags(self.client, self.run_id, tags)
+                runs.set_run_tags(self.client, self.run_id, marks)
             return night_of(self.record())
         except Exception as failure:
             log.error("could not record the failed night %s: %s", self.date, failure)
-            return Night(self.date, self.model, "failed", self.run_id, tags)
+            return Night(self.date, self.model, "failed", self.run_id, marks)
 
 
 def records(table: pd.DataFrame) -> list[dict[str, Any]]:
@@ -378,15 +388,15 @@ def notify(url: str | None, settings: Settings, experiment_id: str | None, night
         "night": night.date,
         "model": night.model,
         "outcome": night.outcome,
-        "version": night.tag(VERSION),
-        "champion_before": night.tag(BEFORE),
-        "champion_after": night.tag(AFTER),
-        "data_changed": night.tag(CHANGED),
-        "trials": int(night.tag(TRIALS) or 0),
+        "version": night.tag(tags.NIGHT_VERSION),
+        "champion_before": night.tag(tags.NIGHT_BEFORE),
+        "champion_after": night.tag(tags.NIGHT_AFTER),
+        "data_changed": night.tag(tags.NIGHT_CHANGED),
+        "trials": int(night.tag(tags.NIGHT_TRIALS) or 0),
         "best_score": night.best_score,
-        "challenger_test_acc": float(night.tag(CHALLENGER_ACC) or "nan"),
-        "champion_test_acc": float(night.tag(CHAMPION_ACC) or "nan"),
-        "error": night.tag(ERROR),
+        "challenger_test_acc": float(night.tag(tags.NIGHT_CHALLENGER_ACC) or "nan"),
+        "champion_test_acc": float(night.tag(tags.NIGHT_CHAMPION_ACC) or "nan"),
+        "error": night.tag(tags.NIGHT_ERROR),
         "runs": link,
     }
     # JSON has no NaN: a score the night does not have is null.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pipeline import tags
 from pipeline.settings import Settings
 from pipeline.tracking import runs
 from pipeline.tracking.runs import NightRecord
@@ -16,21 +17,6 @@ OUTCOMES = (*FINAL_OUTCOMES, "failed", "skipped-locked")
 # Exit codes of `nightly`, for schedulers (documented in the README).
 EXIT_NO_VALID_TRIAL = 3
 EXIT_LOCKED = 75  # EX_TEMPFAIL: another night of the space is running; try later
-
-# Tags of a night's runs (and, where they apply, of its model version).
-MODEL = "night.model"
-OUTCOME = "night.outcome"
-FINGERPRINT = "night.data_fingerprint"
-CHANGED = "night.data_changed"  # yes, no, or first (no earlier night to compare with)
-VERSION = "night.version"
-BEFORE = "night.champion_before"
-AFTER = "night.champion_after"
-TRIALS = "night.trials"
-BEST = "night.best_score"
-CHALLENGER_ACC = "night.challenger_test_acc"
-CHAMPION_ACC = "night.champion_test_acc"
-WARM = "night.warm_start"
-ERROR = "night.error"
 
 
 @dataclass(frozen=True)
@@ -58,11 +44,13 @@ class Night:
 
 def night_of(record: NightRecord, already_done: bool = False) -> Night:
     """A night as its run records it."""
-    outcome = record.tags.get(OUTCOME) or {"RUNNING": "running"}.get(record.status, "interrupted")
-    best = record.tags.get(BEST)
+    outcome = record.tags.get(tags.NIGHT_OUTCOME) or {"RUNNING": "running"}.get(
+        record.status, "interrupted"
+    )
+    best = record.tags.get(tags.NIGHT_BEST)
     return Night(
         record.date,
-        record.tags.get(MODEL, ""),
+        record.tags.get(tags.NIGHT_MODEL, ""),
         outcome,
         record.run_id,
         record.tags,
@@ -75,6 +63,6 @@ def history(settings: Settings, model: str, nights: int = 14) -> list[Night]:
     """The model's last nights, newest first (every attempt: skipped and failed ones too)."""
     client = open_client(settings.tracking_uri)
     records = runs.night_records(
-        client, runs.experiment_ids(client), f"tags.`{MODEL}` = '{model}'", nights
+        client, runs.experiment_ids(client), f"tags.`{tags.NIGHT_MODEL}` = '{model}'", nights
     )
     return [night_of(r) for r in records]

@@ -12,18 +12,19 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline import tags
 from pipeline.config import HYPERPARAMETERS, ChoiceParam, ConditionalOption, ParamSpec, Scalar
-from pipeline.decisions import TRIAL_STATES, best_trial, rank_trials
+from pipeline.core.decisions import TRIAL_STATES, best_trial, rank_trials
 from pipeline.errors import PipelineError
-from pipeline.registry import version_of_sweep
 from pipeline.report import SweepData, build_report
 from pipeline.settings import Settings
 from pipeline.tracking import sweeps
 from pipeline.tracking.preflight import check_tracking_store, store_exists
+from pipeline.tracking.registry import version_of_sweep
 from pipeline.tracking.store import Client, open_client
-from pipeline.workflows import nights
 
 REPORT_PAGE = "report.html"
+BEST_TRIAL_ID = tags.BEST_PARAM + tags.TRIAL_ID  # the param naming a sweep's best trial
 
 
 @dataclass(frozen=True)
@@ -180,13 +181,13 @@ def list_sweeps(settings: Settings, experiment_name: str) -> list[SweepSummary]:
 
 def summary_of(listing: sweeps.SweepListing) -> SweepSummary:
     metric = listing.params.get("metric", "val_acc")
-    counts = [int(v) for k, v in listing.tags.items() if k.startswith("trials.")]
+    counts = [int(v) for k, v in listing.tags.items() if k.startswith(tags.TRIAL_COUNT)]
     best = listing.metrics.get(f"best_{metric}")
     version = listing.versions[-1] if listing.versions else None
-    decision = version.tags.get("promotion.decision") if version else None
+    decision = version.tags.get(tags.PROMOTION + tags.DECISION) if version else None
     # A night records its gate's outcome on its sweep: the decision even if the tag is missing.
-    if decision is None and listing.tags.get(nights.OUTCOME) in ("promoted", "kept"):
-        decision = listing.tags[nights.OUTCOME]
+    if decision is None and listing.tags.get(tags.NIGHT_OUTCOME) in ("promoted", "kept"):
+        decision = listing.tags[tags.NIGHT_OUTCOME]
     started = datetime.fromtimestamp(listing.start_time / 1000, timezone.utc)
     return SweepSummary(
         started=started.isoformat(timespec="seconds"),
@@ -196,11 +197,11 @@ def summary_of(listing: sweeps.SweepListing) -> SweepSummary:
         trials=sum(counts) if counts else listing.trial_runs,
         metric=metric,
         best_score=best if best is not None and math.isfinite(best) else None,
-        best_trial_id=listing.params.get("best.trial_id"),
+        best_trial_id=listing.params.get(BEST_TRIAL_ID),
         params={
-            name.removeprefix("best."): scalar(value)
+            name.removeprefix(tags.BEST_PARAM): scalar(value)
             for name, value in listing.params.items()
-            if name.startswith("best.") and name != "best.trial_id"
+            if name.startswith(tags.BEST_PARAM) and name != BEST_TRIAL_ID
         },
         model=version.name if version else None,
         version=version.version if version else None,

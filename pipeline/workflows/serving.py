@@ -6,17 +6,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import registry
-from pipeline.predict import (
+from pipeline.core.predict import (
     held_out_rows,
     labelled_accuracy,
     predictions_frame,
     read_inputs,
     write_csv,
 )
-from pipeline.registry import CHAMPION, Decision
 from pipeline.settings import Settings
+from pipeline.tracking import registry
 from pipeline.tracking.preflight import check_tracking_store
+from pipeline.tracking.registry import CHAMPION, Decision
 from pipeline.tracking.server import Launch, model_server_launch, ui_launch
 from pipeline.tracking.store import (
     Client,

@@ -14,10 +14,9 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline import cluster, storage
-from pipeline import tune as tuning
+from pipeline import storage, tags
 from pipeline.config import Experiment, Hyperparameters, Scalar, load_experiment
-from pipeline.data import (
+from pipeline.core.data import (
     Dataset,
     Split,
     load_dataset,
@@ -26,16 +25,18 @@ from pipeline.data import (
     split_dataset,
     tuning_data,
 )
-from pipeline.decisions import Opinion, Selection, best_trial, select, with_states
+from pipeline.core.decisions import Opinion, Selection, best_trial, select, with_states
+from pipeline.core.evaluate import TestReport
+from pipeline.distributed import cluster
+from pipeline.distributed import tune as tuning
 from pipeline.errors import PipelineError
-from pipeline.evaluate import TestReport
-from pipeline.registry import register_challenger
 from pipeline.retrain import check_same_data, log_retrain, second_opinion, train_and_test
 from pipeline.settings import Settings
 from pipeline.stopwatch import Stopwatch
 from pipeline.tracking import runs
 from pipeline.tracking.locks import LockHeld, StoreLock
 from pipeline.tracking.preflight import check_tracking_store, store_exists
+from pipeline.tracking.registry import register_challenger
 from pipeline.tracking.store import (
     Client,
     ensure_experiment,
@@ -376,7 +377,7 @@ def settle_interrupted(settings: Settings, experiment_name: str, abandon: bool) 
     for run in waiting:
         assert experiment_id is not None
         runs.abandon_sweep(client, experiment_id, run)
-        storage.remove(run.data.tags[runs.SWEEP_PATH_TAG], settings.storage_endpoint)
+        storage.remove(run.data.tags[tags.SWEEP_PATH], settings.storage_endpoint)
     return [runs.describe_sweep(run) for run in waiting]
 
 

@@ -21,11 +21,12 @@ import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
 
+from pipeline import tags
 from pipeline.config import DataConfig
-from pipeline.data import Dataset, Split, load_dataset, split_dataset
-from pipeline.decisions import Selection, judge_promotion
+from pipeline.core.data import Dataset, Split, load_dataset, split_dataset
+from pipeline.core.decisions import Selection, judge_promotion
+from pipeline.core.evaluate import TestReport, score
 from pipeline.errors import PipelineError
-from pipeline.evaluate import TestReport, score
 from pipeline.tracking.locks import LOCK_PREFIX, LockHeld, StoreLock
 from pipeline.tracking.runs import RetrainRecord, SweepRecord
 from pipeline.tracking.store import Client, use_tracking_uri
@@ -91,18 +92,20 @@ def register_challenger(
             "retrained on train + validation and tested once on the held-out test split.",
         )
     report = record.report
-    tags = {
-        "parent_run_id": sweep.parent_run_id,
-        "retrain_run_id": record.run_id,
-        "trial_id": str(sweep.best["trial_id"]),
-        "data_fingerprint": split.fingerprint,
-        "epochs": str(sweep.epochs),
-        f"trial_{sweep.experiment.metric}": f"{sweep.score:.6f}",
-        f"selection_{sweep.experiment.metric}": f"{selection.score:.6f}",
-        "test_acc": f"{report.test_acc:.6f}",
-        "test_acc_95": "[{:.4f}, {:.4f}]".format(*report.test_acc_interval),
-        "test_loss": f"{report.test_loss:.6f}",
-        "test_macro_f1": f"{report.macro_f1:.6f}",
+    trial_id = str(sweep.best["trial_id"])
+    interval = "[{:.4f}, {:.4f}]".format(*report.test_acc_interval)
+    marks = {
+        tags.PARENT_RUN_ID: sweep.parent_run_id,
+        tags.RETRAIN_RUN_ID: record.run_id,
+        tags.TRIAL_ID: trial_id,
+        tags.DATA_FINGERPRINT: split.fingerprint,
+        tags.RETRAINED_EPOCHS: str(sweep.epochs),
+        tags.trial_score(sweep.experiment.metric): f"{sweep.score:.6f}",
+        tags.selection_score(sweep.experiment.metric): f"{selection.score:.6f}",
+        tags.TEST_ACC: f"{report.test_acc:.6f}",
+        tags.TEST_ACC_95: interval,
+        tags.TEST_LOSS: f"{report.test_loss:.6f}",
+        tags.TEST_MACRO_F1: f"{report.macro_f1:.6f}",
     }
     model_id = record.model_uri.removeprefix("models:/")
     with use_tracking_uri(tracking_uri):  # the registry resolves a models:/ source through it
@@ -110,11 +113,11 @@ def register_challenger(
             name,
             source=record.model_uri,
             run_id=record.run_id,
-            tags=tags,
+            tags=marks,
             model_id=model_id,
-            description=f"Trial {tags['trial_id']} of sweep {sweep.run_name} (experiment "
+            description=f"Trial {trial_id} of sweep {sweep.run_name} (experiment "
             f"'{experiment}'), retrained for {sweep.epochs} epochs: test_acc "
-            f"{report.test_acc:.4f} (95% interval {tags['test_acc_95']}) on {split.test.size} "
+            f"{report.test_acc:.4f} (95% interval {interval}) on {split.test.size} "
             f"held-out rows; {sweep.experiment.metric} {selection.score:.4f} when selected.",
         )
     client.set_registered_model_alias(name, CHALLENGER, version.version)
@@ -159,15 +162,15 @@ def version_tags(client: Client, name: str, version: str) -> dict[str, str]:
     return dict(client.get_model_version(name, version).tags)
 
 
-def tag_version(client: Client, name: str, version: str, tags: dict[str, str]) -> None:
-    for key, value in tags.items():
+def tag_version(client: Client, name: str, version: str, marks: dict[str, str]) -> None:
+    for key, value in marks.items():
         client.set_model_version_tag(name, version, key, value)
 
 
 def version_of_sweep(client: Client, name: str, parent_run_id: str) -> str | None:
     """The version registered from this sweep, if one was (the newest, should there be more)."""
     found = client.search_model_versions(
-        f"name = '{name}' and tags.parent_run_id = '{parent_run_id}'"
+        f"name = '{name}' and tags.{tags.PARENT_RUN_ID} = '{parent_run_id}'"
     )
     return str(max(int(v.version) for v in found)) if found else None
 
@@ -212,7 +215,7 @@ def check_version(client: Client, name: str, version: int) -> str:
 
 def logged_test_acc(client: Client, name: str, version: str) -> float | None:
     """The test accuracy a version was registered with, if it was tagged with one."""
-    logged = client.get_model_version(name, version).tags.get("test_acc")
+    logged = client.get_model_version(name, version).tags.get(tags.TEST_ACC)
     return float(logged) if logged else None
 
 
@@ -402,24 +405,23 @@ def record_decision(
     data_fingerprint: str | None = None,
 ) -> None:
     """Tag the version the decision was about: what, who, when, and the scores of both."""
-    prefix = "rollback" if decision.action == "rolled back" else "promotion"
-    tags = {
-        f"{prefix}.decision": decision.action,
-        f"{prefix}.by": actor,
-        f"{prefix}.at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        f"{prefix}.reason": decision.reason,
-        f"{prefix}.champion_before": decision.champion_before or "none",
+    prefix = tags.ROLLBACK if decision.action == "rolled back" else tags.PROMOTION
+    fields = {
+        tags.DECISION: decision.action,
+        tags.DECIDED_BY: actor,
+        tags.DECIDED_AT: datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        tags.REASON: decision.reason,
+        tags.CHAMPION_BEFORE: decision.champion_before or "none",
     }
     if min_delta is not None:
-        tags[f"{prefix}.min_delta"] = str(min_delta)
+        fields[tags.MIN_DELTA] = str(min_delta)
     if data_fingerprint is not None:
-        tags[f"{prefix}.data_fingerprint"] = data_fingerprint
-    for role, report in (
-        ("candidate", decision.candidate_report),
-        ("champion", decision.champion_report),
+        fields[tags.DATA_FINGERPRINT] = data_fingerprint
+    for role, report in zip(
+        tags.GATE_ROLES, (decision.candidate_report, decision.champion_report), strict=True
     ):
         if report is not None:
-            tags[f"{prefix}.{role}_test_acc"] = f"{report.test_acc:.6f}"
-            tags[f"{prefix}.{role}_test_loss"] = f"{report.test_loss:.6f}"
-    for key, value in tags.items():
-        client.set_model_version_tag(decision.model, decision.candidate, key, value)
+            fields[tags.gate_score(role, tags.TEST_ACC)] = f"{report.test_acc:.6f}"
+            fields[tags.gate_score(role, tags.TEST_LOSS)] = f"{report.test_loss:.6f}"
+    for key, value in fields.items():
+        client.set_model_version_tag(decision.model, decision.candidate, prefix + key, value)

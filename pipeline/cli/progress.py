@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pipeline.config import Scalar
-from pipeline.decisions import best_epoch
+from pipeline.core.decisions import best_epoch
 
 STATE_ORDER = ("completed", "stopped", "diverged", "errored")
 
@@ -43,8 +43,8 @@ def format_duration(seconds: float) -> str:
 
 
 class SweepProgress:
-    """A watcher of a sweep's trial events (see `pipeline.tune.fit`) that shows its progress on
-    `console`."""
+    """A watcher of a sweep's trial events (see `pipeline.distributed.tune.fit`) that shows its
+    progress on `console`."""
 
     def __init__(self, console: Console, every: float = 10.0) -> None:
         self.console = console

@@ -9,12 +9,14 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
+from pipeline import tags
+
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from pipeline.evaluate import TestReport
-    from pipeline.registry import Decision
+    from pipeline.core.evaluate import TestReport
     from pipeline.stopwatch import Stopwatch
+    from pipeline.tracking.registry import Decision
     from pipeline.workflows.nights import Night
     from pipeline.workflows.reporting import ReportFiles, SweepSummary
     from pipeline.workflows.serving import ExportedRows, Prediction
@@ -37,7 +39,7 @@ def format_cell(value: object) -> str:
 
 def print_sweep(result: SweepResult, top: int = 5) -> None:
     """The best trials, the trial states, timings and where the runs are."""
-    from pipeline.decisions import rank_trials  # loaded already: the sweep ranked its trials
+    from pipeline.core.decisions import rank_trials  # loaded already: the sweep ranked its trials
 
     table, metric = result.table, result.metric
     out = results()
@@ -91,7 +93,9 @@ def print_resume_hint(space: Path, experiment_name: str) -> None:
 
 
 def print_registration(registration: Registration) -> None:
-    from pipeline.registry import CHALLENGER  # loaded already: the command registered a model
+    from pipeline.tracking.registry import (
+        CHALLENGER,  # loaded already: the command registered a model
+    )
 
     out = results()
     report = registration.report
@@ -117,7 +121,7 @@ def describe_report(report: TestReport) -> str:
 
 
 def print_decision(decision: Decision) -> None:
-    from pipeline.registry import CHAMPION, NOTHING  # loaded already: the command decided
+    from pipeline.tracking.registry import CHAMPION, NOTHING  # loaded already: the command decided
 
     out = results()
     if decision.action == NOTHING:
@@ -162,8 +166,6 @@ def print_exported(exported: ExportedRows) -> None:
 
 def print_night(night: Night) -> None:
     """What the night did, in a line or two."""
-    from pipeline.workflows import nights as n  # loaded already: the command ran the night
-
     out = results()
     for warning in night.warnings:
         out.print(f"warning: {warning}", highlight=False)
@@ -174,18 +176,20 @@ def print_night(night: Night) -> None:
         return
     line = f"night {night.date} of {night.model}: {night.outcome}"
     if night.outcome in ("promoted", "kept"):
+        challenger = score(night.tag(tags.NIGHT_CHALLENGER_ACC))
+        champion = score(night.tag(tags.NIGHT_CHAMPION_ACC)) or "-"
         line += (
-            f"; version {night.tag(n.VERSION)} (test_acc {score(night.tag(n.CHALLENGER_ACC))}) "
-            f"vs champion {night.tag(n.BEFORE)} (test_acc "
-            f"{score(night.tag(n.CHAMPION_ACC)) or '-'}); champion now {night.tag(n.AFTER)}"
+            f"; version {night.tag(tags.NIGHT_VERSION)} (test_acc {challenger}) vs champion "
+            f"{night.tag(tags.NIGHT_BEFORE)} (test_acc {champion}); champion now "
+            f"{night.tag(tags.NIGHT_AFTER)}"
         )
-    elif night.tag(n.ERROR):
-        line += f": {night.tag(n.ERROR)}"
+    elif night.tag(tags.NIGHT_ERROR):
+        line += f": {night.tag(tags.NIGHT_ERROR)}"
     out.print(line, highlight=False)
     if night.outcome in ("promoted", "kept", "no-valid-trial"):
         out.print(
-            f"data {night.tag(n.FINGERPRINT)} (changed since the previous night: "
-            f"{night.tag(n.CHANGED)}); {night.tag(n.TRIALS)} trials; history: "
+            f"data {night.tag(tags.NIGHT_FINGERPRINT)} (changed since the previous night: "
+            f"{night.tag(tags.NIGHT_CHANGED)}); {night.tag(tags.NIGHT_TRIALS)} trials; history: "
             f"python -m pipeline history --model {night.model}",
             highlight=False,
         )
@@ -193,8 +197,6 @@ def print_night(night: Night) -> None:
 
 def print_history(nights: list[Night], model: str) -> None:
     """The last nights, newest first."""
-    from pipeline.workflows import nights as n  # loaded already: the command read the nights
-
     out = results()
     if not nights:
         out.print(f"no nights of {model} yet (python -m pipeline nightly --space ...)")
@@ -209,12 +211,12 @@ def print_history(nights: list[Night], model: str) -> None:
         best = f"{night.best_score:.4f}" if night.best_score is not None else ""
         shown.add_row(
             night.date,
-            night.tag(n.TRIALS) or "",
+            night.tag(tags.NIGHT_TRIALS) or "",
             best,
-            score(night.tag(n.CHALLENGER_ACC)),
-            score(night.tag(n.CHAMPION_ACC)),
+            score(night.tag(tags.NIGHT_CHALLENGER_ACC)),
+            score(night.tag(tags.NIGHT_CHAMPION_ACC)),
             night.outcome,
-            night.tag(n.AFTER) or night.tag(n.BEFORE) or "",
+            night.tag(tags.NIGHT_AFTER) or night.tag(tags.NIGHT_BEFORE) or "",
         )
     out.print(shown)
 

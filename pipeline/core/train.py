@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from pipeline.config import Hyperparameters
-from pipeline.data import TuningData, column_stats
-from pipeline.model import build_model
+from pipeline.core.data import TuningData, column_stats
+from pipeline.core.model import build_model
 
 # Stand-ins for the metrics of a diverged run: finite (so ASHA's and TPE's arithmetic stays sane)
 # and worse than anything a real run reports.

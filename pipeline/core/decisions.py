@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Hyperparameters, flatten_sample
-from pipeline.evaluate import TestReport, mcnemar_p
+from pipeline.core.evaluate import TestReport, mcnemar_p
 
 TRIAL_STATES = ("completed", "stopped", "diverged", "errored", "interrupted")
 VALID_STATES = ("completed", "stopped")  # the states a best trial may have

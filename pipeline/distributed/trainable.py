@@ -15,9 +15,9 @@ import torch
 from ray import tune
 
 from pipeline.config import Hyperparameters, flatten_sample
-from pipeline.data import TuningData
-from pipeline.decisions import best_epoch
-from pipeline.train import EpochMetrics, fit
+from pipeline.core.data import TuningData
+from pipeline.core.decisions import best_epoch
+from pipeline.core.train import EpochMetrics, fit
 
 STATE_FILE = "state.pt"
 

@@ -38,11 +38,11 @@ from pipeline.config import (
     flatten_sample,
     option_name,
 )
-from pipeline.data import TuningData
-from pipeline.decisions import best_epoch, planned_epochs, trial_state
+from pipeline.core.data import TuningData
+from pipeline.core.decisions import best_epoch, planned_epochs, trial_state
+from pipeline.distributed.trainable import TrialSettings, run_trial
 from pipeline.errors import PipelineError, Terminated
 from pipeline.storage import for_ray
-from pipeline.trainable import TrialSettings, run_trial
 
 # Hyperopt labels carry this prefix so that they never equal a key of the space: Ray would then
 # try to translate warm-start values itself, which it cannot do for conditional options.
