@@ -11,14 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.report import (
-    MISSING,
-    SweepData,
-    axis_positions,
-    build_report,
-    importances,
-    permutation_drops,
-)
+from pipeline.report import SweepData, build_report
+from pipeline.report.figures import MISSING, axis_positions
+from pipeline.report.importance import importances, permutation_drops
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SECTIONS = ("history", "parallel", "importance", "curves", "states")

@@ -1,0 +1,74 @@
+"""What a report is drawn from and what it is made of: the sweep as plain values, a section and
+the report itself, shared by the importance, the pictures and the page."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class SweepData:
+    """What a report shows, as plain values.
+
+    `trials`: one row per trial with `trial_id`, `state`, `valid` (may be the best trial: has a
+    score and neither diverged nor errored), `number` (the searcher's order, from 1),
+    `end_seconds` (when it ended, since the sweep started; NaN if unknown), the score column
+    `metric` (its best epoch's), `epoch` (that epoch) and one column per name in `params`.
+    `histories`: one row per trial and epoch with `trial_id`, `epoch`, `val_acc`, `val_loss`.
+    """
+
+    experiment: str
+    run_name: str
+    parent_run_id: str
+    started: datetime
+    metric: str  # val_acc or val_loss
+    mode: str  # max or min
+    seed: int  # of the importance forest and its shuffles
+    params: tuple[str, ...]
+    log_params: frozenset[str]  # sampled log-uniformly: drawn on a log axis
+    states: tuple[str, ...]  # every state a trial can end in: counted even when none did
+    trials: pd.DataFrame
+    histories: pd.DataFrame
+    best: dict[str, Any] | None  # the best valid trial's row of `trials`
+    model_version: str | None = None  # the registered model version the sweep produced
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.mode == "max"
+
+
+@dataclass(frozen=True)
+class Section:
+    """One part of the report: a question, and a picture (or why there is none)."""
+
+    name: str  # the PNG's file stem
+    title: str
+    question: str
+    png: bytes | None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Report:
+    """The report as files: the HTML page (pictures embedded) and each picture as a PNG."""
+
+    html: str
+    sections: tuple[Section, ...]
+
+    @property
+    def pngs(self) -> dict[str, bytes]:
+        """File name -> PNG, for each section that has a picture."""
+        return {f"{s.name}.png": s.png for s in self.sections if s.png is not None}
+
+
+def order_of(data: SweepData) -> Callable[[str], tuple[int, str]]:
+    """Sort key: the known states in their order, any other after them by name."""
+    return lambda state: (
+        data.states.index(state) if state in data.states else len(data.states),
+        state,
+    )
