@@ -34,9 +34,11 @@ from pipeline.config import (
     IntParam,
     ParamSpec,
     Scalar,
+    SpaceNode,
     active_params,
     flatten_sample,
     option_name,
+    walk,
 )
 from pipeline.core.data import TuningData
 from pipeline.core.decisions import best_epoch, planned_epochs, trial_state
@@ -49,28 +51,30 @@ from pipeline.storage import for_ray
 LABEL_PREFIX = "hp:"
 
 
-def hyperopt_space(params: dict[str, ParamSpec], path: str = "") -> dict[str, Any]:
+def hyperopt_space(params: dict[str, ParamSpec]) -> dict[str, Any]:
     """The search space as hyperopt expressions; a conditional option becomes a nested dict."""
-    space: dict[str, Any] = {}
-    for name, spec in params.items():
-        label = f"{LABEL_PREFIX}{path}{name}"
+    nodes = list(walk(params))
+
+    def level(under: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+        return {node.name: expression(node) for node in nodes if node.under == under}
+
+    def expression(node: SpaceNode) -> Any:
+        label, spec = f"{LABEL_PREFIX}{node.path}{node.name}", node.spec
         if isinstance(spec, FloatParam):
-            space[name] = float_expression(label, spec)
-        elif isinstance(spec, IntParam):
-            space[name] = int_expression(label, spec)
-        elif isinstance(spec, ChoiceParam):
-            options = [
-                {"name": o.name, **hyperopt_space(o.params, f"{path}{name}/{o.name}/")}
-                if isinstance(o, ConditionalOption)
-                else o
-                for o in spec.values
-            ]
-            if any(isinstance(o, ConditionalOption) for o in spec.values):
-                options = [o if isinstance(o, dict) else {"name": o} for o in options]
-            space[name] = hp.choice(label, options)
-        else:
-            space[name] = spec
-    return space
+            return float_expression(label, spec)
+        if isinstance(spec, IntParam):
+            return int_expression(label, spec)
+        if not isinstance(spec, ChoiceParam):
+            return spec
+        if not any(isinstance(o, ConditionalOption) for o in spec.values):
+            return hp.choice(label, spec.values)
+        options = [
+            {"name": name, **level((*node.under, (node.name, str(name))))}
+            for name in map(option_name, spec.values)
+        ]
+        return hp.choice(label, options)
+
+    return level(())
 
 
 def float_expression(label: str, spec: FloatParam) -> Any:
@@ -94,12 +98,12 @@ def int_expression(label: str, spec: IntParam) -> Any:
 def hyperopt_point(params: dict[str, ParamSpec], point: dict[str, Scalar]) -> dict[str, Any]:
     """A warm-start point (parameter values) in hyperopt's terms: labels, indices for choices."""
     native: dict[str, Any] = {}
-    for path, name, spec in active_params(params, point):
-        label = f"{LABEL_PREFIX}{path}{name}"
-        if isinstance(spec, ChoiceParam):
-            native[label] = [option_name(o) for o in spec.values].index(point[name])
+    for node in active_params(params, point):
+        label = f"{LABEL_PREFIX}{node.path}{node.name}"
+        if isinstance(node.spec, ChoiceParam):
+            native[label] = [option_name(o) for o in node.spec.values].index(point[node.name])
         else:
-            native[label] = point[name]
+            native[label] = point[node.name]
     return native
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline import tags
-from pipeline.config import HYPERPARAMETERS, ChoiceParam, ConditionalOption, ParamSpec, Scalar
+from pipeline.config import HYPERPARAMETERS, Scalar, log_scaled
 from pipeline.core.decisions import TRIAL_STATES, best_trial, rank_trials
 from pipeline.errors import PipelineError
 from pipeline.report import SweepData, build_report
@@ -124,19 +124,6 @@ def sweep_data(
             f"{experiment.model_name} version {model_version}" if model_version else None
         ),
     )
-
-
-def log_scaled(params: dict[str, ParamSpec]) -> frozenset[str]:
-    """The parameters the space samples log-uniformly, conditional ones included."""
-    found = set()
-    for name, spec in params.items():
-        if getattr(spec, "log", False):
-            found.add(name)
-        if isinstance(spec, ChoiceParam):
-            for option in spec.values:
-                if isinstance(option, ConditionalOption):
-                    found |= log_scaled(option.params)
-    return frozenset(found)
 
 
 # --- the experiment's sweeps -----------------------------------------------------------------

@@ -1,0 +1,103 @@
+"""What each tunable hyperparameter means: its domain (every value a space may yield is checked
+against it), its default, and the resolved configuration a trial trains with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from pipeline.config.records import Scalar, did_you_mean
+
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "leaky_relu")
+# gd is full-batch gradient descent: plain SGD on the whole training split in one step.
+OPTIMIZERS = ("gd", "sgd", "momentum", "adam", "adamw", "rmsprop")
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    """The domain of one tunable hyperparameter, used to check every value a space can yield."""
+
+    kind: type
+    doc: str
+    low: float | None = None
+    high: float | None = None
+    high_open: bool = False
+    allowed: tuple[str, ...] = ()
+    optimizers: tuple[str, ...] = ()  # non-empty: only meaningful for these optimizers
+
+    def check(self, value: Scalar) -> str | None:
+        """Why `value` is not valid here, or None."""
+        if self.allowed:
+            if value not in self.allowed:
+                hint = did_you_mean(str(value), self.allowed)
+                return f"'{value}' is not one of {', '.join(self.allowed)}{hint}"
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{value!r} is not a number"
+        if self.kind is int and not float(value).is_integer():
+            return f"{value} is not an integer"
+        if self.low is not None and value < self.low:
+            return f"{value} is below the minimum {self.low}"
+        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+            bound = f"below {self.high}" if self.high_open else f"at most {self.high}"
+            return f"{value} is out of range: must be {bound}"
+        return None
+
+
+HYPERPARAMETERS: dict[str, Hyperparameter] = {
+    "lr": Hyperparameter(float, "learning rate", low=1e-12, high=10.0),
+    "optimizer": Hyperparameter(str, "update rule", allowed=OPTIMIZERS),
+    "momentum": Hyperparameter(
+        float, "SGD momentum", low=0.0, high=1.0, high_open=True, optimizers=("momentum",)
+    ),
+    "batch_size": Hyperparameter(
+        int, "mini-batch size", low=1, optimizers=tuple(o for o in OPTIMIZERS if o != "gd")
+    ),
+    "weight_decay": Hyperparameter(float, "L2 penalty", low=0.0, high=1.0),
+    "dropout": Hyperparameter(float, "dropout probability", low=0.0, high=1.0, high_open=True),
+    "label_smoothing": Hyperparameter(
+        float, "share of each target spread over all classes", low=0.0, high=1.0, high_open=True
+    ),
+    "hidden_layers": Hyperparameter(int, "hidden (fully connected) layers", low=0, high=16),
+    "hidden_units": Hyperparameter(int, "units per hidden layer", low=1, high=8192),
+    "activation": Hyperparameter(str, "non-linearity", allowed=ACTIVATIONS),
+    "epochs": Hyperparameter(int, "epochs to train (capped by budget.max_epochs)", low=1),
+    "conv_layers": Hyperparameter(int, "convolution blocks (cnn)", low=1, high=4),
+    "conv_channels": Hyperparameter(int, "channels of the first block (cnn)", low=1, high=512),
+    "kernel_size": Hyperparameter(int, "convolution kernel size (cnn)", low=1, high=7),
+}
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """One resolved trial configuration; a hyperparameter absent from the space has its default."""
+
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    batch_size: int | None = 64  # None: the whole training split (full-batch gradient descent)
+    weight_decay: float = 0.0
+    dropout: float = 0.0
+    label_smoothing: float = 0.0  # of the training loss only; validation scores plain targets
+    hidden_layers: int = 1
+    hidden_units: int = 128
+    activation: str = "relu"
+    epochs: int | None = None  # None: budget.max_epochs
+    conv_layers: int = 2
+    conv_channels: int = 16
+    kernel_size: int = 3
+
+    @classmethod
+    def from_params(cls, params: dict[str, Scalar]) -> Hyperparameters:
+        """Build from the flat parameters of a trial (see `flatten_sample`)."""
+        values: dict[str, Any] = dict(params)
+        if values.get("optimizer", cls.optimizer) == "gd":
+            values["batch_size"] = None
+        for f in fields(cls):
+            if f.name in values and f.type in ("int", "int | None") and values[f.name] is not None:
+                values[f.name] = int(values[f.name])
+        return cls(**values)
+
+    def planned_epochs(self, max_epochs: int) -> int:
+        """Epochs this configuration trains for when no scheduler stops it."""
+        return min(self.epochs or max_epochs, max_epochs)

@@ -1,0 +1,75 @@
+"""Reading a search-space file: YAML, `--set` overrides, validation; every error names the file
+and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from pipeline.config.experiment import Experiment
+from pipeline.errors import PipelineError
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Experiment:
+    """Read, override (`key.sub=value`) and validate a search-space file; errors name the file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: no such search-space file") from None
+    except IsADirectoryError:
+        raise PipelineError(f"{path}: a folder; give a search-space YAML file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"{path}: cannot read: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{path}: expected a mapping of keys at the top level")
+    for override in overrides or []:
+        apply_override(raw, override, path)
+    return parse_experiment(raw, path)
+
+
+def parse_experiment(raw: dict[str, Any], source: str | Path) -> Experiment:
+    """Validate an already-read mapping; `source` names it in errors."""
+    try:
+        return Experiment.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{source}: {format_error(e)}" for e in exc.errors()]
+        raise PipelineError("\n".join(lines)) from None
+
+
+def format_error(error: Any) -> str:
+    """One pydantic error as 'dotted.key: message', dropping pydantic's union-tag noise."""
+    loc = [p for p in error["loc"] if p not in ("float", "int", "choice", "constant")]
+    loc = [p for p in loc if not (isinstance(p, str) and p.startswith(("function-", "union[")))]
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "missing":
+        message = "required key is missing"
+    elif error["type"] not in ("value_error", "invalid_param"):
+        message = f"{message} (got {error.get('input')!r})"
+    return f"{key}: {message}" if key else message
+
+
+def apply_override(raw: dict[str, Any], override: str, source: Path) -> None:
+    """Set a dotted key to a YAML-parsed value, e.g. `budget.num_samples=4`."""
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise PipelineError(f"--set {override!r}: expected key=value, e.g. budget.num_samples=4")
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise PipelineError(f"{source}: --set {key}: '{part}' is not a mapping")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PipelineError(
+            f"--set {override!r}: the value is not valid YAML: {' '.join(str(exc).split())}"
+        ) from None
