@@ -55,7 +55,7 @@ from overhead import (
 
 from pipeline.config import Experiment, load_experiment
 from pipeline.core.data import load_dataset, split_dataset
-from pipeline.distributed.tune import ConditionalHyperOptSearch
+from pipeline.distributed.search import ConditionalHyperOptSearch
 from pipeline.workflows.tuning import run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent

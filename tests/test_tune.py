@@ -11,14 +11,14 @@ from hyperopt.base import JOB_STATE_DONE
 from hyperopt.fmin import generate_trials_to_calculate
 
 from pipeline.config import Experiment, flatten_sample, load_experiment
-from pipeline.distributed.tune import (
+from pipeline.distributed.search import (
     LABEL_PREFIX,
     WarmStart,
     hyperopt_point,
     hyperopt_space,
-    make_scheduler,
     make_searcher,
 )
+from pipeline.distributed.tuner import make_scheduler
 from tests.conftest import SPACES
 
 

@@ -43,7 +43,7 @@ def format_duration(seconds: float) -> str:
 
 
 class SweepProgress:
-    """A watcher of a sweep's trial events (see `pipeline.distributed.tune.fit`) that shows its
+    """A watcher of a sweep's trial events (see `pipeline.distributed.tuner.fit`) that shows its
     progress on `console`."""
 
     def __init__(self, console: Console, every: float = 10.0) -> None:

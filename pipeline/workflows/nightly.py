@@ -21,7 +21,8 @@ import pandas as pd
 from pipeline import storage, tags
 from pipeline.config import Experiment, load_experiment, point_from_values
 from pipeline.core.decisions import rank_trials
-from pipeline.distributed import tune as tuning
+from pipeline.distributed.search import WarmStart
+from pipeline.distributed.tuner import SweepWatcher, can_resume
 from pipeline.errors import PipelineError, Terminated
 from pipeline.notify import post_json
 from pipeline.settings import Settings
@@ -68,7 +69,7 @@ def run_night(
     min_delta: float = 0.0,
     keep: int = KEEP_VERSIONS,
     webhook_url: str | None = None,
-    watcher: tuning.SweepWatcher | None = None,
+    watcher: SweepWatcher | None = None,
 ) -> Night:
     """Run the night `date` (default: today, UTC) of a space, or find it done; `watcher` sees
     its sweep's trial events (a progress display).
@@ -121,7 +122,7 @@ class NightJob:
     date: str
     space: Path
     actor: str
-    watcher: tuning.SweepWatcher | None = None
+    watcher: SweepWatcher | None = None
     run_id: str | None = None  # the night's sweep, once known
 
     @property
@@ -166,7 +167,7 @@ class NightJob:
         dataset, split = load_data(self.experiment, self.settings.data_dir)
         text = self.space.read_text()
         if tonight is not None and tonight.status != "FAILED":
-            if tuning.can_resume(tonight.sweep_path, self.settings.storage_endpoint):
+            if can_resume(tonight.sweep_path, self.settings.storage_endpoint):
                 self.run_id = tonight.run_id
                 log.info("night %s: resuming its sweep %s", self.date, tonight.run_id)
                 result = run_sweep(
@@ -214,7 +215,7 @@ class NightJob:
 
     def warm_start(
         self, champion: str | None, previous: NightRecord | None
-    ) -> tuple[tuning.WarmStart | None, list[str]]:
+    ) -> tuple[WarmStart | None, list[str]]:
         """The champion's configuration and the previous night's best ones, to run first, and
         the previous night's results for TPE; points the space no longer holds are dropped."""
         if champion is None:
@@ -261,7 +262,7 @@ class NightJob:
         if len(evaluated) < len(results):
             dropped = len(results) - len(evaluated)
             warnings.append(f"{dropped} of the previous night's results are outside this space")
-        return tuning.WarmStart(points, evaluated), warnings
+        return WarmStart(points, evaluated), warnings
 
     def record(self) -> NightRecord:
         assert self.run_id is not None

@@ -28,7 +28,8 @@ from pipeline.core.data import (
 from pipeline.core.decisions import Opinion, Selection, best_trial, select, with_states
 from pipeline.core.evaluate import TestReport
 from pipeline.distributed import cluster
-from pipeline.distributed import tune as tuning
+from pipeline.distributed.search import WarmStart
+from pipeline.distributed.tuner import SweepWatcher, fit, make_tuner, restore_tuner
 from pipeline.errors import PipelineError
 from pipeline.retrain import check_same_data, log_retrain, second_opinion, train_and_test
 from pipeline.settings import Settings
@@ -101,7 +102,7 @@ def tune_and_register(
     retrain: bool = True,
     on_sweep: Callable[[SweepResult], None] | None = None,
     abandon: bool = False,
-    watcher: tuning.SweepWatcher | None = None,
+    watcher: SweepWatcher | None = None,
     stopwatch: Stopwatch | None = None,
 ) -> TuneOutcome:
     """Sweep the space, then (unless interrupted or `retrain` is off) retrain the best trial and
@@ -185,9 +186,9 @@ def run_sweep(
     resume: bool = False,
     *,
     parent_run_id: str | None = None,
-    warm: tuning.WarmStart | None = None,
+    warm: WarmStart | None = None,
     tags: dict[str, str] | None = None,
-    watcher: tuning.SweepWatcher | None = None,
+    watcher: SweepWatcher | None = None,
     stopwatch: Stopwatch | None = None,
 ) -> SweepResult:
     """Tune `experiment` on Ray, tracking every trial under one MLflow parent run; `watcher`
@@ -224,7 +225,7 @@ def run_sweep(
         if resume:
             assert parent_run_id is not None
             runs.reopen_run(client, parent_run_id)
-            tuner = tuning.restore_tuner(experiment, data, sweep_path, settings.storage_endpoint)
+            tuner = restore_tuner(experiment, data, sweep_path, settings.storage_endpoint)
         else:
             tags = {
                 **runs.sweep_tags(sweep_path, split.fingerprint, settings.code_version),
@@ -247,7 +248,7 @@ def run_sweep(
                 settings.tracking_uri, experiment_id, parent_run_id, experiment.metric,
                 experiment.mode, logged, warm.points if warm else None,
             )  # fmt: skip
-            tuner = tuning.make_tuner(
+            tuner = make_tuner(
                 experiment, data, settings.storage, run_name, recorder, warm,
                 settings.storage_endpoint,
             )  # fmt: skip
@@ -256,7 +257,7 @@ def run_sweep(
         )
         watch.lap("tracking")
         try:
-            results = tuning.fit(tuner, experiment, watcher)
+            results = fit(tuner, experiment, watcher)
             if resume and results.lost_checkpoints:
                 log.warning(
                     "%d trial(s) could not resume: the checkpoint Ray's saved state names was "
@@ -264,10 +265,10 @@ def run_sweep(
                     "their first epoch",
                     results.lost_checkpoints,
                 )
-                tuner = tuning.restore_tuner(
+                tuner = restore_tuner(
                     experiment, data, sweep_path, settings.storage_endpoint, restart_errored=True
                 )
-                results = tuning.fit(tuner, experiment, watcher)
+                results = fit(tuner, experiment, watcher)
         except Exception:
             # A full disk surfaces as whatever Ray failed to write or read back last.
             reason = storage.full(settings.storage)

@@ -1,0 +1,97 @@
+"""What a finished (or interrupted) sweep leaves, read from Ray's result grid as plain values:
+each trial's epochs, and the trial table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from ray.tune import ResultGrid
+
+from pipeline.config import HYPERPARAMETERS, Experiment, flatten_sample
+from pipeline.core.decisions import best_epoch, planned_epochs, trial_state
+
+
+@dataclass(frozen=True)
+class TunerResults:
+    """What a finished (or interrupted) `Tuner.fit` leaves, as plain values."""
+
+    table: pd.DataFrame  # one row per trial, see `trial_table`
+    param_names: list[str]  # every hyperparameter some trial sampled
+    ended: int  # trials that terminated or errored
+    terminated: bool  # SIGTERM stopped it (as Ctrl-C does)
+    histories: dict[str, list[dict[str, float]]]  # trial id -> each epoch's reported metrics
+    lost_checkpoints: int = 0  # trials that errored because their checkpoint was gone
+
+
+# Ray's error when a resumed sweep's saved state names a checkpoint that Ray had already deleted
+# (num_to_keep): a driver killed between that deletion and the next snapshot of its state.
+LOST_CHECKPOINT = "Could not recover from checkpoint as it does not exist on storage anymore"
+
+
+def trial_id_of(result: Any) -> str:
+    """The trial id of one of a ResultGrid's results (from its folder before any result)."""
+    return str((result.metrics or {}).get("trial_id") or Path(result.path).name)
+
+
+def epoch_histories(grid: ResultGrid) -> dict[str, list[dict[str, float]]]:
+    """Each trial's reported epochs as Ray recorded them: epoch, when (seconds since the epoch),
+    losses and accuracy."""
+    histories: dict[str, list[dict[str, float]]] = {}
+    for result in (grid[i] for i in range(len(grid))):
+        history = result.metrics_dataframe
+        trial_id = trial_id_of(result)
+        columns = ["epoch", "timestamp", "train_loss", "val_loss", "val_acc"]
+        if history is None or not set(columns) <= set(history.columns):
+            histories[trial_id] = []
+            continue
+        histories[trial_id] = [
+            {name: float(row[name]) for name in columns}
+            for row in history[columns].dropna().to_dict("records")
+        ]
+    return histories
+
+
+def trial_table(
+    grid: ResultGrid, experiment: Experiment, histories: dict[str, list[dict[str, float]]]
+) -> pd.DataFrame:
+    """One row per trial: id, state, hyperparameters, best epoch (of its `histories`, see
+    `epoch_histories`) and its metrics, where it ran."""
+    rows = []
+    for result in (grid[i] for i in range(len(grid))):
+        history = result.metrics_dataframe
+        last = result.metrics or {}
+        trial_id = trial_id_of(result)
+        params = flatten_sample(result.config or {})
+        state = trial_state(
+            last,
+            planned_epochs(result.config or {}, experiment.budget.max_epochs),
+            result.error is not None,
+        )
+        row: dict[str, Any] = {"trial_id": trial_id, "state": state, **params}
+        best = best_epoch(histories.get(trial_id, []), experiment.metric, experiment.mode)
+        if best is not None and state != "diverged":
+            row.update(
+                epoch=int(best["epoch"]),
+                val_acc=float(best["val_acc"]),
+                val_loss=float(best["val_loss"]),
+                train_loss=float(best["train_loss"]),
+            )
+        row["epochs_trained"] = int(last.get("epoch", 0))
+        row["train_seconds"] = (
+            float(history["train_seconds"].sum())
+            if history is not None and "train_seconds" in history
+            else 0.0
+        )
+        row["host"] = last.get("hostname")
+        row["device"] = last.get("device")
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    # Integers stay integers (in trials.csv and the best trial's params) where some trials
+    # lack the parameter (a conditional option not chosen), which would make the column float.
+    for name in table.columns.intersection(list(HYPERPARAMETERS)):
+        if HYPERPARAMETERS[name].kind is int:
+            table[name] = table[name].astype("Int64")
+    return table

@@ -1,0 +1,282 @@
+"""The Tuner of a sweep: the scheduler, the trial with its data and resources, trial events
+handed on as plain values, a new or resumed run of the sweep and its graceful stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol
+
+from ray import tune
+from ray.tune.logger import JsonLoggerCallback
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
+
+from pipeline.config import Experiment, Scalar, flatten_sample
+from pipeline.core.data import TuningData
+from pipeline.core.decisions import planned_epochs, trial_state
+from pipeline.distributed.results import (
+    LOST_CHECKPOINT,
+    TunerResults,
+    epoch_histories,
+    trial_table,
+)
+from pipeline.distributed.search import WarmStart, make_searcher
+from pipeline.distributed.trainable import TrialSettings, run_trial
+from pipeline.errors import PipelineError, Terminated
+from pipeline.storage import for_ray
+
+
+def make_scheduler(experiment: Experiment) -> TrialScheduler:
+    """ASHA on the epoch (max_t = budget.max_epochs), or FIFO, which lets every trial finish."""
+    if experiment.scheduler.name == "fifo":
+        return FIFOScheduler()  # type: ignore[no-untyped-call]
+    return AsyncHyperBandScheduler(
+        time_attr="epoch",
+        max_t=experiment.budget.max_epochs,
+        grace_period=experiment.scheduler.grace_period,
+        reduction_factor=experiment.scheduler.reduction_factor,
+        brackets=1,
+    )
+
+
+def make_trainable(experiment: Experiment, data: TuningData) -> Any:
+    """`run_trial` with the data put in the object store once and the trial's resources."""
+    settings = TrialSettings(
+        family=experiment.model.family,
+        max_epochs=experiment.budget.max_epochs,
+        seed=experiment.seed,
+        cpus=experiment.resources.cpus,
+        checkpoint_seconds=experiment.budget.checkpoint_seconds,
+        metric=experiment.metric,
+        mode=experiment.mode,
+    )
+    trainable = tune.with_parameters(run_trial, data=data, settings=settings)
+    return tune.with_resources(
+        trainable, {"cpu": experiment.resources.cpus, "gpu": experiment.resources.gpus}
+    )
+
+
+def make_tuner(
+    experiment: Experiment,
+    data: TuningData,
+    storage: str,
+    run_name: str,
+    sink: TrialSink,
+    warm: WarmStart | None = None,
+    endpoint: str | None = None,
+) -> tune.Tuner:
+    """The Tuner for one sweep; trial state lands in `storage`/`run_name` (s3:// through
+    `endpoint`, if given), trial events go to `sink`, and the search starts from `warm`."""
+    storage_path, filesystem = for_ray(storage, endpoint)
+    return tune.Tuner(
+        make_trainable(experiment, data),
+        tune_config=tune.TuneConfig(
+            metric=experiment.metric,
+            mode=experiment.mode,
+            search_alg=make_searcher(experiment, warm),
+            scheduler=make_scheduler(experiment),
+            num_samples=experiment.budget.num_samples,
+            max_concurrent_trials=experiment.budget.max_concurrent,
+            # A reused actor skips process start-up and `import torch` for every trial.
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            # Ray's result.json (the trial table and a resume read it); no CSV or TensorBoard
+            # logs, which nothing reads (see TUNE_SETTINGS).
+            callbacks=[
+                TrialEvents(sink, experiment.budget.max_epochs),
+                JsonLoggerCallback(),  # type: ignore[no-untyped-call]
+            ],
+            # Two, not one: Tune deletes the older checkpoint before its state snapshot names
+            # the newer, so a driver killed in between left a state naming a deleted one, and
+            # that trial could not be resumed.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            failure_config=tune.FailureConfig(max_failures=experiment.budget.max_failures),
+            verbose=0,
+        ),
+    )
+
+
+def can_resume(sweep_path: str, endpoint: str | None = None) -> bool:
+    """Whether Ray saved enough of a sweep at `sweep_path` to resume it."""
+    path, filesystem = for_ray(sweep_path, endpoint)
+    return bool(tune.Tuner.can_restore(path, storage_filesystem=filesystem))
+
+
+def restore_tuner(
+    experiment: Experiment,
+    data: TuningData,
+    sweep_path: str,
+    endpoint: str | None = None,
+    restart_errored: bool = False,
+) -> tune.Tuner:
+    """Resume an interrupted sweep: finished trials stay, the others continue from checkpoints
+    (errored ones from their first epoch, with `restart_errored`)."""
+    if not can_resume(sweep_path, endpoint):
+        raise PipelineError(f"{sweep_path}: no sweep state to resume from")
+    path, filesystem = for_ray(sweep_path, endpoint)
+    return tune.Tuner.restore(
+        path,
+        make_trainable(experiment, data),
+        resume_unfinished=True,
+        resume_errored=not restart_errored,
+        restart_errored=restart_errored,
+        storage_filesystem=filesystem,
+    )
+
+
+class TrialSink(Protocol):
+    """Where a sweep's trial events go: the MLflow trial recorder, a progress display."""
+
+    def start(self, trial_id: str, number: int, params: dict[str, Scalar]) -> None: ...
+
+    def result(self, trial_id: str, result: dict[str, Any]) -> None: ...
+
+    def end(self, trial_id: str, state: str, error: str | None) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class SweepWatcher(TrialSink, Protocol):
+    """A sink that watches one run of `fit` (a progress display), told the budget first."""
+
+    def begin(self, total: int, metric: str, mode: str) -> None: ...
+
+
+# The watcher of the sweep that `fit` runs, set by `fit` for that run only. It is not part of the
+# callback Ray pickles with the sweep's state, so that a resumed sweep is watched too.
+running_watcher: ContextVar[TrialSink | None] = ContextVar("running_watcher", default=None)
+
+
+class TrialEvents(tune.Callback):
+    """Hands Tune's trial events to a sink (and the running watcher) as plain values: the sampled
+    hyperparameters (flat), each epoch's result, the state a trial ended in and its error."""
+
+    def __init__(self, sink: TrialSink, max_epochs: int) -> None:
+        self.sink = sink
+        self.max_epochs = max_epochs
+
+    def _sinks(self) -> list[TrialSink]:
+        watcher = running_watcher.get()
+        return [self.sink] if watcher is None else [self.sink, watcher]
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        # The searcher numbers its suggestions from 1 (warm-start points first) in the tag.
+        number = int(str(trial.experiment_tag).split("_", 1)[0] or 0)
+        params = flatten_sample(trial.config)
+        for sink in self._sinks():
+            sink.start(trial.trial_id, number, params)
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
+        for sink in self._sinks():
+            sink.result(trial.trial_id, result)
+
+    def _end(self, trial: Any, error: str | None) -> None:
+        last = trial.last_result or {}
+        state = trial_state(last, planned_epochs(trial.config, self.max_epochs), error is not None)
+        for sink in self._sinks():
+            sink.end(trial.trial_id, state, error)
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._end(trial, None)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._end(trial, error_line(trial.error_file))
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        self.sink.close()
+
+
+def error_line(error_file: str | None) -> str:
+    """The last line of a failed trial's traceback (the exception), as Ray saved it."""
+    lines: list[str] = []
+    if error_file:
+        try:
+            lines = Path(error_file).read_text(errors="replace").strip().splitlines()
+        except OSError as exc:  # a full disk may not have kept it
+            return f"(its traceback could not be read: {exc})"
+    return lines[-1].strip() if lines else "(no traceback saved)"
+
+
+# Tune settings that exist only as environment variables, read as `Tuner.fit` starts; a user's
+# own values win.
+TUNE_SETTINGS = {
+    # Ray's CSV and TensorBoard loggers cost the driver a write per result; nothing reads them.
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    # A trial runs epochs for up to 0.2 s per call from the driver, and hands their results over
+    # together, instead of waiting for the driver after every epoch (a round trip that took
+    # longer than a digits epoch). Short epochs so cost a scheduler's decision at most 0.2 s of
+    # training; an epoch longer than that still goes one per call.
+    "TUNE_RESULT_BUFFER_LENGTH": "1000",
+    "TUNE_RESULT_BUFFER_MIN_TIME_S": "0.2",
+}
+
+
+@contextmanager
+def tune_settings() -> Iterator[None]:
+    """`TUNE_SETTINGS` in the environment while the block runs (those the user set stay)."""
+    added = {k: v for k, v in TUNE_SETTINGS.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
+def fit(
+    tuner: tune.Tuner, experiment: Experiment, watcher: SweepWatcher | None = None
+) -> TunerResults:
+    """Run the sweep to its end, or until Ctrl-C or SIGTERM stops it gracefully (trials stopped,
+    Tune's state saved for a resume), and tabulate its trials; `watcher` sees the trial events
+    (and is closed at the end)."""
+    terminated = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal terminated
+        terminated = True
+        # Tune stops gracefully on SIGUSR1 (its handler, once `fit` has installed it).
+        graceful = signal.getsignal(signal.SIGUSR1)
+        if not callable(graceful):
+            raise Terminated()
+        graceful(signum, frame)
+
+    if watcher is not None:
+        watcher.begin(experiment.budget.num_samples, experiment.metric, experiment.mode)
+    watching = running_watcher.set(watcher)
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main:
+        previous = signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)  # not an earlier sweep's handler
+    try:
+        with tune_settings():
+            grid = tuner.fit()
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+        if watcher is not None:
+            watcher.close()
+        running_watcher.reset(watching)
+    configs = [grid[i].config or {} for i in range(len(grid))]
+    names = {name for config in configs for name in flatten_sample(config)}
+    histories = epoch_histories(grid)
+    table = trial_table(grid, experiment, histories)
+    return TunerResults(
+        table,
+        [c for c in table.columns if c in names],
+        grid.num_terminated + grid.num_errors,
+        terminated,
+        histories,
+        sum(LOST_CHECKPOINT in str(grid[i].error) for i in range(len(grid)) if grid[i].error),
+    )
