@@ -82,8 +82,8 @@ def run_once(way: str, seed: int, keep: bool) -> Outcome:
     """`tune` in a fresh folder for this way and seed; the figures come from its store."""
     # MLflow loads only here, in the benchmark's own process.
     from pipeline.tracking.registry import version_of_sweep
-    from pipeline.tracking.runs import sweep_table
     from pipeline.tracking.store import open_client
+    from pipeline.tracking.sweeps import sweep_table
 
     folder = Path(tempfile.mkdtemp(prefix=f"bench-quality-{way}-{seed}-"))
     try:

@@ -21,13 +21,9 @@ from pipeline.core.evaluate import score
 from pipeline.core.model import with_probabilities
 from pipeline.core.train import DIVERGED_ACC, DIVERGED_LOSS, EVAL_BATCH, fit, fit_final
 from pipeline.errors import PipelineError
-from pipeline.tracking.runs import (
-    LoggedData,
-    RetrainedModel,
-    RetrainRecord,
-    SweepRecord,
-    log_retrain_run,
-)
+from pipeline.tracking.models import RetrainedModel, RetrainRecord, log_retrain_run
+from pipeline.tracking.runs import LoggedData
+from pipeline.tracking.sweeps import SweepRecord
 
 INPUT_EXAMPLE_ROWS = 5
 

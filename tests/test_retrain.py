@@ -27,14 +27,9 @@ from pipeline.retrain import (
     second_opinion,
     train_and_test,
 )
-from pipeline.tracking.runs import (
-    LoggedData,
-    SweepRecord,
-    find_sweep,
-    finish_parent_run,
-    start_parent_run,
-)
+from pipeline.tracking.runs import LoggedData, finish_parent_run, start_parent_run
 from pipeline.tracking.store import ensure_experiment
+from pipeline.tracking.sweeps import SweepRecord, find_sweep
 from tests.conftest import REPO, SPACES
 
 CPU = torch.device("cpu")

@@ -28,8 +28,9 @@ from pipeline.core.decisions import Selection, judge_promotion
 from pipeline.core.evaluate import TestReport, score
 from pipeline.errors import PipelineError
 from pipeline.tracking.locks import LOCK_PREFIX, LockHeld, StoreLock
-from pipeline.tracking.runs import RetrainRecord, SweepRecord
+from pipeline.tracking.models import RetrainRecord
 from pipeline.tracking.store import Client, use_tracking_uri
+from pipeline.tracking.sweeps import SweepRecord
 
 if TYPE_CHECKING:
     from mlflow.pyfunc import PyFuncModel

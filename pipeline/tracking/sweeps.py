@@ -1,6 +1,7 @@
-"""Reading sweeps back out of the tracking store for reports and listings: a sweep's trial table,
-its trial runs' histories and times, the experiment's sweeps with the model versions they
-produced; and logging a report's files to the sweep's parent run."""
+"""Reading sweeps back out of the tracking store: a finished sweep with its best trials (for the
+retrain), a sweep's trial table, its trial runs' histories and times (for its report), the
+experiment's sweeps with the model versions they produced; and logging a report's files to the
+sweep's parent run."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from pipeline import tags
-from pipeline.config import Experiment, parse_experiment
+from pipeline.config import Experiment, Scalar, parse_experiment
+from pipeline.core.decisions import CANDIDATES, rank_trials
 from pipeline.errors import PipelineError
 from pipeline.tracking import runs
 from pipeline.tracking.store import Client, experiment_id
@@ -49,11 +52,22 @@ class RecordedSweep:
     histories: pd.DataFrame  # trial_id, epoch, val_acc, val_loss
 
 
+def latest_sweep(client: Client, experiment_id: str, finished: bool) -> Run | None:
+    """The experiment's most recently started sweep (only finished ones if `finished`)."""
+    query = f"tags.{tags.SWEEP_PATH} != ''"
+    if finished:
+        query += " and attributes.status = 'FINISHED'"
+    found = client.search_runs(
+        [experiment_id], filter_string=query, order_by=["attributes.start_time DESC"], max_results=1
+    )
+    return found[0] if found else None
+
+
 def sweep_run(client: Client, experiment_name: str, parent_run_id: str | None) -> Run:
     """The named sweep's parent run, or the experiment's latest finished sweep's."""
     experiment = experiment_id(client, experiment_name)
     if parent_run_id is None:
-        run = runs.latest_sweep(client, experiment, finished=True)
+        run = latest_sweep(client, experiment, finished=True)
         if run is None:
             raise PipelineError(f"experiment '{experiment_name}' has no finished sweep")
         return run
@@ -68,9 +82,9 @@ def sweep_run(client: Client, experiment_name: str, parent_run_id: str | None) -
     return run
 
 
-def read_sweep(client: Client, experiment_name: str, parent_run_id: str | None) -> RecordedSweep:
-    """Everything a report shows of a sweep (see `sweep_run` for which), read from the store."""
-    run = sweep_run(client, experiment_name, parent_run_id)
+def recorded_settings(client: Client, run: Run) -> tuple[Experiment, pd.DataFrame]:
+    """The sweep's resolved config (config.json) and its trial table (trials.csv), which its
+    parent run holds once the sweep has ended."""
     run_id = run.info.run_id
     with tempfile.TemporaryDirectory() as folder:
         try:
@@ -81,7 +95,76 @@ def read_sweep(client: Client, experiment_name: str, parent_run_id: str | None) 
                 f"sweep {run_id} has no trial table yet ({run.info.status}): it is running or "
                 "was interrupted; resume it with `python -m pipeline tune --resume` first"
             ) from None
-    experiment = parse_experiment(json.loads(config), f"run {run_id}: config.json")
+    return parse_experiment(json.loads(config), f"run {run_id}: config.json"), table
+
+
+def sweep_table(client: Client, parent_run_id: str) -> pd.DataFrame:
+    """The trial table a finished sweep recorded (trials.csv): one row per trial."""
+    with tempfile.TemporaryDirectory() as folder:
+        return pd.read_csv(client.download_artifacts(parent_run_id, "trials.csv", folder))
+
+
+@dataclass(frozen=True)
+class SweepRecord:
+    """A finished sweep as MLflow recorded it: its settings and its best valid trials."""
+
+    experiment_id: str
+    parent_run_id: str
+    run_name: str
+    experiment: Experiment
+    data_fingerprint: str
+    best: dict[str, Any]  # the trial to retrain: the sweep's best, or the candidate chosen
+    candidates: tuple[dict[str, Any], ...]  # the best few valid trials, best first
+
+    @property
+    def params(self) -> dict[str, Scalar]:
+        """The best trial's hyperparameters (those its configuration sampled)."""
+        return runs.hyperparameters_of(self.best)
+
+    @property
+    def epochs(self) -> int:
+        """The epoch at which the best trial scored best: the retrain trains exactly this many."""
+        return int(self.best["epoch"])
+
+    @property
+    def score(self) -> float:
+        """The best trial's score on the sweep's metric."""
+        return float(self.best[self.experiment.metric])
+
+
+def find_sweep(client: Client, experiment_name: str, parent_run_id: str | None) -> SweepRecord:
+    """A finished sweep (see `sweep_run` for which) with its best few valid trials."""
+    run = sweep_run(client, experiment_name, parent_run_id)
+    run_id = run.info.run_id
+    if run.info.status != "FINISHED":
+        raise PipelineError(
+            f"sweep {run_id} did not finish ({run.info.status}); resume it with "
+            "`python -m pipeline tune --resume` first"
+        )
+    settings, table = recorded_settings(client, run)
+    ranked = rank_trials(table, settings.metric, settings.mode).head(CANDIDATES)
+    if ranked.empty:
+        raise PipelineError(
+            f"sweep {run_id} has no trial that completed or stopped without diverging or "
+            "failing; nothing to retrain or register"
+        )
+    candidates = tuple({str(k): v for k, v in row.items()} for _, row in ranked.iterrows())
+    return SweepRecord(
+        run.info.experiment_id,
+        run_id,
+        run.info.run_name,
+        settings,
+        run.data.tags.get(tags.DATA_FINGERPRINT, ""),
+        candidates[0],
+        candidates,
+    )
+
+
+def read_sweep(client: Client, experiment_name: str, parent_run_id: str | None) -> RecordedSweep:
+    """Everything a report shows of a sweep (see `sweep_run` for which), read from the store."""
+    run = sweep_run(client, experiment_name, parent_run_id)
+    run_id = run.info.run_id
+    experiment, table = recorded_settings(client, run)
     trials, histories = [], []
     for child in runs.child_runs(client, run.info.experiment_id, run_id):
         marks = child.data.tags

@@ -26,10 +26,10 @@ from pipeline.distributed.tuner import SweepWatcher, can_resume
 from pipeline.errors import PipelineError, Terminated
 from pipeline.notify import post_json
 from pipeline.settings import Settings
-from pipeline.tracking import registry, runs
+from pipeline.tracking import night_runs, registry, runs, sweeps
 from pipeline.tracking.locks import LockHeld, StoreLock
+from pipeline.tracking.night_runs import NightRecord
 from pipeline.tracking.preflight import check_tracking_store
-from pipeline.tracking.runs import NightRecord
 from pipeline.tracking.store import Client, ensure_experiment, open_client
 from pipeline.workflows.nights import FINAL_OUTCOMES, Night, night_of
 from pipeline.workflows.tuning import SweepResult, load_data, retrain_and_register, run_sweep
@@ -134,7 +134,7 @@ class NightJob:
         return {tags.NIGHT_DATE: self.date, tags.NIGHT_MODEL: self.model}
 
     def records(self) -> list[NightRecord]:
-        return runs.night_records(self.client, [self.experiment_id])
+        return night_runs.night_records(self.client, [self.experiment_id])
 
     def run(self, min_delta: float, keep: int, taken_over: str | None) -> Night:
         """The night's steps from wherever an earlier attempt left them."""
@@ -223,13 +223,13 @@ class NightJob:
         candidates: list[tuple[dict[str, Any], str]] = []
         source = registry.version_tags(self.client, self.model, champion)
         if source.get(tags.PARENT_RUN_ID) and source.get(tags.TRIAL_ID):
-            table = runs.sweep_table(self.client, source[tags.PARENT_RUN_ID])
+            table = sweeps.sweep_table(self.client, source[tags.PARENT_RUN_ID])
             trial = table[table["trial_id"] == source[tags.TRIAL_ID]]
             candidates += [(r, "champion") for r in records(trial)]
         results: list[tuple[dict[str, Any], float]] = []
         if previous is not None:
             ranked = rank_trials(
-                runs.sweep_table(self.client, previous.run_id),
+                sweeps.sweep_table(self.client, previous.run_id),
                 self.experiment.metric,
                 self.experiment.mode,
             )
@@ -266,7 +266,7 @@ class NightJob:
 
     def record(self) -> NightRecord:
         assert self.run_id is not None
-        found = runs.night_records(
+        found = night_runs.night_records(
             self.client, [self.experiment_id], f"attributes.run_id = '{self.run_id}'", 1
         )
         return found[0]

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from pipeline import tags
 from pipeline.settings import Settings
-from pipeline.tracking import runs
-from pipeline.tracking.runs import NightRecord
+from pipeline.tracking import night_runs
+from pipeline.tracking.night_runs import NightRecord
 from pipeline.tracking.store import open_client
 
 # Outcomes of a night; the first three end it for good (running that date again does nothing).
@@ -62,7 +62,7 @@ def night_of(record: NightRecord, already_done: bool = False) -> Night:
 def history(settings: Settings, model: str, nights: int = 14) -> list[Night]:
     """The model's last nights, newest first (every attempt: skipped and failed ones too)."""
     client = open_client(settings.tracking_uri)
-    records = runs.night_records(
-        client, runs.experiment_ids(client), f"tags.`{tags.NIGHT_MODEL}` = '{model}'", nights
+    records = night_runs.night_records(
+        client, night_runs.experiment_ids(client), f"tags.`{tags.NIGHT_MODEL}` = '{model}'", nights
     )
     return [night_of(r) for r in records]

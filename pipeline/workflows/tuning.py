@@ -34,10 +34,18 @@ from pipeline.errors import PipelineError
 from pipeline.retrain import check_same_data, log_retrain, second_opinion, train_and_test
 from pipeline.settings import Settings
 from pipeline.stopwatch import Stopwatch
-from pipeline.tracking import runs
+from pipeline.tracking import runs, sweeps
 from pipeline.tracking.locks import LockHeld, StoreLock
 from pipeline.tracking.preflight import check_tracking_store, store_exists
 from pipeline.tracking.registry import register_challenger
+from pipeline.tracking.resume import (
+    abandon_sweep,
+    describe_sweep,
+    find_unfinished_sweep,
+    interrupted_sweeps,
+    reconcile_trial_runs,
+    sweep_lock,
+)
 from pipeline.tracking.store import (
     Client,
     ensure_experiment,
@@ -211,7 +219,7 @@ def run_sweep(
     data = tuning_data(dataset, split, experiment.data)
     recorder: TrialRecorder | None = None
     if resume:
-        parent_run_id, run_name, sweep_path = runs.find_unfinished_sweep(
+        parent_run_id, run_name, sweep_path = find_unfinished_sweep(
             client, experiment_id, parent_run_id
         )
         lock = hold_sweep_lock(client, run_name)
@@ -298,7 +306,7 @@ def run_sweep(
         # After a crash, what Ray saved is the truth: epochs the dead driver never wrote to
         # MLflow are written now (a normal sweep's writer has written them all).
         histories = results.histories if resume else None
-        lost = runs.reconcile_trial_runs(
+        lost = reconcile_trial_runs(
             client, experiment, experiment_id, parent_run_id, saved, histories
         )
         if lost:
@@ -339,8 +347,8 @@ def run_sweep(
 
 
 def hold_sweep_lock(client: Client, run_name: str) -> StoreLock:
-    """Take the sweep's lock (held while its driver lives: see `runs.sweep_lock`)."""
-    lock = runs.sweep_lock(client, run_name)
+    """Take the sweep's lock (held while its driver lives: see `sweep_lock`)."""
+    lock = sweep_lock(client, run_name)
     try:
         lock.acquire()
     except LockHeld as held:
@@ -358,7 +366,7 @@ def sweep_to_resume(settings: Settings, experiment_name: str) -> str:
         experiment_id = find_experiment(client, experiment_name)
     if experiment_id is None:
         raise PipelineError(f"no experiment '{experiment_name}': no interrupted sweep to resume")
-    return runs.find_unfinished_sweep(client, experiment_id)[0]
+    return find_unfinished_sweep(client, experiment_id)[0]
 
 
 def settle_interrupted(settings: Settings, experiment_name: str, abandon: bool) -> list[str]:
@@ -369,17 +377,17 @@ def settle_interrupted(settings: Settings, experiment_name: str, abandon: bool) 
         return []
     client = open_client(settings.tracking_uri)
     experiment_id = find_experiment(client, experiment_name)
-    waiting = runs.interrupted_sweeps(client, experiment_id) if experiment_id else []
+    waiting = interrupted_sweeps(client, experiment_id) if experiment_id else []
     if waiting and not abandon:
         raise PipelineError(
-            f"experiment '{experiment_name}' has an interrupted {runs.describe_sweep(waiting[0])};"
+            f"experiment '{experiment_name}' has an interrupted {describe_sweep(waiting[0])};"
             " continue it with `tune --resume`, or give it up with `tune --abandon`"
         )
     for run in waiting:
         assert experiment_id is not None
-        runs.abandon_sweep(client, experiment_id, run)
+        abandon_sweep(client, experiment_id, run)
         storage.remove(run.data.tags[tags.SWEEP_PATH], settings.storage_endpoint)
-    return [runs.describe_sweep(run) for run in waiting]
+    return [describe_sweep(run) for run in waiting]
 
 
 def retrain_and_register(
@@ -399,7 +407,7 @@ def retrain_and_register(
     uri = settings.tracking_uri
     check_tracking_store(uri)
     client = open_client(uri)
-    sweep = runs.find_sweep(client, experiment_name, parent_run_id)
+    sweep = sweeps.find_sweep(client, experiment_name, parent_run_id)
     dataset, split = load_data(sweep.experiment, settings.data_dir)
     check_same_data(sweep, split)
     experiment = sweep.experiment
@@ -444,7 +452,7 @@ def retrain_and_register(
 
 
 def select_candidate(
-    sweep: runs.SweepRecord, dataset: Dataset, split: Split, on_cluster: bool
+    sweep: sweeps.SweepRecord, dataset: Dataset, split: Split, on_cluster: bool
 ) -> Selection:
     """The sweep's best few trials each cross-validated again on fresh folds from a fresh seed
     (`retrain.second_opinion`), side by side as Ray tasks on a cluster, else one after another

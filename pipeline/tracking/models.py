@@ -1,0 +1,150 @@
+"""The retrain run in the tracking store: its params, history and test scores under the sweep's
+parent run, and the network logged with it (pt2, pickle-free, with signature and metadata)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+from pipeline import tags
+from pipeline.config import Scalar
+from pipeline.core.decisions import Selection
+from pipeline.core.evaluate import TestReport, confusion_figure
+from pipeline.tracking.runs import LoggedData
+from pipeline.tracking.store import open_client, use_tracking_uri
+from pipeline.tracking.sweeps import SweepRecord
+
+if TYPE_CHECKING:
+    from torch import nn
+
+RETRAIN_RUN_NAME = "retrain"
+MODEL_ARTIFACT = "model"
+
+
+@dataclass(frozen=True)
+class RetrainedModel:
+    """A retrain's outcome, as the retrain run records it."""
+
+    network: nn.Module  # softmax output, eval mode, on the CPU
+    report: TestReport  # its one test
+    train_losses: list[float]  # per epoch
+    train_seconds: float
+    device: str
+    params: dict[str, Scalar]  # hyperparameters, epochs, row counts
+    data_fingerprint: str
+    dataset_name: str
+    example: np.ndarray  # a few input rows, for the signature and the input example
+    example_output: np.ndarray  # the network's output for them
+    metadata: dict[str, Any]  # stored with the model: what prediction and promotion need
+    data: list[LoggedData]  # the rows it trained on and was tested on
+    selection: Selection  # the candidates' second opinions, this model's first
+
+
+@dataclass(frozen=True)
+class RetrainRecord:
+    """Where the retrain was logged."""
+
+    run_id: str
+    model_uri: str  # runs:/... or models:/m-... URI of the logged model
+    report: TestReport
+
+
+def log_retrain_run(tracking_uri: str, sweep: SweepRecord, model: RetrainedModel) -> RetrainRecord:
+    """Log the retrain under the sweep's parent run: params, history, test scores and the model."""
+    client = open_client(tracking_uri)
+    report = model.report
+    marks = {
+        MLFLOW_RUN_NAME: RETRAIN_RUN_NAME,
+        MLFLOW_PARENT_RUN_ID: sweep.parent_run_id,
+        tags.SOURCE_TRIAL_ID: str(sweep.best["trial_id"]),
+        tags.DATA_FINGERPRINT: model.data_fingerprint,
+        tags.DEVICE: model.device,
+    }
+    run = client.create_run(sweep.experiment_id, run_name=RETRAIN_RUN_NAME, tags=marks)
+    run_id = run.info.run_id
+    status = "FAILED"
+    try:
+        now = int(time.time() * 1000)
+        metrics = [Metric("train_loss", v, now, i + 1) for i, v in enumerate(model.train_losses)]
+        metrics += [Metric(k, v, now, 0) for k, v in report.metrics().items()]
+        metric = sweep.experiment.metric
+        metrics += [
+            Metric(f"trial_{metric}", sweep.score, now, 0),
+            Metric(f"selection_{metric}", model.selection.score, now, 0),
+            Metric("train_seconds", model.train_seconds, now, 0),
+        ]
+        client.log_batch(
+            run_id,
+            metrics=metrics,
+            params=[Param(k, str(v)) for k, v in model.params.items()],
+            tags=[RunTag(tags.TEST_ROWS_SEEN, "once")],
+        )
+        client.log_inputs(run_id, [d.as_input() for d in model.data])
+        client.log_dict(run_id, report.per_class(), "classification_report.json")
+        client.log_dict(run_id, selection_record(model.selection), "selection.json")
+        title = f"{model.dataset_name}: test accuracy {report.test_acc:.4f}"
+        client.log_figure(run_id, confusion_figure(report, title), "confusion_matrix.png")
+        model_uri = log_network(tracking_uri, run_id, model)
+        status = "FINISHED"
+    finally:
+        client.set_terminated(run_id, status)
+    return RetrainRecord(run_id, model_uri, report)
+
+
+def selection_record(selection: Selection) -> dict[str, Any]:
+    """How the retrained trial was chosen, as the retrain run's selection.json shows it."""
+    metric = selection.metric
+    return {
+        "chosen": selection.chosen.trial_id,
+        f"selection_{metric}": selection.score,
+        "rule": f"the best second opinion on {metric}: cross-validated again on fresh folds "
+        "from a fresh seed, averaged over the epochs centred on the trial's best one",
+        "candidates": [
+            {
+                "trial_id": o.trial_id,
+                "epoch": o.epoch,
+                f"sweep_{metric}": o.sweep_score,
+                f"second_opinion_{metric}": o.second_opinion,
+            }
+            for o in selection.opinions
+        ],
+    }
+
+
+def log_network(tracking_uri: str, run_id: str, model: RetrainedModel) -> str:
+    """Log the network in the pickle-free pt2 format with signature, example and metadata."""
+    import mlflow.pytorch  # loads torch: only the retrain needs it
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(model.example, model.example_output)
+    # log_model speaks only through the fluent API; the active run gives it the experiment.
+    with use_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(
+            model.network,
+            name=MODEL_ARTIFACT,
+            serialization_format="pt2",
+            signature=signature,
+            input_example=model.example,
+            pip_requirements=pip_requirements(),
+            metadata=model.metadata,
+        )
+    return str(info.model_uri)
+
+
+def pip_requirements() -> list[str]:
+    """Pinned to what trained the model; explicit, which skips MLflow's slow inference."""
+    import mlflow
+    import torch
+
+    return [
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"mlflow=={mlflow.__version__}",
+        f"numpy=={np.__version__}",
+        f"pandas=={pd.__version__}",
+    ]
