@@ -52,7 +52,8 @@ from rich.console import Console
 
 from pipeline.cli import environment
 from pipeline.config import Experiment, load_experiment, parse_experiment
-from pipeline.core.data import Dataset, load_dataset, split_dataset
+from pipeline.core.data import Dataset, split_dataset
+from pipeline.core.sources import load_dataset
 from pipeline.distributed import cluster
 from pipeline.settings import Settings
 from pipeline.tracking.store import open_client

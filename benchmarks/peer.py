@@ -152,8 +152,9 @@ def run_optuna(trials: int, concurrent: int) -> None:
     import torch
 
     from pipeline.config import Hyperparameters, load_experiment
-    from pipeline.core.data import load_dataset, split_dataset, tuning_data
+    from pipeline.core.data import split_dataset, tuning_data
     from pipeline.core.decisions import best_epoch
+    from pipeline.core.sources import load_dataset
     from pipeline.core.train import EpochMetrics, fit
 
     experiment = load_experiment(DEFAULT_SPACE, job_overrides(trials, concurrent))

@@ -54,7 +54,8 @@ from overhead import (
 )
 
 from pipeline.config import Experiment, load_experiment
-from pipeline.core.data import load_dataset, split_dataset
+from pipeline.core.data import split_dataset
+from pipeline.core.sources import load_dataset
 from pipeline.distributed.search import ConditionalHyperOptSearch
 from pipeline.workflows.tuning import run_sweep
 

@@ -24,7 +24,8 @@ import psycopg
 import pytest
 
 from pipeline.config import DataConfig
-from pipeline.core.data import Dataset, Split, TuningData, load_dataset, split_dataset, tuning_data
+from pipeline.core.data import Dataset, Split, TuningData, split_dataset, tuning_data
+from pipeline.core.sources import load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SPACES = REPO / "search_spaces"

@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.core.data import load_bundled
+from pipeline.core.sources import load_bundled
 from tests.conftest import ADMIN_URL, SPACES, admin_connection
 
 SMOKE = SPACES / "smoke.yaml"

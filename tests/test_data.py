@@ -18,16 +18,8 @@ import pandas as pd
 import pytest
 
 from pipeline.config import DataConfig
-from pipeline.core.data import (
-    IDX_FILES,
-    Dataset,
-    Split,
-    download_idx,
-    load_dataset,
-    read_idx,
-    split_dataset,
-    tuning_data,
-)
+from pipeline.core.data import Dataset, Split, split_dataset, tuning_data
+from pipeline.core.sources import IDX_FILES, download_idx, load_dataset, read_idx
 from pipeline.errors import PipelineError
 
 NO_CACHE = Path("/nonexistent")
@@ -562,7 +554,8 @@ def test_load_dataset_downloads_from_mirror_and_verifies(
 
 def test_fold_statistics_come_from_each_fold_train_rows_only() -> None:
     from pipeline.config import DataConfig as _DataConfig
-    from pipeline.core.data import column_stats, load_dataset, split_dataset, tuning_data
+    from pipeline.core.data import column_stats, split_dataset, tuning_data
+    from pipeline.core.sources import load_dataset
 
     config = _DataConfig(source="digits", cv_folds=3)
     dataset = load_dataset(config, seed=0, cache_dir=Path("/nonexistent"))

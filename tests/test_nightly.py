@@ -23,7 +23,7 @@ import yaml
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from pipeline.core.data import load_bundled
+from pipeline.core.sources import load_bundled
 from tests.conftest import (
     REPO,
     Hook,

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.core.data import FLOAT32_MAX, Dataset, Split, check_feature_columns, read_table
+from pipeline.core.data import Dataset, Split
+from pipeline.core.sources import FLOAT32_MAX, check_feature_columns, read_table
 from pipeline.errors import PipelineError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")

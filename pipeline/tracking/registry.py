@@ -23,9 +23,10 @@ from mlflow.exceptions import MlflowException
 
 from pipeline import tags
 from pipeline.config import DataConfig
-from pipeline.core.data import Dataset, Split, load_dataset, split_dataset
+from pipeline.core.data import Dataset, Split, split_dataset
 from pipeline.core.decisions import Selection, judge_promotion
 from pipeline.core.evaluate import TestReport, score
+from pipeline.core.sources import load_dataset
 from pipeline.errors import PipelineError
 from pipeline.tracking.locks import LOCK_PREFIX, LockHeld, StoreLock
 from pipeline.tracking.models import RetrainRecord

@@ -16,7 +16,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PyFuncModel, load_model, scoring_server
 
-from pipeline.core.data import FLOAT32_MAX
+from pipeline.core.sources import FLOAT32_MAX
 from pipeline.tracking.server import MODEL_URI_VARIABLE
 
 

@@ -16,17 +16,10 @@ import pandas as pd
 
 from pipeline import storage, tags
 from pipeline.config import Experiment, Hyperparameters, Scalar, load_experiment
-from pipeline.core.data import (
-    Dataset,
-    Split,
-    load_dataset,
-    refolded,
-    source_uri,
-    split_dataset,
-    tuning_data,
-)
+from pipeline.core.data import Dataset, Split, refolded, split_dataset, tuning_data
 from pipeline.core.decisions import Opinion, Selection, best_trial, select, with_states
 from pipeline.core.evaluate import TestReport
+from pipeline.core.sources import load_dataset, source_uri
 from pipeline.distributed import cluster
 from pipeline.distributed.search import WarmStart
 from pipeline.distributed.tuner import SweepWatcher, fit, make_tuner, restore_tuner

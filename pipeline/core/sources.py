@@ -1,0 +1,283 @@
+"""Where examples come from: scikit-learn's bundled sets, a CSV file, IDX files (MNIST,
+Fashion-MNIST) downloaded with their checksums verified. Every problem with a file is one line
+naming the file and the column."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import struct
+import urllib.request
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import DataConfig
+from pipeline.core.data import Dataset, subset
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+# MD5 of the published .gz files (as verified by torchvision).
+IDX_SOURCES: dict[str, tuple[str, dict[str, str], tuple[str, ...]]] = {
+    "mnist": (
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        {
+            "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+            "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+            "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+        },
+        tuple(str(d) for d in range(10)),
+    ),
+    "fashion_mnist": (
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        {
+            "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+            "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+            "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+        },
+        (
+            "t-shirt",
+            "trouser",
+            "pullover",
+            "dress",
+            "coat",
+            "sandal",
+            "shirt",
+            "sneaker",
+            "bag",
+            "ankle-boot",
+        ),
+    ),
+}
+IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def load_dataset(config: DataConfig, seed: int, cache_dir: Path) -> Dataset:
+    """Load the configured data set (a stratified subset of `limit` rows if set)."""
+    if config.source in ("digits", "wine", "breast_cancer"):
+        dataset = load_bundled(config.source)
+    elif config.source == "csv":
+        assert config.path is not None and config.target is not None
+        dataset = load_csv(Path(config.path), config.target)
+    else:
+        folder = Path(config.path) if config.path else cache_dir / config.source
+        if config.download:
+            url, checksums, _ = IDX_SOURCES[config.source]
+            download_idx(folder, config.mirror or url, checksums)
+        dataset = load_idx_dataset(config.source, folder)
+    return subset(dataset, config.limit, seed) if config.limit else dataset
+
+
+def source_uri(config: DataConfig, cache_dir: Path) -> str:
+    """Where the configured data come from, as the runs record it."""
+    if config.source in ("digits", "wine", "breast_cancer"):
+        return f"sklearn.datasets.load_{config.source}"
+    if config.source == "csv":
+        assert config.path is not None
+        return str(Path(config.path).resolve())
+    return str((Path(config.path) if config.path else cache_dir / config.source).resolve())
+
+
+def load_bundled(name: str) -> Dataset:
+    """A real data set shipped inside scikit-learn (no network)."""
+    from sklearn import datasets as sk_datasets  # scikit-learn loads only where it is used
+
+    loader = {
+        "digits": sk_datasets.load_digits,
+        "wine": sk_datasets.load_wine,
+        "breast_cancer": sk_datasets.load_breast_cancer,
+    }[name]
+    bunch = loader()
+    class_names = tuple(str(c) for c in bunch.target_names)
+    shape = (1, 8, 8) if name == "digits" else None
+    return Dataset(
+        name,
+        bunch.data.astype(np.float32),
+        bunch.target.astype(np.int64),
+        class_names,
+        shape,
+        feature_names=tuple(str(c) for c in bunch.feature_names),
+    )
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A CSV file as a frame; a missing or unparsable file is one line naming it."""
+    try:
+        return pd.read_csv(path)
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: no such CSV file") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"{path}: cannot parse as CSV: {exc}") from None
+
+
+def feature_problems(frame: pd.DataFrame, columns: list[str]) -> list[str]:
+    """What stops these columns from being features: not numeric, missing values, values that
+    are infinite or beyond float32's range (training would only diverge on them)."""
+    problems = []
+    for column in columns:
+        values = frame[column]
+        if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            present = values.dropna()
+            text = present[pd.to_numeric(present, errors="coerce").isna()]
+            example = str(text.iloc[0]) if len(text) else ""
+            problems.append(f"column '{column}' is not numeric (e.g. {example!r})")
+            continue
+        missing = int(values.isna().sum())
+        if missing:
+            problems.append(f"column '{column}' has {missing} missing values")
+        huge = int((values.abs() > FLOAT32_MAX).sum())
+        if huge:
+            problems.append(f"column '{column}' has {huge} infinite or out-of-range values")
+    return problems
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_feature_columns(frame: pd.DataFrame, columns: list[str], path: Path) -> None:
+    """Feature columns must be numeric, complete and finite; every problem is named at once."""
+    raise_problems(path, feature_problems(frame, columns))
+
+
+def raise_problems(path: Path, problems: list[str]) -> None:
+    """One line listing every problem found in `path`, if any."""
+    if len(problems) == 1:
+        raise PipelineError(f"{path}: {problems[0]}; fix it (encode, fill or drop)")
+    if problems:
+        raise PipelineError(
+            f"{path}: {len(problems)} problems: {'; '.join(problems)}; fix them (encode, fill "
+            "or drop)"
+        )
+
+
+def cut_off(path: Path, frame: pd.DataFrame) -> bool:
+    """Whether the file ends mid-row: no final newline, and its last row lacks values."""
+    with path.open("rb") as stream:
+        stream.seek(0, 2)
+        if stream.tell() == 0:
+            return False
+        stream.seek(-1, 2)
+        ends_clean = stream.read(1) in (b"\n", b"\r")
+    return not ends_clean and len(frame) > 0 and bool(frame.iloc[-1].isna().any())
+
+
+def load_csv(path: Path, target: str) -> Dataset:
+    """Any CSV: `target` is the label column, every other column must be numeric and complete."""
+    frame = read_table(path)
+    if target not in frame.columns:
+        raise PipelineError(f"{path}: no column '{target}' (columns: {', '.join(frame.columns)})")
+    if cut_off(path, frame):
+        raise PipelineError(
+            f"{path}: truncated: its last line (row {len(frame)}) is cut off mid-row; was the "
+            "file fully written?"
+        )
+    labels_raw = frame.pop(target)
+    problems = []
+    if labels_raw.isna().any():
+        problems.append(f"column '{target}' has {int(labels_raw.isna().sum())} empty labels")
+    problems += feature_problems(frame, [str(c) for c in frame.columns])
+    raise_problems(path, problems)
+    if frame.shape[1] == 0:
+        raise PipelineError(f"{path}: no feature columns besides '{target}'")
+    classes, labels = np.unique(labels_raw.astype(str).to_numpy(), return_inverse=True)
+    if len(classes) < 2:
+        raise PipelineError(f"{path}: column '{target}' has a single class; nothing to learn")
+    return Dataset(
+        path.stem,
+        frame.to_numpy(np.float32),
+        labels.astype(np.int64),
+        tuple(str(c) for c in classes),
+        feature_names=tuple(str(c) for c in frame.columns),
+    )
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file (optionally gzipped), the format of MNIST and Fashion-MNIST."""
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as stream:
+            raw = stream.read()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise PipelineError(f"{path}: cannot read: {exc}") from None
+    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in IDX_DTYPES:
+        raise PipelineError(f"{path}: not an IDX file (bad magic number)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise PipelineError(f"{path}: truncated inside its header")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    dtype = np.dtype(IDX_DTYPES[raw[2]])
+    expected = int(np.prod(dims)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise PipelineError(f"{path}: {len(raw) - header} data bytes, header promises {expected}")
+    return np.frombuffer(raw, dtype, offset=header).reshape(dims)
+
+
+def find_idx(folder: Path, stem: str) -> Path:
+    for candidate in (folder / stem, folder / f"{stem}.gz"):
+        if candidate.exists():
+            return candidate
+    raise PipelineError(
+        f"{folder}: missing {stem}[.gz]; set data.download: true or put the IDX files there"
+    )
+
+
+def load_idx_dataset(name: str, folder: Path) -> Dataset:
+    """MNIST-style folder: train and t10k images/labels; t10k becomes the test split."""
+    parts = {key: read_idx(find_idx(folder, stem)) for key, stem in IDX_FILES.items()}
+    for prefix in ("train", "test"):
+        images, labels = parts[f"{prefix}_images"], parts[f"{prefix}_labels"]
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise PipelineError(
+                f"{folder}: {prefix} images {images.shape} and labels {labels.shape} do not match"
+            )
+    images = np.concatenate([parts["train_images"], parts["test_images"]])
+    labels = np.concatenate([parts["train_labels"], parts["test_labels"]]).astype(np.int64)
+    n_train = len(parts["train_labels"])
+    class_names = IDX_SOURCES[name][2] if name in IDX_SOURCES else ()
+    if len(class_names) <= int(labels.max()):
+        class_names = tuple(str(c) for c in range(int(labels.max()) + 1))
+    return Dataset(
+        name,
+        images.reshape(len(images), -1).astype(np.float32),
+        labels,
+        class_names,
+        (1, *images.shape[1:]),
+        np.arange(n_train, len(labels)),
+        tuple(f"pixel_{r}_{c}" for r in range(images.shape[1]) for c in range(images.shape[2])),
+    )
+
+
+def download_idx(folder: Path, base_url: str, checksums: dict[str, str]) -> None:
+    """Fetch missing IDX files into `folder`, keeping each only if its MD5 matches."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for filename, md5 in checksums.items():
+        target = folder / filename
+        if target.exists() or (folder / filename.removesuffix(".gz")).exists():
+            continue
+        url = base_url.rstrip("/") + "/" + filename
+        log.info("downloading %s", url)
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response:
+                payload = response.read()
+        except OSError as exc:
+            raise PipelineError(f"cannot download {url}: {exc}") from None
+        digest = hashlib.md5(payload).hexdigest()
+        if digest != md5:
+            raise PipelineError(
+                f"{url}: checksum mismatch (md5 {digest}, expected {md5}); not saved"
+            )
+        partial = target.with_suffix(".part")
+        partial.write_bytes(payload)
+        partial.replace(target)
