@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from pipeline.core.evaluate import TestReport
     from pipeline.stopwatch import Stopwatch
-    from pipeline.tracking.registry import Decision
+    from pipeline.tracking.promotion import Decision
     from pipeline.workflows.nights import Night
     from pipeline.workflows.reporting import ReportFiles, SweepSummary
     from pipeline.workflows.serving import ExportedRows, Prediction
@@ -93,9 +93,7 @@ def print_resume_hint(space: Path, experiment_name: str) -> None:
 
 
 def print_registration(registration: Registration) -> None:
-    from pipeline.tracking.registry import (
-        CHALLENGER,  # loaded already: the command registered a model
-    )
+    from pipeline.tracking.registry import CHALLENGER  # loaded already: it registered a model
 
     out = results()
     report = registration.report
@@ -121,7 +119,9 @@ def describe_report(report: TestReport) -> str:
 
 
 def print_decision(decision: Decision) -> None:
-    from pipeline.tracking.registry import CHAMPION, NOTHING  # loaded already: the command decided
+    # Loaded already: the command decided.
+    from pipeline.tracking.promotion import NOTHING
+    from pipeline.tracking.registry import CHAMPION
 
     out = results()
     if decision.action == NOTHING:

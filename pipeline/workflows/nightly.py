@@ -26,7 +26,7 @@ from pipeline.distributed.tuner import SweepWatcher, can_resume
 from pipeline.errors import PipelineError, Terminated
 from pipeline.notify import post_json
 from pipeline.settings import Settings
-from pipeline.tracking import night_runs, registry, runs, sweeps
+from pipeline.tracking import night_runs, promotion, registry, runs, sweeps
 from pipeline.tracking.locks import LockHeld, StoreLock
 from pipeline.tracking.night_runs import NightRecord
 from pipeline.tracking.preflight import check_tracking_store
@@ -299,7 +299,7 @@ class NightJob:
                     for night, tag in zip(NIGHT_SCORES, scored, strict=True)
                 },
             }
-        decision = registry.promote(
+        decision = promotion.promote(
             self.client,
             self.settings.tracking_uri,
             self.model,

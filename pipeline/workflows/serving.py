@@ -14,9 +14,10 @@ from pipeline.core.predict import (
     write_csv,
 )
 from pipeline.settings import Settings
-from pipeline.tracking import registry
+from pipeline.tracking import promotion, registry
 from pipeline.tracking.preflight import check_tracking_store
-from pipeline.tracking.registry import CHAMPION, Decision
+from pipeline.tracking.promotion import Decision
+from pipeline.tracking.registry import CHAMPION
 from pipeline.tracking.server import Launch, model_server_launch, ui_launch
 from pipeline.tracking.store import (
     Client,
@@ -35,14 +36,14 @@ def promote(
 ) -> Decision:
     """Make the challenger (or `version`) champion if it beats the champion on the test split."""
     client = open_client(settings.tracking_uri)
-    return registry.promote(
+    return promotion.promote(
         client, settings.tracking_uri, model, settings.data_dir, actor, version, force, min_delta
     )
 
 
 def rollback(settings: Settings, model: str, actor: str) -> Decision:
     """Give `champion` back to the previous champion."""
-    return registry.rollback(open_client(settings.tracking_uri), model, actor)
+    return promotion.rollback(open_client(settings.tracking_uri), model, actor)
 
 
 def chosen_version(client: Client, model: str, alias: str, version: int | None) -> str:
@@ -97,7 +98,7 @@ def export_test_rows(settings: Settings, model: str, output: Path, alias: str) -
     client = open_client(settings.tracking_uri)
     chosen = registry.version_by_alias(client, model, alias)
     loaded = registry.load_version(settings.tracking_uri, model, chosen)
-    dataset, split = registry.version_data(loaded, settings.data_dir)
+    dataset, split = promotion.version_data(loaded, settings.data_dir)
     write_csv(held_out_rows(dataset, split), output)
     return ExportedRows(len(split.test), dataset.name, output)
 
