@@ -37,6 +37,7 @@ import tempfile
 import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ from pipeline.core.sources import load_dataset
 from pipeline.distributed import cluster
 from pipeline.settings import Settings
 from pipeline.tracking.store import open_client
-from pipeline.workflows.tuning import SweepResult, run_sweep
+from pipeline.workflows.sweep import SweepJob, SweepResult, run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPACE = ROOT / "search_spaces" / "default.yaml"
@@ -247,27 +248,29 @@ def run_one(name: str, trials: int, resources: Resources, workdir: Path) -> Figu
     split = split_dataset(dataset, experiment.data, experiment.seed)
     space_text = yaml.safe_dump(experiment.model_dump(mode="json"), sort_keys=False)
     with DriverMlflowClock() as driver:
-        result = run_sweep(
-            experiment, experiment.name, dataset, split, space_text, tracking_settings(workdir)
-        )
+        job = SweepJob(experiment, experiment.name, dataset, split, space_text)
+        result = run_sweep(job, tracking_settings(workdir))
     return figures(result, experiment, driver.seconds)
 
 
 def figures(result: SweepResult, experiment: Experiment, driver_seconds: float) -> Figures:
-    table = result.table
-    states = table["state"].value_counts().to_dict() if len(table) else {}
-    if states.get("completed", 0) != len(table):
-        print(f"  note: trial states {states} (FIFO should complete every trial)", file=sys.stderr)
-    per_epoch = table["train_seconds"] / table["epochs_trained"].clip(lower=1)
+    trials = result.trials
+    states = Counter(t.state for t in trials)
+    if states["completed"] != len(trials):
+        print(
+            f"  note: trial states {dict(states)} (FIFO should complete every trial)",
+            file=sys.stderr,
+        )
+    per_epoch = [t.train_seconds / max(t.epochs_trained, 1) for t in trials]
     return Figures(
-        trials=len(table),
+        trials=len(trials),
         wall_seconds=result.wall_seconds,
-        train_seconds=float(table["train_seconds"].sum()) if len(table) else 0.0,
+        train_seconds=sum(t.train_seconds for t in trials),
         writer_seconds=result.tracking_seconds,
         driver_seconds=driver_seconds,
         concurrent=experiment.budget.max_concurrent,
-        epoch_seconds=float(per_epoch.median()) if len(table) else 0.0,
-        devices=", ".join(sorted(str(d) for d in table["device"].dropna().unique())),
+        epoch_seconds=float(np.median(per_epoch)) if per_epoch else 0.0,
+        devices=", ".join(sorted({t.device for t in trials if t.device})),
     )
 
 

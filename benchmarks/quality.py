@@ -83,7 +83,7 @@ def run_once(way: str, seed: int, keep: bool) -> Outcome:
     # MLflow loads only here, in the benchmark's own process.
     from pipeline.tracking.registry import version_of_sweep
     from pipeline.tracking.store import open_client
-    from pipeline.tracking.sweeps import sweep_table
+    from pipeline.tracking.sweeps import sweep_trials
 
     folder = Path(tempfile.mkdtemp(prefix=f"bench-quality-{way}-{seed}-"))
     try:
@@ -100,7 +100,7 @@ def run_once(way: str, seed: int, keep: bool) -> Outcome:
             sys.exit(f"tune registered no {model} version for its sweep:\n{output[-4000:]}")
         retrain_run = str(client.get_model_version(model, version).run_id)
         retrain = client.get_run(retrain_run).data.metrics
-        table = sweep_table(client, parent[1])
+        trials = sweep_trials(client, parent[1])
         outcome = Outcome(
             way,
             seed,
@@ -111,7 +111,7 @@ def run_once(way: str, seed: int, keep: bool) -> Outcome:
             retrain.get("test_acc_high", float("nan")),
             retrain["test_loss"],
             client.get_run(parent[1]).data.metrics["best_val_acc"],
-            int(table["epochs_trained"].sum()),
+            sum(t.epochs_trained for t in trials),
             seconds,
         )
     finally:

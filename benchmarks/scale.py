@@ -57,7 +57,7 @@ from pipeline.config import Experiment, load_experiment
 from pipeline.core.data import split_dataset
 from pipeline.core.sources import load_dataset
 from pipeline.distributed.search import ConditionalHyperOptSearch
-from pipeline.workflows.tuning import run_sweep
+from pipeline.workflows.sweep import SweepJob, run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPACE = ROOT / "search_spaces" / "default.yaml"
@@ -204,9 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         before, _ = memory_mb()
         print(f"running {args.trials} trials ...", flush=True)
         with DriverMlflowClock() as driver, SearcherClock().timing() as searcher:
-            result = run_sweep(
-                experiment, experiment.name, dataset, split, space_text, tracking_settings(workdir)
-            )
+            job = SweepJob(experiment, experiment.name, dataset, split, space_text)
+            result = run_sweep(job, tracking_settings(workdir))
         after, peak = memory_mb()
     met = report(figures(result, experiment, driver.seconds), searcher, args.search, before,
                  after, peak)  # fmt: skip

@@ -161,7 +161,7 @@ def log_retrain(
     was tested on, from `source`, and how it was selected) under the sweep."""
     example = dataset.features[split.train[:INPUT_EXAMPLE_ROWS]]
     params = {
-        **sweep.params,
+        **sweep.best.params,
         "epochs": sweep.epochs,
         "rows.train": len(split.tuning_rows),
         "rows.test": len(split.test),

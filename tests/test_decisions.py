@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from pipeline.core import evaluate
@@ -13,11 +12,13 @@ from pipeline.core.decisions import (
     best_trial,
     judge_promotion,
     planned_epochs,
+    rank_trials,
     select,
     trial_state,
     wins,
     with_states,
 )
+from pipeline.core.trials import TrialRow
 
 CLASSES = ("a", "b")
 
@@ -47,8 +48,11 @@ def test_planned_epochs_is_the_trials_own_epochs_capped_by_the_budget() -> None:
     assert planned_epochs({"optimizer": {"name": "adam", "epochs": 4}}, 20) == 4
 
 
-def table(*rows: tuple[str, str, float, float]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=["trial_id", "state", "val_acc", "val_loss"])
+def table(*rows: tuple[str, str, float | None, float | None]) -> list[TrialRow]:
+    return [
+        TrialRow(trial_id, state, epoch=3, val_acc=acc, val_loss=loss)
+        for trial_id, state, acc, loss in rows
+    ]
 
 
 def test_best_trial_skips_diverged_and_errored_and_breaks_ties_on_val_loss() -> None:
@@ -60,24 +64,26 @@ def test_best_trial_skips_diverged_and_errored_and_breaks_ties_on_val_loss() -> 
         ("winner", "completed", 0.95, 0.20),
         ("worse", "completed", 0.90, 0.05),
     )
-    assert best_trial(trials, "val_acc", "max")["trial_id"] == "winner"  # type: ignore[index]
-    assert best_trial(trials, "val_loss", "min")["trial_id"] == "worse"  # type: ignore[index]
+    assert [t.trial_id for t in rank_trials(trials, "val_acc", "max")] == [
+        "winner", "tie-worse-loss", "worse"
+    ]  # fmt: skip
+    assert best_trial(trials, "val_loss", "min") == trials[-1]
 
 
 def test_no_best_trial_without_a_valid_one() -> None:
-    assert best_trial(pd.DataFrame(), "val_acc", "max") is None
+    assert best_trial([], "val_acc", "max") is None
     assert best_trial(table(("d", "diverged", 0.0, 1e30)), "val_acc", "max") is None
-    missing = table(("a", "completed", np.nan, np.nan))
+    missing = table(("a", "completed", None, None))
     assert best_trial(missing, "val_acc", "max") is None
 
 
 def test_tracked_states_replace_derived_ones() -> None:
     trials = table(("a", "stopped", 0.9, 0.1), ("b", "completed", 0.8, 0.2))
     merged = with_states(trials, {"a": "interrupted", "b": ""})
-    assert merged["state"].tolist() == ["interrupted", "completed"]
+    assert [t.state for t in merged] == ["interrupted", "completed"]
     # `running` is what a killed driver leaves behind, not a state to keep.
-    assert with_states(trials, {"a": "running"})["state"].tolist() == ["stopped", "completed"]
-    assert trials["state"].tolist() == ["stopped", "completed"], "the input is left alone"
+    assert [t.state for t in with_states(trials, {"a": "running"})] == ["stopped", "completed"]
+    assert [t.state for t in trials] == ["stopped", "completed"], "the input is left alone"
 
 
 def report(correct: int, of: int = 10, confidence: float = 0.9) -> evaluate.TestReport:

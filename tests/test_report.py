@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.core.trials import read_trials
 from pipeline.report import SweepData, build_report
 from pipeline.report.figures import MISSING, axis_positions
 from pipeline.report.importance import importances, permutation_drops
@@ -59,7 +60,7 @@ def sweep(
     histories = pd.DataFrame(epochs, columns=["trial_id", "epoch", "val_acc", "val_loss"])
     mode = "max" if metric == "val_acc" else "min"
     ranked = table[table["valid"]].sort_values(metric, ascending=mode == "min")
-    best = {str(k): v for k, v in ranked.iloc[0].items()} if len(ranked) else None
+    winners = read_trials(ranked.drop(columns=["number", "end_seconds", "valid"]))
     return SweepData(
         experiment="smoke",
         run_name=run_name,
@@ -73,7 +74,7 @@ def sweep(
         states=STATES,
         trials=table,
         histories=histories,
-        best=best,
+        best=winners[0] if winners else None,
         model_version="smoke-digits-mlp version 3",
     )
 
@@ -108,12 +109,12 @@ def test_the_header_names_the_sweep_and_its_winner() -> None:
     assert data.best is not None
     for fact in ("smoke", "smoke-1", "0123456789abcdef", "smoke-digits-mlp version 3"):
         assert fact in page
-    assert f"{data.best['val_acc']:.4f}: trial {data.best['trial_id']}, epoch 4" in page
+    assert f"{data.best.val_acc:.4f}: trial {data.best.trial_id}, epoch 4" in page
     assert "12 (6 completed, 4 stopped, 1 diverged, 1 errored)" in page
     winner = page.split("The winner's hyperparameters")[1].split("</table>")[0]
-    assert f"<code>{data.best['optimizer']}</code>" in winner
+    assert f"<code>{data.best.params['optimizer']}</code>" in winner
     # A parameter the winner never sampled (another optimizer's) is not listed for it.
-    assert ("momentum" in winner) == (data.best["optimizer"] == "momentum")
+    assert ("momentum" in winner) == (data.best.params["optimizer"] == "momentum")
     # One sentence per picture saying what it answers.
     assert page.count('<p class="question">') == len(SECTIONS)
 
@@ -172,8 +173,8 @@ def test_a_loss_metric_is_minimised() -> None:
     data = sweep(metric="val_loss")
     page = build_report(data).html
     assert data.best is not None
-    assert data.best["val_loss"] == data.trials.loc[data.trials["valid"], "val_loss"].min()
-    assert f"best val_loss</th><td>{data.best['val_loss']:.4f}" in page
+    assert data.best.val_loss == data.trials.loc[data.trials["valid"], "val_loss"].min()
+    assert f"best val_loss</th><td>{data.best.val_loss:.4f}" in page
 
 
 def test_parallel_axes_space_categories_evenly_and_log_scale_numbers() -> None:

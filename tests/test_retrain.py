@@ -10,15 +10,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from pipeline.config import DataConfig, Experiment, Hyperparameters, load_experiment
+from pipeline.config import DataConfig, Experiment, Hyperparameters, Scalar, load_experiment
 from pipeline.core.data import Dataset, Split, refolded, tuning_data
 from pipeline.core.decisions import Opinion, select
 from pipeline.core.train import DIVERGED_ACC, fit
+from pipeline.core.trials import TrialRow
 from pipeline.errors import PipelineError
 from pipeline.retrain import (
     check_same_data,
@@ -41,22 +41,16 @@ def experiment() -> Experiment:
     return load_experiment(SPACES / "smoke.yaml", ["seed=0"])
 
 
-def trial_row(trial_id: str, state: str, val_acc: float, val_loss: float, **params: object) -> dict:
-    return {
-        "trial_id": trial_id,
-        "state": state,
-        **params,
-        "epoch": 3,
-        "val_acc": val_acc,
-        "val_loss": val_loss,
-        "train_loss": 0.1,
-    }
+def trial_row(
+    trial_id: str, state: str, val_acc: float, val_loss: float, **params: Scalar
+) -> TrialRow:
+    return TrialRow(trial_id, state, params, 3, val_acc, val_loss, train_loss=0.1)
 
 
 def record_sweep(
     client: MlflowClient,
     experiment: Experiment,
-    rows: list[dict],
+    rows: list[TrialRow],
     fingerprint: str,
     status: str = "FINISHED",
 ) -> str:
@@ -68,7 +62,7 @@ def record_sweep(
     run_id = start_parent_run(
         client, experiment_id, "sweep", experiment, "name: x", tags, {}, data.as_input()
     )
-    finish_parent_run(client, run_id, pd.DataFrame(rows), None, [], status)
+    finish_parent_run(client, run_id, rows, None, status)
     return run_id
 
 
@@ -89,19 +83,21 @@ def test_find_sweep_takes_the_best_valid_trial_of_the_latest_finished_sweep(
         [
             trial_row("diverged", "diverged", 0.995, 0.01, **GOOD),
             trial_row("errored", "errored", 0.99, 0.01, **GOOD),
-            trial_row("tie-worse-loss", "stopped", 0.95, 0.30, **GOOD),
-            trial_row("winner", "completed", 0.95, 0.20, **GOOD, momentum=np.nan),
+            trial_row("tie-worse-loss", "stopped", 0.95, 0.30, **GOOD, momentum=0.9),
+            trial_row("winner", "completed", 0.95, 0.20, **GOOD),
         ],
         fp,
     )
     record_sweep(client, experiment, [trial_row("x", "completed", 0.99, 0.1)], fp, "KILLED")
     sweep = find_sweep(client, experiment.name, None)
     assert sweep.parent_run_id == latest
-    assert sweep.best["trial_id"] == "winner"
+    assert sweep.best.trial_id == "winner"
     # The candidates for a second opinion: the best valid trials, best first.
-    assert [c["trial_id"] for c in sweep.candidates] == ["winner", "tie-worse-loss"]
-    assert sweep.params == GOOD  # NaN (inactive) parameters left out, numpy scalars unwrapped
-    assert all(type(v) in (int, float, str) for v in sweep.params.values())
+    assert [c.trial_id for c in sweep.candidates] == ["winner", "tie-worse-loss"]
+    # Read back from trials.csv: the momentum the winner did not sample (an empty cell, NaN to
+    # pandas) left out, integers integers again, numpy scalars unwrapped.
+    assert sweep.best.params == GOOD
+    assert [type(v) for v in sweep.best.params.values()] == [type(v) for v in GOOD.values()]
     assert sweep.epochs == 3
     assert sweep.experiment == experiment
 

@@ -4,6 +4,7 @@ prediction. Results go to stdout; the CLI's progress and errors go to stderr."""
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -19,8 +20,9 @@ if TYPE_CHECKING:
     from pipeline.tracking.promotion import Decision
     from pipeline.workflows.nights import Night
     from pipeline.workflows.reporting import ReportFiles, SweepSummary
+    from pipeline.workflows.retraining import Registration
     from pipeline.workflows.serving import ExportedRows, Prediction
-    from pipeline.workflows.tuning import Registration, SweepResult
+    from pipeline.workflows.sweep import SweepResult
 
 SHOWN_PARAMS = ("optimizer", "lr", "hidden_layers", "hidden_units", "activation", "batch_size")
 
@@ -33,20 +35,20 @@ def results() -> Console:
 def format_cell(value: object) -> str:
     """A table cell: 4 significant digits; empty where a trial has no such value."""
     if isinstance(value, float):
-        return "" if value != value else f"{value:.4g}"  # NaN: not sampled by this trial
-    return "" if value is None or str(value) == "<NA>" else str(value)
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
 
 
 def print_sweep(result: SweepResult, top: int = 5) -> None:
     """The best trials, the trial states, timings and where the runs are."""
     from pipeline.core.decisions import rank_trials  # loaded already: the sweep ranked its trials
 
-    table, metric = result.table, result.metric
+    trials, metric = result.trials, result.metric
     out = results()
-    ranked = rank_trials(table, metric, "min" if metric == "val_loss" else "max").head(top)
-    if not ranked.empty:
+    ranked = rank_trials(trials, metric, "min" if metric == "val_loss" else "max")[:top]
+    if ranked:
         shown = Table(
-            title=f"best {len(ranked)} of {len(table)} trials, ranked on {metric} at their best "
+            title=f"best {len(ranked)} of {len(trials)} trials, ranked on {metric} at their best "
             "epoch"
         )
         headers = {
@@ -55,20 +57,20 @@ def print_sweep(result: SweepResult, top: int = 5) -> None:
             "activation": "act.",
             "batch_size": "batch",
         }
-        params = [c for c in SHOWN_PARAMS if c in ranked]
+        params = [c for c in SHOWN_PARAMS if any(c in row.params for row in ranked)]
         for header in ["trial", "state", f"best {metric}", "at epoch", *params]:
             shown.add_column(headers.get(header, header), no_wrap=True)
-        for _, row in ranked.iterrows():
+        for row in ranked:
             shown.add_row(
-                str(row["trial_id"]),
-                str(row["state"]),
-                f"{row[metric]:.4f}",
-                f"{int(row['epoch'])} of {int(row['epochs_trained'])}",
-                *(format_cell(row.get(c)) for c in params),
+                row.trial_id,
+                row.state,
+                f"{row.score(metric):.4f}",
+                f"{row.epoch} of {row.epochs_trained}",
+                *(format_cell(row.params.get(c)) for c in params),
             )
         out.print(shown)
-    states = table["state"].value_counts().to_dict() if not table.empty else {}
-    out.print(f"trials: {', '.join(f'{n} {s}' for s, n in states.items())}")
+    states = Counter(row.state for row in trials).most_common()
+    out.print(f"trials: {', '.join(f'{n} {s}' for s, n in states)}")
     out.print(
         f"wall time {result.wall_seconds:.1f} s; MLflow writes {result.tracking_seconds:.2f} s"
     )

@@ -50,9 +50,17 @@ def tune(
 
         stopwatch.lap("imports")
         outcome = tune_and_register(
-            space, settings(address), experiment, set_, resume, retrain, display.print_sweep,
-            abandon, SweepProgress(console), stopwatch,
-        )  # fmt: skip
+            space,
+            settings(address),
+            experiment_name=experiment,
+            overrides=set_,
+            resume=resume,
+            abandon=abandon,
+            retrain=retrain,
+            on_sweep=display.print_sweep,
+            watcher=SweepProgress(console),
+            stopwatch=stopwatch,
+        )
     if outcome.sweep.interrupted:
         display.print_resume_hint(space, outcome.sweep.experiment_name)
         raise typer.Exit(143 if outcome.sweep.terminated else 130)
@@ -76,6 +84,6 @@ def retrain_cli(
 ) -> None:
     """Retrain a sweep's best trial on train + validation, test it, register it as challenger."""
     with guarded():
-        from pipeline.workflows.tuning import retrain_and_register
+        from pipeline.workflows.retraining import retrain_and_register
 
         display.print_registration(retrain_and_register(settings(address), experiment, parent_run))

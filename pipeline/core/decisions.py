@@ -3,7 +3,8 @@ of a sweep, and whether a candidate model replaces the champion. No Ray, no MLfl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ import pandas as pd
 
 from pipeline.config import Hyperparameters, flatten_sample
 from pipeline.core.evaluate import TestReport, mcnemar_p
+from pipeline.core.trials import TrialRow
 
 TRIAL_STATES = ("completed", "stopped", "diverged", "errored", "interrupted")
 VALID_STATES = ("completed", "stopped")  # the states a best trial may have
@@ -76,35 +78,37 @@ def score_at(history: list[dict[str, float]], metric: str, epoch: int) -> float 
     return reached[-1][metric] if reached else None
 
 
-def with_states(table: pd.DataFrame, states: dict[str, str]) -> pd.DataFrame:
-    """The trial table with each trial's state replaced by the final state it was tracked with
+def with_states(rows: list[TrialRow], states: dict[str, str]) -> list[TrialRow]:
+    """The trials with each one's state replaced by the final state it was tracked with
     (`running` is not final: a killed driver leaves it behind)."""
-    if table.empty:
-        return table
-    tracked = table["trial_id"].map(states)
-    return table.assign(state=tracked.where(tracked.isin(TRIAL_STATES), table["state"]))
+    return [
+        replace(row, state=states[row.trial_id])
+        if states.get(row.trial_id) in TRIAL_STATES
+        else row
+        for row in rows
+    ]
 
 
-def rank_trials(table: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
-    """The completed or early-stopped trials, best first; diverged and errored trials never
-    qualify. Ties (common: accuracies are counts over a few hundred rows) go to the lower
-    val_loss."""
-    if table.empty or metric not in table:
-        return table.iloc[0:0]
-    valid = table[table["state"].isin(VALID_STATES) & table[metric].notna()]
-    keys, ascending = [metric], [mode == "min"]
-    if metric != "val_loss" and "val_loss" in valid:
-        keys.append("val_loss")
-        ascending.append(True)
-    return valid.sort_values(keys, ascending=ascending, kind="stable")
+def rank_trials(rows: list[TrialRow], metric: str, mode: str) -> list[TrialRow]:
+    """The completed or early-stopped trials with a score, best first; diverged and errored
+    trials never qualify. Ties (common: accuracies are counts over a few hundred rows) go to the
+    lower val_loss, then to the earlier trial."""
+    valid = [r for r in rows if r.state in VALID_STATES and r.score(metric) is not None]
+    sign = 1.0 if mode == "min" else -1.0
+
+    def key(row: TrialRow) -> tuple[float, float]:
+        score = row.score(metric)
+        assert score is not None  # `valid` holds scored trials only
+        tie = row.val_loss if metric != "val_loss" and row.val_loss is not None else math.inf
+        return sign * score, tie
+
+    return sorted(valid, key=key)
 
 
-def best_trial(table: pd.DataFrame, metric: str, mode: str) -> dict[str, Any] | None:
+def best_trial(rows: list[TrialRow], metric: str, mode: str) -> TrialRow | None:
     """The best completed or early-stopped trial (see `rank_trials`), if any."""
-    ranked = rank_trials(table, metric, mode)
-    if ranked.empty:
-        return None
-    return {str(k): v for k, v in ranked.iloc[0].items()}
+    ranked = rank_trials(rows, metric, mode)
+    return ranked[0] if ranked else None
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import DataConfig
-from pipeline.core.data import Dataset, subset
+from pipeline.core.data import Dataset, Split, split_dataset, subset
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,13 @@ def load_dataset(config: DataConfig, seed: int, cache_dir: Path) -> Dataset:
             download_idx(folder, config.mirror or url, checksums)
         dataset = load_idx_dataset(config.source, folder)
     return subset(dataset, config.limit, seed) if config.limit else dataset
+
+
+def load_split(config: DataConfig, seed: int, cache_dir: Path) -> tuple[Dataset, Split]:
+    """The configured data set and its seeded split: what a sweep, its retrain and a promotion
+    of its model each rebuild from the same settings."""
+    dataset = load_dataset(config, seed, cache_dir)
+    return dataset, split_dataset(dataset, config, seed)
 
 
 def source_uri(config: DataConfig, cache_dir: Path) -> str:

@@ -7,19 +7,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from ray.tune import ResultGrid
 
-from pipeline.config import HYPERPARAMETERS, Experiment, flatten_sample
+from pipeline.config import Experiment, flatten_sample
 from pipeline.core.decisions import best_epoch, planned_epochs, trial_state
+from pipeline.core.trials import TrialRow, hyperparameters_of, plain
 
 
 @dataclass(frozen=True)
 class TunerResults:
     """What a finished (or interrupted) `Tuner.fit` leaves, as plain values."""
 
-    table: pd.DataFrame  # one row per trial, see `trial_table`
-    param_names: list[str]  # every hyperparameter some trial sampled
+    rows: list[TrialRow]  # one per trial, see `trial_rows`
     ended: int  # trials that terminated or errored
     terminated: bool  # SIGTERM stopped it (as Ctrl-C does)
     histories: dict[str, list[dict[str, float]]]  # trial id -> each epoch's reported metrics
@@ -54,44 +53,41 @@ def epoch_histories(grid: ResultGrid) -> dict[str, list[dict[str, float]]]:
     return histories
 
 
-def trial_table(
+def trial_rows(
     grid: ResultGrid, experiment: Experiment, histories: dict[str, list[dict[str, float]]]
-) -> pd.DataFrame:
+) -> list[TrialRow]:
     """One row per trial: id, state, hyperparameters, best epoch (of its `histories`, see
-    `epoch_histories`) and its metrics, where it ran."""
+    `epoch_histories`) and its scores, where it ran."""
     rows = []
     for result in (grid[i] for i in range(len(grid))):
         history = result.metrics_dataframe
         last = result.metrics or {}
         trial_id = trial_id_of(result)
-        params = flatten_sample(result.config or {})
+        config = result.config or {}
         state = trial_state(
             last,
-            planned_epochs(result.config or {}, experiment.budget.max_epochs),
+            planned_epochs(config, experiment.budget.max_epochs),
             result.error is not None,
         )
-        row: dict[str, Any] = {"trial_id": trial_id, "state": state, **params}
         best = best_epoch(histories.get(trial_id, []), experiment.metric, experiment.mode)
-        if best is not None and state != "diverged":
-            row.update(
-                epoch=int(best["epoch"]),
-                val_acc=float(best["val_acc"]),
-                val_loss=float(best["val_loss"]),
-                train_loss=float(best["train_loss"]),
+        scored = best is not None and state != "diverged"
+        rows.append(
+            TrialRow(
+                trial_id=trial_id,
+                state=state,
+                params=hyperparameters_of({k: plain(v) for k, v in flatten_sample(config).items()}),
+                epoch=int(best["epoch"]) if best and scored else None,
+                val_acc=float(best["val_acc"]) if best and scored else None,
+                val_loss=float(best["val_loss"]) if best and scored else None,
+                train_loss=float(best["train_loss"]) if best and scored else None,
+                epochs_trained=int(last.get("epoch", 0)),
+                train_seconds=(
+                    float(history["train_seconds"].sum())
+                    if history is not None and "train_seconds" in history
+                    else 0.0
+                ),
+                host=last.get("hostname"),
+                device=last.get("device"),
             )
-        row["epochs_trained"] = int(last.get("epoch", 0))
-        row["train_seconds"] = (
-            float(history["train_seconds"].sum())
-            if history is not None and "train_seconds" in history
-            else 0.0
         )
-        row["host"] = last.get("hostname")
-        row["device"] = last.get("device")
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    # Integers stay integers (in trials.csv and the best trial's params) where some trials
-    # lack the parameter (a conditional option not chosen), which would make the column float.
-    for name in table.columns.intersection(list(HYPERPARAMETERS)):
-        if HYPERPARAMETERS[name].kind is int:
-            table[name] = table[name].astype("Int64")
-    return table
+    return rows

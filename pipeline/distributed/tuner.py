@@ -24,12 +24,14 @@ from pipeline.distributed.results import (
     LOST_CHECKPOINT,
     TunerResults,
     epoch_histories,
-    trial_table,
+    trial_rows,
 )
 from pipeline.distributed.search import WarmStart, make_searcher
 from pipeline.distributed.trainable import TrialSettings, run_trial
 from pipeline.errors import PipelineError, Terminated
 from pipeline.storage import for_ray
+
+Tuner = tune.Tuner  # for the workflows' type hints: they never import Ray themselves
 
 
 def make_scheduler(experiment: Experiment) -> TrialScheduler:
@@ -268,13 +270,9 @@ def fit(
         if watcher is not None:
             watcher.close()
         running_watcher.reset(watching)
-    configs = [grid[i].config or {} for i in range(len(grid))]
-    names = {name for config in configs for name in flatten_sample(config)}
     histories = epoch_histories(grid)
-    table = trial_table(grid, experiment, histories)
     return TunerResults(
-        table,
-        [c for c in table.columns if c in names],
+        trial_rows(grid, experiment, histories),
         grid.num_terminated + grid.num_errors,
         terminated,
         histories,

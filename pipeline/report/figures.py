@@ -170,7 +170,7 @@ def parallel_figure(data: SweepData) -> Figure:
     scores = trials[data.metric]
     colour_map = colormaps["viridis" if data.higher_is_better else "viridis_r"]
     norm = Normalize(scores.min(), scores.max()) if scores.notna().any() else Normalize(0, 1)
-    best_id = data.best["trial_id"] if data.best else None
+    best_id = data.best.trial_id if data.best else None
     for row in trials.index:
         ys = [placed[name][row] for name in columns]
         score = scores[row]
@@ -221,7 +221,7 @@ def curves_figure(data: SweepData) -> Figure:
 
     figure, panels = new_figure(11, 4.5, 2)
     states = dict(zip(data.trials["trial_id"], data.trials["state"], strict=True))
-    best_id = data.best["trial_id"] if data.best else None
+    best_id = data.best.trial_id if data.best else None
     histories = data.histories.sort_values(["trial_id", "epoch"])
     for axes, metric in zip(panels, ("val_acc", "val_loss"), strict=True):
         for trial_id, history in histories.groupby("trial_id"):

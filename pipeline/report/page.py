@@ -8,7 +8,6 @@ import html
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from pipeline.report.sweep import Section, SweepData, order_of
 
@@ -43,8 +42,8 @@ def page(data: SweepData, sections: tuple[Section, ...]) -> str:
         facts.append(
             (
                 f"best {data.metric}",
-                f"{float(data.best[data.metric]):.4f}: trial {data.best['trial_id']}, "
-                f"epoch {int(data.best['epoch'])}",
+                f"{data.best.score(data.metric):.4f}: trial {data.best.trial_id}, "
+                f"epoch {data.best.epoch}",
             )
         )
     else:
@@ -62,9 +61,9 @@ def page(data: SweepData, sections: tuple[Section, ...]) -> str:
     if data.best is not None:
         # A parameter the winner did not sample (another optimizer's) is left out.
         winner = [
-            (name, format_value(data.best[name]))
+            (name, format_value(data.best.params[name]))
             for name in data.params
-            if pd.notna(data.best.get(name))
+            if name in data.best.params
         ]
         parts += ["<h2>The winner's hyperparameters</h2>", rows_table(winner, code=True)]
     for section in sections:

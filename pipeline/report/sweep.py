@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import pandas as pd
+
+from pipeline.core.trials import TrialRow
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class SweepData:
     states: tuple[str, ...]  # every state a trial can end in: counted even when none did
     trials: pd.DataFrame
     histories: pd.DataFrame
-    best: dict[str, Any] | None  # the best valid trial's row of `trials`
+    best: TrialRow | None  # the best valid trial
     model_version: str | None = None  # the registered model version the sweep produced
 
     @property

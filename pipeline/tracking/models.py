@@ -62,7 +62,7 @@ def log_retrain_run(tracking_uri: str, sweep: SweepRecord, model: RetrainedModel
     marks = {
         MLFLOW_RUN_NAME: RETRAIN_RUN_NAME,
         MLFLOW_PARENT_RUN_ID: sweep.parent_run_id,
-        tags.SOURCE_TRIAL_ID: str(sweep.best["trial_id"]),
+        tags.SOURCE_TRIAL_ID: sweep.best.trial_id,
         tags.DATA_FINGERPRINT: model.data_fingerprint,
         tags.DEVICE: model.device,
     }

@@ -12,10 +12,10 @@ from typing import Any
 
 from pipeline import tags
 from pipeline.config import DataConfig
-from pipeline.core.data import Dataset, Split, split_dataset
+from pipeline.core.data import Dataset, Split
 from pipeline.core.decisions import judge_promotion
 from pipeline.core.evaluate import TestReport, score
-from pipeline.core.sources import load_dataset
+from pipeline.core.sources import load_split
 from pipeline.errors import PipelineError
 from pipeline.tracking.registry import (
     CHALLENGER,
@@ -52,9 +52,7 @@ class Decision:
 def version_data(loaded: LoadedVersion, cache_dir: Path) -> tuple[Dataset, Split]:
     """The data set and split the version was trained with, loaded as they are today."""
     config = DataConfig.model_validate(loaded.metadata["data"])
-    seed = int(loaded.metadata["seed"])
-    dataset = load_dataset(config, seed, cache_dir)
-    return dataset, split_dataset(dataset, config, seed)
+    return load_split(config, int(loaded.metadata["seed"]), cache_dir)
 
 
 def check_comparable(candidate: LoadedVersion, champion: LoadedVersion, name: str) -> None:

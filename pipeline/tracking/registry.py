@@ -68,7 +68,7 @@ def register_challenger(
             "retrained on train + validation and tested once on the held-out test split.",
         )
     report = record.report
-    trial_id = str(sweep.best["trial_id"])
+    trial_id = sweep.best.trial_id
     interval = "[{:.4f}, {:.4f}]".format(*report.test_acc_interval)
     marks = {
         tags.PARENT_RUN_ID: sweep.parent_run_id,

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from mlflow.entities import Dataset as DatasetEntity
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, Run, RunTag
 from mlflow.utils.mlflow_tags import (
@@ -20,8 +21,9 @@ from mlflow.utils.mlflow_tags import (
 )
 
 from pipeline import tags
-from pipeline.config import HYPERPARAMETERS, Experiment, Scalar
+from pipeline.config import Experiment, Scalar
 from pipeline.core.decisions import TRIAL_STATES, best_epoch
+from pipeline.core.trials import TrialRow, trial_frame
 from pipeline.tracking.store import Client
 
 
@@ -121,32 +123,19 @@ def reopen_run(client: Client, run_id: str) -> None:
 
 
 def finish_parent_run(
-    client: Client,
-    run_id: str,
-    table: pd.DataFrame,
-    best: dict[str, Any] | None,
-    param_names: list[str],
-    status: str,
+    client: Client, run_id: str, trials: list[TrialRow], best: TrialRow | None, status: str
 ) -> None:
     """Record the best trial and the trial table on the parent run and end it with `status`."""
     params: list[Param] = []
     metrics: list[Metric] = []
-    now = int(time.time() * 1000)
     if best is not None:
-        chosen = hyperparameters_of(best)
-        params = [
-            Param(f"{tags.BEST_PARAM}{n}", str(chosen[n])) for n in param_names if n in chosen
-        ]
-        params.append(Param(tags.BEST_PARAM + tags.TRIAL_ID, str(best["trial_id"])))
-        for name in ("val_acc", "val_loss", "epoch"):
-            metrics.append(Metric(f"best_{name}", float(best[name]), now, 0))
-    counts = table["state"].value_counts() if len(table) else pd.Series(dtype=int)
-    counted = [
-        RunTag(f"{tags.TRIAL_COUNT}{state}", str(int(counts.get(state, 0))))
-        for state in TRIAL_STATES
-    ]
+        params = [Param(f"{tags.BEST_PARAM}{n}", str(v)) for n, v in best.params.items()]
+        params.append(Param(tags.BEST_PARAM + tags.TRIAL_ID, best.trial_id))
+        metrics = summary_metrics(best.record(), step=0)
+    counts = Counter(row.state for row in trials)
+    counted = [RunTag(f"{tags.TRIAL_COUNT}{state}", str(counts[state])) for state in TRIAL_STATES]
     client.log_batch(run_id, metrics=metrics, params=params, tags=counted)
-    client.log_text(run_id, table.to_csv(index=False), "trials.csv")
+    client.log_text(run_id, trial_frame(trials).to_csv(index=False), "trials.csv")
     client.set_terminated(run_id, status)
 
 
@@ -194,17 +183,22 @@ def close_open_runs(client: Client, experiment_id: str, parent_run_id: str, stat
         client.set_terminated(parent_run_id, status)
 
 
+# A trial's summary, on its run and (the best trial's) on the sweep's parent run: its best
+# epoch and that epoch's scores, each logged as best_<name>; the UI sorts trials on them.
+SUMMARY = ("val_acc", "val_loss", "epoch")
+
+
+def summary_metrics(best: Mapping[str, Any], step: int) -> list[Metric]:
+    """The summary of a best epoch (`best_val_acc`, `best_val_loss`, `best_epoch`) at `step`."""
+    now = int(time.time() * 1000)
+    return [Metric(f"best_{name}", float(best[name]), now, step) for name in SUMMARY]
+
+
 def best_metrics(history: list[dict[str, float]], metric: str, mode: str) -> list[Metric]:
-    """A trial's summary from its epochs: `best_val_acc`, `best_val_loss` and `best_epoch` of
-    its best epoch on `metric` (logged at that epoch's step); none for an empty history."""
+    """A trial's summary from its epochs: that of its best epoch on `metric` (logged at that
+    epoch's step); none for an empty history."""
     best = best_epoch(history, metric, mode)
-    if best is None:
-        return []
-    now, step = int(time.time() * 1000), int(best["epoch"])
-    return [
-        Metric(f"best_{name}", float(best[name]), now, step)
-        for name in ("val_acc", "val_loss", "epoch")
-    ]
+    return [] if best is None else summary_metrics(dict(best), step=int(best["epoch"]))
 
 
 def logged_epochs(client: Client, run_id: str) -> list[dict[str, float]]:
@@ -214,18 +208,6 @@ def logged_epochs(client: Client, run_id: str) -> list[dict[str, float]]:
         for m in client.get_metric_history(run_id, name):
             epochs.setdefault(m.step, {"epoch": float(m.step)})[name] = m.value
     return [epochs[step] for step in sorted(epochs)]
-
-
-def hyperparameters_of(row: dict[str, Any]) -> dict[str, Scalar]:
-    """A trials.csv row's hyperparameters, as plain Python values of their own type (NaN: not
-    set, so left out; an integer that pandas made a float is an integer again)."""
-    values: dict[str, Scalar] = {}
-    for name, value in row.items():
-        if name not in HYPERPARAMETERS or pd.isna(value):
-            continue
-        plain = value.item() if isinstance(value, np.generic) else value
-        values[name] = int(plain) if HYPERPARAMETERS[name].kind is int else plain
-    return values
 
 
 def set_run_tags(client: Client, run_id: str, marks: dict[str, str]) -> None:

@@ -9,15 +9,15 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from pipeline import tags
-from pipeline.config import Experiment, Scalar, parse_experiment
+from pipeline.config import Experiment, parse_experiment
 from pipeline.core.decisions import CANDIDATES, rank_trials
+from pipeline.core.trials import TrialRow, read_trials_csv
 from pipeline.errors import PipelineError
 from pipeline.tracking import runs
 from pipeline.tracking.store import Client, experiment_id
@@ -47,7 +47,7 @@ class RecordedSweep:
     status: str
     start_time: int  # ms since the epoch
     experiment: Experiment
-    table: pd.DataFrame  # trials.csv
+    rows: list[TrialRow]  # trials.csv
     trials: list[TrialRun]
     histories: pd.DataFrame  # trial_id, epoch, val_acc, val_loss
 
@@ -82,26 +82,26 @@ def sweep_run(client: Client, experiment_name: str, parent_run_id: str | None) -
     return run
 
 
-def recorded_settings(client: Client, run: Run) -> tuple[Experiment, pd.DataFrame]:
+def recorded_settings(client: Client, run: Run) -> tuple[Experiment, list[TrialRow]]:
     """The sweep's resolved config (config.json) and its trial table (trials.csv), which its
     parent run holds once the sweep has ended."""
     run_id = run.info.run_id
     with tempfile.TemporaryDirectory() as folder:
         try:
             config = Path(client.download_artifacts(run_id, "config.json", folder)).read_text()
-            table = pd.read_csv(client.download_artifacts(run_id, "trials.csv", folder))
+            trials = read_trials_csv(client.download_artifacts(run_id, "trials.csv", folder))
         except (MlflowException, OSError):
             raise PipelineError(
                 f"sweep {run_id} has no trial table yet ({run.info.status}): it is running or "
                 "was interrupted; resume it with `python -m pipeline tune --resume` first"
             ) from None
-    return parse_experiment(json.loads(config), f"run {run_id}: config.json"), table
+    return parse_experiment(json.loads(config), f"run {run_id}: config.json"), trials
 
 
-def sweep_table(client: Client, parent_run_id: str) -> pd.DataFrame:
-    """The trial table a finished sweep recorded (trials.csv): one row per trial."""
+def sweep_trials(client: Client, parent_run_id: str) -> list[TrialRow]:
+    """The trials a finished sweep recorded (its trials.csv), one row each."""
     with tempfile.TemporaryDirectory() as folder:
-        return pd.read_csv(client.download_artifacts(parent_run_id, "trials.csv", folder))
+        return read_trials_csv(client.download_artifacts(parent_run_id, "trials.csv", folder))
 
 
 @dataclass(frozen=True)
@@ -113,23 +113,18 @@ class SweepRecord:
     run_name: str
     experiment: Experiment
     data_fingerprint: str
-    best: dict[str, Any]  # the trial to retrain: the sweep's best, or the candidate chosen
-    candidates: tuple[dict[str, Any], ...]  # the best few valid trials, best first
-
-    @property
-    def params(self) -> dict[str, Scalar]:
-        """The best trial's hyperparameters (those its configuration sampled)."""
-        return runs.hyperparameters_of(self.best)
+    best: TrialRow  # the trial to retrain: the sweep's best, or the candidate chosen
+    candidates: tuple[TrialRow, ...]  # the best few valid trials, best first
 
     @property
     def epochs(self) -> int:
         """The epoch at which the best trial scored best: the retrain trains exactly this many."""
-        return int(self.best["epoch"])
+        return self.best.scored(self.experiment.metric)[0]
 
     @property
     def score(self) -> float:
         """The best trial's score on the sweep's metric."""
-        return float(self.best[self.experiment.metric])
+        return self.best.scored(self.experiment.metric)[1]
 
 
 def find_sweep(client: Client, experiment_name: str, parent_run_id: str | None) -> SweepRecord:
@@ -141,14 +136,13 @@ def find_sweep(client: Client, experiment_name: str, parent_run_id: str | None) 
             f"sweep {run_id} did not finish ({run.info.status}); resume it with "
             "`python -m pipeline tune --resume` first"
         )
-    settings, table = recorded_settings(client, run)
-    ranked = rank_trials(table, settings.metric, settings.mode).head(CANDIDATES)
-    if ranked.empty:
+    settings, trials = recorded_settings(client, run)
+    candidates = tuple(rank_trials(trials, settings.metric, settings.mode)[:CANDIDATES])
+    if not candidates:
         raise PipelineError(
             f"sweep {run_id} has no trial that completed or stopped without diverging or "
             "failing; nothing to retrain or register"
         )
-    candidates = tuple({str(k): v for k, v in row.items()} for _, row in ranked.iterrows())
     return SweepRecord(
         run.info.experiment_id,
         run_id,
@@ -164,7 +158,7 @@ def read_sweep(client: Client, experiment_name: str, parent_run_id: str | None) 
     """Everything a report shows of a sweep (see `sweep_run` for which), read from the store."""
     run = sweep_run(client, experiment_name, parent_run_id)
     run_id = run.info.run_id
-    experiment, table = recorded_settings(client, run)
+    experiment, rows = recorded_settings(client, run)
     trials, histories = [], []
     for child in runs.child_runs(client, run.info.experiment_id, run_id):
         marks = child.data.tags
@@ -189,7 +183,7 @@ def read_sweep(client: Client, experiment_name: str, parent_run_id: str | None) 
         run.info.status,
         run.info.start_time,
         experiment,
-        table,
+        rows,
         trials,
         pd.concat(histories, ignore_index=True) if histories else pd.DataFrame(columns=columns),
     )

@@ -14,29 +14,26 @@ from dataclasses import dataclass, replace
 from datetime import date as Date
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
 
 from pipeline import storage, tags
-from pipeline.config import Experiment, load_experiment, point_from_values
-from pipeline.core.decisions import rank_trials
-from pipeline.distributed.search import WarmStart
+from pipeline.config import Experiment, load_experiment
+from pipeline.core.sources import load_split
 from pipeline.distributed.tuner import SweepWatcher, can_resume
 from pipeline.errors import PipelineError, Terminated
 from pipeline.notify import post_json
 from pipeline.settings import Settings
-from pipeline.tracking import night_runs, promotion, registry, runs, sweeps
+from pipeline.tracking import night_runs, promotion, registry, runs
 from pipeline.tracking.locks import LockHeld, StoreLock
 from pipeline.tracking.night_runs import NightRecord
 from pipeline.tracking.preflight import check_tracking_store
 from pipeline.tracking.store import Client, ensure_experiment, open_client
 from pipeline.workflows.nights import FINAL_OUTCOMES, Night, night_of
-from pipeline.workflows.tuning import SweepResult, load_data, retrain_and_register, run_sweep
+from pipeline.workflows.retraining import retrain_and_register
+from pipeline.workflows.sweep import SweepJob, SweepResult, run_sweep
+from pipeline.workflows.warm_start import warm_start
 
 log = logging.getLogger(__name__)
 
-WARM_FROM_PREVIOUS = 3  # the previous night's best configurations run again first
 # The night's scores of its challenger and of the champion, from the gate's candidate and champion.
 NIGHT_SCORES = (tags.NIGHT_CHALLENGER_ACC, tags.NIGHT_CHAMPION_ACC)
 # What a night tells its model version of itself.
@@ -164,16 +161,16 @@ class NightJob:
         if tonight is not None and tonight.status == "FINISHED":
             self.run_id = tonight.run_id
             return []
-        dataset, split = load_data(self.experiment, self.settings.data_dir)
-        text = self.space.read_text()
+        experiment = self.experiment
+        dataset, split = load_split(experiment.data, experiment.seed, self.settings.data_dir)
+        job = SweepJob(experiment, experiment.name, dataset, split, self.space.read_text())
         if tonight is not None and tonight.status != "FAILED":
             if can_resume(tonight.sweep_path, self.settings.storage_endpoint):
                 self.run_id = tonight.run_id
                 log.info("night %s: resuming its sweep %s", self.date, tonight.run_id)
                 result = run_sweep(
-                    self.experiment, self.experiment.name, dataset, split, text, self.settings,
-                    resume=True, parent_run_id=tonight.run_id, watcher=self.watcher,
-                )  # fmt: skip
+                    job, self.settings, resume_run=tonight.run_id, watcher=self.watcher
+                )
                 return self.after_sweep(result)
             # Killed before Ray saved anything: that sweep ran no trial; start the night anew.
             runs.close_open_runs(self.client, self.experiment_id, tonight.run_id, "FAILED")
@@ -192,7 +189,7 @@ class NightJob:
             else ("no" if previous_fingerprint == split.fingerprint else "yes")
         )
         champion = registry.model_aliases(self.client, self.model).get(registry.CHAMPION)
-        warm, warnings = self.warm_start(champion, previous)
+        warm, warnings = warm_start(self.client, experiment, champion, previous)
         warmed = f"{len(warm.points)} points, {len(warm.evaluated)} results" if warm else "none"
         marks = {
             **self.base_tags,
@@ -201,10 +198,7 @@ class NightJob:
             tags.NIGHT_BEFORE: champion or "none",
             tags.NIGHT_WARM: warmed,
         }
-        result = run_sweep(
-            self.experiment, self.experiment.name, dataset, split, text, self.settings,
-            warm=warm, tags=marks, watcher=self.watcher,
-        )  # fmt: skip
+        result = run_sweep(job, self.settings, warm=warm, marks=marks, watcher=self.watcher)
         self.run_id = result.parent_run_id
         return [*warnings, *self.after_sweep(result)]
 
@@ -212,57 +206,6 @@ class NightJob:
         if result.interrupted:  # Ctrl-C or SIGTERM: rerunning the night resumes the sweep
             raise Terminated() if result.terminated else KeyboardInterrupt()
         return []
-
-    def warm_start(
-        self, champion: str | None, previous: NightRecord | None
-    ) -> tuple[WarmStart | None, list[str]]:
-        """The champion's configuration and the previous night's best ones, to run first, and
-        the previous night's results for TPE; points the space no longer holds are dropped."""
-        if champion is None:
-            return None, []
-        candidates: list[tuple[dict[str, Any], str]] = []
-        source = registry.version_tags(self.client, self.model, champion)
-        if source.get(tags.PARENT_RUN_ID) and source.get(tags.TRIAL_ID):
-            table = sweeps.sweep_table(self.client, source[tags.PARENT_RUN_ID])
-            trial = table[table["trial_id"] == source[tags.TRIAL_ID]]
-            candidates += [(r, "champion") for r in records(trial)]
-        results: list[tuple[dict[str, Any], float]] = []
-        if previous is not None:
-            ranked = rank_trials(
-                sweeps.sweep_table(self.client, previous.run_id),
-                self.experiment.metric,
-                self.experiment.mode,
-            )
-            rows = records(ranked)
-            candidates += [(r, "previous-night") for r in rows[:WARM_FROM_PREVIOUS]]
-            results = [(r, float(r[self.experiment.metric])) for r in rows]
-        warnings: list[str] = []
-        points: list[tuple[dict[str, Any], str]] = []
-        for values, origin in candidates:
-            where = f"warm start from the {origin} (trial {values.get('trial_id')})"
-            try:
-                point = point_from_values(
-                    self.experiment.params, runs.hyperparameters_of(values), where
-                )
-            except ValueError as exc:
-                warnings.append(f"dropped {exc}")
-                log.warning("dropped %s", exc)
-                continue
-            if point not in [p for p, _ in points]:
-                points.append((point, origin))
-        evaluated = []
-        for values, score in results:
-            try:
-                point = point_from_values(
-                    self.experiment.params, runs.hyperparameters_of(values), ""
-                )
-                evaluated.append((point, score))
-            except ValueError:
-                continue  # counted below
-        if len(evaluated) < len(results):
-            dropped = len(results) - len(evaluated)
-            warnings.append(f"{dropped} of the previous night's results are outside this space")
-        return WarmStart(points, evaluated), warnings
 
     def record(self) -> NightRecord:
         assert self.run_id is not None
@@ -370,11 +313,6 @@ class NightJob:
         except Exception as failure:
             log.error("could not record the failed night %s: %s", self.date, failure)
             return Night(self.date, self.model, "failed", self.run_id, marks)
-
-
-def records(table: pd.DataFrame) -> list[dict[str, Any]]:
-    """A trial table's rows as mappings."""
-    return [{str(k): v for k, v in row.items()} for row in table.to_dict("records")]
 
 
 def notify(url: str | None, settings: Settings, experiment_id: str | None, night: Night) -> None:

@@ -15,6 +15,7 @@ import pandas as pd
 from pipeline import tags
 from pipeline.config import HYPERPARAMETERS, Scalar, log_scaled
 from pipeline.core.decisions import TRIAL_STATES, best_trial, rank_trials
+from pipeline.core.trials import trial_frame
 from pipeline.errors import PipelineError
 from pipeline.report import SweepData, build_report
 from pipeline.settings import Settings
@@ -88,11 +89,8 @@ def sweep_data(
     and which trials may be best by the pipeline's own rule (`decisions.rank_trials`)."""
     experiment = recorded.experiment
     metric, mode = experiment.metric, experiment.mode
-    table = recorded.table
-    for column in ("trial_id", "state", metric, "epoch"):  # absent when no trial has a score
-        if column not in table:
-            table = table.assign(**{column: pd.Series(dtype=float)})
-    table = table.assign(trial_id=table["trial_id"].astype(str))
+    table = trial_frame(recorded.rows)
+    valid = {row.trial_id for row in rank_trials(recorded.rows, metric, mode)}
     numbers = {t.trial_id: t.number for t in recorded.trials}
     ended = {
         t.trial_id: (t.end_time - recorded.start_time) / 1000
@@ -103,7 +101,7 @@ def sweep_data(
     table = table.assign(
         number=table["trial_id"].map(numbers).fillna(order).astype(int),
         end_seconds=table["trial_id"].map(ended).astype(float),
-        valid=table.index.isin(rank_trials(table, metric, mode).index),
+        valid=table["trial_id"].isin(valid),
     )
     histories = recorded.histories.assign(trial_id=recorded.histories["trial_id"].astype(str))
     return SweepData(
@@ -119,7 +117,7 @@ def sweep_data(
         states=TRIAL_STATES,
         trials=table,
         histories=histories,
-        best=best_trial(table, metric, mode),
+        best=best_trial(recorded.rows, metric, mode),
         model_version=(
             f"{experiment.model_name} version {model_version}" if model_version else None
         ),

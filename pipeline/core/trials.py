@@ -1,0 +1,128 @@
+"""A sweep's trials as typed rows: one record per trial (its state, hyperparameters and its best
+epoch's scores), the table they make (a sweep's trials.csv) and that table read back."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import HYPERPARAMETERS, Scalar
+
+# A trial's scores at its best epoch (see `decisions.best_epoch`), by name.
+SCORES = ("val_acc", "val_loss", "train_loss")
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    """One trial of a sweep, as the sweep's table records it."""
+
+    trial_id: str
+    state: str  # see decisions.TRIAL_STATES
+    params: dict[str, Scalar] = field(default_factory=dict)  # what its configuration sampled
+    epoch: int | None = None  # its best epoch; None: no score (none reported, or diverged)
+    val_acc: float | None = None  # the scores at that epoch, smoothed as the sweep ranks them
+    val_loss: float | None = None
+    train_loss: float | None = None
+    epochs_trained: int = 0
+    train_seconds: float = 0.0
+    host: str | None = None  # where it ran
+    device: str | None = None
+
+    def score(self, metric: str) -> float | None:
+        """Its score on `metric` (one of SCORES) at its best epoch, if it has one."""
+        value: float | None = getattr(self, metric) if metric in SCORES else None
+        return value
+
+    def scored(self, metric: str) -> tuple[int, float]:
+        """Its best epoch and its score there, for a trial that has them (one ranked valid)."""
+        score = self.score(metric)
+        if self.epoch is None or score is None:
+            raise ValueError(f"trial {self.trial_id} has no score on {metric}")
+        return self.epoch, score
+
+    def record(self) -> dict[str, Any]:
+        """The row as trials.csv holds it: id, state, hyperparameters, then the summary."""
+        return {
+            "trial_id": self.trial_id,
+            "state": self.state,
+            **self.params,
+            "epoch": self.epoch,
+            **{name: self.score(name) for name in SCORES},
+            "epochs_trained": self.epochs_trained,
+            "train_seconds": self.train_seconds,
+            "host": self.host,
+            "device": self.device,
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> TrialRow:
+        """A row of trials.csv (as pandas reads it: NaN where a trial has no value, an integer
+        made a float where its column has NaN) as the row it was written from."""
+        values = {str(k): plain(v) for k, v in record.items()}
+        scores = {name: as_float(values.get(name)) for name in SCORES}
+        epoch = values.get("epoch")
+        return cls(
+            trial_id=str(values["trial_id"]),
+            state=str(values.get("state") or ""),
+            params=hyperparameters_of(values),
+            epoch=None if epoch is None else int(epoch),
+            val_acc=scores["val_acc"],
+            val_loss=scores["val_loss"],
+            train_loss=scores["train_loss"],
+            epochs_trained=int(values.get("epochs_trained") or 0),
+            train_seconds=as_float(values.get("train_seconds")) or 0.0,
+            host=None if values.get("host") is None else str(values["host"]),
+            device=None if values.get("device") is None else str(values["device"]),
+        )
+
+
+def plain(value: Any) -> Any:
+    """A value of a pandas row as plain Python: None for NaN, a number for a numpy scalar."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def as_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def hyperparameters_of(values: Mapping[str, Any]) -> dict[str, Scalar]:
+    """The hyperparameters among a row's values, each of its own type (an integer that pandas
+    made a float is an integer again); those the trial did not sample (None) left out."""
+    return {
+        name: int(value) if HYPERPARAMETERS[name].kind is int else value
+        for name, value in values.items()
+        if name in HYPERPARAMETERS and value is not None
+    }
+
+
+def trial_frame(rows: Sequence[TrialRow]) -> pd.DataFrame:
+    """The trials as a table, one row each (trials.csv). Integer hyperparameters stay integers
+    where some trials lack them (a conditional option not chosen)."""
+    params = list(dict.fromkeys(name for row in rows for name in row.params))
+    summary = list(TrialRow(trial_id="", state="").record())[2:]
+    table = pd.DataFrame(
+        [row.record() for row in rows], columns=["trial_id", "state", *params, *summary]
+    )
+    for name in table.columns:
+        if name == "epoch" or (name in HYPERPARAMETERS and HYPERPARAMETERS[name].kind is int):
+            table[name] = table[name].astype("Int64")
+    return table
+
+
+def read_trials(table: pd.DataFrame) -> list[TrialRow]:
+    """The rows of a trial table (as `trial_frame` made it, or `read_trials_csv` read it)."""
+    records = table.to_dict("records")
+    return [TrialRow.from_record({str(k): v for k, v in r.items()}) for r in records]
+
+
+def read_trials_csv(path: str | Path) -> list[TrialRow]:
+    """The rows of a trials.csv; ids stay text (a Ray trial id may be all digits)."""
+    text = {"trial_id": str, "state": str, "host": str, "device": str}
+    return read_trials(pd.read_csv(path, dtype=text))

@@ -1,0 +1,120 @@
+"""Retrain and register: a finished sweep's best few trials given a second opinion, the best of
+them refit on train + validation, tested once, logged and registered as the challenger."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+from pipeline.config import Hyperparameters
+from pipeline.core.data import Dataset, Split, refolded
+from pipeline.core.decisions import Opinion, Selection, select
+from pipeline.core.evaluate import TestReport
+from pipeline.core.sources import load_split, source_uri
+from pipeline.distributed import cluster
+from pipeline.retrain import check_same_data, log_retrain, second_opinion, train_and_test
+from pipeline.settings import Settings
+from pipeline.stopwatch import Stopwatch
+from pipeline.tracking.registry import register_challenger
+from pipeline.tracking.store import open_client
+from pipeline.tracking.sweeps import SweepRecord, find_sweep
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A retrained best trial, tested once and registered as the challenger."""
+
+    trial_id: str
+    metric: str
+    trial_score: float  # on `metric`, in the sweep
+    selection_score: float  # on `metric`, its second opinion (fresh folds, fresh seed)
+    report: TestReport
+    test_rows: int
+    model_name: str
+    version: str
+
+
+def retrain_and_register(
+    settings: Settings,
+    experiment_name: str,
+    parent_run_id: str | None,
+    stopwatch: Stopwatch | None = None,
+) -> Registration:
+    """Retrain a sweep's best trial (the latest finished sweep's without `parent_run_id`) on
+    train + validation, test it once, log it and register it as the challenger.
+
+    On a cluster (a Ray address set) the second opinions and the refit run there as Ray tasks
+    (on a GPU node if the space gives trials GPUs), else in this process (on its GPU, if it has
+    one); the model comes back here to be logged. `stopwatch` books each phase.
+    """
+    watch = stopwatch or Stopwatch()
+    uri = settings.tracking_uri
+    client = open_client(uri)
+    sweep = find_sweep(client, experiment_name, parent_run_id)
+    experiment = sweep.experiment
+    dataset, split = load_split(experiment.data, experiment.seed, settings.data_dir)
+    check_same_data(sweep, split)
+    if settings.ray_address:
+        cluster.connect(settings.ray_address)
+    selection = select_candidate(sweep, dataset, split, on_cluster=bool(settings.ray_address))
+    watch.lap("second opinions")
+    chosen = next(c for c in sweep.candidates if c.trial_id == selection.chosen.trial_id)
+    sweep = replace(sweep, best=chosen)
+    hp = Hyperparameters.from_params(chosen.params)
+    log.info(
+        "retraining trial %s on %d rows for %d epochs",
+        chosen.trial_id,
+        len(split.tuning_rows),
+        sweep.epochs,
+    )
+    arguments = (experiment, hp, sweep.epochs, dataset, split)
+    if settings.ray_address:
+        resources = experiment.resources
+        final = cluster.run_remote(train_and_test, resources.cpus, resources.gpus, *arguments)
+    else:
+        final = train_and_test(*arguments)
+    watch.lap("retrain")
+    source = source_uri(experiment.data, settings.data_dir)
+    record = log_retrain(uri, sweep, final, dataset, split, source, selection)
+    watch.lap("model logging")
+    name = experiment.model_name
+    version = register_challenger(client, uri, name, sweep, record, split, selection)
+    watch.lap("registration")
+    return Registration(
+        chosen.trial_id,
+        experiment.metric,
+        sweep.score,
+        selection.score,
+        record.report,
+        len(split.test),
+        name,
+        version,
+    )
+
+
+def select_candidate(
+    sweep: SweepRecord, dataset: Dataset, split: Split, *, on_cluster: bool
+) -> Selection:
+    """The sweep's best few trials each cross-validated again on fresh folds from a fresh seed
+    (`retrain.second_opinion`), side by side as Ray tasks on a cluster, else one after another
+    here; the best second opinion is retrained. The test rows take no part."""
+    experiment = sweep.experiment
+    data = refolded(dataset, split, experiment.data, experiment.seed + 1)
+    scored = [c.scored(experiment.metric) for c in sweep.candidates]
+    calls = [
+        (experiment, Hyperparameters.from_params(c.params), epoch, data)
+        for c, (epoch, _) in zip(sweep.candidates, scored, strict=True)
+    ]
+    log.info("second opinions on the sweep's best %d trials", len(calls))
+    if on_cluster:
+        resources = experiment.resources
+        scores = cluster.run_remote_each(second_opinion, resources.cpus, resources.gpus, calls)
+    else:
+        scores = [second_opinion(*call) for call in calls]
+    opinions = [
+        Opinion(c.trial_id, epoch, score, opinion)
+        for c, (epoch, score), opinion in zip(sweep.candidates, scored, scores, strict=True)
+    ]
+    return select(opinions, experiment.metric, experiment.mode)

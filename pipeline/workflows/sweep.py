@@ -1,0 +1,342 @@
+"""One sweep on Ray, tracked in MLflow: a new sweep (its name, lock, parent run and trial writer)
+or an interrupted one resumed, run to its end, its trial runs made to agree with what Ray saved
+and its trials recorded on its parent run. Also what a new sweep must settle first: the
+experiment's interrupted sweeps."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from secrets import token_hex
+
+from pipeline import storage, tags
+from pipeline.config import Experiment, Scalar
+from pipeline.core.data import Dataset, Split, TuningData, tuning_data
+from pipeline.core.decisions import best_trial, with_states
+from pipeline.core.sources import source_uri
+from pipeline.core.trials import TrialRow
+from pipeline.distributed import cluster
+from pipeline.distributed.results import TunerResults
+from pipeline.distributed.search import WarmStart
+from pipeline.distributed.tuner import SweepWatcher, Tuner, fit, make_tuner, restore_tuner
+from pipeline.errors import PipelineError
+from pipeline.settings import Settings
+from pipeline.stopwatch import Stopwatch
+from pipeline.tracking import runs
+from pipeline.tracking.locks import LockHeld, StoreLock
+from pipeline.tracking.preflight import store_exists
+from pipeline.tracking.resume import (
+    abandon_sweep,
+    describe_sweep,
+    find_unfinished_sweep,
+    interrupted_sweeps,
+    reconcile_trial_runs,
+    sweep_lock,
+)
+from pipeline.tracking.store import Client, ensure_experiment, find_experiment, open_client
+from pipeline.tracking.trials import TrialRecorder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SweepJob:
+    """What a sweep tunes: the experiment, the MLflow experiment it is tracked in, its data and
+    split, and the search-space file's text (kept on the parent run)."""
+
+    experiment: Experiment
+    experiment_name: str
+    dataset: Dataset
+    split: Split
+    space_text: str
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """A sweep as it ended: its runs, its trials and its best trial."""
+
+    experiment_name: str
+    experiment_id: str
+    parent_run_id: str
+    trials: list[TrialRow]
+    best: TrialRow | None
+    metric: str
+    wall_seconds: float
+    tracking_seconds: float  # time the MLflow writer spent in MLflow calls
+    interrupted: bool  # stopped before every trial ended; `tune --resume` continues it
+    terminated: bool = False  # stopped by SIGTERM (else, if interrupted, by Ctrl-C)
+
+
+@dataclass(frozen=True)
+class OpenSweep:
+    """A sweep whose parent run is open and whose lock this driver holds."""
+
+    parent_run_id: str
+    run_name: str
+    path: str  # where Ray keeps its trial state
+    lock: StoreLock
+    recorder: TrialRecorder | None  # a new sweep's trial writer (a resumed one's is Ray's)
+
+
+def run_sweep(
+    job: SweepJob,
+    settings: Settings,
+    *,
+    resume_run: str | None = None,
+    warm: WarmStart | None = None,
+    marks: dict[str, str] | None = None,
+    watcher: SweepWatcher | None = None,
+    stopwatch: Stopwatch | None = None,
+) -> SweepResult:
+    """Tune the job's experiment on Ray, tracking every trial under one MLflow parent run;
+    `watcher` sees the trial events too, `stopwatch` the time of each phase.
+
+    `resume_run` names the parent run of an interrupted sweep to continue. Otherwise a new
+    sweep starts, from `warm` if given, its parent run tagged with `marks`."""
+    started = time.perf_counter()
+    watch = stopwatch or Stopwatch()
+    # Everything that can fail for want of a cluster or storage fails before MLflow is written.
+    cluster.connect(settings.ray_address)
+    cluster.check_resources(job.experiment, autoscaling=bool(settings.ray_address))
+    cluster.check_storage(settings.storage, settings.storage_endpoint)
+    watch.lap("ray start")
+    client = open_client(settings.tracking_uri)
+    experiment_id = ensure_experiment(
+        client,
+        job.experiment_name,
+        settings.artifact_root,
+        runs.describe_experiment(job.experiment),
+    )
+    data = tuning_data(job.dataset, job.split, job.experiment.data)
+    if resume_run is not None:
+        sweep = reopen_sweep(client, experiment_id, resume_run)
+    else:
+        sweep = open_sweep(job, settings, client, experiment_id, data, warm=warm, marks=marks)
+    log.info(
+        "sweep %s: experiment '%s', parent run %s",
+        sweep.path,
+        job.experiment_name,
+        sweep.parent_run_id,
+    )
+    status = "KILLED"  # unless it fails, or ends
+    try:
+        if resume_run is not None:
+            tuner = restore_tuner(job.experiment, data, sweep.path, settings.storage_endpoint)
+        else:
+            assert sweep.recorder is not None
+            tuner = make_tuner(
+                job.experiment, data, settings.storage, sweep.run_name, sweep.recorder, warm,
+                settings.storage_endpoint,
+            )  # fmt: skip
+        watch.lap("tracking")
+        results = tune_to_end(tuner, job.experiment, data, sweep, settings, watcher)
+        watch.lap("sweep")
+        interrupted = results.ended < job.experiment.budget.num_samples
+        trials = record_outcome(
+            client, job.experiment, experiment_id, sweep, results, complete=not interrupted
+        )
+        status = "KILLED" if interrupted else "FINISHED"
+        watch.lap("sweep records")
+    except Exception:
+        status = "FAILED"
+        raise
+    finally:
+        runs.close_open_runs(client, experiment_id, sweep.parent_run_id, status)
+        sweep.lock.release()
+    recorder = sweep.recorder
+    if recorder is not None and recorder.errors:
+        raise PipelineError(
+            f"{len(recorder.errors)} MLflow writes failed, first: {recorder.errors[0]}"
+        )
+    return SweepResult(
+        job.experiment_name,
+        experiment_id,
+        sweep.parent_run_id,
+        trials,
+        best_trial(trials, job.experiment.metric, job.experiment.mode),
+        job.experiment.metric,
+        time.perf_counter() - started,
+        recorder.busy_seconds if recorder else 0.0,
+        interrupted,
+        results.terminated,
+    )
+
+
+def open_sweep(
+    job: SweepJob,
+    settings: Settings,
+    client: Client,
+    experiment_id: str,
+    data: TuningData,
+    *,
+    warm: WarmStart | None,
+    marks: dict[str, str] | None,
+) -> OpenSweep:
+    """A new sweep: its name, its lock, its parent run (settings, data, the space file) and the
+    writer of its trial runs."""
+    experiment, split = job.experiment, job.split
+    # Unique per sweep, not per second: two sweeps started at once never share a folder.
+    run_name = f"{experiment.name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{token_hex(3)}"
+    path = f"{settings.storage.rstrip('/')}/{run_name}"
+    lock = hold_sweep_lock(client, run_name)
+    sizes: dict[str, Scalar] = {
+        "data.rows.train": len(split.train),
+        "data.rows.val": len(split.val),
+        "data.rows.test": len(split.test),
+        "data.fingerprint": split.fingerprint,
+    }
+    logged = runs.LoggedData(
+        job.dataset.name,
+        source_uri(experiment.data, settings.data_dir),
+        split.fingerprint,
+        data.features,
+        data.labels,
+        "training",
+    ).as_input()
+    try:
+        parent_run_id = runs.start_parent_run(
+            client, experiment_id, run_name, experiment, job.space_text,
+            {**runs.sweep_tags(path, split.fingerprint, settings.code_version), **(marks or {})},
+            sizes, logged,
+        )  # fmt: skip
+    except BaseException:
+        lock.release()
+        raise
+    recorder = TrialRecorder(
+        settings.tracking_uri, experiment_id, parent_run_id, experiment.metric,
+        experiment.mode, logged, warm.points if warm else None,
+    )  # fmt: skip
+    return OpenSweep(parent_run_id, run_name, path, lock, recorder)
+
+
+def reopen_sweep(client: Client, experiment_id: str, parent_run_id: str) -> OpenSweep:
+    """An interrupted sweep, its lock taken and its parent run running again."""
+    parent_run_id, run_name, path = find_unfinished_sweep(client, experiment_id, parent_run_id)
+    lock = hold_sweep_lock(client, run_name)
+    runs.reopen_run(client, parent_run_id)
+    return OpenSweep(parent_run_id, run_name, path, lock, None)
+
+
+def tune_to_end(
+    tuner: Tuner,
+    experiment: Experiment,
+    data: TuningData,
+    sweep: OpenSweep,
+    settings: Settings,
+    watcher: SweepWatcher | None,
+) -> TunerResults:
+    """Run the Tuner until the sweep ends or is stopped. Trials of a resumed sweep whose saved
+    checkpoint is gone restart from their first epoch; a full trial storage is said as such.
+    The sweep's trial writer has written everything when this returns."""
+    try:
+        results = fit(tuner, experiment, watcher)
+        if sweep.recorder is None and results.lost_checkpoints:
+            log.warning(
+                "%d trial(s) could not resume: the checkpoint Ray's saved state names was "
+                "gone (the driver was killed as Ray replaced it); restarting them from "
+                "their first epoch",
+                results.lost_checkpoints,
+            )
+            tuner = restore_tuner(
+                experiment, data, sweep.path, settings.storage_endpoint, restart_errored=True
+            )
+            results = fit(tuner, experiment, watcher)
+    except Exception:
+        # A full disk surfaces as whatever Ray failed to write or read back last.
+        reason = storage.full(settings.storage)
+        if reason is None:
+            raise
+        raise PipelineError(
+            f"trial storage {settings.storage} is full ({reason}); free space, then "
+            "continue with `tune --resume`"
+        ) from None
+    finally:
+        if sweep.recorder is not None:
+            sweep.recorder.close()
+    if (reason := storage.full(settings.storage)) is not None:
+        # Ray carried on (trials that could not write ended errored): say why, once.
+        errored = sum(row.state == "errored" for row in results.rows)
+        log.warning(
+            "trial storage %s is full (%s): %d trial(s) errored and Ray may not have saved "
+            "all of the sweep's state; free space before the next sweep",
+            settings.storage,
+            reason,
+            errored,
+        )
+    return results
+
+
+def record_outcome(
+    client: Client,
+    experiment: Experiment,
+    experiment_id: str,
+    sweep: OpenSweep,
+    results: TunerResults,
+    *,
+    complete: bool,
+) -> list[TrialRow]:
+    """Make the trial runs agree with what Ray saved and record the sweep's trials (and, once
+    it is `complete`, its best trial) on its parent run; the trials as they ended."""
+    states = runs.trial_states(client, experiment_id, sweep.parent_run_id)
+    trials = with_states(results.rows, states)
+    # After a crash, what Ray saved is the truth: epochs the dead driver never wrote to MLflow
+    # are written now (a normal sweep's writer has written them all).
+    lost = reconcile_trial_runs(
+        client, experiment, experiment_id, sweep.parent_run_id,
+        {row.trial_id: row.state for row in trials},
+        results.histories if sweep.recorder is None else None,
+    )  # fmt: skip
+    if lost:
+        log.warning("deleted %d run(s) of trials the interrupted sweep never saved", lost)
+    # MLflow params are write-once: the best trial is recorded when the sweep completes.
+    best = best_trial(trials, experiment.metric, experiment.mode) if complete else None
+    runs.finish_parent_run(
+        client, sweep.parent_run_id, trials, best, "FINISHED" if complete else "KILLED"
+    )
+    return trials
+
+
+def hold_sweep_lock(client: Client, run_name: str) -> StoreLock:
+    """Take the sweep's lock (held while its driver lives: see `sweep_lock`)."""
+    lock = sweep_lock(client, run_name)
+    try:
+        lock.acquire()
+    except LockHeld as held:
+        raise PipelineError(
+            f"sweep {run_name} is running now ({held.holder.describe()}); wait for it to end"
+        ) from None
+    return lock
+
+
+def sweep_to_resume(settings: Settings, experiment_name: str) -> str:
+    """The parent run of the experiment's latest interrupted sweep; an error when none is."""
+    experiment_id = None
+    if store_exists(settings.tracking_uri):
+        client = open_client(settings.tracking_uri)
+        experiment_id = find_experiment(client, experiment_name)
+    if experiment_id is None:
+        raise PipelineError(f"no experiment '{experiment_name}': no interrupted sweep to resume")
+    return find_unfinished_sweep(client, experiment_id)[0]
+
+
+def settle_interrupted(settings: Settings, experiment_name: str, *, abandon: bool) -> list[str]:
+    """Before a new sweep: refuse while the experiment has an interrupted sweep, which `tune
+    --resume` would continue; with `abandon`, end those sweeps for good (runs KILLED, trial state
+    removed) and return their descriptions."""
+    if not store_exists(settings.tracking_uri):  # a new store: nothing to settle, nothing made
+        return []
+    client = open_client(settings.tracking_uri)
+    experiment_id = find_experiment(client, experiment_name)
+    waiting = interrupted_sweeps(client, experiment_id) if experiment_id else []
+    if waiting and not abandon:
+        raise PipelineError(
+            f"experiment '{experiment_name}' has an interrupted {describe_sweep(waiting[0])};"
+            " continue it with `tune --resume`, or give it up with `tune --abandon`"
+        )
+    for run in waiting:
+        assert experiment_id is not None
+        abandon_sweep(client, experiment_id, run)
+        storage.remove(run.data.tags[tags.SWEEP_PATH], settings.storage_endpoint)
+    return [describe_sweep(run) for run in waiting]
