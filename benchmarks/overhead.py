@@ -221,7 +221,11 @@ def synthetic_mnist(seed: int) -> Dataset:
     features = rng.standard_normal((ROWS, features_per_row), dtype=np.float32)
     features += prototypes[blob]
     return Dataset(
-        "synthetic-mnist", features, labels, tuple(str(c) for c in range(CLASSES)), (1, SIDE, SIDE)
+        name="synthetic-mnist",
+        features=features,
+        labels=labels,
+        class_names=tuple(str(c) for c in range(CLASSES)),
+        image_shape=(1, SIDE, SIDE),
     )
 
 
@@ -248,7 +252,13 @@ def run_one(name: str, trials: int, resources: Resources, workdir: Path) -> Figu
     split = split_dataset(dataset, experiment.data, experiment.seed)
     space_text = yaml.safe_dump(experiment.model_dump(mode="json"), sort_keys=False)
     with DriverMlflowClock() as driver:
-        job = SweepJob(experiment, experiment.name, dataset, split, space_text)
+        job = SweepJob(
+            experiment=experiment,
+            experiment_name=experiment.name,
+            dataset=dataset,
+            split=split,
+            space_text=space_text,
+        )
         result = run_sweep(job, tracking_settings(workdir))
     return figures(result, experiment, driver.seconds)
 

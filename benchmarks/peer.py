@@ -181,9 +181,14 @@ def run_optuna(trials: int, concurrent: int) -> None:
 
         try:
             fit(
-                experiment.model.family, hp, data, experiment.budget.max_epochs, report, device,
-                experiment.seed,
-            )  # fmt: skip
+                experiment.model.family,
+                hp,
+                data,
+                max_epochs=experiment.budget.max_epochs,
+                report=report,
+                device=device,
+                seed=experiment.seed,
+            )
         finally:
             best = best_epoch(history, "val_acc", "max")
             scores[trial.number] = best["val_acc"] if best else 0.0

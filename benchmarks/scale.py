@@ -204,7 +204,13 @@ def main(argv: list[str] | None = None) -> int:
         before, _ = memory_mb()
         print(f"running {args.trials} trials ...", flush=True)
         with DriverMlflowClock() as driver, SearcherClock().timing() as searcher:
-            job = SweepJob(experiment, experiment.name, dataset, split, space_text)
+            job = SweepJob(
+                experiment=experiment,
+                experiment_name=experiment.name,
+                dataset=dataset,
+                split=split,
+                space_text=space_text,
+            )
             result = run_sweep(job, tracking_settings(workdir))
         after, peak = memory_mb()
     met = report(figures(result, experiment, driver.seconds), searcher, args.search, before,

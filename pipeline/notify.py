@@ -28,6 +28,7 @@ def where(url: str) -> str:
 def post_json(
     url: str,
     payload: dict[str, Any],
+    *,
     timeout_s: float = TIMEOUT_S,
     attempts: int = ATTEMPTS,
     backoff_s: float = BACKOFF_S,

@@ -28,7 +28,7 @@ from pipeline.tracking.sweeps import SweepRecord
 INPUT_EXAMPLE_ROWS = 5
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FinalModel:
     """A retrained network (softmax output, eval mode, on the CPU) and its one test."""
 
@@ -61,9 +61,10 @@ def predict_probabilities(network: nn.Module, features: np.ndarray) -> np.ndarra
 def train_and_test(
     experiment: Experiment,
     hp: Hyperparameters,
-    epochs: int,
     dataset: Dataset,
     split: Split,
+    *,
+    epochs: int,
     device: torch.device | None = None,
 ) -> FinalModel:
     """Train on train + validation for `epochs`, then predict the test rows once.
@@ -76,14 +77,14 @@ def train_and_test(
     network, losses = fit_final(
         experiment.model.family,
         hp,
-        dataset.features,
-        dataset.labels,
-        split.tuning_rows,
-        dataset.num_classes,
-        dataset.image_shape,
-        epochs,
-        device,
-        experiment.seed,
+        features=dataset.features,
+        labels=dataset.labels,
+        train_rows=split.tuning_rows,
+        num_classes=dataset.num_classes,
+        image_shape=dataset.image_shape,
+        epochs=epochs,
+        device=device,
+        seed=experiment.seed,
         shared_scale=experiment.data.shared_scale,
     )
     seconds = time.perf_counter() - started
@@ -94,14 +95,21 @@ def train_and_test(
         )
     classifier = with_probabilities(network).eval()
     probabilities = predict_probabilities(classifier, dataset.features[split.test])
-    return FinalModel(classifier, losses, probabilities, seconds, str(device))
+    return FinalModel(
+        network=classifier,
+        train_losses=losses,
+        test_probabilities=probabilities,
+        train_seconds=seconds,
+        device=str(device),
+    )
 
 
 def second_opinion(
     experiment: Experiment,
     hp: Hyperparameters,
-    epochs: int,
     data: TuningData,
+    *,
+    epochs: int,
     device: torch.device | None = None,
 ) -> float:
     """The sweep's `metric` for one configuration, cross-validated again on `data` (the tuning
@@ -120,10 +128,10 @@ def second_opinion(
         experiment.model.family,
         hp,
         data,
-        last,
-        lambda metrics, _: history.append(metrics.as_dict()),
-        device,
-        experiment.seed + 1,
+        max_epochs=last,
+        report=lambda metrics, _: history.append(metrics.as_dict()),
+        device=device,
+        seed=experiment.seed + 1,
     )
     score = score_at(history, experiment.metric, epochs)
     if score is None or not np.isfinite(score):
@@ -152,6 +160,7 @@ def log_retrain(
     tracking_uri: str,
     sweep: SweepRecord,
     final: FinalModel,
+    *,
     dataset: Dataset,
     split: Split,
     source: str,
@@ -182,12 +191,12 @@ def log_retrain(
         # MLflow keeps one input per name and digest: the test rows get a name of their own.
         data=[
             LoggedData(
-                name,
-                source,
-                split.fingerprint,
-                dataset.features[rows],
-                dataset.labels[rows],
-                context,
+                name=name,
+                source=source,
+                fingerprint=split.fingerprint,
+                features=dataset.features[rows],
+                labels=dataset.labels[rows],
+                context=context,
             )
             for name, rows, context in (
                 (dataset.name, split.tuning_rows, "training"),

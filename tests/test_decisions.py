@@ -50,7 +50,7 @@ def test_planned_epochs_is_the_trials_own_epochs_capped_by_the_budget() -> None:
 
 def table(*rows: tuple[str, str, float | None, float | None]) -> list[TrialRow]:
     return [
-        TrialRow(trial_id, state, epoch=3, val_acc=acc, val_loss=loss)
+        TrialRow(trial_id=trial_id, state=state, epoch=3, val_acc=acc, val_loss=loss)
         for trial_id, state, acc, loss in rows
     ]
 

@@ -21,8 +21,9 @@ def feature_stats(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(mean), torch.from_numpy(std)
 
 
-def plain_stats(n_features: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.zeros(n_features), torch.ones(n_features)
+def plain_stats(n_features: int) -> dict[str, torch.Tensor]:
+    """Scaling statistics that leave inputs as they are, as `build_model` takes them."""
+    return {"mean": torch.zeros(n_features), "std": torch.ones(n_features)}
 
 
 def count(model: nn.Module, kind: type[nn.Module]) -> int:
@@ -38,7 +39,7 @@ def _seed() -> None:
 @pytest.mark.parametrize("hidden_layers", [0, 1, 2, 3])
 def test_mlp_shapes(hidden_layers: int, activation: str) -> None:
     hp = Hyperparameters(hidden_layers=hidden_layers, hidden_units=24, activation=activation)
-    model = build_model("mlp", hp, *plain_stats(64), num_classes=10, image_shape=None)
+    model = build_model("mlp", hp, **plain_stats(64), num_classes=10, image_shape=None)
     assert isinstance(model[0], Standardize)
     assert count(model, nn.Linear) == hidden_layers + 1
     assert count(model, ACTIVATION_LAYERS[activation]) == hidden_layers
@@ -60,7 +61,7 @@ def test_mlp_on_real_digits_rows(digits: Dataset, digits_split: Split) -> None:
     model = build_model(
         "mlp",
         Hyperparameters(hidden_layers=2, hidden_units=32),
-        *feature_stats(train),
+        **dict(zip(("mean", "std"), feature_stats(train), strict=True)),
         num_classes=digits.num_classes,
         image_shape=None,
     )
@@ -94,7 +95,7 @@ def test_cnn_shapes(image_shape: tuple[int, int, int], conv_layers: int, kernel_
         hidden_units=16,
     )
     model = build_model(
-        "cnn", hp, *plain_stats(n_features), num_classes=10, image_shape=image_shape
+        "cnn", hp, **plain_stats(n_features), num_classes=10, image_shape=image_shape
     )
     assert isinstance(model[0], Standardize)
     assert count(model, nn.Conv2d) == conv_layers
@@ -112,20 +113,22 @@ def test_cnn_with_even_kernel(
 ) -> None:
     n_features = int(np.prod(image_shape))
     hp = Hyperparameters(conv_layers=conv_layers, conv_channels=4, kernel_size=kernel_size)
-    model = build_model("cnn", hp, *plain_stats(n_features), 10, image_shape)
+    model = build_model(
+        "cnn", hp, **plain_stats(n_features), num_classes=10, image_shape=image_shape
+    )
     assert model(torch.randn(2, n_features)).shape == (2, 10)
 
 
 def test_cnn_needs_an_image_shape() -> None:
     with pytest.raises(ValueError, match="needs image data"):
-        build_model("cnn", Hyperparameters(), *plain_stats(13), num_classes=3, image_shape=None)
+        build_model("cnn", Hyperparameters(), **plain_stats(13), num_classes=3, image_shape=None)
 
 
 @pytest.mark.parametrize("family", ["mlp", "cnn"])
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
 def test_dropout_layers_only_when_dropout(family: str, dropout: float) -> None:
     hp = Hyperparameters(hidden_layers=3, hidden_units=8, dropout=dropout, conv_channels=2)
-    model = build_model(family, hp, *plain_stats(64), 10, DIGITS_SHAPE)
+    model = build_model(family, hp, **plain_stats(64), num_classes=10, image_shape=DIGITS_SHAPE)
     dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout)]
     assert len(dropouts) == (3 if dropout > 0 else 0)
     assert all(d.p == dropout for d in dropouts)
@@ -133,7 +136,7 @@ def test_dropout_layers_only_when_dropout(family: str, dropout: float) -> None:
 
 def test_dropout_is_active_only_in_training() -> None:
     hp = Hyperparameters(hidden_layers=1, hidden_units=64, dropout=0.5)
-    model = build_model("mlp", hp, *plain_stats(16), 4, None)
+    model = build_model("mlp", hp, **plain_stats(16), num_classes=4, image_shape=None)
     x = torch.randn(8, 16)
     model.eval()
     assert torch.equal(model(x), model(x))
@@ -146,7 +149,9 @@ def test_standardize_uses_training_statistics(digits: Dataset, digits_split: Spl
     mean, std = feature_stats(train)
     assert mean.shape == std.shape == (64,)
     assert mean.dtype == std.dtype == torch.float32
-    model = build_model("mlp", Hyperparameters(), mean, std, 10, None)
+    model = build_model(
+        "mlp", Hyperparameters(), mean=mean, std=std, num_classes=10, image_shape=None
+    )
     layer = model[0]
     assert isinstance(layer, Standardize)
     assert torch.equal(layer.mean, mean) and torch.equal(layer.std, std)
@@ -171,7 +176,9 @@ def test_standardize_is_not_fitted_to_other_rows(digits: Dataset, digits_split: 
     mean, std = feature_stats(digits.features[digits_split.train])
     full_mean, _ = feature_stats(digits.features)
     assert not torch.equal(mean, full_mean)
-    model = build_model("mlp", Hyperparameters(), mean, std, 10, None)
+    model = build_model(
+        "mlp", Hyperparameters(), mean=mean, std=std, num_classes=10, image_shape=None
+    )
     test = torch.from_numpy(digits.features[digits_split.test])
     assert torch.allclose(model[0](test), (test - mean) / std)
 

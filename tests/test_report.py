@@ -143,7 +143,7 @@ def test_permutation_drops_agree_with_scikit_learns_permutation_importance() -> 
     features = rng.random((40, 3))
     targets = 2 * features[:, 0] + 0.5 * features[:, 1]  # the third column is ignored
     model = LinearRegression().fit(features, targets)
-    drops = permutation_drops(model.predict, features, targets, 200, seed=1)
+    drops = permutation_drops(model.predict, features, targets, repeats=200, seed=1)
     assert drops.shape == (3, 200)
     assert np.allclose(drops[2], 0.0, atol=1e-12), "shuffling an unused column costs nothing"
     theirs = permutation_importance(model, features, targets, n_repeats=200, random_state=1)

@@ -44,7 +44,15 @@ def experiment() -> Experiment:
 def trial_row(
     trial_id: str, state: str, val_acc: float, val_loss: float, **params: Scalar
 ) -> TrialRow:
-    return TrialRow(trial_id, state, params, 3, val_acc, val_loss, train_loss=0.1)
+    return TrialRow(
+        trial_id=trial_id,
+        state=state,
+        params=params,
+        epoch=3,
+        val_acc=val_acc,
+        val_loss=val_loss,
+        train_loss=0.1,
+    )
 
 
 def record_sweep(
@@ -58,11 +66,25 @@ def record_sweep(
     artifacts = Path(client.tracking_uri.removeprefix("sqlite:///")).parent / "artifacts"
     experiment_id = ensure_experiment(client, experiment.name, artifacts)
     tags = {"sweep_path": "/tmp/sweep", "data_fingerprint": fingerprint}
-    data = LoggedData("digits", "here", fingerprint, np.zeros((2, 3)), np.zeros(2), "training")
-    run_id = start_parent_run(
-        client, experiment_id, "sweep", experiment, "name: x", tags, {}, data.as_input()
+    data = LoggedData(
+        name="digits",
+        source="here",
+        fingerprint=fingerprint,
+        features=np.zeros((2, 3)),
+        labels=np.zeros(2),
+        context="training",
     )
-    finish_parent_run(client, run_id, rows, None, status)
+    run_id = start_parent_run(
+        client,
+        experiment_id,
+        "sweep",
+        experiment,
+        space_text="name: x",
+        marks=tags,
+        params={},
+        data=data.as_input(),
+    )
+    finish_parent_run(client, run_id, rows, best=None, status=status)
     return run_id
 
 
@@ -133,7 +155,9 @@ def test_retrain_refuses_data_other_than_the_sweeps(
 def test_train_and_test_learns_on_train_plus_validation(
     experiment: Experiment, digits: Dataset, digits_split: Split
 ) -> None:
-    final = train_and_test(experiment, Hyperparameters(**GOOD), 6, digits, digits_split, CPU)
+    final = train_and_test(
+        experiment, Hyperparameters(**GOOD), digits, digits_split, epochs=6, device=CPU
+    )
     assert len(final.train_losses) == 6 and final.train_losses[-1] < final.train_losses[0] / 3
     assert final.test_probabilities.shape == (len(digits_split.test), 10)
     np.testing.assert_allclose(final.test_probabilities.sum(axis=1), 1.0, atol=1e-5)
@@ -151,7 +175,7 @@ def test_a_diverging_retrain_is_an_error(
 ) -> None:
     hp = Hyperparameters(optimizer="sgd", lr=1e6, batch_size=32)
     with pytest.raises(PipelineError, match=r"the retrain diverged at epoch .* nothing registered"):
-        train_and_test(experiment, hp, 10, digits, digits_split, CPU)
+        train_and_test(experiment, hp, digits, digits_split, epochs=10, device=CPU)
 
 
 @pytest.mark.slow
@@ -166,12 +190,16 @@ def test_logged_model_loads_pickle_free_in_a_fresh_process_and_predicts_the_same
     row = trial_row("winner", "completed", 0.95, 0.2, **GOOD)
     record_sweep(client, experiment, [row], digits_split.fingerprint)
     sweep: SweepRecord = find_sweep(client, "smoke", None)
-    final = train_and_test(experiment, Hyperparameters(**GOOD), 3, digits, digits_split, CPU)
+    final = train_and_test(
+        experiment, Hyperparameters(**GOOD), digits, digits_split, epochs=3, device=CPU
+    )
     selection = select(
         [Opinion("runner-up", 5, 0.96, 0.93), Opinion("winner", 3, 0.95, 0.94)], "val_acc", "max"
     )
     source = "sklearn.datasets.load_digits"
-    record = log_retrain(uri, sweep, final, digits, digits_split, source, selection)
+    record = log_retrain(
+        uri, sweep, final, dataset=digits, split=digits_split, source=source, selection=selection
+    )
 
     run = client.get_run(record.run_id)
     assert run.info.status == "FINISHED"
@@ -248,11 +276,18 @@ def test_a_second_opinion_scores_as_the_sweep_does_on_fresh_folds(
     max_epochs, 4) of the same training on the fresh folds from the experiment's seed + 1; a
     diverging configuration scores the worst."""
     data = refolded(digits, digits_split, DataConfig(source="digits", cv_folds=3), seed=7)
-    score = second_opinion(experiment, Hyperparameters(**GOOD), 2, data, CPU)
+    score = second_opinion(experiment, Hyperparameters(**GOOD), data, epochs=2, device=CPU)
     history: list[float] = []
-    fit("mlp", Hyperparameters(**GOOD), data, 4, lambda m, _: history.append(m.val_acc), CPU,
-        experiment.seed + 1)  # fmt: skip
+    fit(
+        "mlp",
+        Hyperparameters(**GOOD),
+        data,
+        max_epochs=4,
+        report=lambda m, _: history.append(m.val_acc),
+        device=CPU,
+        seed=experiment.seed + 1,
+    )
     assert len(history) == 4 and score == pytest.approx(np.mean(history))
     assert score > 0.85
     wild = Hyperparameters(optimizer="sgd", lr=1e6, batch_size=32)
-    assert second_opinion(experiment, wild, 2, data, CPU) == DIVERGED_ACC
+    assert second_opinion(experiment, wild, data, epochs=2, device=CPU) == DIVERGED_ACC

@@ -33,7 +33,9 @@ def test_a_restarted_trial_repeats_no_epoch_and_records_its_best_one(tmp_path: P
     client: MlflowClient = open_client(uri)
     experiment_id = client.create_experiment("trials")
     parent = client.create_run(experiment_id).info.run_id
-    recorder = TrialRecorder(uri, experiment_id, parent, "val_acc", "max", flush_seconds=0)
+    recorder = TrialRecorder(
+        uri, experiment_id, parent, metric="val_acc", mode="max", flush_seconds=0
+    )
     recorder.start("t1", 3, {"optimizer": "adam", "hidden_layers": 2, "hidden_units": 64})
     for number, score in ((1, 0.5), (2, 0.9), (3, 0.7), (2, 0.1), (3, 0.2), (4, 0.8)):
         recorder.result("t1", epoch(number, score))

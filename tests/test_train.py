@@ -25,7 +25,7 @@ def run(
         metrics.append(m)
         states.append(state)
 
-    fit("mlp", hp, data, epochs, report, CPU, seed=0, resume=resume)
+    fit("mlp", hp, data, max_epochs=epochs, report=report, device=CPU, seed=0, resume=resume)
     return metrics, states
 
 
@@ -87,12 +87,14 @@ def test_cross_validation_reports_the_mean_over_folds(digits_tuning: TuningData)
     rows = np.arange(len(digits_tuning.labels))
     folds = tuple((np.setdiff1d(rows, rows[i::3]), rows[i::3]) for i in range(3))
     cv = TuningData(
-        digits_tuning.features,
-        digits_tuning.labels,
-        folds,
-        digits_tuning.num_classes,
-        digits_tuning.image_shape,
-        tuple(column_stats(digits_tuning.features[train], shared_scale=True) for train, _ in folds),
+        features=digits_tuning.features,
+        labels=digits_tuning.labels,
+        folds=folds,
+        num_classes=digits_tuning.num_classes,
+        image_shape=digits_tuning.image_shape,
+        fold_stats=tuple(
+            column_stats(digits_tuning.features[train], shared_scale=True) for train, _ in folds
+        ),
     )
     metrics, states = run(Hyperparameters(lr=3e-3), cv, 2)
     assert len(states[-1]["folds"]) == 3
@@ -113,7 +115,16 @@ def test_each_fold_and_the_retrain_scale_as_configured(
         [(_, std)] = tuning_data(digits, digits_split, config).fold_stats
         assert min(np.unique(std).size, 2) == distinct
         network, _ = fit_final(
-            "mlp", Hyperparameters(), digits.features, digits.labels, digits_split.train,
-            digits.num_classes, None, 1, CPU, 0, shared_scale=config.shared_scale,
-        )  # fmt: skip
+            "mlp",
+            Hyperparameters(),
+            features=digits.features,
+            labels=digits.labels,
+            train_rows=digits_split.train,
+            num_classes=digits.num_classes,
+            image_shape=None,
+            epochs=1,
+            device=CPU,
+            seed=0,
+            shared_scale=config.shared_scale,
+        )
         assert min(torch.unique(network[0].std).numel(), 2) == distinct

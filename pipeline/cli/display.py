@@ -205,8 +205,14 @@ def print_history(nights: list[Night], model: str) -> None:
         return
     shown = Table(title=f"nights of {model}, newest first")
     columns = (
-        "date", "trials", "best val", "challenger test", "champion test", "decision", "champion"
-    )  # fmt: skip
+        "date",
+        "trials",
+        "best val",
+        "challenger test",
+        "champion test",
+        "decision",
+        "champion",
+    )
     for column in columns:
         shown.add_column(column, no_wrap=True)
     for night in nights:

@@ -29,7 +29,10 @@ def promote_cli(
     with guarded():
         from pipeline.workflows.serving import promote
 
-        display.print_decision(promote(settings(), model, actor(), version, force, min_delta))
+        decision = promote(
+            settings(), model, actor(), version=version, force=force, min_delta=min_delta
+        )
+        display.print_decision(decision)
 
 
 @app.command("rollback")
@@ -49,6 +52,7 @@ def predict_cli(
     ],
     output: Annotated[Path, typer.Option(help="CSV to write the predictions to.")],
     alias: Alias = "champion",
+    *,
     version: Annotated[
         int | None, typer.Option(help="A version number instead of an alias.")
     ] = None,
@@ -57,7 +61,8 @@ def predict_cli(
     with guarded():
         from pipeline.workflows.serving import predict
 
-        display.print_prediction(predict(settings(), model, input_, output, alias, version))
+        prediction = predict(settings(), model, input_, output, alias=alias, version=version)
+        display.print_prediction(prediction)
 
 
 @app.command("export-test-rows")
@@ -84,4 +89,4 @@ def serve_cli(
     with guarded():
         from pipeline.workflows.serving import serve
 
-        start(serve(settings(), model, alias, host, port))
+        start(serve(settings(), model, alias, host=host, port=port))

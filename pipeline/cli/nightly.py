@@ -36,7 +36,14 @@ def nightly(
         from pipeline.workflows.nightly import run_night
 
         night = run_night(
-            space, settings(), actor(), date, min_delta, keep, webhook_url(), SweepProgress(console)
+            space,
+            settings(),
+            actor(),
+            date=date,
+            min_delta=min_delta,
+            keep=keep,
+            webhook_url=webhook_url(),
+            watcher=SweepProgress(console),
         )
     display.print_night(night)
     raise typer.Exit(night.exit_code)

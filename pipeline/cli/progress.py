@@ -23,7 +23,7 @@ from pipeline.core.decisions import best_epoch
 STATE_ORDER = ("completed", "stopped", "diverged", "errored")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrialProgress:
     """What the display knows of one trial: its number, best and last epoch."""
 
@@ -77,13 +77,13 @@ class SweepProgress:
 
     def start(self, trial_id: str, number: int, params: dict[str, Scalar]) -> None:
         with self._lock:
-            self.trials.setdefault(trial_id, TrialProgress(number))
+            self.trials.setdefault(trial_id, TrialProgress(number=number))
             self.running.add(trial_id)
 
     def result(self, trial_id: str, result: dict[str, Any]) -> None:
         score, epoch = float(result.get(self.metric, math.nan)), int(result.get("epoch", 0))
         with self._lock:
-            trial = self.trials.setdefault(trial_id, TrialProgress(0))
+            trial = self.trials.setdefault(trial_id, TrialProgress(number=0))
             trial.last_score, trial.last_epoch = score, epoch
             if result.get("diverged") or math.isnan(score):
                 return
@@ -101,7 +101,7 @@ class SweepProgress:
         with self._lock:
             self.running.discard(trial_id)
             self.ended[state] += 1
-            trial = self.trials.setdefault(trial_id, TrialProgress(0))
+            trial = self.trials.setdefault(trial_id, TrialProgress(number=0))
         self.console.print(
             self.describe_trial(trial_id, trial, state, error), highlight=False, soft_wrap=True
         )

@@ -30,6 +30,7 @@ def mlflow_server_cli(
         str, typer.Option(envvar="MLFLOW_SERVER_HOST", help="Interface.")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="MLFLOW_SERVER_PORT", help="Port.")] = 5000,
+    *,
     workers: Annotated[int, typer.Option(help="Server worker processes.")] = 2,
     allowed_hosts: Annotated[
         str,
@@ -53,10 +54,17 @@ def mlflow_server_cli(
     with guarded():
         from pipeline.tracking.server import ServerOptions, server_launch
 
-        start(server_launch(ServerOptions(
-            backend_store_uri, artifacts_destination, host, port, workers, allowed_hosts,
-            cors_allowed_origins, basic_auth,
-        )))  # fmt: skip
+        options = ServerOptions(
+            backend_store_uri=backend_store_uri,
+            artifacts_destination=artifacts_destination,
+            host=host,
+            port=port,
+            workers=workers,
+            allowed_hosts=allowed_hosts,
+            cors_allowed_origins=cors_allowed_origins,
+            basic_auth=basic_auth,
+        )
+        start(server_launch(options))
 
 
 @app.command("ui")

@@ -25,6 +25,7 @@ def tune(
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address (default: $RAY_ADDRESS, else local).")
     ] = None,
+    *,
     resume: Annotated[
         bool, typer.Option(help="Resume the experiment's latest interrupted sweep.")
     ] = False,

@@ -13,7 +13,7 @@ ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "leaky_relu")
 OPTIMIZERS = ("gd", "sgd", "momentum", "adam", "adamw", "rmsprop")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Hyperparameter:
     """The domain of one tunable hyperparameter, used to check every value a space can yield."""
 
@@ -45,30 +45,40 @@ class Hyperparameter:
 
 
 HYPERPARAMETERS: dict[str, Hyperparameter] = {
-    "lr": Hyperparameter(float, "learning rate", low=1e-12, high=10.0),
-    "optimizer": Hyperparameter(str, "update rule", allowed=OPTIMIZERS),
+    "lr": Hyperparameter(kind=float, doc="learning rate", low=1e-12, high=10.0),
+    "optimizer": Hyperparameter(kind=str, doc="update rule", allowed=OPTIMIZERS),
     "momentum": Hyperparameter(
-        float, "SGD momentum", low=0.0, high=1.0, high_open=True, optimizers=("momentum",)
+        kind=float, doc="SGD momentum", low=0.0, high=1.0, high_open=True, optimizers=("momentum",)
     ),
     "batch_size": Hyperparameter(
-        int, "mini-batch size", low=1, optimizers=tuple(o for o in OPTIMIZERS if o != "gd")
+        kind=int, doc="mini-batch size", low=1, optimizers=tuple(o for o in OPTIMIZERS if o != "gd")
     ),
-    "weight_decay": Hyperparameter(float, "L2 penalty", low=0.0, high=1.0),
-    "dropout": Hyperparameter(float, "dropout probability", low=0.0, high=1.0, high_open=True),
+    "weight_decay": Hyperparameter(kind=float, doc="L2 penalty", low=0.0, high=1.0),
+    "dropout": Hyperparameter(
+        kind=float, doc="dropout probability", low=0.0, high=1.0, high_open=True
+    ),
     "label_smoothing": Hyperparameter(
-        float, "share of each target spread over all classes", low=0.0, high=1.0, high_open=True
+        kind=float,
+        doc="share of each target spread over all classes",
+        low=0.0,
+        high=1.0,
+        high_open=True,
     ),
-    "hidden_layers": Hyperparameter(int, "hidden (fully connected) layers", low=0, high=16),
-    "hidden_units": Hyperparameter(int, "units per hidden layer", low=1, high=8192),
-    "activation": Hyperparameter(str, "non-linearity", allowed=ACTIVATIONS),
-    "epochs": Hyperparameter(int, "epochs to train (capped by budget.max_epochs)", low=1),
-    "conv_layers": Hyperparameter(int, "convolution blocks (cnn)", low=1, high=4),
-    "conv_channels": Hyperparameter(int, "channels of the first block (cnn)", low=1, high=512),
-    "kernel_size": Hyperparameter(int, "convolution kernel size (cnn)", low=1, high=7),
+    "hidden_layers": Hyperparameter(
+        kind=int, doc="hidden (fully connected) layers", low=0, high=16
+    ),
+    "hidden_units": Hyperparameter(kind=int, doc="units per hidden layer", low=1, high=8192),
+    "activation": Hyperparameter(kind=str, doc="non-linearity", allowed=ACTIVATIONS),
+    "epochs": Hyperparameter(kind=int, doc="epochs to train (capped by budget.max_epochs)", low=1),
+    "conv_layers": Hyperparameter(kind=int, doc="convolution blocks (cnn)", low=1, high=4),
+    "conv_channels": Hyperparameter(
+        kind=int, doc="channels of the first block (cnn)", low=1, high=512
+    ),
+    "kernel_size": Hyperparameter(kind=int, doc="convolution kernel size (cnn)", low=1, high=7),
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Hyperparameters:
     """One resolved trial configuration; a hyperparameter absent from the space has its default."""
 

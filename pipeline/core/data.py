@@ -16,7 +16,7 @@ from pipeline.config import DataConfig
 from pipeline.errors import PipelineError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Dataset:
     """All examples of a data set: raw float32 features (rows flattened) and integer labels."""
 
@@ -38,7 +38,7 @@ class Dataset:
         return self.feature_names or tuple(f"feature_{i}" for i in range(self.features.shape[1]))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Split:
     """Row indices into a Dataset. `folds` index into `tuning_rows` (train + validation)."""
 
@@ -53,7 +53,7 @@ class Split:
         return np.concatenate([self.train, self.val])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TuningData:
     """What a trial may see: the train and validation rows only, never the test split."""
 
@@ -96,13 +96,13 @@ def subset(dataset: Dataset, limit: int, seed: int) -> Dataset:
     if dataset.test_rows is not None:
         test_rows = np.flatnonzero(np.isin(rows, dataset.test_rows))
     return Dataset(
-        dataset.name,
-        dataset.features[rows],
-        dataset.labels[rows],
-        dataset.class_names,
-        dataset.image_shape,
-        test_rows,
-        dataset.feature_names,
+        name=dataset.name,
+        features=dataset.features[rows],
+        labels=dataset.labels[rows],
+        class_names=dataset.class_names,
+        image_shape=dataset.image_shape,
+        test_rows=test_rows,
+        feature_names=dataset.feature_names,
     )
 
 
@@ -144,7 +144,7 @@ def split_dataset(dataset: Dataset, config: DataConfig, seed: int) -> Split:
     else:
         folds = ((np.arange(len(train)), np.arange(len(train), len(train) + len(val))),)
     hashed = [dataset.features, dataset.labels, train, val, test, *(r for f in folds for r in f)]
-    return Split(train, val, test, folds, fingerprint(hashed))
+    return Split(train=train, val=val, test=test, folds=folds, fingerprint=fingerprint(hashed))
 
 
 def draw_folds(
@@ -185,10 +185,10 @@ def tuning_data(dataset: Dataset, split: Split, config: DataConfig) -> TuningDat
     features = dataset.features[rows]
     stats = tuple(column_stats(features[train], config.shared_scale) for train, _ in split.folds)
     return TuningData(
-        features,
-        dataset.labels[rows],
-        split.folds,
-        dataset.num_classes,
-        dataset.image_shape,
-        stats,
+        features=features,
+        labels=dataset.labels[rows],
+        folds=split.folds,
+        num_classes=dataset.num_classes,
+        image_shape=dataset.image_shape,
+        fold_stats=stats,
     )

@@ -16,7 +16,7 @@ PROBABILITY_FLOOR = 1e-12  # keeps log(0) finite for a confidently wrong predict
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TestReport:
     """Scores of one model on one labelled set of rows."""
 

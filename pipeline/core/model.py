@@ -66,6 +66,7 @@ def conv_stack(
 def build_model(
     family: str,
     hp: Hyperparameters,
+    *,
     mean: torch.Tensor,
     std: torch.Tensor,
     num_classes: int,

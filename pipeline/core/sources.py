@@ -110,11 +110,11 @@ def load_bundled(name: str) -> Dataset:
     class_names = tuple(str(c) for c in bunch.target_names)
     shape = (1, 8, 8) if name == "digits" else None
     return Dataset(
-        name,
-        bunch.data.astype(np.float32),
-        bunch.target.astype(np.int64),
-        class_names,
-        shape,
+        name=name,
+        features=bunch.data.astype(np.float32),
+        labels=bunch.target.astype(np.int64),
+        class_names=class_names,
+        image_shape=shape,
         feature_names=tuple(str(c) for c in bunch.feature_names),
     )
 
@@ -202,10 +202,10 @@ def load_csv(path: Path, target: str) -> Dataset:
     if len(classes) < 2:
         raise PipelineError(f"{path}: column '{target}' has a single class; nothing to learn")
     return Dataset(
-        path.stem,
-        frame.to_numpy(np.float32),
-        labels.astype(np.int64),
-        tuple(str(c) for c in classes),
+        name=path.stem,
+        features=frame.to_numpy(np.float32),
+        labels=labels.astype(np.int64),
+        class_names=tuple(str(c) for c in classes),
         feature_names=tuple(str(c) for c in frame.columns),
     )
 
@@ -256,13 +256,15 @@ def load_idx_dataset(name: str, folder: Path) -> Dataset:
     if len(class_names) <= int(labels.max()):
         class_names = tuple(str(c) for c in range(int(labels.max()) + 1))
     return Dataset(
-        name,
-        images.reshape(len(images), -1).astype(np.float32),
-        labels,
-        class_names,
-        (1, *images.shape[1:]),
-        np.arange(n_train, len(labels)),
-        tuple(f"pixel_{r}_{c}" for r in range(images.shape[1]) for c in range(images.shape[2])),
+        name=name,
+        features=images.reshape(len(images), -1).astype(np.float32),
+        labels=labels,
+        class_names=class_names,
+        image_shape=(1, *images.shape[1:]),
+        test_rows=np.arange(n_train, len(labels)),
+        feature_names=tuple(
+            f"pixel_{r}_{c}" for r in range(images.shape[1]) for c in range(images.shape[2])
+        ),
     )
 
 

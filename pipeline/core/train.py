@@ -28,7 +28,7 @@ DIVERGED_ACC = 0.0
 EVAL_BATCH = 8192
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EpochMetrics:
     """What one epoch reports; the names are the metric names used everywhere."""
 
@@ -68,6 +68,7 @@ class FoldTrainer:
         self,
         family: str,
         hp: Hyperparameters,
+        *,
         features: torch.Tensor,
         labels: torch.Tensor,
         train_rows: np.ndarray,
@@ -81,7 +82,9 @@ class FoldTrainer:
         device = features.device
         self.train_rows = torch.as_tensor(train_rows, device=device)
         mean, std = torch.from_numpy(stats[0]), torch.from_numpy(stats[1])
-        self.model = build_model(family, hp, mean, std, num_classes, image_shape).to(device)
+        self.model = build_model(
+            family, hp, mean=mean, std=std, num_classes=num_classes, image_shape=image_shape
+        ).to(device)
         self.optimizer = make_optimizer(hp, self.model.parameters())
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
 
@@ -139,6 +142,7 @@ def fit(
     family: str,
     hp: Hyperparameters,
     data: TuningData,
+    *,
     max_epochs: int,
     report: Report,
     device: torch.device,
@@ -153,8 +157,17 @@ def fit(
     torch.manual_seed(seed)
     features, labels = as_tensors(data.features, data.labels, device)
     trainers = [
-        FoldTrainer(family, hp, features, labels, train, data.num_classes, data.image_shape, fs)
-        for (train, _), fs in zip(data.folds, data.fold_stats, strict=True)
+        FoldTrainer(
+            family,
+            hp,
+            features=features,
+            labels=labels,
+            train_rows=train,
+            num_classes=data.num_classes,
+            image_shape=data.image_shape,
+            stats=stats,
+        )
+        for (train, _), stats in zip(data.folds, data.fold_stats, strict=True)
     ]
     val_rows = [torch.as_tensor(val, device=device) for _, val in data.folds]
     first_epoch = 1
@@ -175,15 +188,23 @@ def fit(
         seconds = time.perf_counter() - started
         if not all(math.isfinite(v) for v in train_losses + val_losses):
             report(
-                EpochMetrics(epoch, DIVERGED_LOSS, DIVERGED_LOSS, DIVERGED_ACC, seconds, True), {}
+                EpochMetrics(
+                    epoch=epoch,
+                    train_loss=DIVERGED_LOSS,
+                    val_loss=DIVERGED_LOSS,
+                    val_acc=DIVERGED_ACC,
+                    train_seconds=seconds,
+                    diverged=True,
+                ),
+                {},
             )
             return
         metrics = EpochMetrics(
-            epoch,
-            float(np.mean(train_losses)),
-            float(np.mean(val_losses)),
-            float(np.mean(val_accs)),
-            seconds,
+            epoch=epoch,
+            train_loss=float(np.mean(train_losses)),
+            val_loss=float(np.mean(val_losses)),
+            val_acc=float(np.mean(val_accs)),
+            train_seconds=seconds,
         )
         state = {
             "epoch": epoch,
@@ -196,6 +217,7 @@ def fit(
 def fit_final(
     family: str,
     hp: Hyperparameters,
+    *,
     features: np.ndarray,
     labels: np.ndarray,
     train_rows: np.ndarray,
@@ -204,7 +226,6 @@ def fit_final(
     epochs: int,
     device: torch.device,
     seed: int,
-    *,
     shared_scale: bool,
 ) -> tuple[nn.Module, list[float]]:
     """Train one configuration on `train_rows` for exactly `epochs`, with no validation rows,
@@ -216,7 +237,16 @@ def fit_final(
     torch.manual_seed(seed)
     x, y = as_tensors(features, labels, device)
     stats = column_stats(features[train_rows], shared_scale)
-    trainer = FoldTrainer(family, hp, x, y, train_rows, num_classes, image_shape, stats)
+    trainer = FoldTrainer(
+        family,
+        hp,
+        features=x,
+        labels=y,
+        train_rows=train_rows,
+        num_classes=num_classes,
+        image_shape=image_shape,
+        stats=stats,
+    )
     losses: list[float] = []
     for _ in range(epochs):
         losses.append(trainer.train_epoch())

@@ -17,7 +17,7 @@ from pipeline.config import HYPERPARAMETERS, Scalar
 SCORES = ("val_acc", "val_loss", "train_loss")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrialRow:
     """One trial of a sweep, as the sweep's table records it."""
 

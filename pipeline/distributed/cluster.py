@@ -10,7 +10,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar, cast
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 REACH_TIMEOUT_S = 5.0  # how long an unreachable head may take to say so
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 def check_ray_address(address: str) -> None:
@@ -171,17 +172,19 @@ def check_resources(experiment: Experiment, autoscaling: bool) -> None:
     log.warning("%s; the trials wait until the cluster grows", message)
 
 
-def run_remote(function: Callable[..., T], cpus: float, gpus: float, *args: Any) -> T:
-    """Run `function(*args)` as one Ray task with these resources (a GPU node when gpus > 0)
-    and hand its result back to the driver."""
-    [result] = run_remote_each(function, cpus, gpus, [args])
-    return result
+def run_remote(
+    function: Callable[P, T], cpus: float, gpus: float, *args: P.args, **kwargs: P.kwargs
+) -> T:
+    """Run `function(*args, **kwargs)` as one Ray task with these resources (a GPU node when
+    gpus > 0) and hand its result back to the driver."""
+    task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(function)
+    return ray.get(task.remote(*args, **kwargs))
 
 
 def run_remote_each(
-    function: Callable[..., T], cpus: float, gpus: float, calls: list[tuple[Any, ...]]
+    function: Callable[..., T], cpus: float, gpus: float, calls: list[dict[str, Any]]
 ) -> list[T]:
-    """Run `function(*args)` for each `args` of `calls` as Ray tasks side by side, each with
-    these resources, and hand their results back in the order of `calls`."""
+    """Run `function(**arguments)` for the arguments of each of `calls` as Ray tasks side by
+    side, each with these resources, and hand their results back in the order of `calls`."""
     task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(function)
-    return cast(list[T], ray.get([task.remote(*args) for args in calls]))
+    return cast(list[T], ray.get([task.remote(**arguments) for arguments in calls]))

@@ -14,7 +14,7 @@ from pipeline.core.decisions import best_epoch, planned_epochs, trial_state
 from pipeline.core.trials import TrialRow, hyperparameters_of, plain
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TunerResults:
     """What a finished (or interrupted) `Tuner.fit` leaves, as plain values."""
 

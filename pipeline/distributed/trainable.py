@@ -22,7 +22,7 @@ from pipeline.core.train import EpochMetrics, fit
 STATE_FILE = "state.pt"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrialSettings:
     """What every trial of a sweep shares besides the data."""
 
@@ -103,4 +103,13 @@ def run_trial(config: dict[str, Any], data: TuningData, settings: TrialSettings)
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
         timer.saved()
 
-    fit(settings.family, hp, data, settings.max_epochs, report, device, settings.seed, resume)
+    fit(
+        settings.family,
+        hp,
+        data,
+        max_epochs=settings.max_epochs,
+        report=report,
+        device=device,
+        seed=settings.seed,
+        resume=resume,
+    )

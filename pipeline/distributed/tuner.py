@@ -67,6 +67,7 @@ def make_trainable(experiment: Experiment, data: TuningData) -> Any:
 def make_tuner(
     experiment: Experiment,
     data: TuningData,
+    *,
     storage: str,
     run_name: str,
     sink: TrialSink,
@@ -118,6 +119,7 @@ def restore_tuner(
     experiment: Experiment,
     data: TuningData,
     sweep_path: str,
+    *,
     endpoint: str | None = None,
     restart_errored: bool = False,
 ) -> tune.Tuner:
@@ -272,9 +274,11 @@ def fit(
         running_watcher.reset(watching)
     histories = epoch_histories(grid)
     return TunerResults(
-        trial_rows(grid, experiment, histories),
-        grid.num_terminated + grid.num_errors,
-        terminated,
-        histories,
-        sum(LOST_CHECKPOINT in str(grid[i].error) for i in range(len(grid)) if grid[i].error),
+        rows=trial_rows(grid, experiment, histories),
+        ended=grid.num_terminated + grid.num_errors,
+        terminated=terminated,
+        histories=histories,
+        lost_checkpoints=sum(
+            LOST_CHECKPOINT in str(grid[i].error) for i in range(len(grid)) if grid[i].error
+        ),
     )

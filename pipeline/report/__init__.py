@@ -26,39 +26,41 @@ def build_report(data: SweepData) -> Report:
     importance = importances(data)
     sections = (
         Section(
-            "history",
-            "Optimization history",
-            "Is the search still finding better configurations, by trial and by wall time, or "
-            "has it levelled off?",
-            png(history_figure(data)),
+            name="history",
+            title="Optimization history",
+            question="Is the search still finding better configurations, by trial and by wall "
+            "time, or has it levelled off?",
+            png=png(history_figure(data)),
         ),
         Section(
-            "parallel",
-            "Hyperparameters against the score",
-            "Which values of each hyperparameter do the best trials share?",
-            png(parallel_figure(data)) if data.params else None,
-            "" if data.params else "the sweep sampled no hyperparameters",
+            name="parallel",
+            title="Hyperparameters against the score",
+            question="Which values of each hyperparameter do the best trials share?",
+            png=png(parallel_figure(data)) if data.params else None,
+            note="" if data.params else "the sweep sampled no hyperparameters",
         ),
         Section(
-            "importance",
-            "Hyperparameter importance",
-            "Which hyperparameters explain most of the differences in score between trials?",
-            png(importance_figure(importance, data))
+            name="importance",
+            title="Hyperparameter importance",
+            question="Which hyperparameters explain most of the differences in score between "
+            "trials?",
+            png=png(importance_figure(importance, data))
             if isinstance(importance, pd.DataFrame)
             else None,
-            importance if isinstance(importance, str) else importance_note(data),
+            note=importance if isinstance(importance, str) else importance_note(data),
         ),
         Section(
-            "curves",
-            "Learning curves",
-            "How did each trial learn epoch by epoch, and where did ASHA stop the weak ones?",
-            png(curves_figure(data)),
+            name="curves",
+            title="Learning curves",
+            question="How did each trial learn epoch by epoch, and where did ASHA stop the weak "
+            "ones?",
+            png=png(curves_figure(data)),
         ),
         Section(
-            "states",
-            "Trial states",
-            "How many trials ran to the end, were stopped early, diverged or failed?",
-            png(states_figure(data)),
+            name="states",
+            title="Trial states",
+            question="How many trials ran to the end, were stopped early, diverged or failed?",
+            png=png(states_figure(data)),
         ),
     )
     return Report(page(data, sections), sections)

@@ -78,16 +78,25 @@ def history_figure(data: SweepData) -> Figure:
     ):
         for state, group in trials.groupby("state"):
             axes.scatter(
-                x[group.index], group[data.metric], s=28, color=state_colour(str(state)),
-                label=f"trial ({state})", zorder=3,
-            )  # fmt: skip
+                x[group.index],
+                group[data.metric],
+                s=28,
+                color=state_colour(str(state)),
+                label=f"trial ({state})",
+                zorder=3,
+            )
         valid = trials[trials["valid"] & x.notna()]
         order = x[valid.index].sort_values(kind="stable").index
         if len(order):
             axes.step(
-                x[order], best_so_far(valid.loc[order, data.metric], data.higher_is_better),
-                where="post", color=BEST_COLOUR, linewidth=2, label="best so far", zorder=2,
-            )  # fmt: skip
+                x[order],
+                best_so_far(valid.loc[order, data.metric], data.higher_is_better),
+                where="post",
+                color=BEST_COLOUR,
+                linewidth=2,
+                label="best so far",
+                zorder=2,
+            )
         axes.set_xlabel(label)
         axes.set_ylabel(f"{data.metric} (best epoch)")
         axes.grid(alpha=0.3)
@@ -164,9 +173,15 @@ def parallel_figure(data: SweepData) -> Figure:
         axes.axvline(x, color="#555555", linewidth=1)
         for y, label in ticks:
             axes.text(
-                x - 0.04, y, label, ha="right", va="center", fontsize=8, zorder=6,
+                x - 0.04,
+                y,
+                label,
+                ha="right",
+                va="center",
+                fontsize=8,
+                zorder=6,
                 bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
-            )  # fmt: skip
+            )
     scores = trials[data.metric]
     colour_map = colormaps["viridis" if data.higher_is_better else "viridis_r"]
     norm = Normalize(scores.min(), scores.max()) if scores.notna().any() else Normalize(0, 1)
@@ -176,12 +191,14 @@ def parallel_figure(data: SweepData) -> Figure:
         score = scores[row]
         is_best = trials.at[row, "trial_id"] == best_id
         axes.plot(
-            range(len(columns)), ys,
+            range(len(columns)),
+            ys,
             color=colour_map(norm(score)) if pd.notna(score) else "#bbbbbb",
-            linewidth=3 if is_best else 1.3, alpha=1.0 if is_best else 0.75,
+            linewidth=3 if is_best else 1.3,
+            alpha=1.0 if is_best else 0.75,
             zorder=3 if is_best else 2,
             path_effects=[withStroke(linewidth=5, foreground="black")] if is_best else None,
-        )  # fmt: skip
+        )
     axes.set_xticks(range(len(columns)), [label_of(n, data) for n in columns], fontsize=9)
     axes.set_yticks([])
     axes.set_xlim(-0.6, len(columns) - 0.8)
@@ -231,17 +248,25 @@ def curves_figure(data: SweepData) -> Figure:
             state = states.get(str(trial_id), "")
             is_best = trial_id == best_id
             axes.plot(
-                finite["epoch"], finite[metric],
+                finite["epoch"],
+                finite[metric],
                 color=BEST_COLOUR if is_best else state_colour(state),
-                linewidth=3 if is_best else 1, alpha=1.0 if is_best else 0.55,
+                linewidth=3 if is_best else 1,
+                alpha=1.0 if is_best else 0.55,
                 zorder=4 if is_best else 2,
-            )  # fmt: skip
+            )
             if state in END_MARKERS:
                 last = finite.iloc[-1]
                 axes.scatter(
-                    last["epoch"], last[metric], marker=END_MARKERS[state][0], s=45,
-                    color=state_colour(state), edgecolors="white", linewidths=0.5, zorder=5,
-                )  # fmt: skip
+                    last["epoch"],
+                    last[metric],
+                    marker=END_MARKERS[state][0],
+                    s=45,
+                    color=state_colour(state),
+                    edgecolors="white",
+                    linewidths=0.5,
+                    zorder=5,
+                )
         values = histories[metric][np.isfinite(histories[metric])]
         # A diverging trial's loss dwarfs the others': a log axis keeps them all readable.
         if (

@@ -52,7 +52,11 @@ def importances(data: SweepData) -> pd.DataFrame | str:
     forest = RandomForestRegressor(n_estimators=200, random_state=data.seed, min_samples_leaf=1)
     forest.fit(features.to_numpy(), scores.to_numpy())
     drops = permutation_drops(
-        forest.predict, features.to_numpy(), scores.to_numpy(), IMPORTANCE_REPEATS, data.seed
+        forest.predict,
+        features.to_numpy(),
+        scores.to_numpy(),
+        repeats=IMPORTANCE_REPEATS,
+        seed=data.seed,
     )
     table = pd.DataFrame(
         {"importance": drops.mean(axis=1), "std": drops.std(axis=1)}, index=features.columns
@@ -64,6 +68,7 @@ def permutation_drops(
     predict: Callable[[np.ndarray], np.ndarray],
     features: np.ndarray,
     targets: np.ndarray,
+    *,
     repeats: int,
     seed: int,
 ) -> np.ndarray:

@@ -12,7 +12,7 @@ import pandas as pd
 from pipeline.core.trials import TrialRow
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SweepData:
     """What a report shows, as plain values.
 
@@ -43,7 +43,7 @@ class SweepData:
         return self.mode == "max"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Section:
     """One part of the report: a question, and a picture (or why there is none)."""
 

@@ -56,7 +56,7 @@ def process_start(pid: int) -> str:
     return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Holder:
     """Who holds a lock, and their last sign of life."""
 
@@ -82,13 +82,13 @@ class Holder:
     @classmethod
     def from_tags(cls, marks: dict[str, str]) -> Holder:
         return cls(
-            marks.get(tags.LOCK_HOLDER, ""),
-            marks.get(tags.HOST, ""),
-            int(marks.get(tags.LOCK_PID, "0") or 0),
-            marks.get(tags.LOCK_PID_START, ""),
-            marks.get(tags.LOCK_BOOT, ""),
-            marks.get(tags.LOCK_SINCE, ""),
-            float(marks.get(tags.LOCK_HEARTBEAT, "0") or 0),
+            id=marks.get(tags.LOCK_HOLDER, ""),
+            host=marks.get(tags.HOST, ""),
+            pid=int(marks.get(tags.LOCK_PID, "0") or 0),
+            pid_start=marks.get(tags.LOCK_PID_START, ""),
+            boot=marks.get(tags.LOCK_BOOT, ""),
+            since=marks.get(tags.LOCK_SINCE, ""),
+            heartbeat=float(marks.get(tags.LOCK_HEARTBEAT, "0") or 0),
         )
 
     def describe(self) -> str:
@@ -98,13 +98,13 @@ class Holder:
 def this_process() -> Holder:
     pid = os.getpid()
     return Holder(
-        uuid.uuid4().hex,
-        socket.gethostname(),
-        pid,
-        process_start(pid),
-        boot_id(),
-        datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        time.time(),
+        id=uuid.uuid4().hex,
+        host=socket.gethostname(),
+        pid=pid,
+        pid_start=process_start(pid),
+        boot=boot_id(),
+        since=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        heartbeat=time.time(),
     )
 
 

@@ -27,7 +27,7 @@ RETRAIN_RUN_NAME = "retrain"
 MODEL_ARTIFACT = "model"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RetrainedModel:
     """A retrain's outcome, as the retrain run records it."""
 

@@ -9,7 +9,7 @@ from pipeline import tags
 from pipeline.tracking.store import Client
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class NightRecord:
     """A night's run: the sweep's parent run, or a run recording a night that did not sweep."""
 
@@ -44,7 +44,11 @@ def night_records(
     )
     return [
         NightRecord(
-            r.info.run_id, r.info.status, dict(r.data.tags), dict(r.data.metrics), r.info.start_time
+            run_id=r.info.run_id,
+            status=r.info.status,
+            tags=dict(r.data.tags),
+            metrics=dict(r.data.metrics),
+            start_time=r.info.start_time,
         )
         for r in found
     ]

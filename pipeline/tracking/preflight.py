@@ -86,8 +86,9 @@ def check_sqlite(uri: str) -> None:
     while not existing.exists():
         existing = existing.parent
     if existing != database and not existing.is_dir():
-        raise PipelineError(f"tracking store {uri}: cannot create {database.parent}: "
-                            f"{existing} is a file")  # fmt: skip
+        raise PipelineError(
+            f"tracking store {uri}: cannot create {database.parent}: {existing} is a file"
+        )
     if not os.access(existing, os.W_OK):
         raise PipelineError(f"tracking store {uri}: {existing} is not writable")
 

@@ -35,7 +35,7 @@ NOTHING = "nothing to promote"  # the action when there is no challenger
 DATA_IDENTITY = ("dataset", "feature_names", "class_names")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Decision:
     """What promote or rollback did, and on which evidence."""
 
@@ -77,6 +77,7 @@ def promote(
     client: Client,
     tracking_uri: str,
     name: str,
+    *,
     cache_dir: Path,
     actor: str,
     version: int | None = None,
@@ -94,7 +95,14 @@ def promote(
     check_model(client, name)
     with holding_aliases(client, name):
         return decide_promotion(
-            client, tracking_uri, name, cache_dir, actor, version, force, min_delta
+            client,
+            tracking_uri,
+            name,
+            cache_dir=cache_dir,
+            actor=actor,
+            version=version,
+            force=force,
+            min_delta=min_delta,
         )
 
 
@@ -102,6 +110,7 @@ def decide_promotion(
     client: Client,
     tracking_uri: str,
     name: str,
+    *,
     cache_dir: Path,
     actor: str,
     version: int | None,
@@ -113,7 +122,14 @@ def decide_promotion(
         # Nothing new was registered since the last decision: not an error (a nightly schedule
         # meets this on every night that registered nothing).
         current = aliases.get(CHAMPION)
-        return Decision(name, NOTHING, "", current, current, f"model '{name}' has no challenger")
+        return Decision(
+            model=name,
+            action=NOTHING,
+            candidate="",
+            champion_before=current,
+            champion_after=current,
+            reason=f"model '{name}' has no challenger",
+        )
     if version is None:
         candidate_version = aliased(aliases, name, CHALLENGER)
     else:
@@ -145,16 +161,18 @@ def decide_promotion(
         if aliases.get(CHALLENGER) == candidate_version:
             client.delete_registered_model_alias(name, CHALLENGER)
     decision = Decision(
-        name,
-        verdict.action,
-        candidate_version,
-        champion_version,
-        candidate_version if promoted else champion_version,
-        reason,
-        candidate_report,
-        champion_report,
+        model=name,
+        action=verdict.action,
+        candidate=candidate_version,
+        champion_before=champion_version,
+        champion_after=candidate_version if promoted else champion_version,
+        reason=reason,
+        candidate_report=candidate_report,
+        champion_report=champion_report,
     )
-    record_decision(client, decision, actor, min_delta, split.fingerprint)
+    record_decision(
+        client, decision, actor, min_delta=min_delta, data_fingerprint=split.fingerprint
+    )
     return decision
 
 
@@ -174,7 +192,12 @@ def swap_back(client: Client, name: str, actor: str) -> Decision:
     client.set_registered_model_alias(name, CHAMPION, previous)
     client.set_registered_model_alias(name, PREVIOUS_CHAMPION, champion)
     decision = Decision(
-        name, "rolled back", previous, champion, previous, f"version {champion} withdrawn"
+        model=name,
+        action="rolled back",
+        candidate=previous,
+        champion_before=champion,
+        champion_after=previous,
+        reason=f"version {champion} withdrawn",
     )
     record_decision(client, decision, actor)
     return decision
@@ -184,6 +207,7 @@ def record_decision(
     client: Client,
     decision: Decision,
     actor: str,
+    *,
     min_delta: float | None = None,
     data_fingerprint: str | None = None,
 ) -> None:

@@ -51,6 +51,7 @@ def register_challenger(
     client: Client,
     tracking_uri: str,
     name: str,
+    *,
     sweep: SweepRecord,
     record: RetrainRecord,
     split: Split,

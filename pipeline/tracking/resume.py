@@ -79,6 +79,7 @@ def reconcile_trial_runs(
     experiment: Experiment,
     experiment_id: str,
     parent_run_id: str,
+    *,
     states: dict[str, str],
     histories: dict[str, list[dict[str, float]]] | None = None,
 ) -> int:

@@ -27,7 +27,7 @@ from pipeline.core.trials import TrialRow, trial_frame
 from pipeline.tracking.store import Client
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LoggedData:
     """Rows a run used, for its Dataset column: the data set, where it comes from, the split's
     fingerprint (the digest) and the rows themselves (for their shape)."""
@@ -89,15 +89,16 @@ def start_parent_run(
     experiment_id: str,
     run_name: str,
     experiment: Experiment,
+    *,
     space_text: str,
-    tags: dict[str, str],
+    marks: dict[str, str],
     params: dict[str, Scalar],
     data: DatasetInput,
 ) -> str:
     """Open the sweep's parent run: its settings, data, the search-space file and the resolved
-    config."""
+    config; tagged with `marks`."""
     run = client.create_run(
-        experiment_id, run_name=run_name, tags={MLFLOW_RUN_NAME: run_name, **tags}
+        experiment_id, run_name=run_name, tags={MLFLOW_RUN_NAME: run_name, **marks}
     )
     run_id = str(run.info.run_id)
     settings = {**flat_settings(experiment), **params}
@@ -123,7 +124,7 @@ def reopen_run(client: Client, run_id: str) -> None:
 
 
 def finish_parent_run(
-    client: Client, run_id: str, trials: list[TrialRow], best: TrialRow | None, status: str
+    client: Client, run_id: str, trials: list[TrialRow], *, best: TrialRow | None, status: str
 ) -> None:
     """Record the best trial and the trial table on the parent run and end it with `status`."""
     params: list[Param] = []

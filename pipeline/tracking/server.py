@@ -34,7 +34,7 @@ class Launch:
         os.execve(sys.executable, command, {**os.environ, **self.env, "PATH": path})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ServerOptions:
     """How to run a tracking server (see `python -m pipeline mlflow-server --help`)."""
 
@@ -108,7 +108,7 @@ def ui_launch(tracking_uri: str, port: int) -> Launch:
 
 
 def model_server_launch(
-    tracking_uri: str, model: str, version: str, alias: str, host: str, port: int
+    tracking_uri: str, model: str, version: str, alias: str, *, host: str, port: int
 ) -> Launch:
     """MLflow's scoring server over one registered version, in this environment, pickle-free,
     its inputs checked for non-finite values first (see `pipeline.tracking.scoring`)."""

@@ -26,7 +26,7 @@ REPORT_FOLDER = "report"  # the report's artifact folder on the parent run
 HISTORY_METRICS = ("val_acc", "val_loss")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrialRun:
     """A trial's run: its number in the searcher's order, state and times (ms since the epoch)."""
 
@@ -37,7 +37,7 @@ class TrialRun:
     end_time: int | None  # None: never ended
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RecordedSweep:
     """A sweep as the store holds it: its parent run, settings, trial table and trial runs."""
 
@@ -104,7 +104,7 @@ def sweep_trials(client: Client, parent_run_id: str) -> list[TrialRow]:
         return read_trials_csv(client.download_artifacts(parent_run_id, "trials.csv", folder))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SweepRecord:
     """A finished sweep as MLflow recorded it: its settings and its best valid trials."""
 
@@ -144,13 +144,13 @@ def find_sweep(client: Client, experiment_name: str, parent_run_id: str | None) 
             "failing; nothing to retrain or register"
         )
     return SweepRecord(
-        run.info.experiment_id,
-        run_id,
-        run.info.run_name,
-        settings,
-        run.data.tags.get(tags.DATA_FINGERPRINT, ""),
-        candidates[0],
-        candidates,
+        experiment_id=run.info.experiment_id,
+        parent_run_id=run_id,
+        run_name=run.info.run_name,
+        experiment=settings,
+        data_fingerprint=run.data.tags.get(tags.DATA_FINGERPRINT, ""),
+        best=candidates[0],
+        candidates=candidates,
     )
 
 
@@ -167,25 +167,27 @@ def read_sweep(client: Client, experiment_name: str, parent_run_id: str | None) 
         number = marks.get(tags.TRIAL_NUMBER)
         trials.append(
             TrialRun(
-                marks[tags.TRIAL_ID],
-                int(number) if number else None,
-                marks.get(tags.TRIAL_STATE, ""),
-                child.info.start_time,
-                child.info.end_time,
+                trial_id=marks[tags.TRIAL_ID],
+                number=int(number) if number else None,
+                state=marks.get(tags.TRIAL_STATE, ""),
+                start_time=child.info.start_time,
+                end_time=child.info.end_time,
             )
         )
         histories.append(metric_histories(client, child.info.run_id, marks[tags.TRIAL_ID]))
     columns = ["trial_id", "epoch", *HISTORY_METRICS]
     return RecordedSweep(
-        run.info.experiment_id,
-        run_id,
-        run.info.run_name,
-        run.info.status,
-        run.info.start_time,
-        experiment,
-        rows,
-        trials,
-        pd.concat(histories, ignore_index=True) if histories else pd.DataFrame(columns=columns),
+        experiment_id=run.info.experiment_id,
+        parent_run_id=run_id,
+        run_name=run.info.run_name,
+        status=run.info.status,
+        start_time=run.info.start_time,
+        experiment=experiment,
+        rows=rows,
+        trials=trials,
+        histories=pd.concat(histories, ignore_index=True)
+        if histories
+        else pd.DataFrame(columns=columns),
     )
 
 
@@ -222,7 +224,7 @@ class ModelVersionRecord:
     tags: dict[str, str]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SweepListing:
     """A sweep's parent run as recorded: params (settings, best.*), metrics, tags, and the model
     versions registered from it."""
@@ -251,15 +253,15 @@ def list_sweeps(client: Client, experiment_name: str) -> list[SweepListing]:
         counted = any(key.startswith(tags.TRIAL_COUNT) for key in marks)
         listings.append(
             SweepListing(
-                run.info.run_id,
-                run.info.run_name,
-                run.info.status,
-                run.info.start_time,
-                dict(run.data.params),
-                dict(run.data.metrics),
-                marks,
-                0 if counted else trial_run_count(client, experiment, run.info.run_id),
-                sweep_versions(client, run.info.run_id, aliases),
+                run_id=run.info.run_id,
+                run_name=run.info.run_name,
+                status=run.info.status,
+                start_time=run.info.start_time,
+                params=dict(run.data.params),
+                metrics=dict(run.data.metrics),
+                tags=marks,
+                trial_runs=0 if counted else trial_run_count(client, experiment, run.info.run_id),
+                versions=sweep_versions(client, run.info.run_id, aliases),
             )
         )
     return listings

@@ -44,6 +44,7 @@ class TrialRecorder:
         tracking_uri: str,
         experiment_id: str,
         parent_run_id: str,
+        *,
         metric: str,
         mode: str,
         data: DatasetInput | None = None,
@@ -78,9 +79,15 @@ class TrialRecorder:
     # Ray pickles the sweep's callbacks (and so this recorder) with the sweep state, for resuming.
     def __getstate__(self) -> dict[str, Any]:
         keep = (
-            "tracking_uri", "experiment_id", "parent_run_id", "metric", "mode", "data",
-            "warm_points", "flush_seconds",
-        )  # fmt: skip
+            "tracking_uri",
+            "experiment_id",
+            "parent_run_id",
+            "metric",
+            "mode",
+            "data",
+            "warm_points",
+            "flush_seconds",
+        )
         return {k: self.__dict__[k] for k in keep}
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -62,6 +62,7 @@ def run_night(
     space: Path,
     settings: Settings,
     actor: str,
+    *,
     date: str | None = None,
     min_delta: float = 0.0,
     keep: int = KEEP_VERSIONS,
@@ -85,10 +86,29 @@ def run_night(
             client, experiment.name, settings.artifact_root, runs.describe_experiment(experiment)
         )
     except PipelineError as exc:  # nowhere to record it: the webhook still hears of it
-        notify(webhook_url, settings, None, Night(date, experiment.model_name, "failed", None,
-                                                  {tags.NIGHT_ERROR: str(exc)}))  # fmt: skip
+        notify(
+            webhook_url,
+            settings,
+            None,
+            Night(
+                date=date,
+                model=experiment.model_name,
+                outcome="failed",
+                run_id=None,
+                tags={tags.NIGHT_ERROR: str(exc)},
+            ),
+        )
         raise
-    job = NightJob(client, settings, experiment, experiment_id, date, space, actor, watcher)
+    job = NightJob(
+        client=client,
+        settings=settings,
+        experiment=experiment,
+        experiment_id=experiment_id,
+        date=date,
+        space=space,
+        actor=actor,
+        watcher=watcher,
+    )
     lock = StoreLock(client, f"nightly.{experiment.name}")
     try:
         lock.acquire()
@@ -108,7 +128,7 @@ def run_night(
     return night
 
 
-@dataclass
+@dataclass(kw_only=True)
 class NightJob:
     """The steps of one night, each resumable from what the runs record."""
 
@@ -163,7 +183,13 @@ class NightJob:
             return []
         experiment = self.experiment
         dataset, split = load_split(experiment.data, experiment.seed, self.settings.data_dir)
-        job = SweepJob(experiment, experiment.name, dataset, split, self.space.read_text())
+        job = SweepJob(
+            experiment=experiment,
+            experiment_name=experiment.name,
+            dataset=dataset,
+            split=split,
+            space_text=self.space.read_text(),
+        )
         if tonight is not None and tonight.status != "FAILED":
             if can_resume(tonight.sweep_path, self.settings.storage_endpoint):
                 self.run_id = tonight.run_id
@@ -246,10 +272,9 @@ class NightJob:
             self.client,
             self.settings.tracking_uri,
             self.model,
-            self.settings.data_dir,
-            self.actor,
-            int(version),
-            force=False,
+            cache_dir=self.settings.data_dir,
+            actor=self.actor,
+            version=int(version),
             min_delta=min_delta,
         )
         scores = dict(
@@ -292,7 +317,9 @@ class NightJob:
             tags.NIGHT_ERROR: str(held),
         }
         run_id = runs.record_run(self.client, self.experiment_id, f"night-{self.date}", marks)
-        return Night(self.date, self.model, "skipped-locked", run_id, marks)
+        return Night(
+            date=self.date, model=self.model, outcome="skipped-locked", run_id=run_id, tags=marks
+        )
 
     def record_failure(self, exc: Exception) -> Night:
         """Record a failed night on its sweep's run (or a run of its own, if none started).
@@ -312,7 +339,9 @@ class NightJob:
             return night_of(self.record())
         except Exception as failure:
             log.error("could not record the failed night %s: %s", self.date, failure)
-            return Night(self.date, self.model, "failed", self.run_id, marks)
+            return Night(
+                date=self.date, model=self.model, outcome="failed", run_id=self.run_id, tags=marks
+            )
 
 
 def notify(url: str | None, settings: Settings, experiment_id: str | None, night: Night) -> None:

@@ -19,7 +19,7 @@ EXIT_NO_VALID_TRIAL = 3
 EXIT_LOCKED = 75  # EX_TEMPFAIL: another night of the space is running; try later
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Night:
     """A night as recorded on its run: what it did, or why it did not."""
 
@@ -49,13 +49,13 @@ def night_of(record: NightRecord, already_done: bool = False) -> Night:
     )
     best = record.tags.get(tags.NIGHT_BEST)
     return Night(
-        record.date,
-        record.tags.get(tags.NIGHT_MODEL, ""),
-        outcome,
-        record.run_id,
-        record.tags,
-        float(best) if best else None,
-        already_done,
+        date=record.date,
+        model=record.tags.get(tags.NIGHT_MODEL, ""),
+        outcome=outcome,
+        run_id=record.run_id,
+        tags=record.tags,
+        best_score=float(best) if best else None,
+        already_done=already_done,
     )
 
 

@@ -28,7 +28,7 @@ REPORT_PAGE = "report.html"
 BEST_TRIAL_ID = tags.BEST_PARAM + tags.TRIAL_ID  # the param naming a sweep's best trial
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ReportFiles:
     """Where a sweep's report went."""
 
@@ -64,13 +64,13 @@ def write_sweep_report(
             raise PipelineError(f"cannot write the report to {output}: {exc.strerror}") from None
     uri = sweeps.log_report(client, recorded.parent_run_id, files)
     return ReportFiles(
-        experiment_name,
-        recorded.parent_run_id,
-        recorded.run_name,
-        uri,
-        tuple(files),
-        output,
-        tuple(f"{s.title}: {s.note}" for s in report.sections if s.png is None),
+        experiment_name=experiment_name,
+        parent_run_id=recorded.parent_run_id,
+        run_name=recorded.run_name,
+        artifact_uri=uri,
+        files=tuple(files),
+        output=output,
+        notes=tuple(f"{s.title}: {s.note}" for s in report.sections if s.png is None),
     )
 
 
@@ -127,7 +127,7 @@ def sweep_data(
 # --- the experiment's sweeps -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SweepSummary:
     """One sweep of an experiment, in a line: when, how it went, what it produced."""
 

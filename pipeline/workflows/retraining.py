@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from typing import Any
 
 from pipeline.config import Hyperparameters
 from pipeline.core.data import Dataset, Split, refolded
@@ -22,7 +23,7 @@ from pipeline.tracking.sweeps import SweepRecord, find_sweep
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Registration:
     """A retrained best trial, tested once and registered as the challenger."""
 
@@ -69,28 +70,33 @@ def retrain_and_register(
         len(split.tuning_rows),
         sweep.epochs,
     )
-    arguments = (experiment, hp, sweep.epochs, dataset, split)
     if settings.ray_address:
-        resources = experiment.resources
-        final = cluster.run_remote(train_and_test, resources.cpus, resources.gpus, *arguments)
+        cpus, gpus = experiment.resources.cpus, experiment.resources.gpus
+        final = cluster.run_remote(
+            train_and_test, cpus, gpus, experiment, hp, dataset, split, epochs=sweep.epochs
+        )
     else:
-        final = train_and_test(*arguments)
+        final = train_and_test(experiment, hp, dataset, split, epochs=sweep.epochs)
     watch.lap("retrain")
     source = source_uri(experiment.data, settings.data_dir)
-    record = log_retrain(uri, sweep, final, dataset, split, source, selection)
+    record = log_retrain(
+        uri, sweep, final, dataset=dataset, split=split, source=source, selection=selection
+    )
     watch.lap("model logging")
     name = experiment.model_name
-    version = register_challenger(client, uri, name, sweep, record, split, selection)
+    version = register_challenger(
+        client, uri, name, sweep=sweep, record=record, split=split, selection=selection
+    )
     watch.lap("registration")
     return Registration(
-        chosen.trial_id,
-        experiment.metric,
-        sweep.score,
-        selection.score,
-        record.report,
-        len(split.test),
-        name,
-        version,
+        trial_id=chosen.trial_id,
+        metric=experiment.metric,
+        trial_score=sweep.score,
+        selection_score=selection.score,
+        report=record.report,
+        test_rows=len(split.test),
+        model_name=name,
+        version=version,
     )
 
 
@@ -103,16 +109,20 @@ def select_candidate(
     experiment = sweep.experiment
     data = refolded(dataset, split, experiment.data, experiment.seed + 1)
     scored = [c.scored(experiment.metric) for c in sweep.candidates]
-    calls = [
-        (experiment, Hyperparameters.from_params(c.params), epoch, data)
+    configurations = [
+        (Hyperparameters.from_params(c.params), epoch)
         for c, (epoch, _) in zip(sweep.candidates, scored, strict=True)
     ]
-    log.info("second opinions on the sweep's best %d trials", len(calls))
+    log.info("second opinions on the sweep's best %d trials", len(configurations))
     if on_cluster:
+        calls: list[dict[str, Any]] = [
+            {"experiment": experiment, "hp": hp, "data": data, "epochs": epochs}
+            for hp, epochs in configurations
+        ]
         resources = experiment.resources
         scores = cluster.run_remote_each(second_opinion, resources.cpus, resources.gpus, calls)
     else:
-        scores = [second_opinion(*call) for call in calls]
+        scores = [second_opinion(experiment, hp, data, epochs=e) for hp, e in configurations]
     opinions = [
         Opinion(c.trial_id, epoch, score, opinion)
         for c, (epoch, score), opinion in zip(sweep.candidates, scored, scores, strict=True)

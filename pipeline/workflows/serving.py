@@ -30,6 +30,7 @@ def promote(
     settings: Settings,
     model: str,
     actor: str,
+    *,
     version: int | None = None,
     force: bool = False,
     min_delta: float = 0.0,
@@ -37,7 +38,14 @@ def promote(
     """Make the challenger (or `version`) champion if it beats the champion on the test split."""
     client = open_client(settings.tracking_uri)
     return promotion.promote(
-        client, settings.tracking_uri, model, settings.data_dir, actor, version, force, min_delta
+        client,
+        settings.tracking_uri,
+        model,
+        cache_dir=settings.data_dir,
+        actor=actor,
+        version=version,
+        force=force,
+        min_delta=min_delta,
     )
 
 
@@ -53,7 +61,7 @@ def chosen_version(client: Client, model: str, alias: str, version: int | None) 
     return registry.version_by_alias(client, model, alias)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Prediction:
     """What `predict` wrote, and how well it did where the input had labels."""
 
@@ -70,6 +78,7 @@ def predict(
     model: str,
     input_path: Path,
     output: Path,
+    *,
     alias: str = CHAMPION,
     version: int | None = None,
 ) -> Prediction:
@@ -83,7 +92,14 @@ def predict(
     write_csv(frame, output)
     accuracy = labelled_accuracy(frame)
     logged = registry.logged_test_acc(client, model, chosen) if accuracy is not None else None
-    return Prediction(model, chosen, len(frame), output, accuracy, logged)
+    return Prediction(
+        model=model,
+        version=chosen,
+        rows=len(frame),
+        output=output,
+        accuracy=accuracy,
+        logged_test_acc=logged,
+    )
 
 
 @dataclass(frozen=True)
@@ -103,10 +119,10 @@ def export_test_rows(settings: Settings, model: str, output: Path, alias: str) -
     return ExportedRows(len(split.test), dataset.name, output)
 
 
-def serve(settings: Settings, model: str, alias: str, host: str, port: int) -> Launch:
+def serve(settings: Settings, model: str, alias: str, *, host: str, port: int) -> Launch:
     """The model server for the version the alias points at now."""
     chosen = registry.version_by_alias(open_client(settings.tracking_uri), model, alias)
-    return model_server_launch(settings.tracking_uri, model, chosen, alias, host, port)
+    return model_server_launch(settings.tracking_uri, model, chosen, alias, host=host, port=port)
 
 
 def ui(settings: Settings, port: int) -> Launch:

@@ -41,7 +41,7 @@ from pipeline.tracking.trials import TrialRecorder
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SweepJob:
     """What a sweep tunes: the experiment, the MLflow experiment it is tracked in, its data and
     split, and the search-space file's text (kept on the parent run)."""
@@ -53,7 +53,7 @@ class SweepJob:
     space_text: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SweepResult:
     """A sweep as it ended: its runs, its trials and its best trial."""
 
@@ -69,10 +69,12 @@ class SweepResult:
     terminated: bool = False  # stopped by SIGTERM (else, if interrupted, by Ctrl-C)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class OpenSweep:
     """A sweep whose parent run is open and whose lock this driver holds."""
 
+    client: Client
+    experiment_id: str
     parent_run_id: str
     run_name: str
     path: str  # where Ray keeps its trial state
@@ -113,7 +115,7 @@ def run_sweep(
     if resume_run is not None:
         sweep = reopen_sweep(client, experiment_id, resume_run)
     else:
-        sweep = open_sweep(job, settings, client, experiment_id, data, warm=warm, marks=marks)
+        sweep = open_sweep(job, settings, client, experiment_id, data=data, warm=warm, marks=marks)
     log.info(
         "sweep %s: experiment '%s', parent run %s",
         sweep.path,
@@ -123,20 +125,27 @@ def run_sweep(
     status = "KILLED"  # unless it fails, or ends
     try:
         if resume_run is not None:
-            tuner = restore_tuner(job.experiment, data, sweep.path, settings.storage_endpoint)
+            tuner = restore_tuner(
+                job.experiment, data, sweep.path, endpoint=settings.storage_endpoint
+            )
         else:
             assert sweep.recorder is not None
             tuner = make_tuner(
-                job.experiment, data, settings.storage, sweep.run_name, sweep.recorder, warm,
-                settings.storage_endpoint,
-            )  # fmt: skip
+                job.experiment,
+                data,
+                storage=settings.storage,
+                run_name=sweep.run_name,
+                sink=sweep.recorder,
+                warm=warm,
+                endpoint=settings.storage_endpoint,
+            )
         watch.lap("tracking")
-        results = tune_to_end(tuner, job.experiment, data, sweep, settings, watcher)
+        results = tune_to_end(
+            tuner, sweep, settings, experiment=job.experiment, data=data, watcher=watcher
+        )
         watch.lap("sweep")
         interrupted = results.ended < job.experiment.budget.num_samples
-        trials = record_outcome(
-            client, job.experiment, experiment_id, sweep, results, complete=not interrupted
-        )
+        trials = record_outcome(sweep, job.experiment, results, complete=not interrupted)
         status = "KILLED" if interrupted else "FINISHED"
         watch.lap("sweep records")
     except Exception:
@@ -151,16 +160,16 @@ def run_sweep(
             f"{len(recorder.errors)} MLflow writes failed, first: {recorder.errors[0]}"
         )
     return SweepResult(
-        job.experiment_name,
-        experiment_id,
-        sweep.parent_run_id,
-        trials,
-        best_trial(trials, job.experiment.metric, job.experiment.mode),
-        job.experiment.metric,
-        time.perf_counter() - started,
-        recorder.busy_seconds if recorder else 0.0,
-        interrupted,
-        results.terminated,
+        experiment_name=job.experiment_name,
+        experiment_id=experiment_id,
+        parent_run_id=sweep.parent_run_id,
+        trials=trials,
+        best=best_trial(trials, job.experiment.metric, job.experiment.mode),
+        metric=job.experiment.metric,
+        wall_seconds=time.perf_counter() - started,
+        tracking_seconds=recorder.busy_seconds if recorder else 0.0,
+        interrupted=interrupted,
+        terminated=results.terminated,
     )
 
 
@@ -169,8 +178,8 @@ def open_sweep(
     settings: Settings,
     client: Client,
     experiment_id: str,
-    data: TuningData,
     *,
+    data: TuningData,
     warm: WarmStart | None,
     marks: dict[str, str] | None,
 ) -> OpenSweep:
@@ -188,27 +197,48 @@ def open_sweep(
         "data.fingerprint": split.fingerprint,
     }
     logged = runs.LoggedData(
-        job.dataset.name,
-        source_uri(experiment.data, settings.data_dir),
-        split.fingerprint,
-        data.features,
-        data.labels,
-        "training",
+        name=job.dataset.name,
+        source=source_uri(experiment.data, settings.data_dir),
+        fingerprint=split.fingerprint,
+        features=data.features,
+        labels=data.labels,
+        context="training",
     ).as_input()
     try:
         parent_run_id = runs.start_parent_run(
-            client, experiment_id, run_name, experiment, job.space_text,
-            {**runs.sweep_tags(path, split.fingerprint, settings.code_version), **(marks or {})},
-            sizes, logged,
-        )  # fmt: skip
+            client,
+            experiment_id,
+            run_name,
+            experiment,
+            space_text=job.space_text,
+            marks={
+                **runs.sweep_tags(path, split.fingerprint, settings.code_version),
+                **(marks or {}),
+            },
+            params=sizes,
+            data=logged,
+        )
     except BaseException:
         lock.release()
         raise
     recorder = TrialRecorder(
-        settings.tracking_uri, experiment_id, parent_run_id, experiment.metric,
-        experiment.mode, logged, warm.points if warm else None,
-    )  # fmt: skip
-    return OpenSweep(parent_run_id, run_name, path, lock, recorder)
+        settings.tracking_uri,
+        experiment_id,
+        parent_run_id,
+        metric=experiment.metric,
+        mode=experiment.mode,
+        data=logged,
+        warm_points=warm.points if warm else None,
+    )
+    return OpenSweep(
+        client=client,
+        experiment_id=experiment_id,
+        parent_run_id=parent_run_id,
+        run_name=run_name,
+        path=path,
+        lock=lock,
+        recorder=recorder,
+    )
 
 
 def reopen_sweep(client: Client, experiment_id: str, parent_run_id: str) -> OpenSweep:
@@ -216,15 +246,24 @@ def reopen_sweep(client: Client, experiment_id: str, parent_run_id: str) -> Open
     parent_run_id, run_name, path = find_unfinished_sweep(client, experiment_id, parent_run_id)
     lock = hold_sweep_lock(client, run_name)
     runs.reopen_run(client, parent_run_id)
-    return OpenSweep(parent_run_id, run_name, path, lock, None)
+    return OpenSweep(
+        client=client,
+        experiment_id=experiment_id,
+        parent_run_id=parent_run_id,
+        run_name=run_name,
+        path=path,
+        lock=lock,
+        recorder=None,
+    )
 
 
 def tune_to_end(
     tuner: Tuner,
-    experiment: Experiment,
-    data: TuningData,
     sweep: OpenSweep,
     settings: Settings,
+    *,
+    experiment: Experiment,
+    data: TuningData,
     watcher: SweepWatcher | None,
 ) -> TunerResults:
     """Run the Tuner until the sweep ends or is stopped. Trials of a resumed sweep whose saved
@@ -240,7 +279,11 @@ def tune_to_end(
                 results.lost_checkpoints,
             )
             tuner = restore_tuner(
-                experiment, data, sweep.path, settings.storage_endpoint, restart_errored=True
+                experiment,
+                data,
+                sweep.path,
+                endpoint=settings.storage_endpoint,
+                restart_errored=True,
             )
             results = fit(tuner, experiment, watcher)
     except Exception:
@@ -269,32 +312,29 @@ def tune_to_end(
 
 
 def record_outcome(
-    client: Client,
-    experiment: Experiment,
-    experiment_id: str,
-    sweep: OpenSweep,
-    results: TunerResults,
-    *,
-    complete: bool,
+    sweep: OpenSweep, experiment: Experiment, results: TunerResults, *, complete: bool
 ) -> list[TrialRow]:
     """Make the trial runs agree with what Ray saved and record the sweep's trials (and, once
     it is `complete`, its best trial) on its parent run; the trials as they ended."""
-    states = runs.trial_states(client, experiment_id, sweep.parent_run_id)
+    client = sweep.client
+    states = runs.trial_states(client, sweep.experiment_id, sweep.parent_run_id)
     trials = with_states(results.rows, states)
     # After a crash, what Ray saved is the truth: epochs the dead driver never wrote to MLflow
     # are written now (a normal sweep's writer has written them all).
     lost = reconcile_trial_runs(
-        client, experiment, experiment_id, sweep.parent_run_id,
-        {row.trial_id: row.state for row in trials},
-        results.histories if sweep.recorder is None else None,
-    )  # fmt: skip
+        client,
+        experiment,
+        sweep.experiment_id,
+        sweep.parent_run_id,
+        states={row.trial_id: row.state for row in trials},
+        histories=results.histories if sweep.recorder is None else None,
+    )
     if lost:
         log.warning("deleted %d run(s) of trials the interrupted sweep never saved", lost)
     # MLflow params are write-once: the best trial is recorded when the sweep completes.
     best = best_trial(trials, experiment.metric, experiment.mode) if complete else None
-    runs.finish_parent_run(
-        client, sweep.parent_run_id, trials, best, "FINISHED" if complete else "KILLED"
-    )
+    status = "FINISHED" if complete else "KILLED"
+    runs.finish_parent_run(client, sweep.parent_run_id, trials, best=best, status=status)
     return trials
 
 

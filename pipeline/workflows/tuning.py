@@ -76,7 +76,13 @@ def tune_and_register(
         len(split.test),
         dataset.num_classes,
     )
-    job = SweepJob(experiment, name, dataset, split, space.read_text())
+    job = SweepJob(
+        experiment=experiment,
+        experiment_name=name,
+        dataset=dataset,
+        split=split,
+        space_text=space.read_text(),
+    )
     result = run_sweep(job, settings, resume_run=resumed, watcher=watcher, stopwatch=watch)
     if on_sweep is not None:
         on_sweep(result)
