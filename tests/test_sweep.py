@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import flatten_sample
-from tests.conftest import SPACES, run_cli, run_reporting
+from tests.conftest import REPO, SPACES, run_cli, run_reporting
 
 pytestmark = pytest.mark.slow
 SMOKE = yaml.safe_load((SPACES / "smoke.yaml").read_text())
@@ -239,7 +240,7 @@ def test_parent_run_records_the_sweep(sweep: Sweep) -> None:
     local = Path(
         sweep.client.download_artifacts(parent.info.run_id, "trials.csv", str(sweep.folder))
     )
-    table = pd.read_csv(local)
+    table = pd.read_csv(local, dtype={"trial_id": str})
     assert len(table) == len(sweep.children)
     best = table[table["state"].isin(["completed", "stopped"])]["val_acc"].max()
     assert parent.data.metrics["best_val_acc"] == pytest.approx(best)
@@ -249,6 +250,10 @@ def test_parent_run_records_the_sweep(sweep: Sweep) -> None:
     assert parent.data.params["best.trial_id"] == best_row["trial_id"]
     # Artifacts of the embedded store live under mlruns/, not in the working directory.
     assert (sweep.folder / "mlruns" / "artifacts").is_dir()
+    # The code's commit is the checkout's the package runs from, not the working directory's
+    # (the sweep ran in a folder outside any git checkout).
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True)
+    assert parent.data.tags["mlflow.source.git.commit"] == head.stdout.decode().strip()
 
 
 def test_the_best_record_is_the_best_epoch_of_the_trials_own_histories(sweep: Sweep) -> None:

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
+import click
 import typer
 from rich.console import Console
 
@@ -28,7 +29,6 @@ app = typer.Typer(
     help="Tune PyTorch networks with Ray Tune + HyperOpt + ASHA, tracked in MLflow.",
 )
 console = Console(stderr=True)
-state = {"debug": False}
 
 Space = Annotated[Path, typer.Option(help="Search-space YAML file.")]
 DEFAULT_SPACE = Path("search_spaces/default.yaml")
@@ -50,10 +50,17 @@ def guarded() -> Iterator[None]:
         console.print("interrupted")
         sys.exit(130)
     except PipelineError as exc:
-        if state["debug"]:
+        if debugging():
             raise
         console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
+
+
+def debugging() -> bool:
+    """Whether the command runs with --debug (an option of the whole app, held by click's
+    context for the one command that runs)."""
+    context = click.get_current_context(silent=True)
+    return bool(context is not None and context.find_root().params.get("debug"))
 
 
 def exit_promptly() -> NoReturn:
@@ -84,7 +91,6 @@ def main(
     ] = False,
 ) -> None:
     configure(console, debug, verbose)
-    state["debug"] = debug
     signal.signal(signal.SIGTERM, raise_terminated)
 
 

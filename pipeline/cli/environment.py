@@ -116,15 +116,25 @@ def webhook_url() -> str | None:
     return os.environ.get("NIGHTLY_WEBHOOK_URL") or None
 
 
+PACKAGE = Path(__file__).resolve().parents[1]  # pipeline/, wherever the command runs from
+
+
 def git_commit() -> str | None:
-    """The commit of the code that runs, if it runs from a git checkout."""
+    """The commit of the code that runs: that of the git checkout the package itself is part
+    of (not of the folder the command runs in); None for a package installed from a wheel."""
+    asks = (["ls-files", "--error-unmatch", "__init__.py"], ["rev-parse", "HEAD"])
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
+        answers = [
+            subprocess.run(
+                ["git", "-C", str(PACKAGE), *ask], capture_output=True, text=True, timeout=5
+            )
+            for ask in asks
+        ]
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    if any(answer.returncode != 0 for answer in answers):
+        return None
+    return answers[-1].stdout.strip() or None
 
 
 def actor() -> str:

@@ -20,9 +20,7 @@ def check_tracking_store(uri: str, timeout_s: float = STORE_TIMEOUT_S) -> None:
     """Fail fast, in one line, when the tracking store at `uri` cannot be used, before anything
     is started or written: an http(s) server must answer as MLflow does, a database must accept
     a connection within `timeout_s` (the password masked in the message), a SQLite file must be
-    writable. Checked once per URI and process."""
-    if uri in checked_stores:
-        return
+    writable."""
     if uri.startswith(("http://", "https://")):
         check_server(uri, timeout_s)
     elif uri.startswith("sqlite:"):
@@ -34,10 +32,6 @@ def check_tracking_store(uri: str, timeout_s: float = STORE_TIMEOUT_S) -> None:
             f"tracking URI {uri!r} is a folder; MLflow stores runs in a database "
             "(sqlite:///path/mlflow.db, postgresql://...) or behind a server (http://...)"
         )
-    checked_stores.add(uri)
-
-
-checked_stores: set[str] = set()
 
 
 def check_server(uri: str, timeout_s: float) -> None:

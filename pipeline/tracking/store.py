@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import Pool
 
 from pipeline.errors import PipelineError
 from pipeline.tracking.preflight import check_tracking_store
@@ -29,8 +30,7 @@ def open_client(tracking_uri: str) -> Client:
     database = make_local_store(tracking_uri)
     if database is None:
         return MlflowClient(tracking_uri)
-    if not event.contains(Engine, "connect", write_ahead):
-        event.listen(Engine, "connect", write_ahead)
+    OPEN_SQLITE.install()
     # Two commands opening a new SQLite store at once would both create (or migrate) its tables
     # and fail; one at a time, the second finds them made.
     with (database.parent / f".{database.name}.lock").open("w") as guard:
@@ -40,31 +40,55 @@ def open_client(tracking_uri: str) -> Client:
     return client
 
 
-# Every SQLite connection opened through a client of `open_client`, for `close_stores` (a pool
-# closes a connection it drops; closing one twice does nothing).
-sqlite_connections: set[sqlite3.Connection] = set()
+class OpenSqlite:
+    """The SQLite connections MLflow's engines hold open in this process, each from its
+    opening to its closing (SQLAlchemy's events; MLflow builds the engines, so the events are
+    heard on every engine): each is opened in WAL mode, and all can be closed at once by a
+    command that leaves without the interpreter's teardown (see `close_stores`)."""
+
+    def __init__(self) -> None:
+        self.connections: set[sqlite3.Connection] = set()
+
+    def install(self) -> None:
+        """Hear every engine's connections open and close, once per process."""
+        if not event.contains(Engine, "connect", self.opened):
+            event.listen(Engine, "connect", self.opened)
+            event.listen(Pool, "close", self.closed)
+            event.listen(Pool, "close_detached", self.closed_detached)
+
+    def opened(self, connection: Any, record: Any) -> None:
+        """WAL mode with normal syncing: a commit appends to the log instead of syncing the
+        database file (MLflow commits several times per trial; this made them ~N times
+        cheaper), readers (the UI) do not block the writer, and a crashed process loses nothing
+        committed (a power cut may lose the last commits, never consistency)."""
+        if isinstance(connection, sqlite3.Connection):
+            self.connections.add(connection)
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+    def closed(self, connection: Any, record: Any) -> None:
+        self.connections.discard(connection)
+
+    def closed_detached(self, connection: Any) -> None:
+        self.connections.discard(connection)
+
+    def close_all(self) -> None:
+        """Close them: the last one to close folds the write-ahead log into the database file
+        and removes it."""
+        for connection in list(self.connections):
+            connection.close()
+        self.connections.clear()
+
+
+OPEN_SQLITE = OpenSqlite()  # one per process, as the engines' events are
 
 
 def close_stores() -> None:
-    """Close this process's SQLite connections: the last one to close folds the write-ahead
-    log into the database file and removes it, as the interpreter's own teardown would (for a
+    """Close this process's SQLite connections, as the interpreter's own teardown would (for a
     process about to leave without it; see `cli.app.exit_promptly`)."""
-    for connection in sqlite_connections:
-        connection.close()
-    sqlite_connections.clear()
-
-
-def write_ahead(connection: Any, record: Any) -> None:
-    """Open SQLite databases in WAL mode with normal syncing: a commit appends to the log
-    instead of syncing the database file (MLflow commits several times per trial; this made
-    them ~N times cheaper), readers (the UI) do not block the writer, and a crashed process
-    loses nothing committed (a power cut may lose the last commits, never consistency)."""
-    if isinstance(connection, sqlite3.Connection):
-        sqlite_connections.add(connection)
-        cursor = connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
+    OPEN_SQLITE.close_all()
 
 
 def make_local_store(tracking_uri: str) -> Path | None:
