@@ -63,14 +63,24 @@ install-cluster: $(VENV)/.installed-cluster ## Install for a Ray node: Ray's das
 
 install-server: $(VENV)/.installed-server ## Install the tracking server's extras (basic auth, psycopg, boto3)
 
-.PHONY: install-browser
-# Debian's packages, never a browser downloaded at run time; sudo where not root.
+# What the tests need from the system comes from Debian's packages, never from a download at
+# run time: $(call APT_INSTALL,packages) installs them (sudo where not root). Without apt-get it
+# says what to install instead, and the tests that need it skip, saying why.
+APT_INSTALL = command -v apt-get >/dev/null || \
+	{ echo "make: no apt-get here: install $(1) yourself (until then their tests skip)"; exit 0; }; \
+	sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	$$sudo apt-get install -y -q $(1) >/dev/null 2>&1 || \
+	{ $$sudo apt-get update -q >/dev/null && $$sudo apt-get install -y -q $(1) >/dev/null; }
+
+.PHONY: install-browser install-cron image-envs
 install-browser: ## Install the UI test's browser: Debian's chromium and chromium-driver, if missing
-	@test -x /usr/bin/chromium && test -x /usr/bin/chromedriver || { \
-	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-	  $$sudo apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
-	  { $$sudo apt-get update -q >/dev/null && \
-	    $$sudo apt-get install -y -q chromium chromium-driver >/dev/null; }; }
+	@test -x /usr/bin/chromium && test -x /usr/bin/chromedriver || { $(call APT_INSTALL,chromium chromium-driver); }
+
+install-cron: ## Install cron's crontab (the scheduling test's), if missing
+	@command -v crontab >/dev/null || { $(call APT_INSTALL,cron); }
+
+image-envs: install-dev ## Build the images' package sets as venvs in .venv-images (the deploy tests run them)
+	$(PY) -m tests.image_envs
 
 tune: install ## Sweep, retrain, register: [SPACE=search_spaces/x.yaml] [RAY_ADDRESS=head:6380] [ARGS=..]
 	$(PY) -m pipeline tune --space $(SPACE) $(ARGS)
@@ -113,11 +123,13 @@ endif
 serve: install ## Serve the champion ($(MODEL)@$(ALIAS)) on http://127.0.0.1:$(PORT)/invocations
 	$(PY) -m pipeline serve --model $(MODEL) --alias $(ALIAS) --port $(PORT) $(ARGS)
 
-test: install-dev ## Run the whole test suite (slow tests included), a test module per worker, 2 workers
-	$(PY) -m pytest -q -n 2 --dist loadfile $(ARGS)
+# Two workers: the end-to-end modules (xdist group e2e) one after another on one, as each fills
+# both cores; every other module on the other.
+test: install-dev install-browser install-cron image-envs ## Run the whole test suite (end-to-end tests included) on 2 workers
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=25 $(ARGS)
 
-test-fast: install-dev ## Run the tests without the slow (Ray / MLflow end-to-end) ones
-	$(PY) -m pytest -q -m "not slow" $(ARGS)
+test-fast: install-dev ## Run the tests that need no end-to-end sweep (under 4 minutes)
+	$(PY) -m pytest -q -n 2 -m "not slow" --durations=10 $(ARGS)
 
 lint: install-dev ## ruff, mypy and the import contracts (layers, one door per outside system)
 	$(VENV)/bin/ruff check pipeline tests benchmarks deploy

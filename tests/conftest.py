@@ -1,11 +1,12 @@
-"""Shared fixtures: the real shipped search spaces and the bundled digits data."""
+"""Shared fixtures and helpers: the real shipped search spaces, the bundled digits data, the
+CLI run as a user runs it, the run's shared smoke store, local servers and private mounts."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -16,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -92,7 +94,9 @@ def background(
     args: list[str], env: dict[str, str], cwd: Path, log: Path
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A long-running process in its own session; it and its children are stopped on exit,
-    however the block ends."""
+    however the block ends: SIGTERM to it first, so that it stops its own children as it does
+    in service (a `ray start --block` node drains; one whose GCS was killed with it waited 30 s
+    for it), then SIGKILL to whatever is left of its session."""
     with log.open("wb") as output:
         process = subprocess.Popen(
             args, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
@@ -100,16 +104,33 @@ def background(
     try:
         yield process
     finally:
-        for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                process.wait(timeout=grace)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        if process.poll() is None:
+            process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+def descendants(pid: int) -> list[str]:
+    """The command lines of the processes below `pid` (read from /proc)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # pid (comm) state ppid ...; comm may hold spaces and parentheses.
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # exited meanwhile
+    below: list[int] = []
+    level = {pid}
+    while level:
+        level = {child for child, parent in parents.items() if parent in level}
+        below += sorted(level)
+    return [
+        Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        for child in below
+    ]
 
 
 def wait_until(
@@ -198,50 +219,6 @@ def finished_trial_runs(db: Path) -> int:
     return int(rows[0])
 
 
-IMAGE_ENVS = REPO / ".venv-images"
-
-
-def image_env(name: str, installs: list[list[str]]) -> Path:
-    """A fresh venv holding one image's package set (no Docker here), built once and kept in
-    .venv-images/NAME; rebuilt when what it installs changes. `installs` are pip install
-    argument lists, run in order. Returns the venv's bin folder."""
-    folder = IMAGE_ENVS / name
-    stamp = folder / ".installed"
-    wanted = json.dumps(installs) + (REPO / "pyproject.toml").read_text()
-    IMAGE_ENVS.mkdir(exist_ok=True)
-    with (IMAGE_ENVS / f".{name}.lock").open("w") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)  # one builder at a time
-        if not stamp.exists() or stamp.read_text() != wanted:
-            shutil.rmtree(folder, ignore_errors=True)
-            subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
-            for arguments in installs:
-                subprocess.run(
-                    [str(folder / "bin" / "python"), "-m", "pip", "install", "-q", *arguments],
-                    check=True,
-                    timeout=1800,
-                )
-            stamp.write_text(wanted)
-    return folder / "bin"
-
-
-def extra_requirements(extra: str) -> list[str]:
-    """An extra's requirements, as the images read them (deploy/requirements.py)."""
-    done = subprocess.run(
-        [sys.executable, str(REPO / "deploy" / "requirements.py"), extra],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return done.stdout.split()
-
-
-def torch_spec() -> str:
-    """The torch build the Makefile installs first (TORCH_SPEC)."""
-    found = re.search(r"^TORCH_SPEC \?= (\S+)", (REPO / "Makefile").read_text(), re.M)
-    assert found, "TORCH_SPEC not found in the Makefile"
-    return found[1]
-
-
 MOTO = str(Path(sys.executable).parent / "moto_server")
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
 S3_CREDENTIALS |= {"AWS_DEFAULT_REGION": "us-east-1"}
@@ -326,3 +303,114 @@ def require_private_mounts(why: str) -> None:
         if os.environ.get("REQUIRE_UNSHARE") == "1":
             pytest.fail(f"REQUIRE_UNSHARE=1 but the test {reason}")
         pytest.skip(reason)
+
+
+# The end-to-end modules (a real sweep, Ray nodes, servers) each fill both cores: pytest-xdist
+# runs this group's tests one after another on one worker (`--dist loadgroup`, make test), while
+# the other worker takes every other module.
+E2E = pytest.mark.xdist_group("e2e")
+SMOKE_MODEL = "smoke-digits-mlp"  # smoke.yaml's registered_model
+
+
+def registry_state(client: Any, model: str) -> dict[str, Any]:
+    """Everything a registry command may change of `model`: aliases, versions and their tags."""
+    registered = client.get_registered_model(model)
+    versions = client.search_model_versions(f"name = '{model}'")
+    return {
+        "aliases": {alias: str(version) for alias, version in registered.aliases.items()},
+        "versions": {str(v.version): dict(v.tags) for v in versions},
+    }
+
+
+@dataclass(frozen=True)
+class SmokeStore:
+    """smoke.yaml tuned (retrained, registered) and its model promoted, once per test run, in a
+    folder every worker of the run reads: what each step printed, and the registry after it."""
+
+    folder: Path
+    printed: dict[str, tuple[str, str]]  # step -> its stdout, its stderr
+    registry: dict[str, dict[str, Any]]  # step -> `registry_state` after it
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{self.folder / 'mlruns' / 'mlflow.db'}"
+
+    def output(self, step: str) -> str:
+        """All that a step printed: stdout, then stderr."""
+        return "".join(self.printed[step])
+
+
+# The steps of the smoke store, in order: a listing of the sweeps between the sweep and the
+# promotion shows the version before any decision.
+SMOKE_STEPS = {
+    "tune": ["tune", "--space", str(SPACES / "smoke.yaml")],
+    "sweeps": ["sweeps", "--experiment", "smoke", "--format", "json"],
+    "promote": ["promote", "--model", SMOKE_MODEL],
+}
+
+
+@pytest.fixture(scope="session")
+def smoke_store(tmp_path_factory: pytest.TempPathFactory) -> SmokeStore:
+    """The run's smoke store, built by the first test that asks for it (under a file lock, for
+    xdist's other workers), read by the others: test_sweep and test_ui look at the same sweep
+    and model instead of each tuning and promoting its own."""
+    from mlflow.tracking import MlflowClient
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # this run's
+    folder, record = shared / "smoke-store", shared / "smoke-store.json"
+    with (shared / "smoke-store.lock").open("w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        if not record.exists():
+            folder.mkdir(exist_ok=True)
+            client = MlflowClient(f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}")
+            printed, registry = {}, {}
+            for step, args in SMOKE_STEPS.items():
+                done = run_cli(folder, *args)
+                assert done.returncode == 0, f"{step}: {done.stdout[-2000:]}{done.stderr[-3000:]}"
+                printed[step] = (done.stdout, done.stderr)
+                registry[step] = registry_state(client, SMOKE_MODEL)
+            record.write_text(json.dumps({"printed": printed, "registry": registry}))
+    built = json.loads(record.read_text())
+    printed = {step: (out, err) for step, (out, err) in built["printed"].items()}
+    return SmokeStore(folder, printed, built["registry"])
+
+
+class PrivateCrontab:
+    """Debian's real `crontab` command, with a spool of the test's own: each command runs in a
+    private mount namespace where /var/spool/cron/crontabs is `spool`, so that the crontab of
+    whoever runs the tests is never read or changed."""
+
+    SPOOL = "/var/spool/cron/crontabs"
+
+    def __init__(self, spool: Path) -> None:
+        spool.mkdir(parents=True, exist_ok=True)
+        self.spool = spool
+
+    def wrap(self, command: list[str]) -> list[str]:
+        """`command`, run with this spool."""
+        inner = f'mount --bind "$0" {self.SPOOL} && exec "$@"'
+        private = ["unshare", "--mount", "--propagation", "private"]
+        return [*private, "sh", "-c", inner, str(self.spool), *command]
+
+    def lines(self) -> list[str]:
+        """What `crontab -l` lists (no crontab yet: nothing)."""
+        done = subprocess.run(self.wrap(["crontab", "-l"]), capture_output=True, text=True)
+        return done.stdout.splitlines() if done.returncode == 0 else []
+
+    def write(self, lines: list[str]) -> None:
+        text = "".join(f"{line}\n" for line in lines)
+        subprocess.run(self.wrap(["crontab", "-"]), input=text, text=True, check=True)
+
+
+def private_crontab(spool: Path) -> PrivateCrontab:
+    """A crontab of the test's own (see `PrivateCrontab`): skipped without `crontab` (make
+    install-cron) or without the right to a private mount, failed instead under REQUIRE_UNSHARE
+    (CI)."""
+    require_private_mounts("give the scheduling test a crontab of its own")
+    if shutil.which("crontab") is None:
+        reason = "no `crontab` command here (make install-cron)"
+        if os.environ.get("REQUIRE_UNSHARE") == "1":
+            pytest.fail(f"REQUIRE_UNSHARE=1 but {reason}")
+        pytest.skip(reason)
+    return PrivateCrontab(spool)

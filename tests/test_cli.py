@@ -74,7 +74,6 @@ for args in json.loads(sys.argv[1]):
 """
 
 
-@pytest.mark.slow
 def test_registry_commands_run_without_ray_or_torch(tmp_path: Path) -> None:
     """On a real (empty) store, each command gets as far as the registry and loads no Ray; torch
     only once it loads a model (see test_registry.py for commands on real models)."""

@@ -28,20 +28,20 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from tests import image_envs
 from tests.conftest import (
+    E2E,
     REPO,
     SPACES,
     background,
     cli_env,
     free_port,
-    image_env,
     require_private_mounts,
     run_cli,
-    torch_spec,
     wait_until,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, E2E]
 SMOKE = str(SPACES / "smoke.yaml")
 IMAGE_ROOT = "/home/ray/hpo-pipeline/"  # where deploy/Dockerfile puts the repository
 
@@ -60,7 +60,7 @@ class Cluster:
 
 def node_image() -> Path:
     """The bin folder of a venv with the node image's packages (deploy/Dockerfile)."""
-    return image_env("ray-node", [[torch_spec()], ["-e", f"{REPO}[cluster]"]])
+    return image_envs.build("ray-node")
 
 
 def accepts(port: int) -> bool:
@@ -133,37 +133,6 @@ def refused_tune(folder: Path, *args: str, **settings: str) -> str:
     assert done.returncode == 1, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     return " ".join(done.stderr.split())
-
-
-def test_smoke_sweep_runs_on_both_nodes_and_retrains_on_the_cluster(
-    cluster: Cluster, tmp_path: Path
-) -> None:
-    # Trials long enough (full digits in 5 folds, 40 epochs, no early stop: about 6 s each, 50 s
-    # for all 8 on one node) that two always overlap: with short trials one reused actor on the
-    # head can finish the sweep before the other node's first actor has started (30 one-fold
-    # epochs, 1-2 s a trial once checkpoints stopped costing every epoch, were not enough on a
-    # clean clone, whose node venv imports torch from a cold disk).
-    longer = ["--set", "data.limit=null", "--set", "data.cv_folds=5"]
-    longer += ["--set", "budget.max_epochs=40", "--set", "scheduler.name=fifo"]
-    done = run_cli(
-        tmp_path, "tune", "--space", SMOKE, *longer, RAY_ADDRESS=cluster.address, **cluster.auth
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("smoke")
-    runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    trials = [r for r in runs if "trial_id" in r.data.tags]
-    assert len(trials) == 8
-    assert all(r.data.tags["trial_state"] in ("completed", "stopped") for r in trials)
-    nodes = {r.data.tags["node_id"] for r in trials}
-    assert len(nodes) == 2, f"trials ran on {nodes}"
-    assert all(len(n) == 56 for n in nodes)  # Ray node ids, not empty tags
-    assert {r.data.tags["host"] for r in trials} == {socket.gethostname()}
-    [retrain] = [r for r in runs if r.info.run_name == "retrain"]
-    assert retrain.info.status == "FINISHED" and retrain.data.metrics["test_acc"] > 0.5
-    assert str(client.get_model_version_by_alias("smoke-digits-mlp", "challenger").version) == "1"
-    # Trial state went to the configured storage (one machine here: shared by both nodes).
-    assert list((tmp_path / "mlruns" / "ray").glob("smoke-*/*/params.json"))
 
 
 def test_storage_a_node_cannot_see_is_refused_before_the_sweep(
@@ -304,12 +273,14 @@ def reported_epochs(sweeps: Path) -> dict[str, int]:
     }
 
 
-def test_a_node_lost_mid_sweep_costs_no_trial_and_no_epoch(
+def test_a_sweep_over_three_nodes_loses_one_and_still_costs_no_trial_and_no_epoch(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    """A third node dies (SIGKILL of it and its workers) while each of three nodes runs a trial:
-    the sweep finishes on the two left, the lost trial resumes from its checkpoint, its
-    epochs never go backwards, and there is one run per trial."""
+    """smoke.yaml from a driver outside the cluster, its trials over three nodes; the third
+    dies (SIGKILL of it and its workers) while each node runs a trial. The sweep finishes on
+    the two left: the lost trial resumes from its checkpoint, its epochs never go backwards,
+    there is one run per trial, each tagged with the node it ran on; the retrain runs on the
+    cluster and the version is registered; the trial state is in the configured storage."""
     log = tmp_path / "node3.log"
     node3 = [cluster.ray, "start", "--block", "--num-cpus", "1", "--disable-usage-stats"]
     node3 += ["--address", cluster.address]
@@ -328,7 +299,7 @@ def test_a_node_lost_mid_sweep_costs_no_trial_and_no_epoch(
         wait_until(lambda: started(log), 60, "third node", log, node)
         status = [cluster.ray, "status", "--address", cluster.address]
         wait_until(lambda: "/3.0 CPU" in cluster_status(status, cluster.env), 60, "3 nodes' CPUs")
-        args = [sys.executable, "-m", "pipeline", "tune", "--space", SMOKE, "--no-retrain"]
+        args = [sys.executable, "-m", "pipeline", "tune", "--space", SMOKE]
         with background([*args, *longer], env, tmp_path, tmp_path / "tune.log") as driver:
             # Three trials under way, one per node: one of them runs on the third node.
             wait_until(
@@ -352,6 +323,11 @@ def test_a_node_lost_mid_sweep_costs_no_trial_and_no_epoch(
         assert trial.data.tags["trial_state"] == "completed"
         steps = [m.step for m in client.get_metric_history(trial.info.run_id, "val_acc")]
         assert steps == list(range(1, epochs + 1)), "every epoch once, in order"
+    # Each trial run names the Ray node it ran on (its last, for the resumed one): all three.
+    nodes = {t.data.tags["node_id"] for t in trials}
+    assert len(nodes) >= 2, f"trials ran on {nodes}"
+    assert all(len(n) == 56 for n in nodes)  # Ray node ids, not empty tags
+    assert {t.data.tags["host"] for t in trials} == {socket.gethostname()}
     # Ray recorded the failure of the lost node's trial, which then finished from a checkpoint.
     failed = list(sweeps.glob("smoke-*/run_trial_*/error.txt"))
     assert failed, "no trial saw its node die"
@@ -360,3 +336,9 @@ def test_a_node_lost_mid_sweep_costs_no_trial_and_no_epoch(
         reported = [r["epoch"] for r in lines]
         assert reported[-1] == epochs and len(set(reported)) == epochs, "finished, every epoch"
         assert len(reported) < 2 * epochs, "resumed from a checkpoint, not from the start"
+    # The retrain ran as a Ray task on the cluster; its model is the challenger.
+    [retrain] = [r for r in runs if r.info.run_name == "retrain"]
+    assert retrain.info.status == "FINISHED" and retrain.data.metrics["test_acc"] > 0.5
+    assert str(client.get_model_version_by_alias("smoke-digits-mlp", "challenger").version) == "1"
+    # Trial state went to the configured storage (one machine here: shared by the nodes).
+    assert list(sweeps.glob("smoke-*/*/params.json"))

@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.distributed import cluster
 from pipeline.errors import PipelineError
-from tests.conftest import cli_env, free_port
+from tests.conftest import E2E, cli_env, free_port
 
 
 def test_an_unreachable_head_is_refused_within_the_reach_timeout(
@@ -74,6 +74,7 @@ START_WAIT_S = 180.0
 
 
 @pytest.mark.slow
+@E2E
 @pytest.mark.parametrize("mode", ["quiet", "verbose"])
 def test_worker_output_reaches_the_console_only_when_verbose(mode: str) -> None:
     """A worker that Ray stops may print a traceback from Ray's own SIGTERM handler; the

@@ -25,17 +25,22 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.core.sources import load_bundled
 from tests.conftest import (
+    E2E,
     REPO,
     Hook,
+    PrivateCrontab,
     background,
     cli_env,
     finished_trial_runs,
+    private_crontab,
+    registry_state,
     run_cli,
     wait_until,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, E2E]
 MODEL = "nightly-digits"
+WEAK_LR = 1e-6  # a learning rate at which nothing is learnt in a few epochs
 EXPERIMENT = "nightly-smoke"
 TODAY = datetime.now(timezone.utc).date().isoformat()
 
@@ -78,28 +83,17 @@ def write_space(path: Path, data: Path, **changes: Any) -> None:
     path.write_text(yaml.safe_dump(space))
 
 
-def make(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """This checkout's Makefile, run in `folder` (whose mlruns/ the commands then use)."""
+def make(folder: Path, crontab: PrivateCrontab, *args: str) -> subprocess.CompletedProcess[str]:
+    """This checkout's Makefile, run in `folder` (whose mlruns/ the commands then use), with
+    the test's own crontab."""
     return subprocess.run(
-        ["make", "-s", "-f", str(REPO / "Makefile"), *args],
+        crontab.wrap(["make", "-s", "-f", str(REPO / "Makefile"), *args]),
         cwd=folder,
         env=cli_env(),
         capture_output=True,
         text=True,
         timeout=600,
     )
-
-
-def crontab() -> list[str]:
-    done = subprocess.run(["crontab", "-l"], capture_output=True, text=True)
-    return done.stdout.splitlines() if done.returncode == 0 else []
-
-
-def set_crontab(lines: list[str]) -> None:
-    if lines:
-        subprocess.run(["crontab", "-"], input="\n".join(lines) + "\n", text=True, check=True)
-    else:
-        subprocess.run(["crontab", "-r"], capture_output=True)
 
 
 def as_cron_runs_it(command: str, folder: Path) -> subprocess.CompletedProcess[str]:
@@ -142,15 +136,6 @@ class Nights:
         ]
 
 
-def registry_state(client: MlflowClient) -> dict[str, Any]:
-    model = client.get_registered_model(MODEL)
-    versions = client.search_model_versions(f"name = '{MODEL}'")
-    return {
-        "aliases": {alias: str(version) for alias, version in model.aliases.items()},
-        "versions": {v.version: dict(v.tags) for v in versions},
-    }
-
-
 @pytest.fixture(scope="module")
 def nights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nights]:
     folder = tmp_path_factory.mktemp("nightly")
@@ -164,36 +149,37 @@ def nights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nights]:
         outputs[name] = done.stdout + done.stderr
         codes[name] = done.returncode
 
-    saved = crontab()
-    foreign = "17 4 * * * /usr/bin/true  # someone else's line"
-    set_crontab([*saved, foreign])
+    crontab = private_crontab(folder / "crontabs")
+    crontab.write(["17 4 * * * /usr/bin/true  # someone else's line"])
     try:
         for date in ("2026-11-01", "2026-11-02"):
             args = ["nightly", "--space", str(space), "--date", date]
             step(date, run_cli(folder, *args, NIGHTLY_WEBHOOK_URL=hook.url))
         client = MlflowClient(f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}")
-        registry = {"2026-11-02": registry_state(client)}
-        # The third night: the data grew, the space gained a parameter, and cron starts it.
+        registry = {"2026-11-02": registry_state(client, MODEL)}
+        # The third night: the data grew, the space gained a parameter, and cron starts it. Its
+        # learning rate is now a constant too small to learn anything in three epochs: its
+        # challenger surely loses to the champion.
         write_digits(data, 650)
-        write_space(space, data, dropout={"type": "float", "low": 0.0, "high": 0.3})
+        dropout = {"type": "float", "low": 0.0, "high": 0.3}
+        write_space(space, data, dropout=dropout, lr=WEAK_LR)
         (folder / "nightly.env").write_text(f"NIGHTLY_WEBHOOK_URL={hook.url}\n")
-        step("schedule", make(folder, "schedule", f"SPACE={space}", "AT=03:17"))
-        step("schedule-again", make(folder, "schedule", f"SPACE={space}", "AT=03:17"))
-        cron_lines["scheduled"] = crontab()
-        [line] = [line for line in crontab() if str(space) in line]
+        step("schedule", make(folder, crontab, "schedule", f"SPACE={space}", "AT=03:17"))
+        step("schedule-again", make(folder, crontab, "schedule", f"SPACE={space}", "AT=03:17"))
+        cron_lines["scheduled"] = crontab.lines()
+        [line] = [line for line in crontab.lines() if str(space) in line]
         command = " ".join(line.split()[5:])
         log = folder / "mlruns" / "nightly.log"  # where the scheduled command writes
         step(TODAY, as_cron_runs_it(command, folder))
         outputs[TODAY] += log.read_text()
-        registry[TODAY] = registry_state(client)
+        registry[TODAY] = registry_state(client, MODEL)
         step("rerun", as_cron_runs_it(command, folder))
         outputs["rerun"] += log.read_text().removeprefix(outputs[TODAY])
         step("history", run_cli(folder, "history", "--model", MODEL))
-        step("unschedule", make(folder, "unschedule", f"SPACE={space}"))
-        cron_lines["unscheduled"] = crontab()
+        step("unschedule", make(folder, crontab, "unschedule", f"SPACE={space}"))
+        cron_lines["unscheduled"] = crontab.lines()
         yield Nights(folder, client, outputs, codes, hook, cron_lines, registry)
     finally:
-        set_crontab(saved)
         hook.close()
 
 
@@ -256,6 +242,20 @@ def test_night_3_sees_the_changed_data_and_rescores_the_champion(nights: Nights)
     assert champion_tags["data_fingerprint"] != gate["promotion.data_fingerprint"]
 
 
+def test_a_night_whose_challenger_loses_keeps_the_champion(nights: Nights) -> None:
+    """Night 3's challenger cannot learn (WEAK_LR): the gate keeps the champion, which stays
+    where it was; the new version stays the challenger, its decision recorded."""
+    tags = nights.night(TODAY).data.tags
+    champion, version = tags["night.champion_before"], tags["night.version"]
+    assert tags["night.outcome"] == "kept" and tags["night.champion_after"] == champion
+    gate = nights.client.get_model_version(MODEL, version).tags
+    assert gate["promotion.decision"] == "kept"
+    assert float(gate["promotion.candidate_test_acc"]) < float(gate["promotion.champion_test_acc"])
+    aliases = nights.registry[TODAY]["aliases"]
+    assert aliases["champion"] == champion and aliases["challenger"] == version
+    assert aliases == nights.registry["2026-11-02"]["aliases"] | {"challenger": version}
+
+
 def test_points_the_changed_space_no_longer_holds_are_dropped_naming_the_key(
     nights: Nights,
 ) -> None:
@@ -278,7 +278,7 @@ def test_one_sweep_and_one_version_per_night_and_no_trial_state_left(nights: Nig
 
 def test_the_same_night_again_changes_nothing(nights: Nights) -> None:
     assert "already done" in nights.outputs["rerun"]
-    assert registry_state(nights.client) == nights.registry[TODAY]
+    assert registry_state(nights.client, MODEL) == nights.registry[TODAY]
     assert len(nights.hook.received) == 3, "one message per night, none for the rerun"
 
 

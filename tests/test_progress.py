@@ -107,3 +107,30 @@ def test_durations_read_as_clock_times() -> None:
     assert format_duration(9.4) == "0:09"
     assert format_duration(754) == "12:34"
     assert format_duration(3725) == "1:02:05"
+
+
+def test_a_resumed_run_counts_the_sweeps_trials_each_once() -> None:
+    """A resumed sweep's run is told of the trials that had ended before it (settled); a trial
+    restarted under a new id is a new trial, and the errored one it replaces is not counted
+    again: what the last line says is the sweep's, as its runs record it."""
+    console, _ = log_console()
+    progress = SweepProgress(console, every=3600)
+    progress.begin(4, "val_acc", "max")  # the resume: two trials ended before the kill
+    progress.settled("a", 1, "completed")
+    progress.settled("b", 2, "stopped")
+    progress.start("c", 3, {})
+    progress.end("c", "errored", "ValueError: Could not recover from checkpoint")
+    line = progress.status_line()
+    assert line.startswith("trials 3/4 ended (1 completed, 1 stopped, 1 errored) · 0 running")
+    progress.close()
+    # c restarts from its first epoch as c2: a second run, told of what Ray restored.
+    progress.begin(4, "val_acc", "max")
+    for trial, number in (("a", 1), ("b", 2)):
+        progress.settled(trial, number, "completed" if trial == "a" else "stopped")
+    for trial, number in (("c2", 3), ("d", 4)):
+        progress.start(trial, number, {})
+        progress.result(trial, epoch(1, 0.9))
+        progress.end(trial, "completed", None)
+    progress.end("d", "completed", None)  # told twice, counted once
+    assert progress.status_line().startswith("trials 4/4 ended (3 completed, 1 stopped) · ")
+    progress.close()

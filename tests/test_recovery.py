@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +22,16 @@ import pytest
 from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import SPACES, cli_env, finished_trial_runs, require_private_mounts, run_cli
+from tests.conftest import (
+    E2E,
+    SPACES,
+    cli_env,
+    finished_trial_runs,
+    require_private_mounts,
+    run_cli,
+)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, E2E]
 TOTAL = 16  # trials: enough that three interruptions land mid-sweep
 TUNE = ["tune", "--space", str(SPACES / "smoke.yaml"), "--no-retrain"]
 TUNE += ["--set", f"budget.num_samples={TOTAL}"]
@@ -245,26 +254,41 @@ def test_a_resume_whose_checkpoints_are_gone_restarts_those_trials(tmp_path: Pat
     of the old ones are deleted), and still ends truthful: one run per trial, all finished."""
     db = tmp_path / "mlruns" / "mlflow.db"
     # Trials of 30 epochs (no early stop), checkpointing every epoch: the ones under way at the
-    # kill have checkpointed.
+    # kill have checkpointed. Six of them: two end before the kill, two are under way, two wait.
+    samples = 6
     tune = [*TUNE, "--set", "scheduler.name=fifo", "--set", "budget.max_epochs=30"]
-    tune += ["--set", "budget.checkpoint_seconds=0"]
+    tune += ["--set", "budget.checkpoint_seconds=0", "--set", f"budget.num_samples={samples}"]
     process = start(tmp_path, *tune)
     stop_after(process, db, 2, signal.SIGKILL)
     checkpoints = list((tmp_path / "mlruns" / "ray").glob("smoke-*/run_trial_*/checkpoint_*"))
     assert checkpoints, "no trial had checkpointed"
     for folder in checkpoints:
         shutil.rmtree(folder)
-    done = run_cli(tmp_path, *tune, "--resume")
+    done = run_cli(tmp_path, *tune, "--resume", timeout=600)
     output = " ".join((done.stdout + done.stderr).split())
     assert done.returncode == 0, output[-3000:]
-    assert "could not resume: the checkpoint Ray's saved state names was gone" in output
     client = MlflowClient(f"sqlite:///{db}")
     experiment = client.get_experiment_by_name("smoke")
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     trials = [r for r in runs if "trial_id" in r.data.tags]
-    assert len(trials) == len({t.data.tags["trial_id"] for t in trials}) == TOTAL
+    assert len(trials) == len({t.data.tags["trial_id"] for t in trials}) == samples
     for trial in trials:
         assert trial.info.status == "FINISHED", trial.data.tags
         assert trial.data.tags["trial_state"] in ("completed", "stopped"), trial.data.tags
         steps = [m.step for m in client.get_metric_history(trial.info.run_id, "val_acc")]
         assert steps == list(range(1, len(steps) + 1)), "every epoch once, in order"
+    # What the resume said agrees with the store: the trials it restarted are the runs it
+    # deleted as restarted, the runs it deleted as never saved are those tagged lost, and its
+    # last line counts every trial of the sweep once.
+    deleted = client.search_runs(
+        [experiment.experiment_id], run_view_type=ViewType.DELETED_ONLY, max_results=1000
+    )
+    gone = Counter(r.data.tags["trial_state"] for r in deleted if "trial_id" in r.data.tags)
+    assert set(gone) <= {"restarted", "lost"}, gone
+    said = re.search(r"(\d+) trial\(s\) could not resume: the checkpoint Ray's saved", output)
+    assert said and int(said[1]) == gone["restarted"] > 0, output[-3000:]
+    never = re.search(r"deleted (\d+) run\(s\) of trials the interrupted sweep never", output)
+    assert (int(never[1]) if never else 0) == gone["lost"], output[-3000:]
+    states = Counter(t.data.tags["trial_state"] for t in trials)
+    counted = ", ".join(f"{states[s]} {s}" for s in ("completed", "stopped") if states[s])
+    assert f"trials {samples}/{samples} ended ({counted})" in output, output[-3000:]

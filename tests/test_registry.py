@@ -18,6 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import (
+    E2E,
     SPACES,
     background,
     cli_env,
@@ -27,7 +28,7 @@ from tests.conftest import (
     wait_until,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, E2E]
 MODEL = "smoke-digits-mlp"
 SMOKE = str(SPACES / "smoke.yaml")
 # Overrides that make a sweep's winner predictably weak or strong (same data as smoke.yaml).

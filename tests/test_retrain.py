@@ -93,7 +93,6 @@ def client(tmp_path: Path) -> MlflowClient:
     return MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
-@pytest.mark.slow
 def test_find_sweep_takes_the_best_valid_trial_of_the_latest_finished_sweep(
     client: MlflowClient, experiment: Experiment, digits_split: Split
 ) -> None:
@@ -124,7 +123,6 @@ def test_find_sweep_takes_the_best_valid_trial_of_the_latest_finished_sweep(
     assert sweep.experiment == experiment
 
 
-@pytest.mark.slow
 def test_find_sweep_errors(client: MlflowClient, experiment: Experiment) -> None:
     with pytest.raises(PipelineError, match="no MLflow experiment 'smoke'"):
         find_sweep(client, "smoke", None)
@@ -143,7 +141,6 @@ def test_find_sweep_errors(client: MlflowClient, experiment: Experiment) -> None
         find_sweep(client, "smoke", other)
 
 
-@pytest.mark.slow
 def test_retrain_refuses_data_other_than_the_sweeps(
     client: MlflowClient, experiment: Experiment, digits_split: Split
 ) -> None:
@@ -178,7 +175,6 @@ def test_a_diverging_retrain_is_an_error(
         train_and_test(experiment, hp, digits, digits_split, epochs=10, device=CPU)
 
 
-@pytest.mark.slow
 def test_logged_model_loads_pickle_free_in_a_fresh_process_and_predicts_the_same(
     tmp_path: Path,
     client: MlflowClient,

@@ -1,4 +1,5 @@
-"""End to end: the real CLI runs smoke.yaml on a local Ray; the MLflow store is checked after."""
+"""End to end: the real CLI runs smoke.yaml on a local Ray (the run's shared smoke store: tune,
+then a listing of its sweeps, then promote); the MLflow store is checked after."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import flatten_sample
-from tests.conftest import REPO, SPACES, run_cli, run_reporting
+from tests.conftest import E2E, REPO, SPACES, SmokeStore, run_cli, run_reporting
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, E2E]
 SMOKE = yaml.safe_load((SPACES / "smoke.yaml").read_text())
 MODEL = SMOKE["registered_model"]
 PICTURES = {"history.png", "parallel.png", "importance.png", "curves.png", "states.png"}
@@ -36,11 +37,9 @@ class Sweep:
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
-    folder = tmp_path_factory.mktemp("sweep")
-    done = run_cli(folder, "tune", "--space", str(SPACES / "smoke.yaml"))
-    assert done.returncode == 0, done.stderr[-3000:]
-    client = MlflowClient(f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}")
+def sweep(smoke_store: SmokeStore) -> Sweep:
+    folder = smoke_store.folder
+    client = MlflowClient(smoke_store.tracking_uri)
     experiment = client.get_experiment_by_name("smoke")
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
@@ -49,7 +48,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
     children = [r for r in nested if "trial_id" in r.data.tags]
     retrains = [r for r in nested if r.info.run_name == "retrain"]
     assert len(nested) == len(children) + len(retrains)
-    return Sweep(folder, client, done.stdout + done.stderr, parents[0], children, retrains)
+    return Sweep(folder, client, smoke_store.output("tune"), parents[0], children, retrains)
 
 
 def ray_trials(sweep: Sweep) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
@@ -304,7 +303,7 @@ def test_tune_ends_by_retraining_the_best_trial_and_registering_it(sweep: Sweep)
     assert 0.5 < retrain.data.metrics["test_acc"] <= 1.0
     low, high = retrain.data.metrics["test_acc_low"], retrain.data.metrics["test_acc_high"]
     assert low < retrain.data.metrics["test_acc"] < high
-    version = sweep.client.get_model_version_by_alias("smoke-digits-mlp", "challenger")
+    version = sweep.client.get_model_version("smoke-digits-mlp", "1")
     assert version.run_id == retrain.info.run_id
     assert "registered smoke-digits-mlp version 1 as 'challenger'" in " ".join(sweep.output.split())
 
@@ -361,16 +360,18 @@ def test_report_of_a_named_sweep(sweep: Sweep) -> None:
     assert "report/" in done.stdout or "report:" in done.stdout
 
 
-def sweeps_json(sweep: Sweep) -> list[dict[str, object]]:
-    done = run_cli(sweep.folder, "sweeps", "--experiment", "smoke", "--format", "json")
-    assert done.returncode == 0, done.stderr[-3000:]
-    records = json.loads(done.stdout)
+def sweeps_json(listing: str) -> list[dict[str, object]]:
+    records = json.loads(listing)
     assert isinstance(records, list)
     return records
 
 
-def test_sweeps_lists_the_sweep_its_version_and_then_the_promotion(sweep: Sweep) -> None:
-    (record,) = sweeps_json(sweep)
+def test_sweeps_lists_the_sweep_its_version_and_then_the_promotion(
+    sweep: Sweep, smoke_store: SmokeStore
+) -> None:
+    """The smoke store listed its sweeps between the sweep and the promotion (stdout holds the
+    JSON: the CLI's log lines go to stderr); the promotion then shows in a listing now."""
+    (record,) = sweeps_json(smoke_store.printed["sweeps"][0])
     parent = sweep.client.get_run(sweep.parent.info.run_id)
     assert record["parent_run_id"] == sweep.parent.info.run_id
     assert record["run_name"] == sweep.parent.info.run_name
@@ -385,9 +386,9 @@ def test_sweeps_lists_the_sweep_its_version_and_then_the_promotion(sweep: Sweep)
     assert (record["model"], record["version"]) == (MODEL, "1")
     assert (record["aliases"], record["decision"]) == (["challenger"], None)
 
-    done = run_cli(sweep.folder, "promote", "--model", MODEL)
+    done = run_cli(sweep.folder, "sweeps", "--experiment", "smoke", "--format", "json")
     assert done.returncode == 0, done.stderr[-3000:]
-    (record,) = sweeps_json(sweep)
+    (record,) = sweeps_json(done.stdout)
     assert (record["aliases"], record["decision"]) == (["champion"], "promoted")
 
     done = run_cli(sweep.folder, "sweeps", "--experiment", "smoke", "--format", "csv")

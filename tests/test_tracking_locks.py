@@ -17,7 +17,6 @@ from pipeline.tracking.locks import LOCK_PREFIX, LockHeld, StoreLock
 from pipeline.tracking.store import Client, open_client
 from tests.conftest import cli_env
 
-pytestmark = pytest.mark.slow
 KEY = "nightly.space"
 # Holds the lock until its stdin closes, saying so on stdout.
 HOLDER = """

@@ -23,25 +23,27 @@ import psycopg
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests import image_envs
 from tests.conftest import (
     ADMIN_URL,
+    E2E,
     REPO,
     S3_CREDENTIALS,
     SPACES,
     admin_connection,
     background,
     cli_env,
-    extra_requirements,
+    descendants,
     free_port,
-    image_env,
     run_cli,
     s3_keys,
     wait_until,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, E2E]
 ENTRYPOINT = REPO / "deploy" / "mlflow" / "entrypoint.sh"
 MODEL = "smoke-digits-mlp"
+TRIALS = 3  # of the sweep run through the server
 ADMIN, ADMIN_PASSWORD = "admin", "c0rrect%horse:battery"  # % and : on purpose
 DB_PASSWORD = "p@ss:w/rd%#?&"  # every character a URL must encode
 # The Host headers users send: a pod's IP, the Service's names, a port-forward.
@@ -88,6 +90,7 @@ SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
 @dataclass
 class Deployment:
     replicas: list[str]  # the servers' URIs
+    pids: list[int]  # their processes
     database_url: str
     s3: str
     logs: list[Path]
@@ -127,7 +130,7 @@ def server_env(bin_folder: Path, database_url: str, s3: str, port: int) -> dict[
 def deployment(
     database: str, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Deployment]:
-    bin_folder = image_env("mlflow-server", [extra_requirements("server")])
+    bin_folder = image_envs.build("mlflow-server")
     folder = tmp_path_factory.mktemp("deployment")
     ports = [free_port(), free_port()]
     logs = [folder / f"replica{i}.log" for i in range(2)]
@@ -140,7 +143,7 @@ def deployment(
         uris = [f"http://127.0.0.1:{port}" for port in ports]
         for uri, log, process in zip(uris, logs, replicas, strict=True):
             wait_until(lambda u=uri: get(f"{u}/health") == 200, 180, "replica", log, process)
-        yield Deployment(uris, database, s3_endpoint, logs, envs[0])
+        yield Deployment(uris, [p.pid for p in replicas], database, s3_endpoint, logs, envs[0])
         for process, log in zip(replicas, logs, strict=True):
             assert process.poll() is None, f"a replica died: {log.read_text()[-2000:]}"
 
@@ -150,6 +153,10 @@ def test_two_replicas_started_at_once_on_an_empty_database_both_serve(
 ) -> None:
     for uri in deployment.replicas:
         assert get(f"{uri}{SEARCH}", login=(ADMIN, ADMIN_PASSWORD)) == 200
+    # Without MLflow's server jobs: no huey consumer beside the web workers.
+    for pid in deployment.pids:
+        processes = descendants(pid)
+        assert processes and not [p for p in processes if "huey" in p], processes
 
 
 def test_the_host_headers_users_send_are_answered_and_others_refused(
@@ -216,8 +223,10 @@ def cycle(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> P
     through the other."""
     folder = tmp_path_factory.mktemp("client")
     settings = {**deployment.client_env, "PIPELINE_STORAGE": "s3://trials/hpo"}
-    # Checkpoints every epoch, so that trial state on S3 includes checkpoints.
+    # A few trials (the point is where things go, not what they learn), checkpointing every
+    # epoch, so that trial state on S3 includes checkpoints.
     tune = ["tune", "--space", str(SPACES / "smoke.yaml"), "--set", "budget.checkpoint_seconds=0"]
+    tune += ["--set", f"budget.num_samples={TRIALS}", "--set", "search.n_initial_points=1"]
     for command in (tune, ["promote", "--model", MODEL]):
         done = run_cli(folder, *command, **settings)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -247,7 +256,7 @@ def test_runs_are_readable_through_the_server(tracking: MlflowClient, cycle: Pat
     [parent] = [r for r in runs if "sweep_path" in r.data.tags]
     trials = [r for r in runs if "trial_id" in r.data.tags]
     [retrain] = [r for r in runs if r.info.run_name == "retrain"]
-    assert parent.info.status == "FINISHED" and len(trials) == 8
+    assert parent.info.status == "FINISHED" and len(trials) == TRIALS
     assert parent.data.tags["sweep_path"].startswith("s3://trials/hpo/")
     for trial in trials:
         assert trial.data.tags["mlflow.parentRunId"] == parent.info.run_id
@@ -273,7 +282,7 @@ def test_artifacts_and_trial_state_live_on_the_s3_store(
 def test_everything_is_stored_in_postgresql(deployment: Deployment, cycle: Path) -> None:
     with psycopg.connect(deployment.database_url) as connection:
         [(runs,)] = connection.execute("SELECT count(*) FROM runs").fetchall()
-        assert runs == 10  # parent, 8 trials, retrain
+        assert runs == TRIALS + 2  # parent, trials, retrain
         aliases = connection.execute("SELECT name, version FROM registered_model_aliases")
         assert aliases.fetchall() == [(MODEL, 1)]
         [(users,)] = connection.execute("SELECT count(*) FROM users").fetchall()

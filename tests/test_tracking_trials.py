@@ -11,8 +11,6 @@ from mlflow.tracking import MlflowClient
 from pipeline.tracking.store import open_client
 from pipeline.tracking.trials import TrialRecorder
 
-pytestmark = pytest.mark.slow  # opens an MLflow store
-
 
 def epoch(number: int, val_acc: float) -> dict[str, object]:
     return {
@@ -25,10 +23,9 @@ def epoch(number: int, val_acc: float) -> dict[str, object]:
     }
 
 
-def test_a_restarted_trial_repeats_no_epoch_and_records_its_best_one(tmp_path: Path) -> None:
-    """Its node lost, a trial restarts from an older checkpoint and reports epochs 2 and 3
-    again (other values): the first report of each epoch stands, and the best epoch is over all
-    of them."""
+def recorder_on(tmp_path: Path) -> tuple[TrialRecorder, MlflowClient, str, str]:
+    """A recorder on a new store, for one sweep's parent run: it, the store's client, the
+    experiment and the parent run."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client: MlflowClient = open_client(uri)
     experiment_id = client.create_experiment("trials")
@@ -36,6 +33,37 @@ def test_a_restarted_trial_repeats_no_epoch_and_records_its_best_one(tmp_path: P
     recorder = TrialRecorder(
         uri, experiment_id, parent, metric="val_acc", mode="max", flush_seconds=0
     )
+    return recorder, client, experiment_id, parent
+
+
+def test_a_trials_best_is_its_best_smoothed_epoch_not_its_last_nor_its_peak(
+    tmp_path: Path,
+) -> None:
+    """Each epoch is scored as the mean of the (up to) five centred on it: here epoch 2's
+    (epochs 1-4), 0.7375, beats epoch 3's single-epoch peak of 0.95 (its mean 0.69) and the
+    last epoch's 0.3 (its mean 0.4). The trial's run and what it tells the UI say epoch 2."""
+    recorder, client, experiment_id, parent = recorder_on(tmp_path)
+    recorder.start("t1", 1, {"optimizer": "adam"})
+    scores = (0.2, 0.9, 0.95, 0.9, 0.5, 0.4, 0.3)
+    for number, score in enumerate(scores, start=1):
+        recorder.result("t1", epoch(number, score))
+    recorder.end("t1", "completed", None)
+    recorder.close()
+    assert not recorder.errors
+    [run] = [r for r in client.search_runs([experiment_id]) if r.info.run_id != parent]
+    assert run.data.metrics["best_epoch"] == 2
+    assert run.data.metrics["best_val_acc"] == pytest.approx(sum(scores[:4]) / 4)
+    assert run.data.metrics["best_val_loss"] == pytest.approx(sum(1 - s for s in scores[:4]) / 4)
+    # The summary is logged at the best epoch's step.
+    [best] = client.get_metric_history(run.info.run_id, "best_val_acc")
+    assert best.step == 2
+
+
+def test_a_restarted_trial_repeats_no_epoch_and_records_its_best_one(tmp_path: Path) -> None:
+    """Its node lost, a trial restarts from an older checkpoint and reports epochs 2 and 3
+    again (other values): the first report of each epoch stands, and the best epoch is over all
+    of them."""
+    recorder, client, experiment_id, parent = recorder_on(tmp_path)
     recorder.start("t1", 3, {"optimizer": "adam", "hidden_layers": 2, "hidden_units": 64})
     for number, score in ((1, 0.5), (2, 0.9), (3, 0.7), (2, 0.1), (3, 0.2), (4, 0.8)):
         recorder.result("t1", epoch(number, score))

@@ -20,9 +20,17 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.core.decisions import CANDIDATES
-from tests.conftest import SPACES, background, cli_env, free_port, run_cli, wait_until
+from tests.conftest import (
+    E2E,
+    SmokeStore,
+    background,
+    cli_env,
+    descendants,
+    free_port,
+    wait_until,
+)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, E2E]
 # Debian's packages (`make install-browser`): nothing here may download a browser or a driver.
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -66,12 +74,9 @@ class Store:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
-    folder = tmp_path_factory.mktemp("ui-store")
-    for args in (["tune", "--space", str(SPACES / "smoke.yaml")], ["promote", "--model", MODEL]):
-        done = run_cli(folder, *args)
-        assert done.returncode == 0, f"{args}: {done.stdout[-2000:]}{done.stderr[-3000:]}"
-    tracking_uri = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
+def store(smoke_store: SmokeStore) -> Store:
+    """The run's smoke store: a sweep of smoke.yaml, its model promoted."""
+    folder, tracking_uri = smoke_store.folder, smoke_store.tracking_uri
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("smoke")
     assert experiment is not None
@@ -121,26 +126,6 @@ def ui(store: Store) -> Iterator[Ui]:
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: answers(f"{url}/health"), 120, "MLflow UI", log, server)
         yield Ui(url, server.pid)
-
-
-def descendants(pid: int) -> list[str]:
-    """The command lines of the processes below `pid` (read from /proc)."""
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            # pid (comm) state ppid ...; comm may hold spaces and parentheses.
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue  # exited meanwhile
-    below: list[int] = []
-    level = {pid}
-    while level:
-        level = {child for child, parent in parents.items() if parent in level}
-        below += sorted(level)
-    return [
-        Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-        for child in below
-    ]
 
 
 class Browser:

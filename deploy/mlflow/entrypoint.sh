@@ -28,6 +28,11 @@ database_uri = ${auth_database}
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 INI
 
+# MLflow's server jobs (GenAI scorers, trace rollups, periodic tasks) serve nothing the pipeline
+# uses and cost each replica 7 more processes; replicas that all ran the periodic ones would
+# duplicate them (MLflow's own note). On only when asked for.
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
+
 python "$here/prepare.py" schema
 hosts=$(python "$here/prepare.py" hosts "${MLFLOW_SERVER_ALLOWED_HOSTS:-}")
 exec mlflow server \

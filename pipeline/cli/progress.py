@@ -54,7 +54,8 @@ class SweepProgress:
         self.mode = "max"
         self.trials: dict[str, TrialProgress] = {}
         self.running: set[str] = set()
-        self.ended: Counter[str] = Counter()
+        self.ended: dict[str, str] = {}  # trial id -> the state it ended in
+        self.before = 0  # of them, trials that had ended before this run of the sweep
         self.best: tuple[float, str, int] | None = None  # score, trial id, epoch
         self.started = time.monotonic()
         self._lock = threading.Lock()
@@ -65,7 +66,11 @@ class SweepProgress:
     # --- the sweep's events -------------------------------------------------------------------
 
     def begin(self, total: int, metric: str, mode: str) -> None:
-        """The sweep starts: `total` trials planned, ranked on `metric` (`mode` max or min)."""
+        """A run of the sweep starts: `total` trials planned, ranked on `metric` (`mode` max or
+        min). A resumed sweep's earlier trials are told as `settled`."""
+        with self._lock:
+            self.trials, self.running, self.ended, self.best = {}, set(), {}, None
+            self.before = 0
         self.total, self.metric, self.mode = total, metric, mode
         self.started = time.monotonic()
         if self.console.is_terminal:
@@ -74,6 +79,12 @@ class SweepProgress:
         else:
             self._ticker = threading.Thread(target=self._tick, name="progress", daemon=True)
             self._ticker.start()
+
+    def settled(self, trial_id: str, number: int, state: str) -> None:
+        with self._lock:
+            self.trials.setdefault(trial_id, TrialProgress(number=number))
+            self.ended[trial_id] = state
+            self.before += 1
 
     def start(self, trial_id: str, number: int, params: dict[str, Scalar]) -> None:
         with self._lock:
@@ -100,7 +111,7 @@ class SweepProgress:
     def end(self, trial_id: str, state: str, error: str | None) -> None:
         with self._lock:
             self.running.discard(trial_id)
-            self.ended[state] += 1
+            self.ended[trial_id] = state
             trial = self.trials.setdefault(trial_id, TrialProgress(number=0))
         self.console.print(
             self.describe_trial(trial_id, trial, state, error), highlight=False, soft_wrap=True
@@ -141,8 +152,9 @@ class SweepProgress:
 
     def status_parts(self) -> list[str]:
         with self._lock:
-            ended = sum(self.ended.values())
-            states = ", ".join(f"{self.ended[s]} {s}" for s in STATE_ORDER if self.ended[s])
+            counts = Counter(self.ended.values())
+            ended, now = len(self.ended), len(self.ended) - self.before
+            states = ", ".join(f"{counts[s]} {s}" for s in STATE_ORDER if counts[s])
             running = len(self.running)
             best = self.best
             number = self.trials[best[1]].number if best else 0
@@ -152,13 +164,13 @@ class SweepProgress:
         if best is not None:
             parts.append(f"best {self.metric} {best[0]:.4f} (trial {number}, epoch {best[2]})")
         parts.append(f"{format_duration(elapsed)} elapsed")
-        if 0 < ended < self.total:
-            parts.append(f"ETA {format_duration(elapsed / ended * (self.total - ended))}")
+        if now > 0 and ended < self.total:  # at this run's own pace
+            parts.append(f"ETA {format_duration(elapsed / now * (self.total - ended))}")
         return parts
 
     def __rich__(self) -> RenderableType:
         """Two lines on a terminal: a bar with the trial counts, then the best and the times."""
-        ended = sum(self.ended.values())
+        ended = len(self.ended)
         parts = self.status_parts()
         grid = Table.grid(padding=(0, 1))
         grid.add_row(

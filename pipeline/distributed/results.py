@@ -22,7 +22,7 @@ class TunerResults:
     ended: int  # trials that terminated or errored
     terminated: bool  # SIGTERM stopped it (as Ctrl-C does)
     histories: dict[str, list[dict[str, float]]]  # trial id -> each epoch's reported metrics
-    lost_checkpoints: int = 0  # trials that errored because their checkpoint was gone
+    lost_checkpoints: list[str]  # trials that errored because their checkpoint was gone
 
 
 # Ray's error when a resumed sweep's saved state names a checkpoint that Ray had already deleted

@@ -24,6 +24,7 @@ from pipeline.distributed.results import (
     LOST_CHECKPOINT,
     TunerResults,
     epoch_histories,
+    trial_id_of,
     trial_rows,
 )
 from pipeline.distributed.search import WarmStart, make_searcher
@@ -155,10 +156,13 @@ class SweepWatcher(TrialSink, Protocol):
 
     def begin(self, total: int, metric: str, mode: str) -> None: ...
 
+    def settled(self, trial_id: str, number: int, state: str) -> None:
+        """A trial that had ended before this run of the sweep began (a resumed sweep's)."""
+
 
 # The watcher of the sweep that `fit` runs, set by `fit` for that run only. It is not part of the
 # callback Ray pickles with the sweep's state, so that a resumed sweep is watched too.
-running_watcher: ContextVar[TrialSink | None] = ContextVar("running_watcher", default=None)
+running_watcher: ContextVar[SweepWatcher | None] = ContextVar("running_watcher", default=None)
 
 
 class TrialEvents(tune.Callback):
@@ -168,17 +172,38 @@ class TrialEvents(tune.Callback):
     def __init__(self, sink: TrialSink, max_epochs: int) -> None:
         self.sink = sink
         self.max_epochs = max_epochs
+        self.settled = False  # whether the watcher was told of the trials ended before this run
+
+    # Ray pickles the callbacks with the Tuner: a restored one starts a run of its own.
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "settled": False}
 
     def _sinks(self) -> list[TrialSink]:
         watcher = running_watcher.get()
         return [self.sink] if watcher is None else [self.sink, watcher]
 
+    def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        """Tell the watcher, once, of the trials a resumed sweep had ended before (restored as
+        Ray saved them; an errored trial restarted from scratch is a new trial): so that what it
+        counts is the sweep's, not only this run's."""
+        watcher = running_watcher.get()
+        if self.settled or watcher is None:
+            return
+        self.settled = True
+        for trial in trials:
+            if trial.status in ("TERMINATED", "ERROR"):
+                state = self._state(trial, errored=trial.status == "ERROR")
+                watcher.settled(trial.trial_id, trial_number(trial), state)
+
+    def _state(self, trial: Any, *, errored: bool) -> str:
+        """completed, stopped, diverged or errored (`decisions.trial_state`)."""
+        last = trial.last_result or {}
+        return trial_state(last, planned_epochs(trial.config, self.max_epochs), errored)
+
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        # The searcher numbers its suggestions from 1 (warm-start points first) in the tag.
-        number = int(str(trial.experiment_tag).split("_", 1)[0] or 0)
         params = flatten_sample(trial.config)
         for sink in self._sinks():
-            sink.start(trial.trial_id, number, params)
+            sink.start(trial.trial_id, trial_number(trial), params)
 
     def on_trial_result(
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
@@ -187,8 +212,7 @@ class TrialEvents(tune.Callback):
             sink.result(trial.trial_id, result)
 
     def _end(self, trial: Any, error: str | None) -> None:
-        last = trial.last_result or {}
-        state = trial_state(last, planned_epochs(trial.config, self.max_epochs), error is not None)
+        state = self._state(trial, errored=error is not None)
         for sink in self._sinks():
             sink.end(trial.trial_id, state, error)
 
@@ -200,6 +224,12 @@ class TrialEvents(tune.Callback):
 
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
         self.sink.close()
+
+
+def trial_number(trial: Any) -> int:
+    """A trial's place in the searcher's order, from 1 (warm-start points first), as the
+    searcher wrote it at the head of the trial's tag."""
+    return int(str(trial.experiment_tag).split("_", 1)[0] or 0)
 
 
 def error_line(error_file: str | None) -> str:
@@ -278,7 +308,9 @@ def fit(
         ended=grid.num_terminated + grid.num_errors,
         terminated=terminated,
         histories=histories,
-        lost_checkpoints=sum(
-            LOST_CHECKPOINT in str(grid[i].error) for i in range(len(grid)) if grid[i].error
-        ),
+        lost_checkpoints=[
+            trial_id_of(result)
+            for result in (grid[i] for i in range(len(grid)))
+            if result.error and LOST_CHECKPOINT in str(result.error)
+        ],
     )

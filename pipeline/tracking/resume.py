@@ -4,6 +4,8 @@ giving one up, and making its trial runs say what Ray's saved state says."""
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from mlflow.entities import Metric, Run
@@ -74,6 +76,14 @@ def abandon_sweep(client: Client, experiment_id: str, run: Run) -> None:
     sweep_lock(client, run.info.run_name).clear_stale()
 
 
+@dataclass(frozen=True)
+class Reconciled:
+    """The trial runs a resumed sweep deleted, by why; the rest are one per trial."""
+
+    lost: int = 0  # of trials Ray never saved (each ran again under a new trial id)
+    restarted: int = 0  # of trials restarted from their first epoch under a new trial id
+
+
 def reconcile_trial_runs(
     client: Client,
     experiment: Experiment,
@@ -82,23 +92,27 @@ def reconcile_trial_runs(
     *,
     states: dict[str, str],
     histories: dict[str, list[dict[str, float]]] | None = None,
-) -> int:
-    """Make the trial runs say what Ray's sweep state says (`states`: trial id -> state): a run
-    left `running` by a killed driver gets its trial's state, and a run of a trial Ray never
-    saved (started just before a SIGKILL; resumed, its configuration runs under a new trial id)
-    is deleted, so that there is one run per trial. With `histories` (trial id -> epochs Ray
-    recorded), epochs a killed driver reported to Ray but never wrote to MLflow are written, and
-    the best epoch of a trial that ended meanwhile. Returns how many runs were deleted."""
-    deleted = 0
+    restarted: Collection[str] = (),
+) -> Reconciled:
+    """Make the trial runs say what Ray's sweep state says (`states`: trial id -> state), one
+    run per trial: a run left `running` by a killed driver gets its trial's state; the run of a
+    trial Ray never saved (started just before a SIGKILL; resumed, its configuration runs under
+    a new trial id), or of one of the `restarted` trials (its checkpoint gone, it ran again from
+    its first epoch under a new trial id) is tagged `lost` or `restarted` and deleted. With
+    `histories` (trial id -> epochs Ray recorded), epochs a killed driver reported to Ray but
+    never wrote to MLflow are written, and the best epoch of a trial that ended meanwhile."""
+    lost, replaced = 0, 0
     for run in child_runs(client, experiment_id, parent_run_id):
         trial_id = run.data.tags.get(tags.TRIAL_ID)
         if trial_id is None:
             continue
         if trial_id not in states:
-            client.set_tag(run.info.run_id, tags.TRIAL_STATE, "lost")
+            why = "restarted" if trial_id in restarted else "lost"
+            client.set_tag(run.info.run_id, tags.TRIAL_STATE, why)
             client.set_terminated(run.info.run_id, "KILLED")
             client.delete_run(run.info.run_id)  # MLflow keeps it, recoverable, out of views
-            deleted += 1
+            replaced += why == "restarted"
+            lost += why == "lost"
             continue
         if run.data.tags.get(tags.TRIAL_STATE) not in TRIAL_STATES and states[trial_id]:
             client.set_tag(run.info.run_id, tags.TRIAL_STATE, states[trial_id])
@@ -108,7 +122,7 @@ def reconcile_trial_runs(
             if states[trial_id] in VALID_STATES and "best_val_acc" not in run.data.metrics:
                 missing += best_metrics(history, experiment.metric, experiment.mode)
             write_metrics(client, run.info.run_id, missing)
-    return deleted
+    return Reconciled(lost=lost, restarted=replaced)
 
 
 def missing_epochs(client: Client, run_id: str, history: list[dict[str, float]]) -> list[Metric]:

@@ -23,6 +23,7 @@ class Launch:
     arguments: list[str] = field(default_factory=list)  # empty: nothing to run
     env: dict[str, str] = field(default_factory=dict)  # on top of this process's environment
     module: str = "mlflow"
+    defaults: dict[str, str] = field(default_factory=dict)  # unless the environment sets them
 
     def run(self) -> None:
         """Replace this process by `python -m MODULE ARGUMENTS` (signals then reach it)."""
@@ -31,7 +32,15 @@ class Launch:
         # MLflow's helpers (uvicorn, gunicorn) sit next to this interpreter.
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
         command = [sys.executable, "-m", self.module, *self.arguments]
-        os.execve(sys.executable, command, {**os.environ, **self.env, "PATH": path})
+        environment = {**self.defaults, **os.environ, **self.env, "PATH": path}
+        os.execve(sys.executable, command, environment)
+
+
+# MLflow's server jobs (huey consumers for GenAI scorers, trace rollups and periodic tasks) serve
+# nothing this pipeline uses, and cost each server 7 more processes of ~250 MB; MLflow's own note
+# warns that replicas running the periodic ones duplicate them. Off unless the environment says
+# MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true (deploy/mlflow/entrypoint.sh does the same).
+WITHOUT_JOBS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,7 +83,7 @@ def server_launch(options: ServerOptions) -> Launch:
     banner = (
         f"MLflow tracking server on http://{options.host}:{options.port} (artifacts: {destination})"
     )
-    return Launch(banner, arguments)
+    return Launch(banner, arguments, defaults=WITHOUT_JOBS)
 
 
 def with_default_hosts(extra: str) -> str:
@@ -95,9 +104,9 @@ def ui_launch(tracking_uri: str, port: int) -> Launch:
     arguments += ["--host", "127.0.0.1", "--port", str(port)]
     # One browser needs one web worker; MLflow's default starts 4 (`--workers`, else 4).
     arguments += ["--workers", "1"]
-    # Job execution (huey consumers for GenAI scorers and periodic tasks: 7 more processes)
-    # serves nothing a browse of runs and models uses; off, the UI answers in seconds.
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    # Browsing runs and models needs no server jobs (see WITHOUT_JOBS); off, the UI answers in
+    # seconds.
+    env = WITHOUT_JOBS
     # MLflow 3.17 opens experiments on a GenAI overview unless its switch says otherwise (the
     # browser remembers it; a link can carry ?workflowType=machine_learning).
     banner = (

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from secrets import token_hex
 
-from pipeline import storage, tags
+from pipeline import storage
 from pipeline.config import Experiment, Scalar
 from pipeline.core.data import Dataset, Split, TuningData, tuning_data
 from pipeline.core.decisions import best_trial, with_states
@@ -26,16 +26,12 @@ from pipeline.settings import Settings
 from pipeline.stopwatch import Stopwatch
 from pipeline.tracking import runs
 from pipeline.tracking.locks import LockHeld, StoreLock
-from pipeline.tracking.preflight import store_exists
 from pipeline.tracking.resume import (
-    abandon_sweep,
-    describe_sweep,
     find_unfinished_sweep,
-    interrupted_sweeps,
     reconcile_trial_runs,
     sweep_lock,
 )
-from pipeline.tracking.store import Client, ensure_experiment, find_experiment, open_client
+from pipeline.tracking.store import Client, ensure_experiment, open_client
 from pipeline.tracking.trials import TrialRecorder
 
 log = logging.getLogger(__name__)
@@ -140,12 +136,14 @@ def run_sweep(
                 endpoint=settings.storage_endpoint,
             )
         watch.lap("tracking")
-        results = tune_to_end(
+        results, restarted = tune_to_end(
             tuner, sweep, settings, experiment=job.experiment, data=data, watcher=watcher
         )
         watch.lap("sweep")
         interrupted = results.ended < job.experiment.budget.num_samples
-        trials = record_outcome(sweep, job.experiment, results, complete=not interrupted)
+        trials = record_outcome(
+            sweep, job.experiment, results, complete=not interrupted, restarted=restarted
+        )
         status = "KILLED" if interrupted else "FINISHED"
         watch.lap("sweep records")
     except Exception:
@@ -265,18 +263,21 @@ def tune_to_end(
     experiment: Experiment,
     data: TuningData,
     watcher: SweepWatcher | None,
-) -> TunerResults:
+) -> tuple[TunerResults, list[str]]:
     """Run the Tuner until the sweep ends or is stopped. Trials of a resumed sweep whose saved
-    checkpoint is gone restart from their first epoch; a full trial storage is said as such.
-    The sweep's trial writer has written everything when this returns."""
+    checkpoint is gone restart from their first epoch, under new trial ids; a full trial
+    storage is said as such. The results, and the ids of the trials so restarted; the sweep's
+    trial writer has written everything when this returns."""
+    restarted: list[str] = []
     try:
         results = fit(tuner, experiment, watcher)
         if sweep.recorder is None and results.lost_checkpoints:
+            restarted = results.lost_checkpoints
             log.warning(
                 "%d trial(s) could not resume: the checkpoint Ray's saved state names was "
                 "gone (the driver was killed as Ray replaced it); restarting them from "
                 "their first epoch",
-                results.lost_checkpoints,
+                len(restarted),
             )
             tuner = restore_tuner(
                 experiment,
@@ -308,29 +309,42 @@ def tune_to_end(
             reason,
             errored,
         )
-    return results
+    return results, restarted
 
 
 def record_outcome(
-    sweep: OpenSweep, experiment: Experiment, results: TunerResults, *, complete: bool
+    sweep: OpenSweep,
+    experiment: Experiment,
+    results: TunerResults,
+    *,
+    complete: bool,
+    restarted: list[str],
 ) -> list[TrialRow]:
-    """Make the trial runs agree with what Ray saved and record the sweep's trials (and, once
-    it is `complete`, its best trial) on its parent run; the trials as they ended."""
+    """Make the trial runs agree with what Ray saved (`restarted`: trials that ran again from
+    their first epoch under new ids) and record the sweep's trials (and, once it is `complete`,
+    its best trial) on its parent run; the trials as they ended."""
     client = sweep.client
     states = runs.trial_states(client, sweep.experiment_id, sweep.parent_run_id)
     trials = with_states(results.rows, states)
     # After a crash, what Ray saved is the truth: epochs the dead driver never wrote to MLflow
     # are written now (a normal sweep's writer has written them all).
-    lost = reconcile_trial_runs(
+    deleted = reconcile_trial_runs(
         client,
         experiment,
         sweep.experiment_id,
         sweep.parent_run_id,
         states={row.trial_id: row.state for row in trials},
         histories=results.histories if sweep.recorder is None else None,
+        restarted=restarted,
     )
-    if lost:
-        log.warning("deleted %d run(s) of trials the interrupted sweep never saved", lost)
+    if deleted.restarted:
+        log.warning(
+            "deleted the earlier runs of the %d trial(s) restarted from their first epoch "
+            "(their runs now are those of their new trial ids)",
+            deleted.restarted,
+        )
+    if deleted.lost:
+        log.warning("deleted %d run(s) of trials the interrupted sweep never saved", deleted.lost)
     # MLflow params are write-once: the best trial is recorded when the sweep completes.
     best = best_trial(trials, experiment.metric, experiment.mode) if complete else None
     status = "FINISHED" if complete else "KILLED"
@@ -348,35 +362,3 @@ def hold_sweep_lock(client: Client, run_name: str) -> StoreLock:
             f"sweep {run_name} is running now ({held.holder.describe()}); wait for it to end"
         ) from None
     return lock
-
-
-def sweep_to_resume(settings: Settings, experiment_name: str) -> str:
-    """The parent run of the experiment's latest interrupted sweep; an error when none is."""
-    experiment_id = None
-    if store_exists(settings.tracking_uri):
-        client = open_client(settings.tracking_uri)
-        experiment_id = find_experiment(client, experiment_name)
-    if experiment_id is None:
-        raise PipelineError(f"no experiment '{experiment_name}': no interrupted sweep to resume")
-    return find_unfinished_sweep(client, experiment_id)[0]
-
-
-def settle_interrupted(settings: Settings, experiment_name: str, *, abandon: bool) -> list[str]:
-    """Before a new sweep: refuse while the experiment has an interrupted sweep, which `tune
-    --resume` would continue; with `abandon`, end those sweeps for good (runs KILLED, trial state
-    removed) and return their descriptions."""
-    if not store_exists(settings.tracking_uri):  # a new store: nothing to settle, nothing made
-        return []
-    client = open_client(settings.tracking_uri)
-    experiment_id = find_experiment(client, experiment_name)
-    waiting = interrupted_sweeps(client, experiment_id) if experiment_id else []
-    if waiting and not abandon:
-        raise PipelineError(
-            f"experiment '{experiment_name}' has an interrupted {describe_sweep(waiting[0])};"
-            " continue it with `tune --resume`, or give it up with `tune --abandon`"
-        )
-    for run in waiting:
-        assert experiment_id is not None
-        abandon_sweep(client, experiment_id, run)
-        storage.remove(run.data.tags[tags.SWEEP_PATH], settings.storage_endpoint)
-    return [describe_sweep(run) for run in waiting]

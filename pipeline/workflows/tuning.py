@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline import storage, tags
 from pipeline.config import load_experiment
 from pipeline.core.sources import load_split
 from pipeline.distributed import cluster
@@ -15,16 +16,17 @@ from pipeline.distributed.tuner import SweepWatcher
 from pipeline.errors import PipelineError
 from pipeline.settings import Settings
 from pipeline.stopwatch import Stopwatch
-from pipeline.tracking.preflight import check_tracking_store
+from pipeline.tracking.preflight import check_tracking_store, store_exists
+from pipeline.tracking.resume import (
+    abandon_sweep,
+    describe_sweep,
+    find_unfinished_sweep,
+    interrupted_sweeps,
+)
+from pipeline.tracking.store import find_experiment, open_client
 from pipeline.workflows.reporting import ReportFiles, write_sweep_report
 from pipeline.workflows.retraining import Registration, retrain_and_register
-from pipeline.workflows.sweep import (
-    SweepJob,
-    SweepResult,
-    run_sweep,
-    settle_interrupted,
-    sweep_to_resume,
-)
+from pipeline.workflows.sweep import SweepJob, SweepResult, run_sweep
 
 log = logging.getLogger(__name__)
 
@@ -120,3 +122,35 @@ def report_on(settings: Settings, experiment_name: str, parent_run_id: str) -> R
             parent_run_id,
         )
         return None
+
+
+def sweep_to_resume(settings: Settings, experiment_name: str) -> str:
+    """The parent run of the experiment's latest interrupted sweep; an error when none is."""
+    experiment_id = None
+    if store_exists(settings.tracking_uri):
+        client = open_client(settings.tracking_uri)
+        experiment_id = find_experiment(client, experiment_name)
+    if experiment_id is None:
+        raise PipelineError(f"no experiment '{experiment_name}': no interrupted sweep to resume")
+    return find_unfinished_sweep(client, experiment_id)[0]
+
+
+def settle_interrupted(settings: Settings, experiment_name: str, *, abandon: bool) -> list[str]:
+    """Before a new sweep: refuse while the experiment has an interrupted sweep, which `tune
+    --resume` would continue; with `abandon`, end those sweeps for good (runs KILLED, trial state
+    removed) and return their descriptions."""
+    if not store_exists(settings.tracking_uri):  # a new store: nothing to settle, nothing made
+        return []
+    client = open_client(settings.tracking_uri)
+    experiment_id = find_experiment(client, experiment_name)
+    waiting = interrupted_sweeps(client, experiment_id) if experiment_id else []
+    if waiting and not abandon:
+        raise PipelineError(
+            f"experiment '{experiment_name}' has an interrupted {describe_sweep(waiting[0])};"
+            " continue it with `tune --resume`, or give it up with `tune --abandon`"
+        )
+    for run in waiting:
+        assert experiment_id is not None
+        abandon_sweep(client, experiment_id, run)
+        storage.remove(run.data.tags[tags.SWEEP_PATH], settings.storage_endpoint)
+    return [describe_sweep(run) for run in waiting]
