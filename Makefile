@@ -123,8 +123,8 @@ endif
 serve: install ## Serve the champion ($(MODEL)@$(ALIAS)) on http://127.0.0.1:$(PORT)/invocations
 	$(PY) -m pipeline serve --model $(MODEL) --alias $(ALIAS) --port $(PORT) $(ARGS)
 
-# Two workers: the end-to-end modules (xdist group e2e) one after another on one, as each fills
-# both cores; every other module on the other.
+# Two workers: the end-to-end modules that sweep (xdist group e2e) one after another on one, as
+# each fills both cores; every other module (the tracking servers' group among them) on the other.
 test: install-dev install-browser install-cron image-envs ## Run the whole test suite (end-to-end tests included) on 2 workers
 	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=25 $(ARGS)
 

@@ -249,18 +249,23 @@ def prepare(
 def run_one(name: str, trials: int, resources: Resources, workdir: Path) -> Figures:
     """One sweep through `run_sweep`; the figures come from its result."""
     experiment, dataset = prepare(name, trials, resources, workdir)
+    with DriverMlflowClock() as driver:
+        result = run_sweep(sweep_job(experiment, dataset), tracking_settings(workdir))
+    return figures(result, experiment, driver.seconds)
+
+
+def sweep_job(experiment: Experiment, dataset: Dataset) -> SweepJob:
+    """The benchmark's experiment on `dataset`, split as a sweep splits it; its space file is
+    the experiment written back as YAML."""
     split = split_dataset(dataset, experiment.data, experiment.seed)
     space_text = yaml.safe_dump(experiment.model_dump(mode="json"), sort_keys=False)
-    with DriverMlflowClock() as driver:
-        job = SweepJob(
-            experiment=experiment,
-            experiment_name=experiment.name,
-            dataset=dataset,
-            split=split,
-            space_text=space_text,
-        )
-        result = run_sweep(job, tracking_settings(workdir))
-    return figures(result, experiment, driver.seconds)
+    return SweepJob(
+        experiment=experiment,
+        experiment_name=experiment.name,
+        dataset=dataset,
+        split=split,
+        space_text=space_text,
+    )
 
 
 def figures(result: SweepResult, experiment: Experiment, driver_seconds: float) -> Figures:

@@ -40,7 +40,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import yaml
 from common import passed, positive
 from overhead import (
     DriverMlflowClock,
@@ -50,14 +49,14 @@ from overhead import (
     budget_overrides,
     configure_logging,
     figures,
+    sweep_job,
     tracking_settings,
 )
 
 from pipeline.config import Experiment, load_experiment
-from pipeline.core.data import split_dataset
 from pipeline.core.sources import load_dataset
 from pipeline.distributed.search import ConditionalHyperOptSearch
-from pipeline.workflows.sweep import SweepJob, run_sweep
+from pipeline.workflows.sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPACE = ROOT / "search_spaces" / "default.yaml"
@@ -199,18 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     experiment = scale_experiment(args.trials, args.rows, args.concurrent, args.search)
     with bench_folder("bench-scale-", args.keep) as workdir:
         dataset = load_dataset(experiment.data, experiment.seed, workdir / "data")
-        split = split_dataset(dataset, experiment.data, experiment.seed)
-        space_text = yaml.safe_dump(experiment.model_dump(mode="json"), sort_keys=False)
+        job = sweep_job(experiment, dataset)
         before, _ = memory_mb()
         print(f"running {args.trials} trials ...", flush=True)
         with DriverMlflowClock() as driver, SearcherClock().timing() as searcher:
-            job = SweepJob(
-                experiment=experiment,
-                experiment_name=experiment.name,
-                dataset=dataset,
-                split=split,
-                space_text=space_text,
-            )
             result = run_sweep(job, tracking_settings(workdir))
         after, peak = memory_mb()
     met = report(figures(result, experiment, driver.seconds), searcher, args.search, before,

@@ -82,6 +82,30 @@ def run_cli(
     )
 
 
+def run_in_process(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI run in this process (typer's runner) on the local store of `cwd`, answering as
+    `run_cli` does. For commands whose work is the point, not the process around them (which
+    `run_cli` and test_cli.py check); never for a `tune` that succeeds, which leaves its process
+    at once when done."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    store = {"MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}"}
+    done = CliRunner().invoke(app, list(args), env=store)
+    return subprocess.CompletedProcess(list(args), done.exit_code, done.stdout, done.stderr)
+
+
+def refused_tune(folder: Path, *args: str, **settings: str) -> str:
+    """Run `tune` on smoke.yaml that must fail: its one-line error, whitespace normalised."""
+    done = run_cli(
+        folder, "tune", "--space", str(SPACES / "smoke.yaml"), *args, timeout=120, **settings
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    return " ".join(done.stderr.split())
+
+
 def free_port() -> int:
     """A TCP port nothing listens on now (not 6379: Redis may hold Ray's default)."""
     with socket.socket() as probe:
@@ -305,10 +329,12 @@ def require_private_mounts(why: str) -> None:
         pytest.skip(reason)
 
 
-# The end-to-end modules (a real sweep, Ray nodes, servers) each fill both cores: pytest-xdist
-# runs this group's tests one after another on one worker (`--dist loadgroup`, make test), while
-# the other worker takes every other module.
+# The end-to-end modules that sweep (a local Ray or Ray nodes) each fill both cores: pytest-xdist
+# runs this group's tests one after another on one worker (`--dist loadgroup`, make test). The
+# tracking-server module mostly waits on its servers (HTTP, PostgreSQL, S3, a password check per
+# request): its own group runs beside them, on the worker that takes every other module.
 E2E = pytest.mark.xdist_group("e2e")
+SERVERS = pytest.mark.xdist_group("servers")
 SMOKE_MODEL = "smoke-digits-mlp"  # smoke.yaml's registered_model
 
 
@@ -366,7 +392,8 @@ def smoke_store(tmp_path_factory: pytest.TempPathFactory) -> SmokeStore:
             client = MlflowClient(f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}")
             printed, registry = {}, {}
             for step, args in SMOKE_STEPS.items():
-                done = run_cli(folder, *args)
+                # The sweep in a process of its own, as a user runs it; the rest in this one.
+                done = run_cli(folder, *args) if step == "tune" else run_in_process(folder, *args)
                 assert done.returncode == 0, f"{step}: {done.stdout[-2000:]}{done.stderr[-3000:]}"
                 printed[step] = (done.stdout, done.stderr)
                 registry[step] = registry_state(client, SMOKE_MODEL)

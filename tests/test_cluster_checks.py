@@ -1,6 +1,7 @@
 """Checks before a sweep touches the cluster: a bad or unreachable Ray address fails at once,
-with the deadline passed to the connection attempt; what workers print reaches the console only
-with --verbose."""
+with the deadline passed to the connection attempt; an unreachable cluster or tracking server,
+or trials asking for GPUs the cluster lacks, are refused in one line before anything is written;
+what workers print reaches the console only with --verbose."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import socket
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import IO, Any
 
 import pytest
 
 from pipeline.distributed import cluster
 from pipeline.errors import PipelineError
-from tests.conftest import E2E, cli_env, free_port
+from tests.conftest import E2E, cli_env, free_port, listens, refused_tune
 
 
 def test_an_unreachable_head_is_refused_within_the_reach_timeout(
@@ -43,6 +45,50 @@ def test_a_malformed_address_is_named(address: str) -> None:
 def test_auto_and_local_are_not_probed() -> None:
     cluster.check_ray_address("auto")
     cluster.check_ray_address("local")
+
+
+def closed_port() -> int:
+    port = free_port()
+    assert not listens(port)
+    return port
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"RAY_ADDRESS": "127.0.0.1:{port}"}, "cannot reach the Ray head at 127.0.0.1:{port}"),
+        ({"RAY_ADDRESS": "no-such-host.invalid:6380"}, "cannot reach the Ray head at no-such"),
+        (
+            {"MLFLOW_TRACKING_URI": "http://127.0.0.1:{port}"},
+            "MLflow tracking server http://127.0.0.1:{port} cannot be reached",
+        ),
+    ],
+)
+def test_unreachable_cluster_or_tracking_server_fails_fast_and_writes_nothing(
+    tmp_path: Path, settings: dict[str, str], message: str
+) -> None:
+    # How quickly they give up is the deadlines' business (tests/test_tracking_preflight.py and
+    # the reach test above); here: one clear line, nothing written.
+    port = closed_port()
+    settings = {k: v.format(port=port) for k, v in settings.items()}
+    said = refused_tune(tmp_path, **settings)
+    assert message.format(port=port) in said
+    assert not list(tmp_path.rglob("mlflow.db")) and not (tmp_path / "mlruns" / "ray").exists()
+
+
+@pytest.mark.slow
+def test_trials_asking_for_a_gpu_the_cluster_lacks_are_refused(tmp_path: Path) -> None:
+    import torch
+
+    have = torch.cuda.device_count()  # what a local Ray finds on this machine
+    asked = "0.25" if have == 0 else str(have + 1)
+    message = refused_tune(tmp_path, "--set", f"resources.gpus={asked}")
+    assert (
+        f"each trial asks for GPU {asked} (resources in the space) but the Ray cluster has "
+        f"{have} GPU" in message
+    )
+    assert not list(tmp_path.rglob("mlflow.db"))
 
 
 # A Ray worker printing to stderr under the CLI's console set-up, on a real local Ray. The driver

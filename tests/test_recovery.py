@@ -29,12 +29,16 @@ from tests.conftest import (
     finished_trial_runs,
     require_private_mounts,
     run_cli,
+    run_in_process,
 )
 
 pytestmark = [pytest.mark.slow, E2E]
-TOTAL = 16  # trials: enough that three interruptions land mid-sweep
-TUNE = ["tune", "--space", str(SPACES / "smoke.yaml"), "--no-retrain"]
-TUNE += ["--set", f"budget.num_samples={TOTAL}"]
+TOTAL = 12  # trials: enough that three interruptions land mid-sweep
+# Every trial trains 12 epochs (no early stop): a few seconds each, so that the sweep is still
+# under way when a signal lands, however far the MLflow writer lags behind Ray on a busy machine.
+SWEEP = ["tune", "--space", str(SPACES / "smoke.yaml"), "--no-retrain"]
+SWEEP += ["--set", "budget.max_epochs=12", "--set", "scheduler.name=fifo"]
+TUNE = [*SWEEP, "--set", f"budget.num_samples={TOTAL}"]
 
 
 def start(folder: Path, *args: str) -> subprocess.Popen[str]:
@@ -105,13 +109,14 @@ def recovery(tmp_path_factory: pytest.TempPathFactory) -> Recovery:
 
     process = start(folder, *TUNE)
     step("sigint", process, stop_after(process, db, 2, signal.SIGINT))
-    done = run_cli(folder, *TUNE)
+    # Refused before anything starts: run in this process (see `run_in_process`).
+    done = run_in_process(folder, *TUNE)
     outputs["refused"], codes["refused"] = done.stdout + done.stderr, done.returncode
     process = start(folder, *TUNE, "--resume")
     step("sigterm", process, stop_after(process, db, finished_trial_runs(db) + 2, signal.SIGTERM))
     process = start(folder, *TUNE, "--resume")
     step("sigkill", process, stop_after(process, db, finished_trial_runs(db) + 2, signal.SIGKILL))
-    done = run_cli(folder, *TUNE)
+    done = run_in_process(folder, *TUNE)
     outputs["refused-after-kill"] = done.stdout + done.stderr
     codes["refused-after-kill"] = done.returncode
     done = run_cli(folder, *TUNE, "--resume")
@@ -121,7 +126,8 @@ def recovery(tmp_path_factory: pytest.TempPathFactory) -> Recovery:
     step("killed", process, stop_after(process, db, finished_trial_runs(db) + 1, signal.SIGKILL))
     done = run_cli(
         folder,
-        *TUNE[:-1],
+        *SWEEP,
+        "--set",
         "budget.num_samples=2",
         "--set",
         "search.n_initial_points=1",
@@ -195,7 +201,7 @@ def test_no_run_is_left_running_and_no_lock_is_left_held(recovery: Recovery) -> 
 
 
 def test_two_sweeps_started_at_once_on_a_fresh_store_share_nothing(tmp_path: Path) -> None:
-    args = [*TUNE[:-1], "budget.num_samples=2", "--set", "search.n_initial_points=1"]
+    args = [*SWEEP, "--set", "budget.num_samples=2", "--set", "search.n_initial_points=1"]
     first, second = start(tmp_path, *args), start(tmp_path, *args)
     outputs = [p.communicate(timeout=300)[0] for p in (first, second)]
     assert [first.returncode, second.returncode] == [0, 0], [o[-2000:] for o in outputs]
@@ -224,7 +230,7 @@ def test_a_full_trial_storage_is_named_in_a_few_lines_and_leaves_no_run_running(
     storage.mkdir()
     small = ["budget.num_samples=4", "--set", "search.n_initial_points=1"]
     small += ["--set", "budget.max_failures=0"]
-    tune = " ".join([sys.executable, "-m", "pipeline", *TUNE[:-1], *small])
+    tune = " ".join([sys.executable, "-m", "pipeline", *SWEEP, "--set", *small])
     script = f"mount -t tmpfs -o size=400k none {storage} && exec {tune}"
     done = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],

@@ -18,7 +18,15 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import flatten_sample
-from tests.conftest import E2E, REPO, SPACES, SmokeStore, run_cli, run_reporting
+from tests.conftest import (
+    E2E,
+    REPO,
+    SPACES,
+    SmokeStore,
+    run_cli,
+    run_in_process,
+    run_reporting,
+)
 
 pytestmark = [pytest.mark.slow, E2E]
 SMOKE = yaml.safe_load((SPACES / "smoke.yaml").read_text())
@@ -409,7 +417,7 @@ def test_sweeps_lists_the_sweep_its_version_and_then_the_promotion(
 
 @pytest.mark.parametrize("command", ["sweeps", "report"])
 def test_an_unknown_experiment_is_one_line_and_exit_1(sweep: Sweep, command: str) -> None:
-    done = run_cli(sweep.folder, command, "--experiment", "absent")
+    done = run_in_process(sweep.folder, command, "--experiment", "absent")
     assert done.returncode == 1
     assert done.stderr.strip() == "error: no MLflow experiment 'absent'; run a sweep first"
     assert done.stdout == ""

@@ -26,9 +26,9 @@ from mlflow.tracking import MlflowClient
 from tests import image_envs
 from tests.conftest import (
     ADMIN_URL,
-    E2E,
     REPO,
     S3_CREDENTIALS,
+    SERVERS,
     SPACES,
     admin_connection,
     background,
@@ -40,7 +40,7 @@ from tests.conftest import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.slow, E2E]
+pytestmark = [pytest.mark.slow, SERVERS]
 ENTRYPOINT = REPO / "deploy" / "mlflow" / "entrypoint.sh"
 MODEL = "smoke-digits-mlp"
 TRIALS = 3  # of the sweep run through the server
