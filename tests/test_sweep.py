@@ -282,7 +282,9 @@ def test_the_best_record_is_the_best_epoch_of_the_trials_own_histories(sweep: Sw
     assert metrics["best_val_loss"] == pytest.approx(-minus_loss)
 
 
-def test_tune_ends_by_retraining_the_best_trial_and_registering_it(sweep: Sweep) -> None:
+def test_tune_ends_by_retraining_the_best_trial_and_registering_it(
+    sweep: Sweep, smoke_store: SmokeStore
+) -> None:
     [retrain] = sweep.retrains
     assert retrain.info.status == "FINISHED"
     # The sweep's three best trials got a second opinion; the best of those was retrained for
@@ -314,6 +316,9 @@ def test_tune_ends_by_retraining_the_best_trial_and_registering_it(sweep: Sweep)
     version = sweep.client.get_model_version("smoke-digits-mlp", "1")
     assert version.run_id == retrain.info.run_id
     assert "registered smoke-digits-mlp version 1 as 'challenger'" in " ".join(sweep.output.split())
+    # After the sweep, the version was the challenger; the store's promotion made it champion.
+    assert smoke_store.registry["tune"]["aliases"] == {"challenger": "1"}
+    assert smoke_store.registry["promote"]["aliases"] == {"champion": "1"}
 
 
 def test_tune_ends_with_where_its_time_went(sweep: Sweep) -> None:
