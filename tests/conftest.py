@@ -57,7 +57,7 @@ def digits_split(digits: Dataset) -> Split:
 
 @pytest.fixture(scope="session")
 def digits_tuning(digits: Dataset, digits_split: Split) -> TuningData:
-    return tuning_data(digits, digits_split, DataConfig(source="digits"))
+    return tuning_data(digits, digits_split, shared_scale=DataConfig(source="digits").shared_scale)
 
 
 def cli_env(**settings: str) -> dict[str, str]:

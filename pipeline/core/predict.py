@@ -92,12 +92,13 @@ def read_images(folder: Path, metadata: dict[str, Any]) -> Inputs:
     """
     from PIL import Image, UnidentifiedImageError  # only image models need Pillow
 
-    shape = metadata.get("image_shape")
-    if not shape:
-        raise PipelineError(f"{folder}: this model takes tabular rows, not images")
+    # Versions registered before input shapes were recorded name only an image's shape.
+    shape = metadata.get("input_shape") or metadata.get("image_shape")
+    if not shape or len(shape) != 3 or shape[0] not in (1, 3):
+        raise PipelineError(
+            f"{folder}: this model takes examples shaped {shape or 'as rows'}, not images"
+        )
     channels, height, width = shape
-    if channels != 1:
-        raise PipelineError(f"{folder}: the model takes {channels}-channel images; only 1 works")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise PipelineError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
@@ -106,14 +107,16 @@ def read_images(folder: Path, metadata: dict[str, Any]) -> Inputs:
     for file in files:
         try:
             with Image.open(file) as image:
-                grey = image.convert("L")
+                converted = image.convert("L" if channels == 1 else "RGB")
                 # Area averaging when shrinking (each pixel the mean of its block).
-                shrink = grey.width >= width and grey.height >= height
+                shrink = converted.width >= width and converted.height >= height
                 method = Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR
-                grey = grey.resize((width, height), method)
+                converted = converted.resize((width, height), method)
         except (OSError, UnidentifiedImageError) as exc:
             raise PipelineError(f"{file}: cannot read as an image: {exc}") from None
-        pixels = np.asarray(grey, dtype=np.float32).reshape(-1)
+        pixels = np.asarray(converted, dtype=np.float32)
+        # As the model's examples are laid out: (channels, height, width), flattened.
+        pixels = (pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)).reshape(-1)
         rows.append(low + pixels / 255.0 * (high - low))
     return Inputs(np.stack(rows), [f.name for f in files])
 
@@ -146,7 +149,7 @@ def labelled_accuracy(frame: pd.DataFrame) -> float | None:
 
 def held_out_rows(dataset: Dataset, split: Split) -> pd.DataFrame:
     """The test split as a CSV-ready frame: the feature columns and the label (class name)."""
-    frame = pd.DataFrame(dataset.features[split.test], columns=list(dataset.columns))
+    frame = pd.DataFrame(dataset.rows(split.test), columns=list(dataset.columns))
     frame[LABEL_COLUMN] = [dataset.class_names[i] for i in dataset.labels[split.test]]
     return frame
 

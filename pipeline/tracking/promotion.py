@@ -32,7 +32,7 @@ from pipeline.tracking.store import Client
 
 NOTHING = "nothing to promote"  # the action when there is no challenger
 # What must match for two models to be compared on one test split.
-DATA_IDENTITY = ("dataset", "feature_names", "class_names")
+DATA_IDENTITY = ("dataset", "loader", "input_shape", "feature_names", "class_names")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,7 +52,8 @@ class Decision:
 def version_data(loaded: LoadedVersion, cache_dir: Path) -> tuple[Dataset, Split]:
     """The data set and split the version was trained with, loaded as they are today."""
     config = DataConfig.model_validate(loaded.metadata["data"])
-    return load_split(config, int(loaded.metadata["seed"]), cache_dir)
+    paths = loaded.metadata.get("code_paths") or []
+    return load_split(config, int(loaded.metadata["seed"]), cache_dir, code_paths=paths)
 
 
 def check_comparable(candidate: LoadedVersion, champion: LoadedVersion, name: str) -> None:
@@ -142,7 +143,7 @@ def decide_promotion(
     if champion is not None:
         check_comparable(candidate, champion, name)
     dataset, split = version_data(candidate, cache_dir)
-    features, labels = dataset.features[split.test], dataset.labels[split.test]
+    features, labels = dataset.rows(split.test), dataset.labels[split.test]
     candidate_report = score(candidate.predict_probabilities(features), labels, dataset.class_names)
     champion_report = (
         score(champion.predict_probabilities(features), labels, dataset.class_names)

@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from mlflow.entities import Dataset as DatasetEntity
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, Run, RunTag
 from mlflow.utils.mlflow_tags import (
@@ -30,18 +29,21 @@ from pipeline.tracking.store import Client
 @dataclass(frozen=True, kw_only=True)
 class LoggedData:
     """Rows a run used, for its Dataset column: the data set, where it comes from, the split's
-    fingerprint (the digest) and the rows themselves (for their shape)."""
+    fingerprint (the digest) and the rows' shape."""
 
     name: str
     source: str
     fingerprint: str
-    features: np.ndarray
-    labels: np.ndarray
+    rows: int
+    input_shape: tuple[int, ...]
     context: str  # MLflow's: training, testing
 
     def as_input(self) -> DatasetInput:
         """The run input MLflow records: name, digest, source, shapes (not the rows)."""
-        profile = {"features_shape": list(self.features.shape), "targets_shape": [len(self.labels)]}
+        profile = {
+            "features_shape": [self.rows, *self.input_shape],
+            "targets_shape": [self.rows],
+        }
         dataset = DatasetEntity(
             name=self.name,
             digest=self.fingerprint,

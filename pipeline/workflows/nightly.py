@@ -182,7 +182,12 @@ class NightJob:
             self.run_id = tonight.run_id
             return []
         experiment = self.experiment
-        dataset, split = load_split(experiment.data, experiment.seed, self.settings.data_dir)
+        dataset, split = load_split(
+            experiment.data,
+            experiment.seed,
+            self.settings.data_dir,
+            code_paths=experiment.code.paths,
+        )
         job = SweepJob(
             experiment=experiment,
             experiment_name=experiment.name,

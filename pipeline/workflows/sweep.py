@@ -96,9 +96,10 @@ def run_sweep(
     started = time.perf_counter()
     watch = stopwatch or Stopwatch()
     # Everything that can fail for want of a cluster or storage fails before MLflow is written.
-    cluster.connect(settings.ray_address)
+    cluster.connect(settings.ray_address, job.experiment.code.paths)
     cluster.check_resources(job.experiment, autoscaling=bool(settings.ray_address))
     cluster.check_storage(settings.storage, settings.storage_endpoint)
+    cluster.check_code(job.experiment)
     watch.lap("ray start")
     client = open_client(settings.tracking_uri)
     experiment_id = ensure_experiment(
@@ -107,7 +108,7 @@ def run_sweep(
         settings.artifact_root,
         runs.describe_experiment(job.experiment),
     )
-    data = tuning_data(job.dataset, job.split, job.experiment.data)
+    data = tuning_data(job.dataset, job.split, shared_scale=job.experiment.data.shared_scale)
     if resume_run is not None:
         sweep = reopen_sweep(client, experiment_id, resume_run)
     else:
@@ -198,8 +199,8 @@ def open_sweep(
         name=job.dataset.name,
         source=source_uri(experiment.data, settings.data_dir),
         fingerprint=split.fingerprint,
-        features=data.features,
-        labels=data.labels,
+        rows=len(data.labels),
+        input_shape=data.spec.input_shape,
         context="training",
     ).as_input()
     try:

@@ -67,7 +67,9 @@ def tune_and_register(
     if not resume:
         for sweep in settle_interrupted(settings, name, abandon=abandon):
             log.warning("abandoned the interrupted %s", sweep)
-    dataset, split = load_split(experiment.data, experiment.seed, settings.data_dir)
+    dataset, split = load_split(
+        experiment.data, experiment.seed, settings.data_dir, code_paths=experiment.code.paths
+    )
     watch.lap("config and data")
     log.info(
         "%s: %d rows (%d train, %d val, %d test), %d classes",
