@@ -43,6 +43,10 @@ def import_callable(reference: str, paths: Sequence[str], role: str) -> Callable
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
+        if exc.name is None or not f"{module_name}.".startswith(f"{exc.name}."):
+            raise PipelineError(  # the module is there; something it imports is not
+                f"{role} {reference}: importing '{module_name}' failed: ModuleNotFoundError: {exc}"
+            ) from None
         raise PipelineError(
             f"{role} {reference}: cannot import module '{module_name}' ({exc}); searched {searched}"
         ) from None

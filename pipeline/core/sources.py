@@ -78,7 +78,7 @@ def load_dataset(
     is imported from `code_paths`."""
     add_to_path(code_paths)
     if config.loader is not None:
-        name = config.loader.partition(":")[0].rpartition(".")[2]
+        name = config.loader.partition(":")[0]
         dataset = load_with(config.loader, config.args, name=name)
     elif config.source == "image_folder":
         assert config.path is not None

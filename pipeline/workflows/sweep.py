@@ -13,6 +13,7 @@ from secrets import token_hex
 
 from pipeline import storage
 from pipeline.config import Experiment, Scalar
+from pipeline.core.checks import check_model
 from pipeline.core.data import Dataset, Split, TuningData, tuning_data
 from pipeline.core.decisions import best_trial, with_states
 from pipeline.core.sources import source_uri
@@ -95,11 +96,24 @@ def run_sweep(
     sweep starts, from `warm` if given, its parent run tagged with `marks`."""
     started = time.perf_counter()
     watch = stopwatch or Stopwatch()
-    # Everything that can fail for want of a cluster or storage fails before MLflow is written.
+    # Everything that can fail for want of a working model, a cluster or storage fails before
+    # MLflow is written.
+    check_model(job.experiment, job.dataset, job.split)
+    dataset, split = job.dataset, job.split
+    log.info(
+        "%s: %d rows (%d train, %d val, %d test), %d classes",
+        dataset.name,
+        len(dataset.labels),
+        len(split.train),
+        len(split.val),
+        len(split.test),
+        dataset.num_classes,
+    )
     cluster.connect(settings.ray_address, job.experiment.code.paths)
     cluster.check_resources(job.experiment, autoscaling=bool(settings.ray_address))
     cluster.check_storage(settings.storage, settings.storage_endpoint)
-    cluster.check_code(job.experiment)
+    if settings.ray_address:  # a local Ray's workers import what this driver just imported
+        cluster.check_code(job.experiment)
     watch.lap("ray start")
     client = open_client(settings.tracking_uri)
     experiment_id = ensure_experiment(

@@ -71,15 +71,6 @@ def tune_and_register(
         experiment.data, experiment.seed, settings.data_dir, code_paths=experiment.code.paths
     )
     watch.lap("config and data")
-    log.info(
-        "%s: %d rows (%d train, %d val, %d test), %d classes",
-        dataset.name,
-        len(dataset.labels),
-        len(split.train),
-        len(split.val),
-        len(split.test),
-        dataset.num_classes,
-    )
     job = SweepJob(
         experiment=experiment,
         experiment_name=name,
