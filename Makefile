@@ -27,7 +27,7 @@ AT ?= 02:00
 
 .DEFAULT_GOAL := help
 .PHONY: help install install-dev install-cluster install-server tune nightly history schedule unschedule report sweeps retrain promote rollback predict serve test test-fast lint \
-	bench-cli bench-overhead bench-peer bench-quality bench-scale ui mlflow-server clean
+	bench-cli bench-data bench-overhead bench-peer bench-quality bench-scale ui mlflow-server clean
 
 # The settings above (NAME ?= default), which a help text names as $(NAME): help shows their
 # values, e.g. `make help PORT=8000` the port `make serve PORT=8000` would take.
@@ -144,6 +144,9 @@ lint: install-dev ## ruff, mypy and the import contracts (layers, one door per o
 
 bench-cli: install ## Benchmark: seconds of --help, promote, rollback, predict (median of 5)
 	$(PY) benchmarks/cli.py $(ARGS)
+
+bench-data: install ## Benchmark: peak RSS of the driver and a trial worker tuning an image folder and one 10x its size
+	$(PY) benchmarks/data.py $(ARGS)
 
 bench-overhead: install ## Benchmark: sweep efficiency and MLflow share, realistic and tiny sweeps
 	$(PY) benchmarks/overhead.py $(ARGS)

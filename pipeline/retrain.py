@@ -159,6 +159,7 @@ def model_metadata(experiment: Experiment, dataset: Dataset, split: Split) -> di
         "feature_range": [float(sample.min()), float(sample.max())],
         "dataset": dataset.name,
         "loader": experiment.data.loader or f"source:{experiment.data.source}",
+        "loader_args": experiment.data.args,
         "data": experiment.data.model_dump(mode="json"),
         "code_paths": list(experiment.code.paths),
         "code_fingerprint": code_fingerprint(experiment.code.paths),

@@ -38,6 +38,7 @@ from tests.conftest import (
     free_port,
     refused_tune,
     require_private_mounts,
+    run_cli,
     wait_until,
 )
 
@@ -147,6 +148,58 @@ def test_storage_a_node_cannot_see_is_refused_before_the_sweep(
     assert not list(tmp_path.rglob("mlflow.db")) and not list(storage.iterdir())
 
 
+def user_space(folder: Path) -> Path:
+    """smoke.yaml tuning a user's network (examples/wine_table's residual MLP), whose package is
+    copied to a folder of the driver's: `folder`/user/src."""
+    code = folder / "user" / "src"
+    shutil.copytree(REPO / "examples" / "wine_table" / "src", code)
+    raw = yaml.safe_load(Path(SMOKE).read_text())
+    raw["code"] = {"paths": [str(code)]}
+    raw["model"] = {"builder": "wine_example.nets:build"}
+    raw["search"].pop("points_to_evaluate")
+    raw["params"] = {
+        "lr": {"type": "float", "low": 3.0e-3, "high": 3.0e-2, "log": True},
+        "width": {"type": "choice", "values": [16, 32]},
+        "blocks": {"type": "int", "low": 1, "high": 2},
+        "optimizer": "adam",
+        "batch_size": 32,
+    }
+    space = folder / "user" / "space.yaml"
+    space.write_text(yaml.safe_dump(raw))
+    return space
+
+
+def test_code_a_node_cannot_import_is_refused_before_the_sweep(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The user's package ships with the job, but a module it imports is on the driver's path
+    only (as a library installed on the driver and on no node would be): refused, naming the
+    node and the module, before anything is written."""
+    space = user_space(tmp_path)
+    nets = tmp_path / "user" / "src" / "wine_example" / "nets.py"
+    nets.write_text("import driver_only_helper\n" + nets.read_text())
+    (tmp_path / "driver_only").mkdir()
+    (tmp_path / "driver_only" / "driver_only_helper.py").write_text("")
+    done = run_cli(
+        tmp_path,
+        "tune",
+        "--space",
+        str(space),
+        timeout=120,
+        RAY_ADDRESS=cluster.address,
+        PYTHONPATH=f"{REPO}:{tmp_path / 'driver_only'}",
+        **cluster.auth,
+    )
+    message = " ".join(done.stderr.split())
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "error: Ray node 127.0.0.1 (" in message
+    assert (
+        "cannot import the job's code: model.builder wine_example.nets:build: importing "
+        "'wine_example.nets' failed: ModuleNotFoundError: No module named 'driver_only_helper'"
+    ) in message
+    assert not (tmp_path / "mlruns" / "mlflow.db").exists()
+
+
 def test_a_driver_with_the_wrong_token_is_refused(cluster: Cluster, tmp_path: Path) -> None:
     message = refused_tune(
         tmp_path,
@@ -226,14 +279,21 @@ def reported_epochs(sweeps: Path) -> dict[str, int]:
 def test_a_sweep_over_three_nodes_loses_one_and_still_costs_no_trial_and_no_epoch(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    """smoke.yaml from a driver outside the cluster, its trials over three nodes; the third
-    dies (SIGKILL of it and its workers) while each node runs a trial. The sweep finishes on
-    the two left: the lost trial resumes from its checkpoint, its epochs never go backwards,
-    there is one run per trial, each tagged with the node it ran on; the retrain runs on the
-    cluster and the version is registered; the trial state is in the configured storage."""
+    """smoke.yaml tuning a user's network from a package in a driver folder that the third node
+    does not have (an empty tmpfs there), from a driver outside the cluster, its trials over
+    three nodes; the third dies (SIGKILL of it and its workers) while each node runs a trial.
+    The sweep finishes on the two left: the lost trial resumes from its checkpoint, its epochs
+    never go backwards, there is one run per trial, each tagged with the node it ran on; the
+    retrain runs on the cluster and the version is registered; the trial state is in the
+    configured storage."""
+    require_private_mounts("give a node a view without the user's code folder")
+    space = user_space(tmp_path)
+    code = tmp_path / "user" / "src"
     log = tmp_path / "node3.log"
-    node3 = [cluster.ray, "start", "--block", "--num-cpus", "1", "--disable-usage-stats"]
-    node3 += ["--address", cluster.address]
+    node3 = f"mount -t tmpfs none {code} && exec {cluster.ray} start --block --num-cpus 1 "
+    node3 += f"--disable-usage-stats --address {cluster.address}"
+    # The package's folder reads empty on that node: its trial imports what the job shipped.
+    hidden = ["unshare", "--mount", "--propagation", "private", "sh", "-c", node3]
     # Three trials of 15-25 s (full digits in 5 folds, 100 epochs, a checkpoint every epoch), so
     # that all three are surely under way at once, one per node: one-fold trials took 5 s, and the
     # head's two could end before the third node's first worker had started.
@@ -245,11 +305,11 @@ def test_a_sweep_over_three_nodes_loses_one_and_still_costs_no_trial_and_no_epoc
     longer += ["--set", "search.n_initial_points=2", "--set", "budget.checkpoint_seconds=0"]
     sweeps = tmp_path / "mlruns" / "ray"
     env = cli_env(RAY_ADDRESS=cluster.address, **cluster.auth)
-    with background(node3, cli_env(**cluster.auth), tmp_path, log) as node:
+    with background(hidden, cli_env(**cluster.auth), tmp_path, log) as node:
         wait_until(lambda: started(log), 60, "third node", log, node)
         status = [cluster.ray, "status", "--address", cluster.address]
         wait_until(lambda: "/3.0 CPU" in cluster_status(status, cluster.env), 60, "3 nodes' CPUs")
-        args = [sys.executable, "-m", "pipeline", "tune", "--space", SMOKE]
+        args = [sys.executable, "-m", "pipeline", "tune", "--space", str(space)]
         with background([*args, *longer], env, tmp_path, tmp_path / "tune.log") as driver:
             # Three trials under way, one per node: one of them runs on the third node.
             wait_until(
@@ -281,6 +341,8 @@ def test_a_sweep_over_three_nodes_loses_one_and_still_costs_no_trial_and_no_epoc
     # Ray recorded the failure of the lost node's trial, which then finished from a checkpoint.
     failed = list(sweeps.glob("smoke-*/run_trial_*/error.txt"))
     assert failed, "no trial saw its node die"
+    # That trial trained on the node without the user's folder before the node died.
+    assert all(len((e.parent / "result.json").read_text().splitlines()) >= 2 for e in failed)
     for error in failed:
         lines = [json.loads(x) for x in (error.parent / "result.json").read_text().splitlines()]
         reported = [r["epoch"] for r in lines]
@@ -289,6 +351,8 @@ def test_a_sweep_over_three_nodes_loses_one_and_still_costs_no_trial_and_no_epoc
     # The retrain ran as a Ray task on the cluster; its model is the challenger.
     [retrain] = [r for r in runs if r.info.run_name == "retrain"]
     assert retrain.info.status == "FINISHED" and retrain.data.metrics["test_acc"] > 0.5
-    assert str(client.get_model_version_by_alias("smoke-digits-mlp", "challenger").version) == "1"
+    challenger = client.get_model_version_by_alias("smoke-digits-mlp", "challenger")
+    assert str(challenger.version) == "1"
+    assert challenger.tags["builder"] == "wine_example.nets:build"
     # Trial state went to the configured storage (one machine here: shared by the nodes).
     assert list(sweeps.glob("smoke-*/*/params.json"))

@@ -64,13 +64,20 @@ class ExampleSource:
     items: np.ndarray | None = None
     content_hash: str = ""  # of every example, from the driver's scan (`sources.scan_examples`)
 
+    @property
+    def key(self) -> str:
+        return f"{self.loader}|{json.dumps(self.args, sort_keys=True, default=str)}"
+
     def dataset(self) -> Any:
         """The loader's Dataset, built once in this process."""
-        key = f"{self.loader}|{json.dumps(self.args, sort_keys=True, default=str)}"
-        if key not in _OPENED:
+        if self.key not in _OPENED:
             load = import_callable(self.loader, (), "data.loader")
-            _OPENED[key] = features_of(load(**self.args))
-        return _OPENED[key]
+            _OPENED[self.key] = features_of(load(**self.args))
+        return _OPENED[self.key]
+
+    def remember(self, dataset: Any) -> None:
+        """The Dataset this process already built for this loader and arguments."""
+        _OPENED[self.key] = dataset
 
     def subset(self, rows: np.ndarray) -> ExampleSource:
         """The source of these rows only, in this order."""

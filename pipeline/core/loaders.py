@@ -102,7 +102,7 @@ def encode_labels(
     unknown = sorted(set(text) - set(names))
     if unknown:
         raise PipelineError(
-            f"data.loader {reference}: label {unknown[0]!r} is not among class_names {names}"
+            f"data.loader {reference}: label '{unknown[0]}' is not among class_names {names}"
         )
     index = {name: i for i, name in enumerate(names)}
     present = sorted({index[t] for t in text})
@@ -149,13 +149,15 @@ def load_with(reference: str, args: Mapping[str, Any], *, name: str) -> Dataset:
         )
     check_length(len(features), len(encoded), reference)
     shape, digest = scan_examples(features, reference)
+    source = ExampleSource(loader=reference, args=dict(args), content_hash=digest)
+    source.remember(features)
     return Dataset(
         name=name,
         features=None,
         labels=encoded,
         class_names=classes,
         input_shape=shape,
-        examples=ExampleSource(loader=reference, args=dict(args), content_hash=digest),
+        examples=source,
         feature_names=names_of(feature_names, int(np.prod(shape)), reference),
     )
 

@@ -101,6 +101,9 @@ class Examples:
             ItemView(source.dataset(), source.item_indices(np.arange(len(self.labels)))),
             batch_sampler=[chunk.tolist() for chunk in chunks],
             collate_fn=collate_rows,
+            # Its own generator: a DataLoader draws a seed per pass, which would otherwise shift
+            # the global stream that shuffles the next epoch.
+            generator=torch.Generator(),
         )
         for chunk, features in zip(chunks, loader, strict=True):
             yield features.to(self.device), self.labels[chunk.to(self.device)]
