@@ -16,11 +16,19 @@ from torch import nn
 
 from pipeline.config import Experiment, Hyperparameters
 from pipeline.config.door import code_fingerprint, import_callable
+from pipeline.core.checks import first_line
 from pipeline.core.data import STATS_SAMPLE, Dataset, Split, TuningData
 from pipeline.core.decisions import SCORE_WINDOW, Selection, score_at
 from pipeline.core.evaluate import score
 from pipeline.core.model import Builder, export_network, load_exported, with_probabilities
-from pipeline.core.train import DIVERGED_ACC, DIVERGED_LOSS, EVAL_BATCH, fit, fit_final
+from pipeline.core.train import (
+    DIVERGED_ACC,
+    DIVERGED_LOSS,
+    EVAL_BATCH,
+    READ_BATCH,
+    fit,
+    fit_final,
+)
 from pipeline.errors import PipelineError
 from pipeline.tracking.models import RetrainedModel, RetrainRecord, log_retrain_run
 from pipeline.tracking.runs import LoggedData
@@ -53,9 +61,10 @@ def check_same_data(sweep: SweepRecord, split: Split) -> None:
 @torch.no_grad()
 def predict_probabilities(network: nn.Module, dataset: Dataset, rows: np.ndarray) -> np.ndarray:
     """Class probabilities of a softmax network for these rows, read and scored in batches."""
+    size = EVAL_BATCH if dataset.features is not None else READ_BATCH
     parts = [
-        network(torch.from_numpy(dataset.rows(rows[start : start + EVAL_BATCH]))).numpy()
-        for start in range(0, len(rows), EVAL_BATCH)
+        network(torch.from_numpy(dataset.rows(rows[start : start + size]))).numpy()
+        for start in range(0, len(rows), size)
     ]
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
@@ -101,8 +110,15 @@ def train_and_test(
     classifier = with_probabilities(network).eval()
     probabilities = predict_probabilities(classifier, dataset, split.test)
     example = torch.from_numpy(dataset.rows(split.train[:INPUT_EXAMPLE_ROWS]))
+    try:
+        program = export_network(classifier, example)
+    except Exception as exc:  # torch.export's errors are of many types
+        raise PipelineError(
+            f"model.builder {experiment.model.builder_reference}: torch.export cannot export the "
+            f"winner's forward for any batch size ({first_line(exc)}); nothing registered"
+        ) from None
     return FinalModel(
-        program=export_network(classifier, example),
+        program=program,
         train_losses=losses,
         test_probabilities=probabilities,
         train_seconds=seconds,
@@ -150,7 +166,9 @@ def model_metadata(experiment: Experiment, dataset: Dataset, split: Split) -> di
     the classes and features, the data's identity and how to rebuild them (the loader, its
     arguments and the code folders it is imported from), and what built the network."""
     rows = split.tuning_rows
-    sample = dataset.rows(rows if dataset.features is not None else rows[:STATS_SAMPLE])
+    if dataset.features is None:  # a seeded sample, across the classes (files come by class)
+        rows = np.sort(np.random.default_rng(0).permutation(rows)[:STATS_SAMPLE])
+    sample = dataset.rows(rows)
     return {
         "class_names": list(dataset.class_names),
         "feature_names": list(dataset.columns),

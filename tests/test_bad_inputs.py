@@ -98,6 +98,7 @@ def build(spec, *, width=8):
     return Branchy()
 """,
     "nets_import.py": "import no_such_dependency\n",
+    "nets_reserved.py": "def build(spec, *, epochs=3):\n    pass\n",
     "tables_bad.py": """
 import numpy as np
 def rows(n=60, classes=3):
@@ -110,6 +111,9 @@ def nan(limit=60):
 def mismatch(limit=60):
     x, y = rows()
     return x, y[:-5]
+def text(limit=60):
+    x, y = rows()
+    return x.astype(str).astype(object) + "cm", y
 def one_class(limit=60):
     x, y = rows()
     return x, np.zeros(len(y), dtype=int)
@@ -190,6 +194,17 @@ def user_code_cases(folder: Path) -> dict[str, Case]:
         "param-outside-literal": Case(
             [*tune, user_space(folder, "b7", "nets_ok:build"), "--set", "params.kernel_size=4"],
             "params.kernel_size: '4' is not one of 3, 5",
+        ),
+        "builder-takes-a-reserved-name": Case(
+            [*tune, user_space(folder, "b11", "nets_reserved:build")],
+            "builder nets_reserved:build takes 'epochs', the name of a training hyperparameter",
+        ),
+        "loader-text-features": Case(
+            [
+                *tune,
+                user_space(folder, "l6", "nets_ok:build", data={"loader": "tables_bad:text"}),
+            ],
+            "data.loader tables_bad:text: features are not numbers of one shape",
         ),
         "builder-returns-no-module": Case(
             [*tune, user_space(folder, "b8", "nets_dict:build")],

@@ -572,7 +572,7 @@ def test_from_params_momentum_option() -> None:
 def test_from_params_defaults_for_absent_keys() -> None:
     hp = Hyperparameters.from_params({"lr": 0.02})
     assert hp == Hyperparameters(lr=0.02)
-    assert (hp.optimizer, hp.batch_size, hp.dropout, hp.epochs) == ("adam", 64, 0.0, None)
+    assert (hp.optimizer, hp.batch_size, hp.epochs, hp.builder_args) == ("adam", 64, None, {})
     assert Hyperparameters.from_params({}) == Hyperparameters()
 
 

@@ -169,8 +169,10 @@ def shipped_modules(paths: Sequence[str]) -> Iterator[Path]:
     """The importable things in the code folders, as Ray ships them to every worker: each
     package folder and each top-level .py module."""
     for root in paths:
+        if not Path(root).is_dir():
+            raise PipelineError(f"code.paths: {root} is not a folder on this machine")
         for entry in sorted(Path(root).iterdir()):
-            package = entry.is_dir() and any(entry.glob("*.py"))
+            package = entry.is_dir() and any(entry.rglob("*.py"))  # namespace packages too
             module = entry.suffix == ".py"
             if (package or module) and Path(entry.stem).name.isidentifier():
                 yield entry

@@ -73,6 +73,21 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
 }
 
 
+# A trial's scores at its best epoch, and the columns of a sweep's trial table besides its
+# hyperparameters (core.trials): names no builder argument may take.
+TRIAL_SCORES = ("val_acc", "val_loss", "train_loss")
+TRIAL_COLUMNS = (
+    "trial_id",
+    "state",
+    "epoch",
+    *TRIAL_SCORES,
+    "epochs_trained",
+    "train_seconds",
+    "host",
+    "device",
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Hyperparameters:
     """One resolved trial configuration; a hyperparameter absent from the space has its default."""
@@ -82,7 +97,6 @@ class Hyperparameters:
     momentum: float = 0.9
     batch_size: int | None = 64  # None: the whole training split (full-batch gradient descent)
     weight_decay: float = 0.0
-    dropout: float = 0.0
     label_smoothing: float = 0.0  # of the training loss only; validation scores plain targets
     epochs: int | None = None  # None: budget.max_epochs
     # Every other parameter: a keyword argument of the model's builder.

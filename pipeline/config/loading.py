@@ -30,8 +30,10 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
         raise PipelineError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(raw, dict):
         raise PipelineError(f"{path}: expected a mapping of keys at the top level")
+    absolute_data_path(raw, path.parent)  # the file's own: relative to the file
     for override in overrides or []:
         apply_override(raw, override, path)
+    absolute_data_path(raw, Path.cwd())  # an override's: relative to where the command runs
     resolve_code_paths(raw, path)
     experiment = parse_experiment(raw, path)
     try:
@@ -39,6 +41,14 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     except (PipelineError, ValueError) as exc:
         raise PipelineError(f"{path}: {exc}") from None
     return experiment
+
+
+def absolute_data_path(raw: dict[str, Any], base: Path) -> None:
+    """A relative data.path made absolute against `base`, so that the recorded experiment, its
+    model's promotion and every Ray worker read the same file wherever they run."""
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("path"), str):
+        data["path"] = str((base / data["path"]).resolve())
 
 
 def resolve_code_paths(raw: dict[str, Any], source: Path) -> None:

@@ -9,7 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config.door import Signature
-from pipeline.config.hyperparameters import HYPERPARAMETERS, Hyperparameter, Hyperparameters
+from pipeline.config.hyperparameters import (
+    HYPERPARAMETERS,
+    TRIAL_COLUMNS,
+    Hyperparameter,
+    Hyperparameters,
+)
 from pipeline.config.records import (
     ChoiceParam,
     ConditionalOption,
@@ -102,6 +107,13 @@ def check_integer(node: SpaceNode, domain: Hyperparameter) -> None:
 def check_builder_args(params: dict[str, ParamSpec], builder: Signature) -> None:
     """Every parameter that is not a training hyperparameter is an argument of the builder,
     with values in the domain its annotation declares; every argument it requires is given."""
+    for name in builder.arguments:
+        if name in HYPERPARAMETERS or name in TRIAL_COLUMNS:
+            kind = "training hyperparameter" if name in HYPERPARAMETERS else "trial table column"
+            raise ValueError(
+                f"builder {builder.reference} takes '{name}', the name of a {kind} of the "
+                "pipeline; give its argument another name"
+            )
     given = set()
     for node in walk(params):
         if node.name in HYPERPARAMETERS:

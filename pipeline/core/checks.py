@@ -5,10 +5,6 @@ is one line naming the builder and what to change."""
 
 from __future__ import annotations
 
-import io
-from collections.abc import Iterator
-from contextlib import contextmanager, redirect_stderr, redirect_stdout
-
 import torch
 
 from pipeline.config import (
@@ -78,21 +74,13 @@ def check_model(experiment: Experiment, dataset: Dataset, split: Split) -> None:
             f"{expected}, one logit per class"
         )
     try:
-        with quiet():  # its tracer prints the graph it could not trace; the error says why
-            export_network(with_probabilities(network), torch.from_numpy(rows))
+        export_network(with_probabilities(network), torch.from_numpy(rows))
     except Exception as exc:  # torch.export's errors are of many types
         raise PipelineError(
             f"{where}: torch.export cannot export its forward for any batch size, which the "
             f"registered model needs ({first_line(exc)}); avoid Python control flow on tensor "
             "values and shapes fixed to the batch (e.g. x.view(2, -1); use x.flatten(1))"
         ) from None
-
-
-@contextmanager
-def quiet() -> Iterator[None]:
-    """Nothing printed to stdout or stderr while the block runs."""
-    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
-        yield
 
 
 def first_line(exc: BaseException) -> str:

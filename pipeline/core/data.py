@@ -62,7 +62,8 @@ class ExampleSource:
     loader: str  # module:function, imported through the door (already on the path)
     args: Mapping[str, Any] = field(default_factory=dict)
     items: np.ndarray | None = None
-    content_hash: str = ""  # of every example, from the driver's scan (`sources.scan_examples`)
+    content_hash: str = ""  # of every example, from the driver's scan (`loaders.scan_examples`)
+    length: int = 0  # how many examples the loader's Dataset held on the driver
 
     @property
     def key(self) -> str:
@@ -72,7 +73,14 @@ class ExampleSource:
         """The loader's Dataset, built once in this process."""
         if self.key not in _OPENED:
             load = import_callable(self.loader, (), "data.loader")
-            _OPENED[self.key] = features_of(load(**self.args))
+            dataset = features_of(load(**self.args))
+            if len(dataset) != self.length:  # another node's copy of the files, or none
+                raise PipelineError(
+                    f"data.loader {self.loader}: its Dataset holds {len(dataset)} examples here, "
+                    f"{self.length} on the driver; every node must read the same data (shared "
+                    "storage, absolute paths)"
+                )
+            _OPENED[self.key] = dataset
         return _OPENED[self.key]
 
     def remember(self, dataset: Any) -> None:

@@ -121,7 +121,13 @@ def load_with(reference: str, args: Mapping[str, Any], *, name: str) -> Dataset:
             f"({classes[0] if classes else 'none'}); nothing to learn"
         )
     if is_array(features):
-        array = np.asarray(features, dtype=np.float32)
+        try:
+            array = np.asarray(features, dtype=np.float32)
+        except (ValueError, TypeError) as exc:
+            raise PipelineError(
+                f"data.loader {reference}: features are not numbers of one shape ({exc}); "
+                "encode text and give every example the same shape"
+            ) from None
         check_length(len(array), len(encoded), reference)
         if array.ndim < 2:
             raise PipelineError(
@@ -147,9 +153,15 @@ def load_with(reference: str, args: Mapping[str, Any], *, name: str) -> Dataset:
             f"data.loader {reference}: features are a {type(features).__name__}; give a numpy "
             "array shaped (N, *input_shape) or a map-style torch Dataset"
         )
-    check_length(len(features), len(encoded), reference)
+    try:
+        examples = len(features)
+    except Exception as exc:  # the user's Dataset may raise anything
+        raise PipelineError(
+            f"data.loader {reference}: len() of its Dataset failed: {exc}"
+        ) from None
+    check_length(examples, len(encoded), reference)
     shape, digest = scan_examples(features, reference)
-    source = ExampleSource(loader=reference, args=dict(args), content_hash=digest)
+    source = ExampleSource(loader=reference, args=dict(args), content_hash=digest, length=examples)
     source.remember(features)
     return Dataset(
         name=name,
@@ -200,7 +212,13 @@ def scan_examples(dataset: Any, reference: str) -> tuple[tuple[int, ...], str]:
                 f"data.loader {reference}: reading example {index} failed: "
                 f"{type(exc).__name__}: {exc}"
             ) from None
-        example = np.asarray(example_of(item))
+        try:
+            example = np.asarray(example_of(item), dtype=np.float32)
+        except (ValueError, TypeError) as exc:
+            raise PipelineError(
+                f"data.loader {reference}: example {index} is not an array of numbers ({exc}); "
+                "an item is the example's features, or a tuple whose first element is"
+            ) from None
         if shape is None:
             shape = tuple(int(d) for d in example.shape)
         elif example.shape != shape:

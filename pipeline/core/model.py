@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Mapping
+from contextlib import redirect_stderr, redirect_stdout
 from typing import Any
 
 import torch
@@ -63,7 +64,9 @@ def export_network(network: nn.Module, example: torch.Tensor) -> bytes:
     the wire and the registry, never the builder's classes."""
     network = network.eval()
     batch = torch.export.Dim("batch")
-    program = torch.export.export(network, (example,), dynamic_shapes=({0: batch},))
+    # Its tracer prints the graph it could not trace; the exception says why, and is enough.
+    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        program = torch.export.export(network, (example,), dynamic_shapes=({0: batch},))
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
     return buffer.getvalue()

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.data import Dataset, Split
+from pipeline.core.images import read_image
 from pipeline.core.sources import FLOAT32_MAX, check_feature_columns, read_table
 from pipeline.errors import PipelineError
 
@@ -85,13 +86,12 @@ def read_npy(path: Path, metadata: dict[str, Any]) -> Inputs:
 
 
 def read_images(folder: Path, metadata: dict[str, Any]) -> Inputs:
-    """Grey-scale images resized to the training size, pixels mapped to the training range.
+    """Images resized to the training size (grey or RGB, as the model was trained), pixels
+    mapped to the training range.
 
     Images are expected as the training data show them (for MNIST and digits: light strokes on
     a dark background).
     """
-    from PIL import Image, UnidentifiedImageError  # only image models need Pillow
-
     # Versions registered before input shapes were recorded name only an image's shape.
     shape = metadata.get("input_shape") or metadata.get("image_shape")
     if not shape or len(shape) != 3 or shape[0] not in (1, 3):
@@ -105,18 +105,7 @@ def read_images(folder: Path, metadata: dict[str, Any]) -> Inputs:
     low, high = metadata["feature_range"]
     rows = []
     for file in files:
-        try:
-            with Image.open(file) as image:
-                converted = image.convert("L" if channels == 1 else "RGB")
-                # Area averaging when shrinking (each pixel the mean of its block).
-                shrink = converted.width >= width and converted.height >= height
-                method = Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR
-                converted = converted.resize((width, height), method)
-        except (OSError, UnidentifiedImageError) as exc:
-            raise PipelineError(f"{file}: cannot read as an image: {exc}") from None
-        pixels = np.asarray(converted, dtype=np.float32)
-        # As the model's examples are laid out: (channels, height, width), flattened.
-        pixels = (pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)).reshape(-1)
+        pixels = read_image(file, (height, width), channels).reshape(-1)
         rows.append(low + pixels / 255.0 * (high - low))
     return Inputs(np.stack(rows), [f.name for f in files])
 

@@ -36,6 +36,9 @@ from pipeline.core.model import Builder, build_network
 DIVERGED_LOSS = 1e30
 DIVERGED_ACC = 0.0
 EVAL_BATCH = 8192
+# Rows scored at once when examples are read on demand: such examples may be large (images), and
+# a batch of them is held whole while it is scored.
+READ_BATCH = 256
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +89,7 @@ class Examples:
         self.labels = as_tensor(labels, device)
         self.features = None if features is None else as_tensor(features, device)
         self.examples = examples
+        self.eval_batch = EVAL_BATCH if features is not None else READ_BATCH
 
     def batches(self, rows: torch.Tensor, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(features, labels) of `rows` (on the CPU), `size` rows at a time, in their order."""
@@ -170,7 +174,7 @@ class FoldTrainer:
         """Mean loss, accuracy and predicted classes on the given rows."""
         self.model.eval()
         losses, predictions, targets = [], [], []
-        for features, labels in self.examples.batches(rows, EVAL_BATCH):
+        for features, labels in self.examples.batches(rows, self.examples.eval_batch):
             logits = self.model(features)
             losses.append(nn.functional.cross_entropy(logits, labels, reduction="sum"))
             predictions.append(logits.argmax(dim=1))

@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Scalar
+from pipeline.config.hyperparameters import TRIAL_COLUMNS, TRIAL_SCORES
 
 # A trial's scores at its best epoch (see `decisions.best_epoch`), by name.
-SCORES = ("val_acc", "val_loss", "train_loss")
+SCORES = TRIAL_SCORES
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,16 +94,7 @@ def as_float(value: Any) -> float | None:
 
 
 # The columns of a trial's row that are not its hyperparameters.
-SUMMARY_COLUMNS = (
-    "trial_id",
-    "state",
-    "epoch",
-    *SCORES,
-    "epochs_trained",
-    "train_seconds",
-    "host",
-    "device",
-)
+SUMMARY_COLUMNS = TRIAL_COLUMNS
 
 
 def hyperparameters_of(values: Mapping[str, Any]) -> dict[str, Scalar]:

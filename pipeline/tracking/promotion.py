@@ -58,13 +58,27 @@ def version_data(loaded: LoadedVersion, cache_dir: Path) -> tuple[Dataset, Split
 
 def check_comparable(candidate: LoadedVersion, champion: LoadedVersion, name: str) -> None:
     """Refuse to compare models trained on different data sets (features or classes differ)."""
+    ours, theirs = data_identity(candidate.metadata), data_identity(champion.metadata)
     for key in DATA_IDENTITY:
-        if candidate.metadata.get(key) != champion.metadata.get(key):
+        if ours[key] != theirs[key]:
             raise PipelineError(
                 f"model '{name}': version {candidate.version} was trained on "
                 f"{describe_data(candidate.metadata)}, the champion (version {champion.version}) "
-                f"on {describe_data(champion.metadata)}; they cannot be compared ({key} differ)"
+                f"on {describe_data(champion.metadata)}; they cannot be compared ({key} differ: "
+                f"{ours[key]} and {theirs[key]})"
             )
+
+
+def data_identity(metadata: dict[str, Any]) -> dict[str, Any]:
+    """What must match for two versions to share a test split, read from a version's metadata;
+    versions registered before loaders and input shapes were recorded get what they imply."""
+    features = metadata.get("feature_names", [])
+    source = (metadata.get("data") or {}).get("source")
+    implied = {
+        "loader": f"source:{source}",
+        "input_shape": metadata.get("image_shape") or [len(features)],
+    }
+    return {key: metadata.get(key, implied.get(key)) for key in DATA_IDENTITY}
 
 
 def describe_data(metadata: dict[str, Any]) -> str:

@@ -78,9 +78,10 @@ def describe_experiment(experiment: Experiment) -> str:
     about = f"{experiment.description}\n\n" if experiment.description else ""
     best = "highest" if experiment.mode == "max" else "lowest"
     return (
-        f"{about}Hyperparameter sweeps of `{experiment.name}` on the `{experiment.data.source}` "
-        f"data: one parent run per sweep (its settings, `trials.csv` and the sweep report under "
-        f"`report/`), one nested run per trial, and a `retrain` run holding the model registered "
+        f"{about}Hyperparameter sweeps of `{experiment.name}` on the "
+        f"`{experiment.data.source or experiment.data.loader}` data: one parent run per sweep "
+        f"(its settings, `trials.csv` and the sweep report under `report/`), one nested run per "
+        f"trial, and a `retrain` run holding the model registered "
         f"as `{experiment.model_name}`. Trials are ranked on `{experiment.metric}` ({best} wins) "
         f"at their best epoch: sort the trial runs by `best_{experiment.metric}`."
     )

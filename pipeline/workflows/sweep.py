@@ -16,7 +16,7 @@ from pipeline.config import Experiment, Scalar
 from pipeline.core.checks import check_model
 from pipeline.core.data import Dataset, Split, TuningData, tuning_data
 from pipeline.core.decisions import best_trial, with_states
-from pipeline.core.sources import source_uri
+from pipeline.core.sources import load_split, source_uri
 from pipeline.core.trials import TrialRow
 from pipeline.distributed import cluster
 from pipeline.distributed.results import TunerResults
@@ -79,6 +79,16 @@ class OpenSweep:
     recorder: TrialRecorder | None  # a new sweep's trial writer (a resumed one's is Ray's)
 
 
+def sweep_data(experiment: Experiment, settings: Settings) -> tuple[Dataset, Split]:
+    """The experiment's data and split, and its model's pre-flight on them (`checks`): what a
+    sweep needs before anything is started or written."""
+    dataset, split = load_split(
+        experiment.data, experiment.seed, settings.data_dir, code_paths=experiment.code.paths
+    )
+    check_model(experiment, dataset, split)
+    return dataset, split
+
+
 def run_sweep(
     job: SweepJob,
     settings: Settings,
@@ -96,9 +106,12 @@ def run_sweep(
     sweep starts, from `warm` if given, its parent run tagged with `marks`."""
     started = time.perf_counter()
     watch = stopwatch or Stopwatch()
-    # Everything that can fail for want of a working model, a cluster or storage fails before
-    # MLflow is written.
-    check_model(job.experiment, job.dataset, job.split)
+    # Everything that can fail for want of a cluster or storage fails before MLflow is written.
+    cluster.connect(settings.ray_address, job.experiment.code.paths)
+    cluster.check_resources(job.experiment, autoscaling=bool(settings.ray_address))
+    cluster.check_storage(settings.storage, settings.storage_endpoint)
+    if settings.ray_address:  # a local Ray's workers import what this driver just imported
+        cluster.check_code(job.experiment)
     dataset, split = job.dataset, job.split
     log.info(
         "%s: %d rows (%d train, %d val, %d test), %d classes",
@@ -109,11 +122,6 @@ def run_sweep(
         len(split.test),
         dataset.num_classes,
     )
-    cluster.connect(settings.ray_address, job.experiment.code.paths)
-    cluster.check_resources(job.experiment, autoscaling=bool(settings.ray_address))
-    cluster.check_storage(settings.storage, settings.storage_endpoint)
-    if settings.ray_address:  # a local Ray's workers import what this driver just imported
-        cluster.check_code(job.experiment)
     watch.lap("ray start")
     client = open_client(settings.tracking_uri)
     experiment_id = ensure_experiment(
