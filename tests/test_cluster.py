@@ -37,6 +37,7 @@ from tests.conftest import (
     background,
     cli_env,
     free_port,
+    private_mounts,
     refused_tune,
     require_private_mounts,
     run_cli,
@@ -58,6 +59,16 @@ class Cluster:
     agent_ports: list[int]  # each node's dashboard agent (KubeRay: 52365)
     env: dict[str, str]  # the nodes' environment: the image's PATH first
     ray: str  # the image's `ray`
+    driver_only: Path  # a folder of the driver's that reads empty on every node
+
+
+def without(folder: Path, command: list[str]) -> list[str]:
+    """`command` run where `folder` is an empty tmpfs (like a folder of another machine), when
+    this user may mount; else as it is."""
+    if not private_mounts():
+        return command
+    hidden = f"mount -t tmpfs none {folder} && exec {shlex.join(command)}"
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", hidden]
 
 
 def node_image() -> Path:
@@ -97,6 +108,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     env = cli_env(**auth)
     env["PATH"] = f"{bin_folder}:{env['PATH']}"  # `python` in a job's entrypoint: the image's
     node = [ray, "start", "--block", "--num-cpus", "1", "--disable-usage-stats"]
+    driver_only = folder / "driver-only"
+    driver_only.mkdir()
     with ExitStack() as stack:
         head = [*node, "--head", "--port", str(port), "--temp-dir", str(temp_dir)]
         head += ["--include-dashboard", "true", "--dashboard-host", "127.0.0.1"]
@@ -106,10 +119,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             "--dashboard-agent-listen-port",
             str(agents[0]),
         ]
+        head = without(driver_only, head)
         stack.enter_context(background(head, env, folder, folder / "head.log"))
         wait_until(lambda: accepts(port), 60, "ray head", folder / "head.log")
         worker = [*node, "--address", f"127.0.0.1:{port}"]
         worker += ["--dashboard-agent-listen-port", str(agents[1])]
+        worker = without(driver_only, worker)
         stack.enter_context(background(worker, env, folder, folder / "worker.log"))
         wait_until(lambda: started(folder / "worker.log"), 60, "second node", folder / "worker.log")
         # Started is not yet schedulable: wait until the head counts both nodes' CPUs.
@@ -124,6 +139,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             agents,
             env,
             ray,
+            driver_only,
         )
     assert not accepts(port), "the head still listens after the test"
     shutil.rmtree(temp_dir, ignore_errors=True)
@@ -136,9 +152,8 @@ def test_storage_a_node_cannot_see_is_refused_before_the_sweep(
     storage = tmp_path / "storage"
     storage.mkdir()
     # A third node whose /storage is an empty tmpfs: like a local folder on another machine.
-    hidden = f"mount -t tmpfs none {storage} && exec {cluster.ray} start --block --num-cpus 1 "
-    hidden += f"--disable-usage-stats --address {cluster.address}"
-    command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", hidden]
+    node3 = [cluster.ray, "start", "--block", "--num-cpus", "1", "--disable-usage-stats"]
+    command = without(storage, [*node3, "--address", cluster.address])
     log = tmp_path / "node3.log"
     with background(command, cli_env(**cluster.auth), tmp_path, log) as node:
         wait_until(lambda: started(log), 60, "third node", log, node)
@@ -280,21 +295,20 @@ def reported_epochs(sweeps: Path) -> dict[str, int]:
 def test_a_sweep_over_three_nodes_loses_one_and_still_costs_no_trial_and_no_epoch(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    """smoke.yaml tuning a user's network from a package in a driver folder that the third node
-    does not have (an empty tmpfs there), from a driver outside the cluster, its trials over
-    three nodes; the third dies (SIGKILL of it and its workers) while each node runs a trial.
-    The sweep finishes on the two left: the lost trial resumes from its checkpoint, its epochs
-    never go backwards, there is one run per trial, each tagged with the node it ran on; the
-    retrain runs on the cluster and the version is registered; the trial state is in the
-    configured storage."""
-    require_private_mounts("give a node a view without the user's code folder")
-    space = user_space(tmp_path)
-    code = tmp_path / "user" / "src"
+    """smoke.yaml tuning a user's network from a package in a driver folder that no node has
+    (an empty tmpfs on each), from a driver outside the cluster, its trials over three nodes;
+    the third dies (SIGKILL of it and its workers) while each node runs a trial. The sweep
+    finishes on the two left: the lost trial resumes from its checkpoint, its epochs never go
+    backwards, there is one run per trial, each tagged with the node it ran on; the second
+    opinions and the retrain run on the cluster and the version is registered; the trial state
+    is in the configured storage."""
+    require_private_mounts("give the nodes a view without the user's code folder")
+    # The package's folder reads empty on every node: they import what the job shipped.
+    space = user_space(cluster.driver_only / tmp_path.name)
+    assert space.exists()
     log = tmp_path / "node3.log"
-    node3 = f"mount -t tmpfs none {code} && exec {cluster.ray} start --block --num-cpus 1 "
-    node3 += f"--disable-usage-stats --address {cluster.address}"
-    # The package's folder reads empty on that node: its trial imports what the job shipped.
-    hidden = ["unshare", "--mount", "--propagation", "private", "sh", "-c", node3]
+    node3 = [cluster.ray, "start", "--block", "--num-cpus", "1", "--disable-usage-stats"]
+    hidden = without(cluster.driver_only, [*node3, "--address", cluster.address])
     # Three trials of 15-25 s (full digits in 5 folds, 100 epochs, a checkpoint every epoch), so
     # that all three are surely under way at once, one per node: one-fold trials took 5 s, and the
     # head's two could end before the third node's first worker had started.

@@ -23,7 +23,7 @@ from PIL import Image
 
 from pipeline import tags
 from tests.conftest import (
-    E2E,
+    EXAMPLES,
     REPO,
     background,
     cli_env,
@@ -34,7 +34,7 @@ from tests.conftest import (
 )
 from tests.test_registry import pings
 
-pytestmark = [pytest.mark.slow, E2E]
+pytestmark = [pytest.mark.slow, EXAMPLES]
 EXAMPLES = REPO / "examples"
 # A night as small as a sweep can be: two trials of two epochs, one split.
 SMALL = {"num_samples": 2, "max_concurrent": 2, "max_epochs": 3}
@@ -61,6 +61,7 @@ def copy_example(name: str, folder: Path) -> Path:
     if (example / "prepare.py").exists():
         subprocess.run([sys.executable, str(example / "prepare.py")], check=True)
         raw["data"]["path"] = str(example / "images")
+        raw["data"]["limit"] = 400  # of the 1,797 images: a subset read on demand
     space = example / "space.yaml"
     space.write_text(yaml.safe_dump(raw))
     return space
