@@ -27,7 +27,7 @@ AT ?= 02:00
 
 .DEFAULT_GOAL := help
 .PHONY: help install install-dev install-cluster install-server tune nightly history schedule unschedule report sweeps retrain promote rollback predict serve test test-fast lint \
-	bench-cli bench-overhead bench-peer bench-quality bench-scale ui mlflow-server clean
+	bench-cli bench-data bench-overhead bench-peer bench-quality bench-scale ui mlflow-server clean
 
 # The settings above (NAME ?= default), which a help text names as $(NAME): help shows their
 # values, e.g. `make help PORT=8000` the port `make serve PORT=8000` would take.
@@ -82,10 +82,15 @@ install-cron: ## Install cron's crontab (the scheduling test's), if missing
 image-envs: install-dev ## Build the images' package sets as venvs in .venv-images (the deploy tests run them)
 	$(PY) -m tests.image_envs
 
+# An example whose folder holds a prepare.py writes its data with it first (once).
+PREPARE = $(wildcard $(dir $(SPACE))prepare.py)
+
 tune: install ## Sweep, retrain, register: [SPACE=search_spaces/x.yaml] [RAY_ADDRESS=head:6380] [ARGS=..]
+	$(if $(PREPARE),$(PY) $(PREPARE))
 	$(PY) -m pipeline tune --space $(SPACE) $(ARGS)
 
 nightly: install ## One night: retune, retrain, register, promote if better [SPACE=..] [ARGS='--date D']
+	$(if $(PREPARE),$(PY) $(PREPARE))
 	$(PY) -m pipeline nightly --space $(SPACE) $(ARGS)
 
 history: install ## The model's last nights: trials, scores, decisions [MODEL=..]
@@ -132,13 +137,16 @@ test-fast: install-dev ## Run the tests that need no end-to-end sweep (under 4 m
 	$(PY) -m pytest -q -n 2 -m "not slow" --durations=10 $(ARGS)
 
 lint: install-dev ## ruff, mypy and the import contracts (layers, one door per outside system)
-	$(VENV)/bin/ruff check pipeline tests benchmarks deploy
-	$(VENV)/bin/ruff format --check pipeline tests benchmarks deploy
+	$(VENV)/bin/ruff check pipeline tests benchmarks deploy examples
+	$(VENV)/bin/ruff format --check pipeline tests benchmarks deploy examples
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
 bench-cli: install ## Benchmark: seconds of --help, promote, rollback, predict (median of 5)
 	$(PY) benchmarks/cli.py $(ARGS)
+
+bench-data: install ## Benchmark: peak RSS of the driver and a trial worker tuning an image folder and one 10x its size
+	$(PY) benchmarks/data.py $(ARGS)
 
 bench-overhead: install ## Benchmark: sweep efficiency and MLflow share, realistic and tiny sweeps
 	$(PY) benchmarks/overhead.py $(ARGS)

@@ -225,7 +225,7 @@ def synthetic_mnist(seed: int) -> Dataset:
         features=features,
         labels=labels,
         class_names=tuple(str(c) for c in range(CLASSES)),
-        image_shape=(1, SIDE, SIDE),
+        input_shape=(1, SIDE, SIDE),
     )
 
 

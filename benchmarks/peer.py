@@ -152,6 +152,7 @@ def run_optuna(trials: int, concurrent: int) -> None:
     import torch
 
     from pipeline.config import Hyperparameters, load_experiment
+    from pipeline.config.door import import_callable
     from pipeline.core.data import split_dataset, tuning_data
     from pipeline.core.decisions import best_epoch
     from pipeline.core.sources import load_dataset
@@ -160,9 +161,8 @@ def run_optuna(trials: int, concurrent: int) -> None:
     experiment = load_experiment(DEFAULT_SPACE, job_overrides(trials, concurrent))
     # digits is bundled with scikit-learn: nothing is downloaded or cached.
     dataset = load_dataset(experiment.data, experiment.seed, Path(tempfile.gettempdir()))
-    data = tuning_data(
-        dataset, split_dataset(dataset, experiment.data, experiment.seed), experiment.data
-    )
+    split = split_dataset(dataset, experiment.data, experiment.seed)
+    data = tuning_data(dataset, split, shared_scale=experiment.data.shared_scale)
     torch.set_num_threads(1)  # each trial one CPU, as our trials get (resources.cpus=1)
     device = torch.device("cpu")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -181,7 +181,7 @@ def run_optuna(trials: int, concurrent: int) -> None:
 
         try:
             fit(
-                experiment.model.family,
+                import_callable(experiment.model.builder_reference, (), "model.builder"),
                 hp,
                 data,
                 max_epochs=experiment.budget.max_epochs,

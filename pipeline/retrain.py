@@ -15,11 +15,20 @@ import torch
 from torch import nn
 
 from pipeline.config import Experiment, Hyperparameters
-from pipeline.core.data import Dataset, Split, TuningData
+from pipeline.config.door import code_fingerprint, import_callable
+from pipeline.core.checks import first_line
+from pipeline.core.data import STATS_SAMPLE, Dataset, Split, TuningData
 from pipeline.core.decisions import SCORE_WINDOW, Selection, score_at
 from pipeline.core.evaluate import score
-from pipeline.core.model import with_probabilities
-from pipeline.core.train import DIVERGED_ACC, DIVERGED_LOSS, EVAL_BATCH, fit, fit_final
+from pipeline.core.model import Builder, export_network, load_exported, with_probabilities
+from pipeline.core.train import (
+    DIVERGED_ACC,
+    DIVERGED_LOSS,
+    EVAL_BATCH,
+    READ_BATCH,
+    fit,
+    fit_final,
+)
 from pipeline.errors import PipelineError
 from pipeline.tracking.models import RetrainedModel, RetrainRecord, log_retrain_run
 from pipeline.tracking.runs import LoggedData
@@ -30,9 +39,10 @@ INPUT_EXAMPLE_ROWS = 5
 
 @dataclass(frozen=True, kw_only=True)
 class FinalModel:
-    """A retrained network (softmax output, eval mode, on the CPU) and its one test."""
+    """A retrained network (softmax output), exported where it trained (`model.export_network`),
+    and its one test."""
 
-    network: nn.Module
+    program: bytes
     train_losses: list[float]
     test_probabilities: np.ndarray
     train_seconds: float
@@ -49,13 +59,20 @@ def check_same_data(sweep: SweepRecord, split: Split) -> None:
 
 
 @torch.no_grad()
-def predict_probabilities(network: nn.Module, features: np.ndarray) -> np.ndarray:
-    """Class probabilities of a softmax network for raw feature rows, in batches."""
+def predict_probabilities(network: nn.Module, dataset: Dataset, rows: np.ndarray) -> np.ndarray:
+    """Class probabilities of a softmax network for these rows, read and scored in batches."""
+    size = EVAL_BATCH if dataset.features is not None else READ_BATCH
     parts = [
-        network(torch.from_numpy(features[start : start + EVAL_BATCH])).numpy()
-        for start in range(0, len(features), EVAL_BATCH)
+        network(torch.from_numpy(dataset.rows(rows[start : start + size]))).numpy()
+        for start in range(0, len(rows), size)
     ]
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def builder_of(experiment: Experiment) -> Builder:
+    """The experiment's builder, ours or the user's (already importable here: on the driver's
+    path, or shipped to this worker with the job)."""
+    return import_callable(experiment.model.builder_reference, (), "model.builder")
 
 
 def train_and_test(
@@ -75,13 +92,10 @@ def train_and_test(
     if device is None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     network, losses = fit_final(
-        experiment.model.family,
+        builder_of(experiment),
         hp,
-        features=dataset.features,
-        labels=dataset.labels,
+        dataset,
         train_rows=split.tuning_rows,
-        num_classes=dataset.num_classes,
-        image_shape=dataset.image_shape,
         epochs=epochs,
         device=device,
         seed=experiment.seed,
@@ -94,9 +108,17 @@ def train_and_test(
             f"{losses[-1]}); nothing registered"
         )
     classifier = with_probabilities(network).eval()
-    probabilities = predict_probabilities(classifier, dataset.features[split.test])
+    probabilities = predict_probabilities(classifier, dataset, split.test)
+    example = torch.from_numpy(dataset.rows(split.train[:INPUT_EXAMPLE_ROWS]))
+    try:
+        program = export_network(classifier, example)
+    except Exception as exc:  # torch.export's errors are of many types
+        raise PipelineError(
+            f"model.builder {experiment.model.builder_reference}: torch.export cannot export the "
+            f"winner's forward for any batch size ({first_line(exc)}); nothing registered"
+        ) from None
     return FinalModel(
-        network=classifier,
+        program=program,
         train_losses=losses,
         test_probabilities=probabilities,
         train_seconds=seconds,
@@ -125,7 +147,7 @@ def second_opinion(
     # Trained just far enough to score `epochs` as the sweep did: the window centred on it.
     last = min(hp.planned_epochs(experiment.budget.max_epochs), epochs + SCORE_WINDOW // 2)
     fit(
-        experiment.model.family,
+        builder_of(experiment),
         hp,
         data,
         max_epochs=last,
@@ -140,19 +162,29 @@ def second_opinion(
 
 
 def model_metadata(experiment: Experiment, dataset: Dataset, split: Split) -> dict[str, Any]:
-    """What prediction and promotion need, stored in the MLmodel file next to the network."""
-    tuning = dataset.features[split.tuning_rows]
+    """What prediction and promotion need, stored in the MLmodel file next to the network:
+    the classes and features, the data's identity and how to rebuild them (the loader, its
+    arguments and the code folders it is imported from), and what built the network."""
+    rows = split.tuning_rows
+    if dataset.features is None:  # a seeded sample, across the classes (files come by class)
+        rows = np.sort(np.random.default_rng(0).permutation(rows)[:STATS_SAMPLE])
+    sample = dataset.rows(rows)
     return {
         "class_names": list(dataset.class_names),
         "feature_names": list(dataset.columns),
-        "image_shape": list(dataset.image_shape) if dataset.image_shape else None,
+        "input_shape": list(dataset.input_shape),
         # Image inputs are scaled from 0..255 to the range the network was trained on.
-        "feature_range": [float(tuning.min()), float(tuning.max())],
+        "feature_range": [float(sample.min()), float(sample.max())],
         "dataset": dataset.name,
+        "loader": experiment.data.loader or f"source:{experiment.data.source}",
+        "loader_args": experiment.data.args,
         "data": experiment.data.model_dump(mode="json"),
+        "code_paths": list(experiment.code.paths),
+        "code_fingerprint": code_fingerprint(experiment.code.paths),
         "seed": experiment.seed,
         "data_fingerprint": split.fingerprint,
-        "family": experiment.model.family,
+        "family": experiment.model.short_name,
+        "builder": experiment.model.builder_reference,
     }
 
 
@@ -168,7 +200,8 @@ def log_retrain(
 ) -> RetrainRecord:
     """Score the test predictions and log the retrain (with its model, the rows it trained and
     was tested on, from `source`, and how it was selected) under the sweep."""
-    example = dataset.features[split.train[:INPUT_EXAMPLE_ROWS]]
+    example = dataset.rows(split.train[:INPUT_EXAMPLE_ROWS])
+    network = load_exported(final.program)
     params = {
         **sweep.best.params,
         "epochs": sweep.epochs,
@@ -176,7 +209,7 @@ def log_retrain(
         "rows.test": len(split.test),
     }
     retrained = RetrainedModel(
-        network=final.network,
+        network=network,
         report=score(final.test_probabilities, dataset.labels[split.test], dataset.class_names),
         train_losses=final.train_losses,
         train_seconds=final.train_seconds,
@@ -185,7 +218,7 @@ def log_retrain(
         data_fingerprint=split.fingerprint,
         dataset_name=dataset.name,
         example=example,
-        example_output=predict_probabilities(final.network, example),
+        example_output=network(torch.from_numpy(example)).detach().numpy(),
         metadata=model_metadata(sweep.experiment, dataset, split),
         selection=selection,
         # MLflow keeps one input per name and digest: the test rows get a name of their own.
@@ -194,8 +227,8 @@ def log_retrain(
                 name=name,
                 source=source,
                 fingerprint=split.fingerprint,
-                features=dataset.features[rows],
-                labels=dataset.labels[rows],
+                rows=len(rows),
+                input_shape=dataset.input_shape,
                 context=context,
             )
             for name, rows, context in (

@@ -38,6 +38,14 @@ TEST_ACC = "test_acc"
 TEST_ACC_95 = "test_acc_95"  # its 95% (Wilson) interval
 TEST_LOSS = "test_loss"
 TEST_MACRO_F1 = "test_macro_f1"
+# What made it (also in its MLmodel metadata, under the same names): the network's builder, the
+# data's loader (or built-in source) and its arguments, the shipped code and the example's shape.
+BUILDER = "builder"
+LOADER = "loader"
+LOADER_ARGS = "loader_args"
+CODE_FINGERPRINT = "code_fingerprint"
+INPUT_SHAPE = "input_shape"
+MODEL_ORIGIN = (BUILDER, LOADER, LOADER_ARGS, CODE_FINGERPRINT, INPUT_SHAPE)
 
 
 def trial_score(metric: str) -> str:

@@ -57,7 +57,7 @@ def digits_split(digits: Dataset) -> Split:
 
 @pytest.fixture(scope="session")
 def digits_tuning(digits: Dataset, digits_split: Split) -> TuningData:
-    return tuning_data(digits, digits_split, DataConfig(source="digits"))
+    return tuning_data(digits, digits_split, shared_scale=DataConfig(source="digits").shared_scale)
 
 
 def cli_env(**settings: str) -> dict[str, str]:
@@ -316,13 +316,19 @@ def postgres() -> str:
     return ADMIN_URL
 
 
-def require_private_mounts(why: str) -> None:
-    """Skip unless this user may give a process its own mount namespace (`unshare --mount`;
-    root in a container may); under REQUIRE_UNSHARE=1 (CI, which can) fail instead."""
+def private_mounts() -> bool:
+    """Whether this user may give a process its own mount namespace (`unshare --mount`; root in
+    a container may)."""
     done = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "true"], capture_output=True
     )
-    if done.returncode != 0:
+    return done.returncode == 0
+
+
+def require_private_mounts(why: str) -> None:
+    """Skip unless this user may give a process its own mount namespace; under
+    REQUIRE_UNSHARE=1 (CI, which can) fail instead."""
+    if not private_mounts():
         reason = f"needs `unshare --mount` to {why}"
         if os.environ.get("REQUIRE_UNSHARE") == "1":
             pytest.fail(f"REQUIRE_UNSHARE=1 but the test {reason}")
@@ -332,9 +338,11 @@ def require_private_mounts(why: str) -> None:
 # The end-to-end modules that sweep (a local Ray or Ray nodes) each fill both cores: pytest-xdist
 # runs this group's tests one after another on one worker (`--dist loadgroup`, make test). The
 # tracking-server module mostly waits on its servers (HTTP, PostgreSQL, S3, a password check per
-# request): its own group runs beside them, on the worker that takes every other module.
+# request): its own group runs beside them, on the worker that takes every other module. So do
+# the examples' lifecycles (each mostly process start-ups and small sweeps, about a core's worth).
 E2E = pytest.mark.xdist_group("e2e")
 SERVERS = pytest.mark.xdist_group("servers")
+EXAMPLES = pytest.mark.xdist_group("examples")
 SMOKE_MODEL = "smoke-digits-mlp"  # smoke.yaml's registered_model
 
 

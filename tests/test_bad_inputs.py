@@ -65,6 +65,208 @@ def truncate(path: Path) -> None:
     path.write_text(text[: text.rindex(",", 0, len(text) - 5)])
 
 
+# A user's code folder: builders and loaders that break the contract, one module each (the
+# battery runs in one process, where a module is imported once).
+USER_CODE = {
+    "nets_ok.py": """
+from torch import nn
+def build(spec, *, width: int = 8, kernel_size: "Literal[3, 5]" = 3):
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU(), nn.Linear(width, 10))
+from typing import Literal
+""",
+    "nets_nospec.py": "def build(*, width=8):\n    pass\n",
+    "nets_required.py": "def build(spec, *, width):\n    pass\n",
+    "nets_dict.py": "def build(spec, *, width=8):\n    return {'width': width}\n",
+    "nets_shape.py": """
+from torch import nn
+def build(spec, *, width=8):
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+""",
+    "nets_branch.py": """
+import torch
+from torch import nn
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(64, 10), nn.Linear(64, 10)
+    def forward(self, x):
+        x = x.flatten(1)
+        if x.sum() > 0:  # data-dependent control flow: torch.export cannot trace it
+            return self.a(x)
+        return self.b(x)
+def build(spec, *, width=8):
+    return Branchy()
+""",
+    "nets_import.py": "import no_such_dependency\n",
+    "nets_reserved.py": "def build(spec, *, epochs=3):\n    pass\n",
+    "tables_bad.py": """
+import numpy as np
+def rows(n=60, classes=3):
+    x = np.random.default_rng(0).normal(size=(n, 64)).astype(np.float32)
+    return x, np.arange(n) % classes
+def nan(limit=60):
+    x, y = rows()
+    x[17, 3] = np.nan
+    return x, y
+def mismatch(limit=60):
+    x, y = rows()
+    return x, y[:-5]
+def text(limit=60):
+    x, y = rows()
+    return x.astype(str).astype(object) + "cm", y
+def one_class(limit=60):
+    x, y = rows()
+    return x, np.zeros(len(y), dtype=int)
+def few(limit=60):
+    x, y = rows()
+    y[:] = 0
+    y[:10] = 1
+    y[10:13] = 2
+    return {"features": x, "labels": y, "class_names": ["zero", "one", "rare"]}
+""",
+}
+
+
+def write_user_code(folder: Path) -> None:
+    code = folder / "user_code"
+    code.mkdir()
+    for name, text in USER_CODE.items():
+        (code / name).write_text(text.lstrip())
+    images = folder / "images"
+    for label in ("a", "b"):
+        (images / label).mkdir(parents=True)
+        for i in range(4):
+            np.save(images / label / f"{i}.npy", np.zeros(2))  # not images: skipped
+    from PIL import Image
+
+    for i in range(6):
+        Image.new("L", (8, 8), i * 40).save(images / "ab"[i % 2] / f"{i}.png")
+    (images / "b" / "broken.png").write_bytes(b"not a png")
+
+
+def user_space(folder: Path, name: str, builder: str, **changes: Any) -> str:
+    """smoke.yaml tuning the user's `builder` (with `width`) from user_code/, on digits."""
+    lr = {"type": "float", "low": 0.001, "high": 0.1, "log": True}
+    return write_space(
+        folder,
+        name,
+        code={"paths": ["user_code"]},
+        model={"builder": builder},
+        search={"algorithm": "random"},
+        **{"params": {"lr": lr, "width": 8}, **changes},
+    )
+
+
+def user_code_cases(folder: Path) -> dict[str, Case]:
+    """The door's refusals, each before Ray starts and before anything is written."""
+    write_user_code(folder)
+    tune = ["tune", "--space"]
+    loader = {"loader": "tables_bad:nan", "args": {"limit": 60}}
+    searched = str(folder / "user_code")
+    return {
+        "builder-no-module": Case(
+            [*tune, user_space(folder, "b1", "no_such_pkg.nets:build")],
+            f"model.builder no_such_pkg.nets:build: cannot import module 'no_such_pkg.nets' "
+            f"(No module named 'no_such_pkg'); searched {searched}",
+        ),
+        "builder-dependency-missing": Case(
+            [*tune, user_space(folder, "b2", "nets_import:build")],
+            "importing 'nets_import' failed: ModuleNotFoundError: No module named "
+            "'no_such_dependency'",
+        ),
+        "builder-no-function": Case(
+            [*tune, user_space(folder, "b3", "nets_ok:buidl")],
+            "has no 'buidl' (did you mean 'build'?)",
+        ),
+        "builder-no-spec": Case(
+            [*tune, user_space(folder, "b4", "nets_nospec:build")],
+            "builder nets_nospec:build: must take the model spec as its first positional",
+        ),
+        "builder-required-argument": Case(
+            [*tune, user_space(folder, "b5", "nets_required:build", params={"lr": 0.01})],
+            "builder nets_required:build needs 'width' (it has no default); add params.width",
+        ),
+        "param-unknown": Case(
+            [*tune, user_space(folder, "b6", "nets_ok:build"), "--set", "params.widht=4"],
+            "params.widht: 'widht' is neither a training hyperparameter nor an argument of "
+            "builder nets_ok:build (did you mean 'width'?)",
+        ),
+        "param-outside-literal": Case(
+            [*tune, user_space(folder, "b7", "nets_ok:build"), "--set", "params.kernel_size=4"],
+            "params.kernel_size: '4' is not one of 3, 5",
+        ),
+        "builder-takes-a-reserved-name": Case(
+            [*tune, user_space(folder, "b11", "nets_reserved:build")],
+            "builder nets_reserved:build takes 'epochs', the name of a training hyperparameter",
+        ),
+        "loader-text-features": Case(
+            [
+                *tune,
+                user_space(folder, "l6", "nets_ok:build", data={"loader": "tables_bad:text"}),
+            ],
+            "data.loader tables_bad:text: features are not numbers of one shape",
+        ),
+        "builder-returns-no-module": Case(
+            [*tune, user_space(folder, "b8", "nets_dict:build")],
+            "failed: TypeError: the builder returned a dict, not a torch.nn.Module",
+        ),
+        "builder-wrong-output": Case(
+            [*tune, user_space(folder, "b9", "nets_shape:build")],
+            "on two examples shaped [2, 1, 8, 8] it returns [2, 3]; expected [2, 10]",
+        ),
+        "builder-not-exportable": Case(
+            [*tune, user_space(folder, "b10", "nets_branch:build")],
+            "model.builder nets_branch:build: torch.export cannot export its forward",
+        ),
+        "loader-no-argument": Case(
+            [
+                *tune,
+                user_space(folder, "l1", "nets_ok:build", data={**loader, "args": {"limt": 60}}),
+            ],
+            "data.args.limt: not an argument of loader tables_bad:nan (did you mean 'limit'?)",
+        ),
+        "loader-nan": Case(
+            [*tune, user_space(folder, "l2", "nets_ok:build", data=loader)],
+            "data.loader tables_bad:nan: 1 examples hold NaN or infinite values (first: row 17)",
+        ),
+        "loader-lengths": Case(
+            [
+                *tune,
+                user_space(folder, "l3", "nets_ok:build", data={"loader": "tables_bad:mismatch"}),
+            ],
+            "data.loader tables_bad:mismatch: 60 examples but 55 labels",
+        ),
+        "loader-one-class": Case(
+            [
+                *tune,
+                user_space(folder, "l4", "nets_ok:build", data={"loader": "tables_bad:one_class"}),
+            ],
+            "the labels hold a single class (0); nothing to learn",
+        ),
+        "loader-class-below-folds": Case(
+            [
+                *tune,
+                user_space(
+                    folder, "l5", "nets_ok:build", data={"loader": "tables_bad:few", "cv_folds": 5}
+                ),
+            ],
+            "data.cv_folds is 5 but class 'rare' has only",
+        ),
+        "image-folder-unreadable": Case(
+            [
+                *tune,
+                user_space(
+                    folder,
+                    "i1",
+                    "nets_ok:build",
+                    data={"source": "image_folder", "path": str(folder / "images")},
+                ),
+            ],
+            f"{folder / 'images' / 'b' / 'broken.png'}: cannot read as an image",
+        ),
+    }
+
+
 class NotMlflow(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self.send_response(404)
@@ -226,6 +428,7 @@ def cases(folder: Path, web: str, missing_db: str) -> dict[str, Case]:
         "nightly-keep-zero": Case(
             ["nightly", "--space", space, "--keep", "0"], "--keep must be at least 1"
         ),
+        **user_code_cases(folder),
     }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -36,8 +37,10 @@ from tests.conftest import (
     background,
     cli_env,
     free_port,
+    private_mounts,
     refused_tune,
     require_private_mounts,
+    run_cli,
     wait_until,
 )
 
@@ -56,6 +59,16 @@ class Cluster:
     agent_ports: list[int]  # each node's dashboard agent (KubeRay: 52365)
     env: dict[str, str]  # the nodes' environment: the image's PATH first
     ray: str  # the image's `ray`
+    driver_only: Path  # a folder of the driver's that reads empty on every node
+
+
+def without(folder: Path, command: list[str]) -> list[str]:
+    """`command` run where `folder` is an empty tmpfs (like a folder of another machine), when
+    this user may mount; else as it is."""
+    if not private_mounts():
+        return command
+    hidden = f"mount -t tmpfs none {folder} && exec {shlex.join(command)}"
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", hidden]
 
 
 def node_image() -> Path:
@@ -95,6 +108,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     env = cli_env(**auth)
     env["PATH"] = f"{bin_folder}:{env['PATH']}"  # `python` in a job's entrypoint: the image's
     node = [ray, "start", "--block", "--num-cpus", "1", "--disable-usage-stats"]
+    driver_only = folder / "driver-only"
+    driver_only.mkdir()
     with ExitStack() as stack:
         head = [*node, "--head", "--port", str(port), "--temp-dir", str(temp_dir)]
         head += ["--include-dashboard", "true", "--dashboard-host", "127.0.0.1"]
@@ -104,10 +119,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             "--dashboard-agent-listen-port",
             str(agents[0]),
         ]
+        head = without(driver_only, head)
         stack.enter_context(background(head, env, folder, folder / "head.log"))
         wait_until(lambda: accepts(port), 60, "ray head", folder / "head.log")
         worker = [*node, "--address", f"127.0.0.1:{port}"]
         worker += ["--dashboard-agent-listen-port", str(agents[1])]
+        worker = without(driver_only, worker)
         stack.enter_context(background(worker, env, folder, folder / "worker.log"))
         wait_until(lambda: started(folder / "worker.log"), 60, "second node", folder / "worker.log")
         # Started is not yet schedulable: wait until the head counts both nodes' CPUs.
@@ -122,6 +139,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             agents,
             env,
             ray,
+            driver_only,
         )
     assert not accepts(port), "the head still listens after the test"
     shutil.rmtree(temp_dir, ignore_errors=True)
@@ -134,9 +152,8 @@ def test_storage_a_node_cannot_see_is_refused_before_the_sweep(
     storage = tmp_path / "storage"
     storage.mkdir()
     # A third node whose /storage is an empty tmpfs: like a local folder on another machine.
-    hidden = f"mount -t tmpfs none {storage} && exec {cluster.ray} start --block --num-cpus 1 "
-    hidden += f"--disable-usage-stats --address {cluster.address}"
-    command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", hidden]
+    node3 = [cluster.ray, "start", "--block", "--num-cpus", "1", "--disable-usage-stats"]
+    command = without(storage, [*node3, "--address", cluster.address])
     log = tmp_path / "node3.log"
     with background(command, cli_env(**cluster.auth), tmp_path, log) as node:
         wait_until(lambda: started(log), 60, "third node", log, node)
@@ -145,6 +162,58 @@ def test_storage_a_node_cannot_see_is_refused_before_the_sweep(
         )
     assert f"trial storage {storage} is not shared: 1 of 3 Ray nodes cannot see it" in message
     assert not list(tmp_path.rglob("mlflow.db")) and not list(storage.iterdir())
+
+
+def user_space(folder: Path) -> Path:
+    """smoke.yaml tuning a user's network (examples/wine_table's residual MLP), whose package is
+    copied to a folder of the driver's: `folder`/user/src."""
+    code = folder / "user" / "src"
+    shutil.copytree(REPO / "examples" / "wine_table" / "src", code)
+    raw = yaml.safe_load(Path(SMOKE).read_text())
+    raw["code"] = {"paths": [str(code)]}
+    raw["model"] = {"builder": "wine_example.nets:build"}
+    raw["search"].pop("points_to_evaluate")
+    raw["params"] = {
+        "lr": {"type": "float", "low": 3.0e-3, "high": 3.0e-2, "log": True},
+        "width": {"type": "choice", "values": [16, 32]},
+        "blocks": {"type": "int", "low": 1, "high": 2},
+        "optimizer": "adam",
+        "batch_size": 32,
+    }
+    space = folder / "user" / "space.yaml"
+    space.write_text(yaml.safe_dump(raw))
+    return space
+
+
+def test_code_a_node_cannot_import_is_refused_before_the_sweep(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The user's package ships with the job, but a module it imports is on the driver's path
+    only (as a library installed on the driver and on no node would be): refused, naming the
+    node and the module, before anything is written."""
+    space = user_space(tmp_path)
+    nets = tmp_path / "user" / "src" / "wine_example" / "nets.py"
+    nets.write_text(nets.read_text() + "\nimport driver_only_helper  # noqa: E402\n")
+    (tmp_path / "driver_only").mkdir()
+    (tmp_path / "driver_only" / "driver_only_helper.py").write_text("")
+    done = run_cli(
+        tmp_path,
+        "tune",
+        "--space",
+        str(space),
+        timeout=120,
+        RAY_ADDRESS=cluster.address,
+        PYTHONPATH=f"{REPO}:{tmp_path / 'driver_only'}",
+        **cluster.auth,
+    )
+    message = " ".join(done.stderr.split())
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert re.search(r"^error: Ray node [0-9.]+ \([0-9a-f]{8}\) cannot import", message)
+    assert (
+        "cannot import the job's code: model.builder wine_example.nets:build: importing "
+        "'wine_example.nets' failed: ModuleNotFoundError: No module named 'driver_only_helper'"
+    ) in message
+    assert not (tmp_path / "mlruns" / "mlflow.db").exists()
 
 
 def test_a_driver_with_the_wrong_token_is_refused(cluster: Cluster, tmp_path: Path) -> None:
@@ -226,14 +295,20 @@ def reported_epochs(sweeps: Path) -> dict[str, int]:
 def test_a_sweep_over_three_nodes_loses_one_and_still_costs_no_trial_and_no_epoch(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    """smoke.yaml from a driver outside the cluster, its trials over three nodes; the third
-    dies (SIGKILL of it and its workers) while each node runs a trial. The sweep finishes on
-    the two left: the lost trial resumes from its checkpoint, its epochs never go backwards,
-    there is one run per trial, each tagged with the node it ran on; the retrain runs on the
-    cluster and the version is registered; the trial state is in the configured storage."""
+    """smoke.yaml tuning a user's network from a package in a driver folder that no node has
+    (an empty tmpfs on each), from a driver outside the cluster, its trials over three nodes;
+    the third dies (SIGKILL of it and its workers) while each node runs a trial. The sweep
+    finishes on the two left: the lost trial resumes from its checkpoint, its epochs never go
+    backwards, there is one run per trial, each tagged with the node it ran on; the second
+    opinions and the retrain run on the cluster and the version is registered; the trial state
+    is in the configured storage."""
+    require_private_mounts("give the nodes a view without the user's code folder")
+    # The package's folder reads empty on every node: they import what the job shipped.
+    space = user_space(cluster.driver_only / tmp_path.name)
+    assert space.exists()
     log = tmp_path / "node3.log"
     node3 = [cluster.ray, "start", "--block", "--num-cpus", "1", "--disable-usage-stats"]
-    node3 += ["--address", cluster.address]
+    hidden = without(cluster.driver_only, [*node3, "--address", cluster.address])
     # Three trials of 15-25 s (full digits in 5 folds, 100 epochs, a checkpoint every epoch), so
     # that all three are surely under way at once, one per node: one-fold trials took 5 s, and the
     # head's two could end before the third node's first worker had started.
@@ -245,11 +320,11 @@ def test_a_sweep_over_three_nodes_loses_one_and_still_costs_no_trial_and_no_epoc
     longer += ["--set", "search.n_initial_points=2", "--set", "budget.checkpoint_seconds=0"]
     sweeps = tmp_path / "mlruns" / "ray"
     env = cli_env(RAY_ADDRESS=cluster.address, **cluster.auth)
-    with background(node3, cli_env(**cluster.auth), tmp_path, log) as node:
+    with background(hidden, cli_env(**cluster.auth), tmp_path, log) as node:
         wait_until(lambda: started(log), 60, "third node", log, node)
         status = [cluster.ray, "status", "--address", cluster.address]
         wait_until(lambda: "/3.0 CPU" in cluster_status(status, cluster.env), 60, "3 nodes' CPUs")
-        args = [sys.executable, "-m", "pipeline", "tune", "--space", SMOKE]
+        args = [sys.executable, "-m", "pipeline", "tune", "--space", str(space)]
         with background([*args, *longer], env, tmp_path, tmp_path / "tune.log") as driver:
             # Three trials under way, one per node: one of them runs on the third node.
             wait_until(
@@ -281,6 +356,8 @@ def test_a_sweep_over_three_nodes_loses_one_and_still_costs_no_trial_and_no_epoc
     # Ray recorded the failure of the lost node's trial, which then finished from a checkpoint.
     failed = list(sweeps.glob("smoke-*/run_trial_*/error.txt"))
     assert failed, "no trial saw its node die"
+    # That trial trained on the node without the user's folder before the node died.
+    assert all(len((e.parent / "result.json").read_text().splitlines()) >= 2 for e in failed)
     for error in failed:
         lines = [json.loads(x) for x in (error.parent / "result.json").read_text().splitlines()]
         reported = [r["epoch"] for r in lines]
@@ -289,6 +366,8 @@ def test_a_sweep_over_three_nodes_loses_one_and_still_costs_no_trial_and_no_epoc
     # The retrain ran as a Ray task on the cluster; its model is the challenger.
     [retrain] = [r for r in runs if r.info.run_name == "retrain"]
     assert retrain.info.status == "FINISHED" and retrain.data.metrics["test_acc"] > 0.5
-    assert str(client.get_model_version_by_alias("smoke-digits-mlp", "challenger").version) == "1"
+    challenger = client.get_model_version_by_alias("smoke-digits-mlp", "challenger")
+    assert str(challenger.version) == "1"
+    assert challenger.tags["builder"] == "wine_example.nets:build"
     # Trial state went to the configured storage (one machine here: shared by the nodes).
     assert list(sweeps.glob("smoke-*/*/params.json"))

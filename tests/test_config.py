@@ -175,14 +175,15 @@ INVALID: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
         },
         (
             "params.hiden_units",
-            "unknown hyperparameter 'hiden_units'",
+            "'hiden_units' is neither a training hyperparameter nor an argument of builder "
+            "pipeline.core.networks:mlp",
             "did you mean 'hidden_units'",
         ),
     ),
     (
         "unknown_hyperparameter_no_close_match",
         {"params.learning_rate": {"type": "float", "low": 0.001, "high": 0.1}},
-        ("params.learning_rate", "unknown hyperparameter 'learning_rate'"),
+        ("params.learning_rate", "'learning_rate' is neither a training hyperparameter"),
     ),
     (
         "unknown_param_type",
@@ -563,14 +564,15 @@ def test_from_params_momentum_option() -> None:
     )
     hp = Hyperparameters.from_params(params)
     assert (hp.optimizer, hp.momentum, hp.batch_size) == ("momentum", 0.7, 16)
-    assert hp.hidden_layers == 2
-    assert isinstance(hp.batch_size, int) and isinstance(hp.hidden_layers, int)
+    assert isinstance(hp.batch_size, int)
+    # Not a training hyperparameter: the builder's, passed on as sampled.
+    assert hp.builder_args == {"hidden_layers": 2.0}
 
 
 def test_from_params_defaults_for_absent_keys() -> None:
     hp = Hyperparameters.from_params({"lr": 0.02})
     assert hp == Hyperparameters(lr=0.02)
-    assert (hp.optimizer, hp.batch_size, hp.dropout, hp.epochs) == ("adam", 64, 0.0, None)
+    assert (hp.optimizer, hp.batch_size, hp.epochs, hp.builder_args) == ("adam", 64, None, {})
     assert Hyperparameters.from_params({}) == Hyperparameters()
 
 

@@ -87,7 +87,7 @@ def test_digits_is_the_real_data_set(digits: Dataset) -> None:
     assert digits.labels.shape == (1797,) and digits.labels.dtype == np.int64
     assert digits.num_classes == 10
     assert digits.class_names == tuple(str(d) for d in range(10))
-    assert digits.image_shape == (1, 8, 8)
+    assert digits.input_shape == (1, 8, 8)
     assert digits.test_rows is None
     assert digits.features.min() >= 0 and digits.features.max() == 16  # raw, not standardized
 
@@ -99,7 +99,7 @@ def test_bundled_tabular_sets(source: str, rows: int, features: int, classes: in
     dataset = load_dataset(DataConfig.model_validate({"source": source}), 0, NO_CACHE)
     assert dataset.features.shape == (rows, features)
     assert dataset.num_classes == classes
-    assert dataset.image_shape is None
+    assert len(dataset.input_shape) == 1
 
 
 # --- splitting ----------------------------------------------------------------------------------
@@ -151,12 +151,12 @@ def test_tuning_data_never_contains_test_rows(csv_file: Path) -> None:
     dataset = load_dataset(csv_config(csv_file), 0, NO_CACHE)
     split = split_dataset(dataset, csv_config(csv_file), seed=0)
     assert_partition(split, 300)
-    data = tuning_data(dataset, split, csv_config(csv_file))
+    data = tuning_data(dataset, split, shared_scale=False)
     seen = data.features[:, 0].astype(np.int64)
     assert not set(seen) & set(row_ids(dataset, split.test))
     assert np.array_equal(seen, split.tuning_rows)
     assert np.array_equal(data.labels, dataset.labels[split.tuning_rows])
-    assert data.num_classes == 3 and data.image_shape is None
+    assert data.spec.num_outputs == 3 and len(data.spec.input_shape) == 1
     # The single fold is (train, val), as indices into the tuning rows.
     ((fold_train, fold_val),) = data.folds
     assert np.array_equal(seen[fold_train], split.train)
@@ -175,7 +175,7 @@ def test_k_folds_partition_the_tuning_rows(csv_file: Path) -> None:
     config = csv_config(csv_file, cv_folds=3)
     dataset = load_dataset(config, 0, NO_CACHE)
     split = split_dataset(dataset, config, seed=0)
-    data = tuning_data(dataset, split, config)
+    data = tuning_data(dataset, split, shared_scale=config.shared_scale)
     n_tuning = len(split.tuning_rows)
     assert len(data.folds) == 3
     vals = [val for _, val in data.folds]
@@ -194,7 +194,7 @@ def test_k_folds_partition_the_tuning_rows(csv_file: Path) -> None:
 def test_limit_gives_a_stratified_subset(digits: Dataset) -> None:
     small = load_dataset(DataConfig(limit=300), seed=0, cache_dir=NO_CACHE)
     assert small.features.shape == (300, 64)
-    assert small.image_shape == (1, 8, 8) and small.num_classes == 10
+    assert small.input_shape == (1, 8, 8) and small.num_classes == 10
     assert np.abs(shares(small.labels, 10) - shares(digits.labels, 10)).max() < TOLERANCE
     # Every kept row is a real digits row, with its own label.
     lookup = {
@@ -234,7 +234,7 @@ def test_csv_loads_with_class_names(tmp_path: Path) -> None:
     assert [dataset.class_names[i] for i in dataset.labels] == list(frame["species"])
     assert np.allclose(dataset.features[:, 1], frame["petal_length"])
     assert np.bincount(dataset.labels).tolist() == [60, 90, 150]
-    assert dataset.image_shape is None and dataset.test_rows is None
+    assert len(dataset.input_shape) == 1 and dataset.test_rows is None
 
 
 def test_csv_with_numeric_labels(tmp_path: Path) -> None:
@@ -355,7 +355,7 @@ def test_idx_folder_loads_and_t10k_is_the_test_split(
 ) -> None:
     parts = write_idx_folder(tmp_path / "mnist", gz)
     dataset = load_dataset(mnist_config(tmp_path / "mnist"), 0, tmp_path / "cache")
-    assert dataset.image_shape == (1, HEIGHT, WIDTH)
+    assert dataset.input_shape == (1, HEIGHT, WIDTH)
     assert dataset.features.shape == (N_TRAIN + N_TEST, HEIGHT * WIDTH)
     assert dataset.features.dtype == np.float32
     assert dataset.class_names == tuple(str(d) for d in range(10))
@@ -370,10 +370,10 @@ def test_idx_folder_loads_and_t10k_is_the_test_split(
     split = split_dataset(dataset, mnist_config(tmp_path / "mnist"), seed=0)
     assert_partition(split, N_TRAIN + N_TEST)
     assert np.array_equal(split.test, np.arange(N_TRAIN, N_TRAIN + N_TEST))
-    data = tuning_data(dataset, split, mnist_config(tmp_path / "mnist"))
+    data = tuning_data(dataset, split, shared_scale=True)
     assert (data.features[:, 1] == 0).all()  # no t10k pixel marker among the tuning rows
     assert np.array_equal(np.sort(data.features[:, 0]), np.arange(N_TRAIN))
-    assert data.image_shape == (1, HEIGHT, WIDTH)
+    assert data.spec.input_shape == (1, HEIGHT, WIDTH)
 
 
 def test_idx_default_folder_is_the_cache(tmp_path: Path) -> None:
@@ -503,7 +503,7 @@ def test_download_idx_with_checksums(idx_server: tuple[str, Path], tmp_path: Pat
     for name in md5s(served):
         assert (target / name).read_bytes() == (served / name).read_bytes()
     dataset = load_dataset(mnist_config(target), 0, tmp_path)
-    assert dataset.image_shape == (1, HEIGHT, WIDTH)
+    assert dataset.input_shape == (1, HEIGHT, WIDTH)
     assert len(dataset.labels) == N_TRAIN + N_TEST
     # Present files are not fetched again (the server no longer has them).
     for name in md5s(served):
@@ -559,7 +559,8 @@ def test_fold_statistics_come_from_each_fold_train_rows_only() -> None:
 
     config = _DataConfig(source="digits", cv_folds=3)
     dataset = load_dataset(config, seed=0, cache_dir=Path("/nonexistent"))
-    data = tuning_data(dataset, split_dataset(dataset, config, seed=0), config)
+    split = split_dataset(dataset, config, seed=0)
+    data = tuning_data(dataset, split, shared_scale=config.shared_scale)
     assert len(data.fold_stats) == 3
     for (train, val), (mean, std) in zip(data.folds, data.fold_stats, strict=True):
         expected_mean, expected_std = column_stats(data.features[train], shared_scale=True)

@@ -1,15 +1,21 @@
-"""Networks: MLP and CNN shapes, the Standardize input layer, dropout placement."""
+"""Networks: our MLP and CNN builders' shapes, the Standardize input layer, dropout placement,
+and the exported program that is all a registered version holds."""
 
 from __future__ import annotations
+
+from typing import Any, get_args
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from pipeline.config import ACTIVATIONS, Hyperparameters
-from pipeline.core.data import Dataset, Split, column_stats
-from pipeline.core.model import ACTIVATION_LAYERS, Standardize, build_model
+from pipeline.core.data import Dataset, ModelSpec, Split, column_stats
+from pipeline.core.model import Standardize, build_network, export_network, load_exported
+from pipeline.core.networks import ACTIVATION_LAYERS, Activation, cnn, mlp
+
+ACTIVATIONS = get_args(Activation)
+BUILDERS = {"mlp": mlp, "cnn": cnn}
 
 MNIST_SHAPE = (1, 28, 28)
 DIGITS_SHAPE = (1, 8, 8)
@@ -22,8 +28,23 @@ def feature_stats(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def plain_stats(n_features: int) -> dict[str, torch.Tensor]:
-    """Scaling statistics that leave inputs as they are, as `build_model` takes them."""
+    """Scaling statistics that leave inputs as they are, as `build_network` takes them."""
     return {"mean": torch.zeros(n_features), "std": torch.ones(n_features)}
+
+
+def build_model(
+    family: str,
+    *,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    num_classes: int,
+    input_shape: tuple[int, ...] | None = None,
+    **args: Any,
+) -> nn.Sequential:
+    """One of our networks behind the scaling of its inputs, as a trial builds it."""
+    shape = input_shape or (int(mean.numel()),)
+    spec = ModelSpec(shape, num_classes, tuple(str(c) for c in range(num_classes)))
+    return build_network(BUILDERS[family], spec, args, mean=mean, std=std)
 
 
 def count(model: nn.Module, kind: type[nn.Module]) -> int:
@@ -38,12 +59,18 @@ def _seed() -> None:
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("hidden_layers", [0, 1, 2, 3])
 def test_mlp_shapes(hidden_layers: int, activation: str) -> None:
-    hp = Hyperparameters(hidden_layers=hidden_layers, hidden_units=24, activation=activation)
-    model = build_model("mlp", hp, **plain_stats(64), num_classes=10, image_shape=None)
+    model = build_model(
+        "mlp",
+        **plain_stats(64),
+        num_classes=10,
+        hidden_layers=hidden_layers,
+        hidden_units=24,
+        activation=activation,
+    )
     assert isinstance(model[0], Standardize)
     assert count(model, nn.Linear) == hidden_layers + 1
     assert count(model, ACTIVATION_LAYERS[activation]) == hidden_layers
-    linears = [m for m in model if isinstance(m, nn.Linear)]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     assert linears[0].in_features == 64
     assert all(m.out_features == 24 for m in linears[:-1])
     assert linears[-1].out_features == 10
@@ -60,10 +87,10 @@ def test_mlp_on_real_digits_rows(digits: Dataset, digits_split: Split) -> None:
     train = digits.features[digits_split.train]
     model = build_model(
         "mlp",
-        Hyperparameters(hidden_layers=2, hidden_units=32),
         **dict(zip(("mean", "std"), feature_stats(train), strict=True)),
         num_classes=digits.num_classes,
-        image_shape=None,
+        hidden_layers=2,
+        hidden_units=32,
     )
     logits = model(torch.from_numpy(digits.features[:7]))
     assert logits.shape == (7, 10)
@@ -87,19 +114,20 @@ def test_mlp_on_real_digits_rows(digits: Dataset, digits_split: Split) -> None:
 )
 def test_cnn_shapes(image_shape: tuple[int, int, int], conv_layers: int, kernel_size: int) -> None:
     n_features = int(np.prod(image_shape))
-    hp = Hyperparameters(
+    model = build_model(
+        "cnn",
+        **plain_stats(n_features),
+        num_classes=10,
+        input_shape=image_shape,
         conv_layers=conv_layers,
         conv_channels=4,
         kernel_size=kernel_size,
         hidden_layers=1,
         hidden_units=16,
     )
-    model = build_model(
-        "cnn", hp, **plain_stats(n_features), num_classes=10, image_shape=image_shape
-    )
     assert isinstance(model[0], Standardize)
     assert count(model, nn.Conv2d) == conv_layers
-    convs = [m for m in model if isinstance(m, nn.Conv2d)]
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert convs[0].in_channels == image_shape[0]
     assert [c.out_channels for c in convs] == [4 * 2**i for i in range(conv_layers)]
     assert model(torch.randn(3, n_features)).shape == (3, 10)
@@ -112,31 +140,39 @@ def test_cnn_with_even_kernel(
     image_shape: tuple[int, int, int], conv_layers: int, kernel_size: int
 ) -> None:
     n_features = int(np.prod(image_shape))
-    hp = Hyperparameters(conv_layers=conv_layers, conv_channels=4, kernel_size=kernel_size)
     model = build_model(
-        "cnn", hp, **plain_stats(n_features), num_classes=10, image_shape=image_shape
+        "cnn",
+        **plain_stats(n_features),
+        num_classes=10,
+        input_shape=image_shape,
+        conv_layers=conv_layers,
+        conv_channels=4,
+        kernel_size=kernel_size,
     )
     assert model(torch.randn(2, n_features)).shape == (2, 10)
 
 
 def test_cnn_needs_an_image_shape() -> None:
-    with pytest.raises(ValueError, match="needs image data"):
-        build_model("cnn", Hyperparameters(), **plain_stats(13), num_classes=3, image_shape=None)
+    with pytest.raises(ValueError, match=r"cnn needs images shaped \(channels, height, width\)"):
+        build_model("cnn", **plain_stats(13), num_classes=3)
 
 
 @pytest.mark.parametrize("family", ["mlp", "cnn"])
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
 def test_dropout_layers_only_when_dropout(family: str, dropout: float) -> None:
-    hp = Hyperparameters(hidden_layers=3, hidden_units=8, dropout=dropout, conv_channels=2)
-    model = build_model(family, hp, **plain_stats(64), num_classes=10, image_shape=DIGITS_SHAPE)
+    args = {"hidden_layers": 3, "hidden_units": 8, "dropout": dropout}
+    if family == "cnn":
+        args["conv_channels"] = 2
+    model = build_model(family, **plain_stats(64), num_classes=10, input_shape=DIGITS_SHAPE, **args)
     dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout)]
     assert len(dropouts) == (3 if dropout > 0 else 0)
     assert all(d.p == dropout for d in dropouts)
 
 
 def test_dropout_is_active_only_in_training() -> None:
-    hp = Hyperparameters(hidden_layers=1, hidden_units=64, dropout=0.5)
-    model = build_model("mlp", hp, **plain_stats(16), num_classes=4, image_shape=None)
+    model = build_model(
+        "mlp", **plain_stats(16), num_classes=4, hidden_layers=1, hidden_units=64, dropout=0.5
+    )
     x = torch.randn(8, 16)
     model.eval()
     assert torch.equal(model(x), model(x))
@@ -149,9 +185,7 @@ def test_standardize_uses_training_statistics(digits: Dataset, digits_split: Spl
     mean, std = feature_stats(train)
     assert mean.shape == std.shape == (64,)
     assert mean.dtype == std.dtype == torch.float32
-    model = build_model(
-        "mlp", Hyperparameters(), mean=mean, std=std, num_classes=10, image_shape=None
-    )
+    model = build_model("mlp", mean=mean, std=std, num_classes=10)
     layer = model[0]
     assert isinstance(layer, Standardize)
     assert torch.equal(layer.mean, mean) and torch.equal(layer.std, std)
@@ -176,9 +210,7 @@ def test_standardize_is_not_fitted_to_other_rows(digits: Dataset, digits_split: 
     mean, std = feature_stats(digits.features[digits_split.train])
     full_mean, _ = feature_stats(digits.features)
     assert not torch.equal(mean, full_mean)
-    model = build_model(
-        "mlp", Hyperparameters(), mean=mean, std=std, num_classes=10, image_shape=None
-    )
+    model = build_model("mlp", mean=mean, std=std, num_classes=10)
     test = torch.from_numpy(digits.features[digits_split.test])
     assert torch.allclose(model[0](test), (test - mean) / std)
 
@@ -190,3 +222,22 @@ def test_feature_stats_constant_feature_gets_std_one() -> None:
     assert torch.allclose(std, torch.tensor([float(np.std([1.0, 3.0, 5.0])), 1.0, 1.0]))
     out = Standardize(mean, std)(torch.from_numpy(rows))
     assert torch.equal(out[:, 1:], torch.zeros(3, 2))
+
+
+def test_a_builder_that_returns_no_module_is_refused() -> None:
+    spec = ModelSpec((4,), 2, ("a", "b"))
+    with pytest.raises(TypeError, match=r"returned a dict, not a torch\.nn\.Module"):
+        build_network(lambda spec: {}, spec, {}, **plain_stats(4))
+
+
+@pytest.mark.parametrize("rows", [1, 3, 300])
+def test_the_exported_program_takes_any_number_of_rows(rows: int) -> None:
+    model = build_model(
+        "cnn", **plain_stats(64), num_classes=10, input_shape=DIGITS_SHAPE, conv_channels=2
+    ).eval()
+    program = export_network(model, torch.randn(5, 64))
+    loaded = load_exported(program)
+    x = torch.randn(rows, 64)
+    assert torch.allclose(loaded(x), model(x), atol=1e-5)
+    # What crosses the wire is a graph of torch operations: none of our modules comes back.
+    assert not any(isinstance(m, (Standardize, nn.Conv2d)) for m in loaded.modules())

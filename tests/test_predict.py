@@ -27,7 +27,7 @@ def metadata(digits: Dataset) -> dict[str, Any]:
     return {
         "feature_names": list(digits.columns),
         "class_names": list(digits.class_names),
-        "image_shape": [1, 8, 8],
+        "input_shape": [1, 8, 8],
         "feature_range": [0.0, 16.0],
     }
 
@@ -128,8 +128,8 @@ def test_image_folder_errors(tmp_path: Path, metadata: dict[str, Any]) -> None:
     (tmp_path / "broken.png").write_bytes(b"not a png")
     with pytest.raises(PipelineError, match=r"broken\.png: cannot read as an image"):
         read_inputs(tmp_path, metadata)
-    with pytest.raises(PipelineError, match="takes tabular rows, not images"):
-        read_inputs(tmp_path, {**metadata, "image_shape": None})
+    with pytest.raises(PipelineError, match=r"takes examples shaped \[64\], not images"):
+        read_inputs(tmp_path, {**metadata, "input_shape": [64]})
 
 
 def test_unknown_inputs(tmp_path: Path, metadata: dict[str, Any]) -> None:

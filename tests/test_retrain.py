@@ -17,13 +17,14 @@ from mlflow.tracking import MlflowClient
 from pipeline.config import DataConfig, Experiment, Hyperparameters, Scalar, load_experiment
 from pipeline.core.data import Dataset, Split, refolded, tuning_data
 from pipeline.core.decisions import Opinion, select
+from pipeline.core.model import load_exported
+from pipeline.core.networks import mlp
 from pipeline.core.train import DIVERGED_ACC, fit
 from pipeline.core.trials import TrialRow
 from pipeline.errors import PipelineError
 from pipeline.retrain import (
     check_same_data,
     log_retrain,
-    predict_probabilities,
     second_opinion,
     train_and_test,
 )
@@ -70,8 +71,8 @@ def record_sweep(
         name="digits",
         source="here",
         fingerprint=fingerprint,
-        features=np.zeros((2, 3)),
-        labels=np.zeros(2),
+        rows=2,
+        input_shape=(3,),
         context="training",
     )
     run_id = start_parent_run(
@@ -153,7 +154,7 @@ def test_train_and_test_learns_on_train_plus_validation(
     experiment: Experiment, digits: Dataset, digits_split: Split
 ) -> None:
     final = train_and_test(
-        experiment, Hyperparameters(**GOOD), digits, digits_split, epochs=6, device=CPU
+        experiment, Hyperparameters.from_params(GOOD), digits, digits_split, epochs=6, device=CPU
     )
     assert len(final.train_losses) == 6 and final.train_losses[-1] < final.train_losses[0] / 3
     assert final.test_probabilities.shape == (len(digits_split.test), 10)
@@ -161,7 +162,8 @@ def test_train_and_test_learns_on_train_plus_validation(
     accuracy = (final.test_probabilities.argmax(1) == digits.labels[digits_split.test]).mean()
     assert accuracy > 0.93
     # The scaling statistics inside the model are those of train + validation, not of the test.
-    mean = final.network[0][0].mean.numpy()
+    buffers = dict(load_exported(final.program).named_buffers())
+    mean = buffers["0.0.mean"].numpy()
     np.testing.assert_allclose(
         mean, digits.features[digits_split.tuning_rows].mean(axis=0), rtol=1e-5, atol=1e-5
     )
@@ -187,7 +189,7 @@ def test_logged_model_loads_pickle_free_in_a_fresh_process_and_predicts_the_same
     record_sweep(client, experiment, [row], digits_split.fingerprint)
     sweep: SweepRecord = find_sweep(client, "smoke", None)
     final = train_and_test(
-        experiment, Hyperparameters(**GOOD), digits, digits_split, epochs=3, device=CPU
+        experiment, Hyperparameters.from_params(GOOD), digits, digits_split, epochs=3, device=CPU
     )
     selection = select(
         [Opinion("runner-up", 5, 0.96, 0.93), Opinion("winner", 3, 0.95, 0.94)], "val_acc", "max"
@@ -237,7 +239,9 @@ def test_logged_model_loads_pickle_free_in_a_fresh_process_and_predicts_the_same
     assert metadata["feature_names"] == list(digits.columns)
     assert metadata["data_fingerprint"] == digits_split.fingerprint
     np.testing.assert_allclose(
-        np.load(tmp_path / "out.npy"), predict_probabilities(final.network, rows), atol=1e-6
+        np.load(tmp_path / "out.npy"),
+        load_exported(final.program)(torch.from_numpy(rows)).detach().numpy(),
+        atol=1e-6,
     )
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), final.test_probabilities, atol=1e-6)
     saved = {
@@ -251,7 +255,9 @@ def test_refolded_data_are_the_tuning_rows_in_other_folds_of_the_same_sizes(
 ) -> None:
     five = DataConfig(source="digits", cv_folds=5)
     fresh = refolded(digits, digits_split, five, seed=1)
-    np.testing.assert_array_equal(fresh.features, tuning_data(digits, digits_split, five).features)
+    np.testing.assert_array_equal(
+        fresh.features, tuning_data(digits, digits_split, shared_scale=True).features
+    )
     assert len(fresh.folds) == 5  # and never a test row: the rows are the tuning rows
     rows = len(digits_split.tuning_rows)
     for train, val in fresh.folds:
@@ -272,11 +278,13 @@ def test_a_second_opinion_scores_as_the_sweep_does_on_fresh_folds(
     max_epochs, 4) of the same training on the fresh folds from the experiment's seed + 1; a
     diverging configuration scores the worst."""
     data = refolded(digits, digits_split, DataConfig(source="digits", cv_folds=3), seed=7)
-    score = second_opinion(experiment, Hyperparameters(**GOOD), data, epochs=2, device=CPU)
+    score = second_opinion(
+        experiment, Hyperparameters.from_params(GOOD), data, epochs=2, device=CPU
+    )
     history: list[float] = []
     fit(
-        "mlp",
-        Hyperparameters(**GOOD),
+        mlp,
+        Hyperparameters.from_params(GOOD),
         data,
         max_epochs=4,
         report=lambda m, _: history.append(m.val_acc),

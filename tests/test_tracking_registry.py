@@ -57,3 +57,25 @@ def test_pruning_to_one_version_keeps_every_aliased_version_and_its_files(
     assert model_aliases(client, MODEL) == aliases
     for version, folder in folders.items():
         assert (folder / "MLmodel").exists() == (version in left), version
+
+
+def test_versions_from_before_loaders_are_compared_by_what_they_imply() -> None:
+    """A version registered before loaders and input shapes were recorded shares its test split
+    with a new one of the same source and shape, and not with one of another shape."""
+    from pipeline.tracking.promotion import data_identity
+
+    old = {
+        "dataset": "digits",
+        "feature_names": [f"pixel_{i}" for i in range(64)],
+        "class_names": [str(d) for d in range(10)],
+        "image_shape": [1, 8, 8],
+        "data": {"source": "digits"},
+    }
+    new = {
+        **{k: v for k, v in old.items() if k != "image_shape"},
+        "loader": "source:digits",
+        "input_shape": [1, 8, 8],
+    }
+    assert data_identity(old) == data_identity(new)
+    assert data_identity({**old, "image_shape": None})["input_shape"] == [64]
+    assert data_identity({**new, "input_shape": [64]}) != data_identity(new)

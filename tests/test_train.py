@@ -10,6 +10,7 @@ import torch
 
 from pipeline.config import DataConfig, Hyperparameters
 from pipeline.core.data import Dataset, Split, TuningData, column_stats, tuning_data
+from pipeline.core.networks import mlp
 from pipeline.core.train import DIVERGED_ACC, DIVERGED_LOSS, EpochMetrics, fit, fit_final
 
 CPU = torch.device("cpu")
@@ -25,12 +26,16 @@ def run(
         metrics.append(m)
         states.append(state)
 
-    fit("mlp", hp, data, max_epochs=epochs, report=report, device=CPU, seed=0, resume=resume)
+    fit(mlp, hp, data, max_epochs=epochs, report=report, device=CPU, seed=0, resume=resume)
     return metrics, states
 
 
 def test_loss_falls_and_accuracy_rises_on_digits(digits_tuning: TuningData) -> None:
-    metrics, _ = run(Hyperparameters(lr=3e-3, hidden_units=64, batch_size=32), digits_tuning, 8)
+    metrics, _ = run(
+        Hyperparameters.from_params({"lr": 3e-3, "hidden_units": 64, "batch_size": 32}),
+        digits_tuning,
+        8,
+    )
     assert [m.epoch for m in metrics] == list(range(1, 9))
     assert metrics[-1].train_loss < metrics[0].train_loss / 3
     assert metrics[-1].val_loss < metrics[0].val_loss
@@ -59,7 +64,7 @@ def test_full_batch_gradient_descent_takes_one_step_per_epoch(digits_tuning: Tun
 def test_too_high_learning_rate_diverges_with_worst_case_finite_metrics(
     digits_tuning: TuningData,
 ) -> None:
-    hp = Hyperparameters(optimizer="sgd", lr=1e6, batch_size=32, activation="relu")
+    hp = Hyperparameters(optimizer="sgd", lr=1e6, batch_size=32)
     metrics, states = run(hp, digits_tuning, 10)
     last = metrics[-1]
     assert last.diverged
@@ -86,12 +91,13 @@ def test_resume_continues_after_the_checkpointed_epoch(digits_tuning: TuningData
 def test_cross_validation_reports_the_mean_over_folds(digits_tuning: TuningData) -> None:
     rows = np.arange(len(digits_tuning.labels))
     folds = tuple((np.setdiff1d(rows, rows[i::3]), rows[i::3]) for i in range(3))
+    assert digits_tuning.features is not None
     cv = TuningData(
         features=digits_tuning.features,
+        examples=None,
         labels=digits_tuning.labels,
         folds=folds,
-        num_classes=digits_tuning.num_classes,
-        image_shape=digits_tuning.image_shape,
+        spec=digits_tuning.spec,
         fold_stats=tuple(
             column_stats(digits_tuning.features[train], shared_scale=True) for train, _ in folds
         ),
@@ -112,16 +118,13 @@ def test_each_fold_and_the_retrain_scale_as_configured(
     """The fold statistics of a sweep and the retrain's model follow `data.standardize`."""
     for standardize, distinct in (("shared", 1), ("per_feature", 2)):
         config = DataConfig(source="digits", standardize=standardize)
-        [(_, std)] = tuning_data(digits, digits_split, config).fold_stats
+        [(_, std)] = tuning_data(digits, digits_split, shared_scale=config.shared_scale).fold_stats
         assert min(np.unique(std).size, 2) == distinct
         network, _ = fit_final(
-            "mlp",
+            mlp,
             Hyperparameters(),
-            features=digits.features,
-            labels=digits.labels,
+            digits,
             train_rows=digits_split.train,
-            num_classes=digits.num_classes,
-            image_shape=None,
             epochs=1,
             device=CPU,
             seed=0,

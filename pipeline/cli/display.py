@@ -24,7 +24,9 @@ if TYPE_CHECKING:
     from pipeline.workflows.serving import ExportedRows, Prediction
     from pipeline.workflows.sweep import SweepResult
 
+# The best trials' table shows these first, then the builder's other arguments, six in all.
 SHOWN_PARAMS = ("optimizer", "lr", "hidden_layers", "hidden_units", "activation", "batch_size")
+SHOWN_COUNT = 6
 
 
 def results() -> Console:
@@ -57,7 +59,9 @@ def print_sweep(result: SweepResult, top: int = 5) -> None:
             "activation": "act.",
             "batch_size": "batch",
         }
-        params = [c for c in SHOWN_PARAMS if any(c in row.params for row in ranked)]
+        present = list(dict.fromkeys(name for row in ranked for name in row.params))
+        params = [c for c in SHOWN_PARAMS if c in present]
+        params += [c for c in present if c not in params][: SHOWN_COUNT - len(params)]
         for header in ["trial", "state", f"best {metric}", "at epoch", *params]:
             shown.add_column(headers.get(header, header), no_wrap=True)
         for row in ranked:

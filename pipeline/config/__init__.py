@@ -9,6 +9,7 @@ bad file fails here, before Ray starts, with one line per problem naming the fil
 from pipeline.config.experiment import (
     IMAGE_SOURCES,
     BudgetConfig,
+    CodeConfig,
     DataConfig,
     Experiment,
     ModelConfig,
@@ -17,7 +18,6 @@ from pipeline.config.experiment import (
     SearchConfig,
 )
 from pipeline.config.hyperparameters import (
-    ACTIVATIONS,
     HYPERPARAMETERS,
     OPTIMIZERS,
     Hyperparameter,
@@ -44,12 +44,12 @@ from pipeline.config.space import (
 )
 
 __all__ = [
-    "ACTIVATIONS",
     "HYPERPARAMETERS",
     "IMAGE_SOURCES",
     "OPTIMIZERS",
     "BudgetConfig",
     "ChoiceParam",
+    "CodeConfig",
     "ConditionalOption",
     "DataConfig",
     "Experiment",

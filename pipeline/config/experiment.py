@@ -2,23 +2,53 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from pipeline.config.door import BUILT_IN_BUILDERS
 from pipeline.config.records import ParamSpec, Record, Scalar
 from pipeline.config.space import check_optimizer_scoping, check_params, check_point
 
+# A function of the user's code: `package.module:function`.
+REFERENCE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 # Sources whose features are pixels: one unit, one scale.
-IMAGE_SOURCES = ("digits", "mnist", "fashion_mnist")
+IMAGE_SOURCES = ("digits", "mnist", "fashion_mnist", "image_folder")
+Source = Literal["digits", "wine", "breast_cancer", "mnist", "fashion_mnist", "csv", "image_folder"]
+
+
+def check_reference(reference: str, key: str) -> None:
+    """A function of the user's code is named `package.module:function`."""
+    if not re.fullmatch(REFERENCE, reference):
+        raise ValueError(
+            f"{key}: {reference!r} is not a function reference such as my_models.nets:build "
+            "(module path, a colon, the function's name)"
+        )
+
+
+class CodeConfig(Record):
+    """The user's code: folders put on the import path of the driver and shipped to every Ray
+    worker. Relative paths are relative to the space file (made absolute on loading)."""
+
+    paths: list[str] = Field(default_factory=list)
 
 
 class DataConfig(Record):
-    """Where the examples come from and how they are split."""
+    """Where the examples come from (a built-in source, or the user's loader) and how they are
+    split."""
 
-    source: Literal["digits", "wine", "breast_cancer", "mnist", "fashion_mnist", "csv"] = "digits"
-    path: str | None = None  # csv: the file; mnist/fashion_mnist: folder of IDX files (cache)
+    source: Source | None = None  # unset without a loader: digits
+    loader: str | None = None  # "package.module:function"
+    args: dict[str, Any] = Field(default_factory=dict)  # the loader's keyword arguments
+    # csv: the file; mnist/fashion_mnist: folder of IDX files (cache); image_folder: the folder
+    # of class sub-folders
+    path: str | None = None
     target: str | None = None  # csv: the label column
+    # image_folder: every image read at this [height, width] (default: the first image's size),
+    # with 1 (grey) or 3 (RGB) channels
+    image_size: tuple[int, int] | None = None
+    channels: Literal[1, 3] = 1
     download: bool = False  # mnist/fashion_mnist: fetch missing IDX files (checksums verified)
     mirror: str | None = None  # base URL to download IDX files from (default: the usual mirror)
     limit: int | None = Field(default=None, ge=10)  # keep a stratified subset of this many rows
@@ -33,11 +63,14 @@ class DataConfig(Record):
 
     @model_validator(mode="before")
     @classmethod
-    def _default_standardize(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("standardize") is None:
-            source = data.get("source", cls.model_fields["source"].default)
-            scaling = "shared" if source in IMAGE_SOURCES else "per_feature"
-            return {**data, "standardize": scaling}
+    def _defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        if data.get("source") is None and data.get("loader") is None:
+            data = {**data, "source": "digits"}
+        if data.get("standardize") is None:
+            scaling = "shared" if data.get("source") in IMAGE_SOURCES else "per_feature"
+            data = {**data, "standardize": scaling}
         return data
 
     @property
@@ -49,6 +82,24 @@ class DataConfig(Record):
     def _check(self) -> DataConfig:
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError("val_fraction + test_fraction must leave at least 10% for training")
+        if self.loader is not None:
+            check_reference(self.loader, "data.loader")
+            if self.source is not None:
+                raise ValueError("give data.source or data.loader, not both")
+            given = [k for k in ("path", "target", "image_size") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(
+                    f"data.{given[0]} is for built-in sources; a loader takes its own data.args"
+                )
+            return self
+        if self.args:
+            raise ValueError("data.args are the keyword arguments of data.loader, which is unset")
+        if self.source == "image_folder" and self.path is None:
+            raise ValueError("source image_folder needs 'path' (a folder of class sub-folders)")
+        if self.source != "image_folder" and (self.image_size is not None or self.channels != 1):
+            raise ValueError(
+                f"image_size and channels apply to source image_folder, not {self.source}"
+            )
         if self.source == "csv" and (self.path is None or self.target is None):
             raise ValueError("source csv needs 'path' (the file) and 'target' (the label column)")
         if self.source != "csv" and self.target is not None:
@@ -57,7 +108,35 @@ class DataConfig(Record):
 
 
 class ModelConfig(Record):
-    family: Literal["mlp", "cnn"] = "mlp"
+    """The network: one of ours by its short name (`family`), or the user's `builder`."""
+
+    family: Literal["mlp", "cnn"] | None = None  # unset without a builder: mlp
+    builder: str | None = None  # "package.module:function"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_family(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("family") is None and data.get("builder") is None:
+            return {**data, "family": "mlp"}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.family is not None and self.builder is not None:
+            raise ValueError("give model.family or model.builder, not both")
+        if self.builder is not None:
+            check_reference(self.builder, "model.builder")
+        return self
+
+    @property
+    def builder_reference(self) -> str:
+        """The builder as `module:function`, ours included."""
+        return self.builder or BUILT_IN_BUILDERS[str(self.family)]
+
+    @property
+    def short_name(self) -> str:
+        """`mlp`, `cnn`, or the user's builder function's name."""
+        return self.family or str(self.builder).rpartition(":")[2]
 
 
 class BudgetConfig(Record):
@@ -112,6 +191,7 @@ class Experiment(Record):
     search: SearchConfig = Field(default_factory=SearchConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    code: CodeConfig = Field(default_factory=CodeConfig)
     params: dict[str, ParamSpec]
 
     @model_validator(mode="after")
@@ -150,5 +230,10 @@ class Experiment(Record):
 
     @property
     def model_name(self) -> str:
-        """Registered-model name: from the file, else derived from data set and model family."""
-        return self.registered_model or f"{self.data.source}-{self.model.family}"
+        """Registered-model name: from the file, else derived from the data set and the model
+        (`digits-mlp`), or the space's name for the user's loader."""
+        if self.registered_model:
+            return self.registered_model
+        if self.data.source is None:
+            return self.name
+        return f"{self.data.source}-{self.model.short_name}"

@@ -1,14 +1,15 @@
-"""What each tunable hyperparameter means: its domain (every value a space may yield is checked
-against it), its default, and the resolved configuration a trial trains with."""
+"""What each training hyperparameter means: its domain (every value a space may yield is checked
+against it), its default, and the resolved configuration a trial trains with. A builder's own
+arguments declare their domains the same way, as `Annotated[int, Hyperparameter(...)]`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pipeline.config.records import Scalar, did_you_mean
 
-ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "leaky_relu")
 # gd is full-batch gradient descent: plain SGD on the whole training split in one step.
 OPTIMIZERS = ("gd", "sgd", "momentum", "adam", "adamw", "rmsprop")
 
@@ -18,19 +19,24 @@ class Hyperparameter:
     """The domain of one tunable hyperparameter, used to check every value a space can yield."""
 
     kind: type
-    doc: str
+    doc: str = ""
     low: float | None = None
     high: float | None = None
     high_open: bool = False
-    allowed: tuple[str, ...] = ()
+    allowed: tuple[Scalar, ...] = ()
     optimizers: tuple[str, ...] = ()  # non-empty: only meaningful for these optimizers
 
     def check(self, value: Scalar) -> str | None:
         """Why `value` is not valid here, or None."""
         if self.allowed:
             if value not in self.allowed:
-                hint = did_you_mean(str(value), self.allowed)
-                return f"'{value}' is not one of {', '.join(self.allowed)}{hint}"
+                names = [str(a) for a in self.allowed]
+                hint = did_you_mean(str(value), names)
+                return f"'{value}' is not one of {', '.join(names)}{hint}"
+            return None
+        if self.kind in (str, bool):
+            if not isinstance(value, self.kind):
+                return f"{value!r} is not {'text' if self.kind is str else 'true or false'}"
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"{value!r} is not a number"
@@ -44,6 +50,8 @@ class Hyperparameter:
         return None
 
 
+# The training hyperparameters: how a network is fitted, whatever network it is. Every other
+# parameter of a space is a keyword argument of the model's builder (see `door`).
 HYPERPARAMETERS: dict[str, Hyperparameter] = {
     "lr": Hyperparameter(kind=float, doc="learning rate", low=1e-12, high=10.0),
     "optimizer": Hyperparameter(kind=str, doc="update rule", allowed=OPTIMIZERS),
@@ -54,9 +62,6 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
         kind=int, doc="mini-batch size", low=1, optimizers=tuple(o for o in OPTIMIZERS if o != "gd")
     ),
     "weight_decay": Hyperparameter(kind=float, doc="L2 penalty", low=0.0, high=1.0),
-    "dropout": Hyperparameter(
-        kind=float, doc="dropout probability", low=0.0, high=1.0, high_open=True
-    ),
     "label_smoothing": Hyperparameter(
         kind=float,
         doc="share of each target spread over all classes",
@@ -64,18 +69,23 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
         high=1.0,
         high_open=True,
     ),
-    "hidden_layers": Hyperparameter(
-        kind=int, doc="hidden (fully connected) layers", low=0, high=16
-    ),
-    "hidden_units": Hyperparameter(kind=int, doc="units per hidden layer", low=1, high=8192),
-    "activation": Hyperparameter(kind=str, doc="non-linearity", allowed=ACTIVATIONS),
     "epochs": Hyperparameter(kind=int, doc="epochs to train (capped by budget.max_epochs)", low=1),
-    "conv_layers": Hyperparameter(kind=int, doc="convolution blocks (cnn)", low=1, high=4),
-    "conv_channels": Hyperparameter(
-        kind=int, doc="channels of the first block (cnn)", low=1, high=512
-    ),
-    "kernel_size": Hyperparameter(kind=int, doc="convolution kernel size (cnn)", low=1, high=7),
 }
+
+
+# A trial's scores at its best epoch, and the columns of a sweep's trial table besides its
+# hyperparameters (core.trials): names no builder argument may take.
+TRIAL_SCORES = ("val_acc", "val_loss", "train_loss")
+TRIAL_COLUMNS = (
+    "trial_id",
+    "state",
+    "epoch",
+    *TRIAL_SCORES,
+    "epochs_trained",
+    "train_seconds",
+    "host",
+    "device",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,26 +97,23 @@ class Hyperparameters:
     momentum: float = 0.9
     batch_size: int | None = 64  # None: the whole training split (full-batch gradient descent)
     weight_decay: float = 0.0
-    dropout: float = 0.0
     label_smoothing: float = 0.0  # of the training loss only; validation scores plain targets
-    hidden_layers: int = 1
-    hidden_units: int = 128
-    activation: str = "relu"
     epochs: int | None = None  # None: budget.max_epochs
-    conv_layers: int = 2
-    conv_channels: int = 16
-    kernel_size: int = 3
+    # Every other parameter: a keyword argument of the model's builder.
+    builder_args: Mapping[str, Scalar] = field(default_factory=dict)
 
     @classmethod
-    def from_params(cls, params: dict[str, Scalar]) -> Hyperparameters:
-        """Build from the flat parameters of a trial (see `flatten_sample`)."""
-        values: dict[str, Any] = dict(params)
+    def from_params(cls, params: Mapping[str, Scalar]) -> Hyperparameters:
+        """Build from the flat parameters of a trial (see `flatten_sample`): the training
+        hyperparameters, and the rest as the builder's arguments."""
+        values: dict[str, Any] = {k: v for k, v in params.items() if k in HYPERPARAMETERS}
         if values.get("optimizer", cls.optimizer) == "gd":
             values["batch_size"] = None
         for f in fields(cls):
             if f.name in values and f.type in ("int", "int | None") and values[f.name] is not None:
                 values[f.name] = int(values[f.name])
-        return cls(**values)
+        rest = {k: v for k, v in params.items() if k not in HYPERPARAMETERS}
+        return cls(**values, builder_args=rest)
 
     def planned_epochs(self, max_epochs: int) -> int:
         """Epochs this configuration trains for when no scheduler stops it."""

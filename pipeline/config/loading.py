@@ -9,7 +9,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from pipeline.config.door import import_callable, signature_of
 from pipeline.config.experiment import Experiment
+from pipeline.config.space import check_builder_args
 from pipeline.errors import PipelineError
 
 
@@ -28,9 +30,56 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
         raise PipelineError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(raw, dict):
         raise PipelineError(f"{path}: expected a mapping of keys at the top level")
+    absolute_data_path(raw, path.parent)  # the file's own: relative to the file
     for override in overrides or []:
         apply_override(raw, override, path)
-    return parse_experiment(raw, path)
+    absolute_data_path(raw, Path.cwd())  # an override's: relative to where the command runs
+    resolve_code_paths(raw, path)
+    experiment = parse_experiment(raw, path)
+    try:
+        check_user_code(experiment)
+    except (PipelineError, ValueError) as exc:
+        raise PipelineError(f"{path}: {exc}") from None
+    return experiment
+
+
+def absolute_data_path(raw: dict[str, Any], base: Path) -> None:
+    """A relative data.path made absolute against `base`, so that the recorded experiment, its
+    model's promotion and every Ray worker read the same file wherever they run."""
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("path"), str):
+        data["path"] = str((base / data["path"]).resolve())
+
+
+def resolve_code_paths(raw: dict[str, Any], source: Path) -> None:
+    """code.paths made absolute, relative to the space file; each must be a folder."""
+    code = raw.get("code")
+    if not isinstance(code, dict) or not isinstance(code.get("paths"), list):
+        return  # absent, or wrong: validation names it
+    paths = code["paths"]
+    resolved = []
+    for i, entry in enumerate(paths):
+        folder = (source.parent / str(entry)).resolve()
+        if not folder.is_dir():
+            raise PipelineError(f"{source}: code.paths[{i}]: {entry} ({folder}) is not a folder")
+        resolved.append(str(folder))
+    code["paths"] = resolved
+
+
+def check_user_code(experiment: Experiment) -> None:
+    """Import the builder and the loader (ours or the user's) and check the space against their
+    signatures: every parameter that is not a training hyperparameter is a builder argument, in
+    its domain; every loader argument is one it takes."""
+    paths = experiment.code.paths
+    reference = experiment.model.builder_reference
+    builder = import_callable(reference, paths, "model.builder")
+    check_builder_args(
+        experiment.params, signature_of(builder, reference, "builder", takes_spec=True)
+    )
+    if experiment.data.loader is not None:
+        loader = import_callable(experiment.data.loader, paths, "data.loader")
+        signature = signature_of(loader, experiment.data.loader, "loader", takes_spec=False)
+        signature.check_given(list(experiment.data.args), "data.args", "loader")
 
 
 def parse_experiment(raw: dict[str, Any], source: str | Path) -> Experiment:

@@ -8,7 +8,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.config.hyperparameters import HYPERPARAMETERS, Hyperparameters
+from pipeline.config.door import Signature
+from pipeline.config.hyperparameters import (
+    HYPERPARAMETERS,
+    TRIAL_COLUMNS,
+    Hyperparameter,
+    Hyperparameters,
+)
 from pipeline.config.records import (
     ChoiceParam,
     ConditionalOption,
@@ -63,15 +69,13 @@ def walk(
 
 
 def check_params(params: dict[str, ParamSpec], epochs_cap: int) -> None:
-    """Check names and every value each parameter can take; a parameter under an optimizer
-    option must apply to that optimizer."""
+    """Check every value each training hyperparameter can take; one under an optimizer option
+    must apply to that optimizer. The other parameters are the builder's (`check_builder_args`)."""
     for node in walk(params):
         name, spec, key = node.name, node.spec, node.key
         meta = HYPERPARAMETERS.get(name)
         if meta is None:
-            raise ValueError(
-                f"{key}: unknown hyperparameter '{name}'{did_you_mean(name, list(HYPERPARAMETERS))}"
-            )
+            continue
         optimizer = node.under[-1][1] if node.under else None
         if optimizer and meta.optimizers and optimizer not in meta.optimizers:
             raise ValueError(
@@ -84,13 +88,59 @@ def check_params(params: dict[str, ParamSpec], epochs_cap: int) -> None:
                 problem = f"{value} exceeds budget.max_epochs ({epochs_cap})"
             if problem:
                 raise ValueError(f"{key}{sub}: {problem}")
-        if isinstance(spec, FloatParam) and meta.kind is int:
-            raise ValueError(f"{key}: {name} is an integer; use type: int")
-        carries = isinstance(spec, ChoiceParam) and any(
-            isinstance(option, ConditionalOption) for option in spec.values
+        check_integer(node, meta)
+    for node in walk(params):
+        carries = isinstance(node.spec, ChoiceParam) and any(
+            isinstance(option, ConditionalOption) for option in node.spec.values
         )
-        if carries and name != "optimizer":
-            raise ValueError(f"{key}: only optimizer options may carry parameters of their own")
+        if carries and node.name != "optimizer":
+            raise ValueError(
+                f"{node.key}: only optimizer options may carry parameters of their own"
+            )
+
+
+def check_integer(node: SpaceNode, domain: Hyperparameter) -> None:
+    if isinstance(node.spec, FloatParam) and domain.kind is int:
+        raise ValueError(f"{node.key}: {node.name} is an integer; use type: int")
+
+
+def check_builder_args(params: dict[str, ParamSpec], builder: Signature) -> None:
+    """Every parameter that is not a training hyperparameter is an argument of the builder,
+    with values in the domain its annotation declares; every argument it requires is given."""
+    for name in builder.arguments:
+        if name in HYPERPARAMETERS or name in TRIAL_COLUMNS:
+            kind = "training hyperparameter" if name in HYPERPARAMETERS else "trial table column"
+            raise ValueError(
+                f"builder {builder.reference} takes '{name}', the name of a {kind} of the "
+                "pipeline; give its argument another name"
+            )
+    given = set()
+    for node in walk(params):
+        if node.name in HYPERPARAMETERS:
+            continue
+        given.add(node.name)
+        argument = builder.arguments.get(node.name)
+        if argument is None:
+            if builder.open_ended:
+                continue
+            known = [*HYPERPARAMETERS, *builder.arguments]
+            raise ValueError(
+                f"{node.key}: '{node.name}' is neither a training hyperparameter nor an argument "
+                f"of builder {builder.reference}{did_you_mean(node.name, known)}"
+            )
+        if argument.domain is None:
+            continue
+        for value, sub in spec_values(node.spec):
+            problem = argument.domain.check(value)
+            if problem:
+                raise ValueError(f"{node.key}{sub}: {problem}")
+        check_integer(node, argument.domain)
+    for argument in builder.arguments.values():
+        if argument.required and argument.name not in given:
+            raise ValueError(
+                f"params: builder {builder.reference} needs '{argument.name}' (it has no "
+                f"default); add params.{argument.name}"
+            )
 
 
 def spec_values(spec: ParamSpec) -> list[tuple[Scalar, str]]:

@@ -1,30 +1,124 @@
-"""Examples in memory and a seeded, stratified split of them (train / validation / test, or k
-folds of train + validation); the split's fingerprint; what a trial may see.
+"""Examples and a seeded, stratified split of them (train / validation / test, or k folds of
+train + validation); the split's fingerprint; what a trial may see.
 
-Features stay raw (float32); each model standardizes with statistics of its own training rows
-(`model.Standardize`), so scaling can never see validation or test rows and travels with the model.
+An example is one flat row of raw float32 features, whatever its `input_shape`. The rows are
+held in memory (and travel to trials through Ray's object store), or read on demand from a
+map-style torch Dataset that each process builds by calling the loader again (`ExampleSource`),
+so that only labels and row indices travel. Each model standardizes with statistics of its own
+training rows (`model.Standardize`), so scaling can never see validation or test rows and
+travels with the model.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
 from pipeline.config import DataConfig
+from pipeline.config.door import import_callable
 from pipeline.errors import PipelineError
+
+# Rows of the training rows read to estimate scaling statistics when examples are read on
+# demand: enough for a mean and std within a few percent, at a bounded cost per sweep.
+STATS_SAMPLE = 2048
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a builder is told about the data: one example's shape (without the batch
+    dimension), the number of outputs (classes), and their names."""
+
+    input_shape: tuple[int, ...]
+    num_outputs: int
+    class_names: tuple[str, ...]
+    feature_names: tuple[str, ...] | None = None
+
+
+def example_of(item: Any) -> Any:
+    """The features of a Dataset item: the item, or the first element of a tuple item."""
+    return item[0] if isinstance(item, (tuple, list)) else item
+
+
+def features_of(output: Any) -> Any:
+    """The features a loader returned: its `features` key, or the first of its pair."""
+    return output["features"] if isinstance(output, Mapping) else output[0]
+
+
+# Each process builds a loader's Dataset once per loader and arguments.
+_OPENED: dict[str, Any] = {}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExampleSource:
+    """Examples read on demand from the map-style Dataset that `loader(**args)` returns; our
+    row i is its item `items[i]` (all of them, in order, when `items` is None)."""
+
+    loader: str  # module:function, imported through the door (already on the path)
+    args: Mapping[str, Any] = field(default_factory=dict)
+    items: np.ndarray | None = None
+    content_hash: str = ""  # of every example, from the driver's scan (`loaders.scan_examples`)
+    length: int = 0  # how many examples the loader's Dataset held on the driver
+
+    @property
+    def key(self) -> str:
+        return f"{self.loader}|{json.dumps(self.args, sort_keys=True, default=str)}"
+
+    def dataset(self) -> Any:
+        """The loader's Dataset, built once in this process."""
+        if self.key not in _OPENED:
+            load = import_callable(self.loader, (), "data.loader")
+            dataset = features_of(load(**self.args))
+            if len(dataset) != self.length:  # another node's copy of the files, or none
+                raise PipelineError(
+                    f"data.loader {self.loader}: its Dataset holds {len(dataset)} examples here, "
+                    f"{self.length} on the driver; every node must read the same data (shared "
+                    "storage, absolute paths)"
+                )
+            _OPENED[self.key] = dataset
+        return _OPENED[self.key]
+
+    def remember(self, dataset: Any) -> None:
+        """The Dataset this process already built for this loader and arguments."""
+        _OPENED[self.key] = dataset
+
+    def subset(self, rows: np.ndarray) -> ExampleSource:
+        """The source of these rows only, in this order."""
+        return replace(self, items=self.item_indices(rows))
+
+    def item_indices(self, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(rows) if self.items is None else self.items[rows]
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """These rows as flat float32 feature rows."""
+        dataset = self.dataset()
+        items = self.item_indices(rows)
+        if len(items) == 0:
+            return np.zeros((0, 0), np.float32)
+        return np.stack([flat_example(dataset[int(i)]) for i in items])
+
+
+def flat_example(item: Any) -> np.ndarray:
+    """A Dataset item's features as one flat float32 row."""
+    return np.asarray(example_of(item), dtype=np.float32).reshape(-1)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Dataset:
-    """All examples of a data set: raw float32 features (rows flattened) and integer labels."""
+    """All examples of a data set: raw float32 feature rows (in memory, or read on demand
+    through `examples`) and integer labels."""
 
     name: str
-    features: np.ndarray
+    features: np.ndarray | None  # (rows, prod(input_shape)); None: read through `examples`
     labels: np.ndarray
     class_names: tuple[str, ...]
-    image_shape: tuple[int, int, int] | None = None  # (channels, height, width) for images
+    input_shape: tuple[int, ...]  # one example's shape, e.g. (1, 8, 8) or (13,)
+    examples: ExampleSource | None = None
     test_rows: np.ndarray | None = None  # the data set's own test split (MNIST's t10k)
     feature_names: tuple[str, ...] = ()  # column names; empty: feature_0, feature_1, ...
 
@@ -33,9 +127,37 @@ class Dataset:
         return len(self.class_names)
 
     @property
+    def num_features(self) -> int:
+        return math.prod(self.input_shape)
+
+    @property
     def columns(self) -> tuple[str, ...]:
         """One name per feature: the file's column names, else feature_0, feature_1, ..."""
-        return self.feature_names or tuple(f"feature_{i}" for i in range(self.features.shape[1]))
+        return self.feature_names or tuple(f"feature_{i}" for i in range(self.num_features))
+
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec(
+            input_shape=self.input_shape,
+            num_outputs=self.num_classes,
+            class_names=self.class_names,
+            feature_names=self.feature_names or None,
+        )
+
+    def rows(self, index: np.ndarray) -> np.ndarray:
+        """These rows' flat features, read from memory or from the examples' Dataset."""
+        if self.features is not None:
+            rows: np.ndarray = self.features[index]
+            return rows
+        assert self.examples is not None
+        return self.examples.read(index)
+
+    def content(self) -> list[np.ndarray]:
+        """What identifies the examples, for fingerprints."""
+        if self.features is not None:
+            return [self.features, self.labels]
+        assert self.examples is not None
+        return [np.frombuffer(self.examples.content_hash.encode(), np.uint8), self.labels]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,11 +179,11 @@ class Split:
 class TuningData:
     """What a trial may see: the train and validation rows only, never the test split."""
 
-    features: np.ndarray
+    features: np.ndarray | None  # the rows in memory, or None: read through `examples`
+    examples: ExampleSource | None  # of these rows only, in this order
     labels: np.ndarray
     folds: tuple[tuple[np.ndarray, np.ndarray], ...]
-    num_classes: int
-    image_shape: tuple[int, int, int] | None
+    spec: ModelSpec
     # Per fold: (mean, std) of its training rows, computed once for the sweep, not per trial.
     fold_stats: tuple[tuple[np.ndarray, np.ndarray], ...]
 
@@ -95,14 +217,12 @@ def subset(dataset: Dataset, limit: int, seed: int) -> Dataset:
     test_rows = None
     if dataset.test_rows is not None:
         test_rows = np.flatnonzero(np.isin(rows, dataset.test_rows))
-    return Dataset(
-        name=dataset.name,
-        features=dataset.features[rows],
+    return replace(
+        dataset,
+        features=None if dataset.features is None else dataset.features[rows],
+        examples=None if dataset.examples is None else dataset.examples.subset(rows),
         labels=dataset.labels[rows],
-        class_names=dataset.class_names,
-        image_shape=dataset.image_shape,
         test_rows=test_rows,
-        feature_names=dataset.feature_names,
     )
 
 
@@ -143,7 +263,7 @@ def split_dataset(dataset: Dataset, config: DataConfig, seed: int) -> Split:
         folds = draw_folds(labels[pool], config.cv_folds, len(val), seed)
     else:
         folds = ((np.arange(len(train)), np.arange(len(train), len(train) + len(val))),)
-    hashed = [dataset.features, dataset.labels, train, val, test, *(r for f in folds for r in f)]
+    hashed = [*dataset.content(), train, val, test, *(r for f in folds for r in f)]
     return Split(train=train, val=val, test=test, folds=folds, fingerprint=fingerprint(hashed))
 
 
@@ -167,7 +287,7 @@ def refolded(dataset: Dataset, split: Split, config: DataConfig, seed: int) -> T
     count and sizes): a second opinion on a configuration that no trial's score has seen."""
     rows = split.tuning_rows
     folds = draw_folds(dataset.labels[rows], config.cv_folds, len(split.val), seed)
-    return tuning_data(dataset, replace(split, folds=folds), config)
+    return tuning_data(dataset, replace(split, folds=folds), shared_scale=config.shared_scale)
 
 
 def fingerprint(arrays: list[np.ndarray]) -> str:
@@ -178,17 +298,34 @@ def fingerprint(arrays: list[np.ndarray]) -> str:
     return digest.hexdigest()[:16]
 
 
-def tuning_data(dataset: Dataset, split: Split, config: DataConfig) -> TuningData:
+def tuning_data(dataset: Dataset, split: Split, *, shared_scale: bool) -> TuningData:
     """The rows a sweep may use (train + validation), with fold indices into them and each fold's
-    scaling statistics (`config.shared_scale`)."""
+    scaling statistics (`DataConfig.shared_scale`)."""
     rows = split.tuning_rows
-    features = dataset.features[rows]
-    stats = tuple(column_stats(features[train], config.shared_scale) for train, _ in split.folds)
+    if dataset.features is not None:
+        features = dataset.features[rows]
+        stats = tuple(column_stats(features[t], shared_scale) for t, _ in split.folds)
+        return TuningData(
+            features=features,
+            examples=None,
+            labels=dataset.labels[rows],
+            folds=split.folds,
+            spec=dataset.spec,
+            fold_stats=stats,
+        )
+    assert dataset.examples is not None
+    examples = dataset.examples.subset(rows)
+    # Read on demand, the statistics come from a seeded sample of the rows, not all of them.
+    sample = np.sort(np.random.default_rng(0).permutation(len(rows))[:STATS_SAMPLE])
+    sampled = examples.read(sample)
+    stats = tuple(
+        column_stats(sampled[np.isin(sample, train)], shared_scale) for train, _ in split.folds
+    )
     return TuningData(
-        features=features,
+        features=None,
+        examples=examples,
         labels=dataset.labels[rows],
         folds=split.folds,
-        num_classes=dataset.num_classes,
-        image_shape=dataset.image_shape,
+        spec=dataset.spec,
         fold_stats=stats,
     )

@@ -1,19 +1,24 @@
-"""Networks built from a trial's hyperparameters: an MLP, and a small CNN for image data."""
+"""A trial's network: the builder's module (ours or the user's) behind the scaling of its inputs.
+
+Inside the pipeline an example is one flat row of float32 features; the network standardizes
+it with statistics of its own training rows, reshapes it to the example's `input_shape` and
+hands it to the builder's module, so that scaling travels with the model and what is served
+takes flat rows whatever the builder expects.
+"""
 
 from __future__ import annotations
+
+import io
+from collections.abc import Callable, Mapping
+from contextlib import redirect_stderr, redirect_stdout
+from typing import Any
 
 import torch
 from torch import nn
 
-from pipeline.config import Hyperparameters
+from pipeline.core.data import ModelSpec
 
-ACTIVATION_LAYERS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU,
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-    "gelu": nn.GELU,
-    "leaky_relu": nn.LeakyReLU,
-}
+Builder = Callable[..., nn.Module]
 
 
 class Standardize(nn.Module):
@@ -31,59 +36,43 @@ class Standardize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def dense_stack(inputs: int, hp: Hyperparameters, num_classes: int) -> list[nn.Module]:
-    """hidden_layers x (Linear, activation, Dropout), then the output layer."""
-    layers: list[nn.Module] = []
-    for _ in range(hp.hidden_layers):
-        layers += [nn.Linear(inputs, hp.hidden_units), ACTIVATION_LAYERS[hp.activation]()]
-        if hp.dropout > 0:
-            layers.append(nn.Dropout(hp.dropout))
-        inputs = hp.hidden_units
-    layers.append(nn.Linear(inputs, num_classes))
-    return layers
-
-
-def conv_stack(
-    image_shape: tuple[int, int, int], hp: Hyperparameters
-) -> tuple[list[nn.Module], int]:
-    """conv_layers x (Conv2d, activation, 2x2 max-pool while the image allows); flat output size."""
-    channels, height, width = image_shape
-    layers: list[nn.Module] = [nn.Unflatten(1, image_shape)]
-    for i in range(hp.conv_layers):
-        out = hp.conv_channels * 2**i
-        layers += [
-            nn.Conv2d(channels, out, hp.kernel_size, padding="same"),
-            ACTIVATION_LAYERS[hp.activation](),
-        ]
-        if min(height, width) >= 2:
-            layers.append(nn.MaxPool2d(2))
-            height, width = height // 2, width // 2
-        channels = out
-    layers.append(nn.Flatten())
-    return layers, channels * height * width
-
-
-def build_model(
-    family: str,
-    hp: Hyperparameters,
+def build_network(
+    builder: Builder,
+    spec: ModelSpec,
+    builder_args: Mapping[str, Any],
     *,
     mean: torch.Tensor,
     std: torch.Tensor,
-    num_classes: int,
-    image_shape: tuple[int, int, int] | None,
 ) -> nn.Sequential:
-    """The network for one configuration; its input is raw flattened features, its output logits."""
+    """The network for one configuration: flat raw rows in, the builder's logits out."""
+    module = builder(spec, **builder_args)
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"the builder returned a {type(module).__name__}, not a torch.nn.Module")
     layers: list[nn.Module] = [Standardize(mean, std)]
-    inputs = int(mean.numel())
-    if family == "cnn":
-        if image_shape is None:
-            raise ValueError("model family cnn needs image data (this data set has no image shape)")
-        conv, inputs = conv_stack(image_shape, hp)
-        layers += conv
-    layers += dense_stack(inputs, hp, num_classes)
-    return nn.Sequential(*layers)
+    if len(spec.input_shape) > 1:
+        layers.append(nn.Unflatten(1, spec.input_shape))
+    return nn.Sequential(*layers, module)
 
 
 def with_probabilities(network: nn.Module) -> nn.Sequential:
     """The network followed by a softmax: what is logged and served returns class probabilities."""
     return nn.Sequential(network, nn.Softmax(dim=1))
+
+
+def export_network(network: nn.Module, example: torch.Tensor) -> bytes:
+    """The network as a saved `torch.export` program taking any number of rows: what crosses
+    the wire and the registry, never the builder's classes."""
+    network = network.eval()
+    batch = torch.export.Dim("batch")
+    # Its tracer prints the graph it could not trace; the exception says why, and is enough.
+    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        program = torch.export.export(network, (example,), dynamic_shapes=({0: batch},))
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    return buffer.getvalue()
+
+
+def load_exported(program: bytes) -> nn.Module:
+    """A saved exported program as a module that runs it (no builder code needed)."""
+    module: nn.Module = torch.export.load(io.BytesIO(program)).module()
+    return module

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.data import Dataset, Split
+from pipeline.core.images import read_image
 from pipeline.core.sources import FLOAT32_MAX, check_feature_columns, read_table
 from pipeline.errors import PipelineError
 
@@ -85,35 +86,26 @@ def read_npy(path: Path, metadata: dict[str, Any]) -> Inputs:
 
 
 def read_images(folder: Path, metadata: dict[str, Any]) -> Inputs:
-    """Grey-scale images resized to the training size, pixels mapped to the training range.
+    """Images resized to the training size (grey or RGB, as the model was trained), pixels
+    mapped to the training range.
 
     Images are expected as the training data show them (for MNIST and digits: light strokes on
     a dark background).
     """
-    from PIL import Image, UnidentifiedImageError  # only image models need Pillow
-
-    shape = metadata.get("image_shape")
-    if not shape:
-        raise PipelineError(f"{folder}: this model takes tabular rows, not images")
+    # Versions registered before input shapes were recorded name only an image's shape.
+    shape = metadata.get("input_shape") or metadata.get("image_shape")
+    if not shape or len(shape) != 3 or shape[0] not in (1, 3):
+        raise PipelineError(
+            f"{folder}: this model takes examples shaped {shape or 'as rows'}, not images"
+        )
     channels, height, width = shape
-    if channels != 1:
-        raise PipelineError(f"{folder}: the model takes {channels}-channel images; only 1 works")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise PipelineError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
     low, high = metadata["feature_range"]
     rows = []
     for file in files:
-        try:
-            with Image.open(file) as image:
-                grey = image.convert("L")
-                # Area averaging when shrinking (each pixel the mean of its block).
-                shrink = grey.width >= width and grey.height >= height
-                method = Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR
-                grey = grey.resize((width, height), method)
-        except (OSError, UnidentifiedImageError) as exc:
-            raise PipelineError(f"{file}: cannot read as an image: {exc}") from None
-        pixels = np.asarray(grey, dtype=np.float32).reshape(-1)
+        pixels = read_image(file, (height, width), channels).reshape(-1)
         rows.append(low + pixels / 255.0 * (high - low))
     return Inputs(np.stack(rows), [f.name for f in files])
 
@@ -146,7 +138,7 @@ def labelled_accuracy(frame: pd.DataFrame) -> float | None:
 
 def held_out_rows(dataset: Dataset, split: Split) -> pd.DataFrame:
     """The test split as a CSV-ready frame: the feature columns and the label (class name)."""
-    frame = pd.DataFrame(dataset.features[split.test], columns=list(dataset.columns))
+    frame = pd.DataFrame(dataset.rows(split.test), columns=list(dataset.columns))
     frame[LABEL_COLUMN] = [dataset.class_names[i] for i in dataset.labels[split.test]]
     return frame
 

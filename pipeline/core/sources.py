@@ -10,13 +10,17 @@ import logging
 import struct
 import urllib.request
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from pipeline.config import DataConfig
+from pipeline.config.door import add_to_path
 from pipeline.core.data import Dataset, Split, split_dataset, subset
+from pipeline.core.loaders import load_with
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -64,37 +68,69 @@ IDX_SOURCES: dict[str, tuple[str, dict[str, str], tuple[str, ...]]] = {
 IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def load_dataset(config: DataConfig, seed: int, cache_dir: Path) -> Dataset:
-    """Load the configured data set (a stratified subset of `limit` rows if set)."""
-    if config.source in ("digits", "wine", "breast_cancer"):
+IMAGE_FOLDER_LOADER = "pipeline.core.images:image_folder"
+
+
+def load_dataset(
+    config: DataConfig, seed: int, cache_dir: Path, *, code_paths: Sequence[str] = ()
+) -> Dataset:
+    """Load the configured data set (a stratified subset of `limit` rows if set); a loader
+    is imported from `code_paths`."""
+    add_to_path(code_paths)
+    if config.loader is not None:
+        name = config.loader.partition(":")[0]
+        dataset = load_with(config.loader, config.args, name=name)
+    elif config.source == "image_folder":
+        assert config.path is not None
+        dataset = load_with(
+            IMAGE_FOLDER_LOADER, image_folder_args(config), name=Path(config.path).name
+        )
+    elif config.source in ("digits", "wine", "breast_cancer"):
         dataset = load_bundled(config.source)
     elif config.source == "csv":
         assert config.path is not None and config.target is not None
         dataset = load_csv(Path(config.path), config.target)
     else:
-        folder = Path(config.path) if config.path else cache_dir / config.source
+        source = str(config.source)
+        folder = Path(config.path) if config.path else cache_dir / source
         if config.download:
-            url, checksums, _ = IDX_SOURCES[config.source]
+            url, checksums, _ = IDX_SOURCES[source]
             download_idx(folder, config.mirror or url, checksums)
-        dataset = load_idx_dataset(config.source, folder)
+        dataset = load_idx_dataset(source, folder)
     return subset(dataset, config.limit, seed) if config.limit else dataset
 
 
-def load_split(config: DataConfig, seed: int, cache_dir: Path) -> tuple[Dataset, Split]:
+def image_folder_args(config: DataConfig) -> dict[str, Any]:
+    """The image folder loader's arguments: the folder made absolute, so that every process
+    reads the same one."""
+    assert config.path is not None
+    size = list(config.image_size) if config.image_size else None
+    return {
+        "path": str(Path(config.path).resolve()),
+        "image_size": size,
+        "channels": config.channels,
+    }
+
+
+def load_split(
+    config: DataConfig, seed: int, cache_dir: Path, *, code_paths: Sequence[str] = ()
+) -> tuple[Dataset, Split]:
     """The configured data set and its seeded split: what a sweep, its retrain and a promotion
     of its model each rebuild from the same settings."""
-    dataset = load_dataset(config, seed, cache_dir)
+    dataset = load_dataset(config, seed, cache_dir, code_paths=code_paths)
     return dataset, split_dataset(dataset, config, seed)
 
 
 def source_uri(config: DataConfig, cache_dir: Path) -> str:
     """Where the configured data come from, as the runs record it."""
+    if config.loader is not None:
+        return f"{config.loader}({', '.join(f'{k}={v!r}' for k, v in config.args.items())})"
     if config.source in ("digits", "wine", "breast_cancer"):
         return f"sklearn.datasets.load_{config.source}"
-    if config.source == "csv":
+    if config.source in ("csv", "image_folder"):
         assert config.path is not None
         return str(Path(config.path).resolve())
-    return str((Path(config.path) if config.path else cache_dir / config.source).resolve())
+    return str((Path(config.path) if config.path else cache_dir / str(config.source)).resolve())
 
 
 def load_bundled(name: str) -> Dataset:
@@ -108,13 +144,14 @@ def load_bundled(name: str) -> Dataset:
     }[name]
     bunch = loader()
     class_names = tuple(str(c) for c in bunch.target_names)
-    shape = (1, 8, 8) if name == "digits" else None
+    features = bunch.data.astype(np.float32)
+    shape = (1, 8, 8) if name == "digits" else (features.shape[1],)
     return Dataset(
         name=name,
-        features=bunch.data.astype(np.float32),
+        features=features,
         labels=bunch.target.astype(np.int64),
         class_names=class_names,
-        image_shape=shape,
+        input_shape=shape,
         feature_names=tuple(str(c) for c in bunch.feature_names),
     )
 
@@ -204,6 +241,7 @@ def load_csv(path: Path, target: str) -> Dataset:
     return Dataset(
         name=path.stem,
         features=frame.to_numpy(np.float32),
+        input_shape=(frame.shape[1],),
         labels=labels.astype(np.int64),
         class_names=tuple(str(c) for c in classes),
         feature_names=tuple(str(c) for c in frame.columns),
@@ -260,7 +298,7 @@ def load_idx_dataset(name: str, folder: Path) -> Dataset:
         features=images.reshape(len(images), -1).astype(np.float32),
         labels=labels,
         class_names=class_names,
-        image_shape=(1, *images.shape[1:]),
+        input_shape=(1, *images.shape[1:]),
         test_rows=np.arange(n_train, len(labels)),
         feature_names=tuple(
             f"pixel_{r}_{c}" for r in range(images.shape[1]) for c in range(images.shape[2])

@@ -9,23 +9,36 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
 
 from pipeline.config import Hyperparameters
-from pipeline.core.data import TuningData, column_stats
-from pipeline.core.model import build_model
+from pipeline.core.data import (
+    Dataset,
+    ExampleSource,
+    ModelSpec,
+    Split,
+    TuningData,
+    flat_example,
+    tuning_data,
+)
+from pipeline.core.model import Builder, build_network
 
 # Stand-ins for the metrics of a diverged run: finite (so ASHA's and TPE's arithmetic stays sane)
 # and worse than anything a real run reports.
 DIVERGED_LOSS = 1e30
 DIVERGED_ACC = 0.0
 EVAL_BATCH = 8192
+# Rows scored at once when examples are read on demand: such examples may be large (images), and
+# a batch of them is held whole while it is scored.
+READ_BATCH = 256
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,30 +74,83 @@ def make_optimizer(hp: Hyperparameters, params: Any) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {hp.optimizer!r}")
 
 
+class Examples:
+    """The rows a model trains and is scored on, as batches on one device: indexed from tensors
+    in memory, or read on demand through a DataLoader from the examples' Dataset."""
+
+    def __init__(
+        self,
+        features: np.ndarray | None,
+        examples: ExampleSource | None,
+        labels: np.ndarray,
+        device: torch.device,
+    ) -> None:
+        self.device = device
+        self.labels = as_tensor(labels, device)
+        self.features = None if features is None else as_tensor(features, device)
+        self.examples = examples
+        self.eval_batch = EVAL_BATCH if features is not None else READ_BATCH
+
+    def batches(self, rows: torch.Tensor, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(features, labels) of `rows` (on the CPU), `size` rows at a time, in their order."""
+        chunks = torch.split(rows, size)
+        if self.features is not None:
+            for chunk in chunks:
+                part = chunk.to(self.device, non_blocking=True)
+                yield self.features[part], self.labels[part]
+            return
+        assert self.examples is not None
+        source = self.examples
+        loader = DataLoader(
+            ItemView(source.dataset(), source.item_indices(np.arange(len(self.labels)))),
+            batch_sampler=[chunk.tolist() for chunk in chunks],
+            collate_fn=collate_rows,
+            # Its own generator: a DataLoader draws a seed per pass, which would otherwise shift
+            # the global stream that shuffles the next epoch.
+            generator=torch.Generator(),
+        )
+        for chunk, features in zip(chunks, loader, strict=True):
+            yield features.to(self.device), self.labels[chunk.to(self.device)]
+
+
+class ItemView(TorchDataset[Any]):
+    """Our rows of a loader's Dataset: row i is its item `items[i]`."""
+
+    def __init__(self, dataset: Any, items: np.ndarray) -> None:
+        self.dataset, self.items = dataset, items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, row: int) -> Any:
+        return self.dataset[int(self.items[row])]
+
+
+def collate_rows(items: list[Any]) -> torch.Tensor:
+    """A batch of Dataset items as flat float32 feature rows."""
+    return torch.from_numpy(np.stack([flat_example(item) for item in items]))
+
+
 class FoldTrainer:
     """One model, its optimizer and its training rows, on one device."""
 
     def __init__(
         self,
-        family: str,
+        builder: Builder,
         hp: Hyperparameters,
         *,
-        features: torch.Tensor,
-        labels: torch.Tensor,
+        examples: Examples,
         train_rows: np.ndarray,
-        num_classes: int,
-        image_shape: tuple[int, int, int] | None,
+        spec: ModelSpec,
         stats: tuple[np.ndarray, np.ndarray],
     ) -> None:
         """`stats`: the scaling statistics (mean, std) of `train_rows` (`data.column_stats`)."""
         self.hp = hp
-        self.features, self.labels = features, labels
-        device = features.device
-        self.train_rows = torch.as_tensor(train_rows, device=device)
+        self.examples = examples
+        self.train_rows = torch.as_tensor(train_rows)
         mean, std = torch.from_numpy(stats[0]), torch.from_numpy(stats[1])
-        self.model = build_model(
-            family, hp, mean=mean, std=std, num_classes=num_classes, image_shape=image_shape
-        ).to(device)
+        network = build_network(builder, spec, hp.builder_args, mean=mean, std=std)
+        self.model = network.to(examples.device)
         self.optimizer = make_optimizer(hp, self.model.parameters())
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
 
@@ -93,30 +159,29 @@ class FoldTrainer:
         self.model.train()
         n = len(self.train_rows)
         batch = n if self.hp.batch_size is None else min(self.hp.batch_size, n)
-        order = self.train_rows[torch.randperm(n, device=self.train_rows.device)]
-        total = torch.zeros((), device=self.features.device)
-        for start in range(0, n, batch):
-            rows = order[start : start + batch]
-            loss = self.loss_fn(self.model(self.features[rows]), self.labels[rows])
+        order = self.train_rows[torch.randperm(n)]
+        total = torch.zeros((), device=self.examples.device)
+        for features, labels in self.examples.batches(order, batch):
+            loss = self.loss_fn(self.model(features), labels)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            total += loss.detach() * len(rows)
+            total += loss.detach() * len(labels)
         return float(total) / n  # one device sync per epoch, not per batch
 
     @torch.no_grad()
     def evaluate(self, rows: torch.Tensor) -> tuple[float, float, torch.Tensor]:
         """Mean loss, accuracy and predicted classes on the given rows."""
         self.model.eval()
-        losses, predictions = [], []
-        for start in range(0, len(rows), EVAL_BATCH):
-            part = rows[start : start + EVAL_BATCH]
-            logits = self.model(self.features[part])
-            losses.append(nn.functional.cross_entropy(logits, self.labels[part], reduction="sum"))
+        losses, predictions, targets = [], [], []
+        for features, labels in self.examples.batches(rows, self.examples.eval_batch):
+            logits = self.model(features)
+            losses.append(nn.functional.cross_entropy(logits, labels, reduction="sum"))
             predictions.append(logits.argmax(dim=1))
+            targets.append(labels)
         predicted = torch.cat(predictions)
         loss = float(torch.stack(losses).sum()) / len(rows)
-        accuracy = float((predicted == self.labels[rows]).float().mean())
+        accuracy = float((predicted == torch.cat(targets)).float().mean())
         return loss, accuracy, predicted
 
     def state(self) -> dict[str, Any]:
@@ -127,19 +192,17 @@ class FoldTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
 
 
-def as_tensors(
-    features: np.ndarray, labels: np.ndarray, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features and labels as tensors on `device`, sharing memory with the arrays on the CPU."""
+def as_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """An array as a tensor on `device`, sharing memory with it on the CPU."""
     # Arrays from Ray's object store are read-only; training never writes to them, so sharing
     # them avoids a copy per trial (torch warns about non-writable arrays regardless).
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(features).to(device), torch.from_numpy(labels).to(device)
+        return torch.from_numpy(array).to(device)
 
 
 def fit(
-    family: str,
+    builder: Builder,
     hp: Hyperparameters,
     data: TuningData,
     *,
@@ -155,21 +218,12 @@ def fit(
     `resume` is a state passed to an earlier `report`; training continues after its epoch.
     """
     torch.manual_seed(seed)
-    features, labels = as_tensors(data.features, data.labels, device)
+    examples = Examples(data.features, data.examples, data.labels, device)
     trainers = [
-        FoldTrainer(
-            family,
-            hp,
-            features=features,
-            labels=labels,
-            train_rows=train,
-            num_classes=data.num_classes,
-            image_shape=data.image_shape,
-            stats=stats,
-        )
+        FoldTrainer(builder, hp, examples=examples, train_rows=train, spec=data.spec, stats=stats)
         for (train, _), stats in zip(data.folds, data.fold_stats, strict=True)
     ]
-    val_rows = [torch.as_tensor(val, device=device) for _, val in data.folds]
+    val_rows = [torch.as_tensor(val) for _, val in data.folds]
     first_epoch = 1
     if resume is not None:
         for trainer, state in zip(trainers, resume["folds"], strict=True):
@@ -215,37 +269,39 @@ def fit(
 
 
 def fit_final(
-    family: str,
+    builder: Builder,
     hp: Hyperparameters,
+    dataset: Dataset,
     *,
-    features: np.ndarray,
-    labels: np.ndarray,
     train_rows: np.ndarray,
-    num_classes: int,
-    image_shape: tuple[int, int, int] | None,
     epochs: int,
     device: torch.device,
     seed: int,
     shared_scale: bool,
 ) -> tuple[nn.Module, list[float]]:
     """Train one configuration on `train_rows` for exactly `epochs`, with no validation rows,
-    scaled by their own statistics (`data.column_stats`).
+    scaled by their own statistics (`data.column_stats`, from a sample when the examples are
+    read on demand).
 
     Returns the network in eval mode on the CPU and the training loss of each epoch; a non-finite
     loss stops training early (the caller sees the shorter, non-finite history).
     """
     torch.manual_seed(seed)
-    x, y = as_tensors(features, labels, device)
-    stats = column_stats(features[train_rows], shared_scale)
+    whole = Split(
+        train=train_rows,
+        val=np.zeros(0, np.int64),
+        test=np.zeros(0, np.int64),
+        folds=((np.arange(len(train_rows)), np.zeros(0, np.int64)),),
+        fingerprint="",
+    )
+    data = tuning_data(dataset, whole, shared_scale=shared_scale)
     trainer = FoldTrainer(
-        family,
+        builder,
         hp,
-        features=x,
-        labels=y,
-        train_rows=train_rows,
-        num_classes=num_classes,
-        image_shape=image_shape,
-        stats=stats,
+        examples=Examples(data.features, data.examples, data.labels, device),
+        train_rows=np.arange(len(train_rows)),
+        spec=data.spec,
+        stats=data.fold_stats[0],
     )
     losses: list[float] = []
     for _ in range(epochs):

@@ -11,10 +11,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.config import HYPERPARAMETERS, Scalar
+from pipeline.config import Scalar
+from pipeline.config.hyperparameters import TRIAL_COLUMNS, TRIAL_SCORES
 
 # A trial's scores at its best epoch (see `decisions.best_epoch`), by name.
-SCORES = ("val_acc", "val_loss", "train_loss")
+SCORES = TRIAL_SCORES
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,14 +93,29 @@ def as_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+# The columns of a trial's row that are not its hyperparameters.
+SUMMARY_COLUMNS = TRIAL_COLUMNS
+
+
 def hyperparameters_of(values: Mapping[str, Any]) -> dict[str, Scalar]:
-    """The hyperparameters among a row's values, each of its own type (an integer that pandas
-    made a float is an integer again); those the trial did not sample (None) left out."""
+    """The hyperparameters among a row's values (training ones and the builder's); those the
+    trial did not sample (None) left out."""
     return {
-        name: int(value) if HYPERPARAMETERS[name].kind is int else value
+        name: value
         for name, value in values.items()
-        if name in HYPERPARAMETERS and value is not None
+        if name not in SUMMARY_COLUMNS and value is not None
     }
+
+
+def parse_value(text: str) -> Scalar:
+    """A hyperparameter as trials.csv wrote it, of its own type again: 3 an integer, 3.0 and
+    1e-3 floats, True a boolean, anything else text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"True": True, "False": False}.get(text, text)
 
 
 def trial_frame(rows: Sequence[TrialRow]) -> pd.DataFrame:
@@ -111,7 +127,12 @@ def trial_frame(rows: Sequence[TrialRow]) -> pd.DataFrame:
         [row.record() for row in rows], columns=["trial_id", "state", *params, *summary]
     )
     for name in table.columns:
-        if name == "epoch" or (name in HYPERPARAMETERS and HYPERPARAMETERS[name].kind is int):
+        integral = name in params and all(
+            isinstance(row.params.get(name), (int, type(None)))
+            and not isinstance(row.params.get(name), bool)
+            for row in rows
+        )
+        if name == "epoch" or integral:
             table[name] = table[name].astype("Int64")
     return table
 
@@ -124,5 +145,13 @@ def read_trials(table: pd.DataFrame) -> list[TrialRow]:
 
 def read_trials_csv(path: str | Path) -> list[TrialRow]:
     """The rows of a trials.csv; ids stay text (a Ray trial id may be all digits)."""
-    text = {"trial_id": str, "state": str, "host": str, "device": str}
-    return read_trials(pd.read_csv(path, dtype=text))
+    # Hyperparameters read as text and parsed one by one, so that an integer stays one in a
+    # column with gaps (pandas makes such a column float).
+    table = pd.read_csv(path, dtype=str)
+    for name in ("epoch", *SCORES, "epochs_trained", "train_seconds"):
+        if name in table:
+            table[name] = pd.to_numeric(table[name])
+    for name in table.columns:
+        if name not in SUMMARY_COLUMNS:
+            table[name] = table[name].map(parse_value, na_action="ignore")
+    return read_trials(table)

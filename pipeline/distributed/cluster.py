@@ -8,7 +8,7 @@ import signal
 import socket
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -19,6 +19,7 @@ from ray.exceptions import AuthenticationError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline.config import Experiment
+from pipeline.config.door import import_callable, shipped_modules
 from pipeline.errors import PipelineError
 from pipeline.storage import locate
 
@@ -54,11 +55,13 @@ def check_ray_address(address: str) -> None:
         ) from None
 
 
-def connect(address: str | None) -> None:
+def connect(address: str | None, code_paths: Sequence[str] = ()) -> None:
     """Join the cluster at `address`, or start a local Ray; errors say which address failed.
 
-    Joining a cluster uploads this `pipeline` package with the job, so that its workers run the
-    driver's code rather than whatever version they have installed. Token authentication is
+    The user's code (each package and module in `code_paths`) is uploaded with the job, so that
+    every worker imports it whether or not its node has those folders. Joining a cluster also
+    uploads this `pipeline` package, so that its workers run the driver's code rather than
+    whatever version they have installed. Token authentication is
     Ray's: the token comes from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, and
     it is never switched off here.
     """
@@ -69,8 +72,11 @@ def connect(address: str | None) -> None:
     # No worker setup hook: it cost each worker the import of this module and its own; the
     # trial quiets Ray's loggers itself (trainable.run_trial).
     runtime_env: dict[str, Any] = {}
+    modules = [str(path) for path in shipped_modules(code_paths)]
     if address:
-        runtime_env["py_modules"] = [str(Path(__file__).parent)]
+        modules.append(str(Path(__file__).parents[1]))
+    if modules:
+        runtime_env["py_modules"] = modules
     on_sigterm = signal.getsignal(signal.SIGTERM)
     try:
         ray.init(
@@ -138,6 +144,41 @@ def check_storage(storage: str, endpoint: str | None = None) -> None:
                 )
     finally:
         filesystem.delete_file(probe)
+
+
+def check_code(experiment: Experiment) -> None:
+    """Refuse a sweep whose user code some node cannot import (a module missing from the code
+    folders shipped with the job, or a dependency that node lacks): one line naming the node
+    and the module, before any trial runs."""
+    references = [
+        (role, reference)
+        for role, reference in (
+            ("model.builder", experiment.model.builder),
+            ("data.loader", experiment.data.loader),
+        )
+        if reference is not None
+    ]
+    if not references:
+        return
+    nodes = [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
+    checks = [import_on_node.options(**pin_to(n["NodeID"])).remote(references) for n in nodes]
+    for node, problem in zip(nodes, ray.get(checks), strict=True):
+        if problem:
+            raise PipelineError(
+                f"Ray node {node['NodeManagerAddress']} ({node['NodeID'][:8]}) cannot import "
+                f"the job's code: {problem}"
+            )
+
+
+@ray.remote
+def import_on_node(references: list[tuple[str, str]]) -> str | None:
+    """On one node: why the user's functions cannot be imported there, or None."""
+    for role, reference in references:
+        try:
+            import_callable(reference, (), role)
+        except PipelineError as exc:
+            return str(exc)
+    return None
 
 
 def pin_to(node_id: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import torch
 from ray import tune
 
 from pipeline.config import Hyperparameters, flatten_sample
+from pipeline.config.door import import_callable
 from pipeline.core.data import TuningData
 from pipeline.core.decisions import best_epoch
 from pipeline.core.train import EpochMetrics, fit
@@ -26,7 +27,7 @@ STATE_FILE = "state.pt"
 class TrialSettings:
     """What every trial of a sweep shares besides the data."""
 
-    family: str
+    builder: str  # module:function, shipped with the job (`cluster.connect`)
     max_epochs: int
     seed: int
     cpus: float
@@ -104,7 +105,7 @@ def run_trial(config: dict[str, Any], data: TuningData, settings: TrialSettings)
         timer.saved()
 
     fit(
-        settings.family,
+        import_callable(settings.builder, (), "model.builder"),
         hp,
         data,
         max_epochs=settings.max_epochs,

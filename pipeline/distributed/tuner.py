@@ -51,7 +51,7 @@ def make_scheduler(experiment: Experiment) -> TrialScheduler:
 def make_trainable(experiment: Experiment, data: TuningData) -> Any:
     """`run_trial` with the data put in the object store once and the trial's resources."""
     settings = TrialSettings(
-        family=experiment.model.family,
+        builder=experiment.model.builder_reference,
         max_epochs=experiment.budget.max_epochs,
         seed=experiment.seed,
         cpus=experiment.resources.cpus,

@@ -3,6 +3,7 @@ parent run, and the network logged with it (pt2, pickle-free, with signature and
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -53,6 +54,7 @@ class RetrainRecord:
     run_id: str
     model_uri: str  # runs:/... or models:/m-... URI of the logged model
     report: TestReport
+    origin: dict[str, str]  # tags.MODEL_ORIGIN: what built the model, from its metadata
 
 
 def log_retrain_run(tracking_uri: str, sweep: SweepRecord, model: RetrainedModel) -> RetrainRecord:
@@ -94,7 +96,13 @@ def log_retrain_run(tracking_uri: str, sweep: SweepRecord, model: RetrainedModel
         status = "FINISHED"
     finally:
         client.set_terminated(run_id, status)
-    return RetrainRecord(run_id, model_uri, report)
+    origin = {key: as_tag(model.metadata.get(key)) for key in tags.MODEL_ORIGIN}
+    return RetrainRecord(run_id, model_uri, report, origin)
+
+
+def as_tag(value: Any) -> str:
+    """A metadata value as a tag: text as it is, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def selection_record(selection: Selection) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from pipeline.tracking.store import Client
 
 NOTHING = "nothing to promote"  # the action when there is no challenger
 # What must match for two models to be compared on one test split.
-DATA_IDENTITY = ("dataset", "feature_names", "class_names")
+DATA_IDENTITY = ("dataset", "loader", "input_shape", "feature_names", "class_names")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,18 +52,33 @@ class Decision:
 def version_data(loaded: LoadedVersion, cache_dir: Path) -> tuple[Dataset, Split]:
     """The data set and split the version was trained with, loaded as they are today."""
     config = DataConfig.model_validate(loaded.metadata["data"])
-    return load_split(config, int(loaded.metadata["seed"]), cache_dir)
+    paths = loaded.metadata.get("code_paths") or []
+    return load_split(config, int(loaded.metadata["seed"]), cache_dir, code_paths=paths)
 
 
 def check_comparable(candidate: LoadedVersion, champion: LoadedVersion, name: str) -> None:
     """Refuse to compare models trained on different data sets (features or classes differ)."""
+    ours, theirs = data_identity(candidate.metadata), data_identity(champion.metadata)
     for key in DATA_IDENTITY:
-        if candidate.metadata.get(key) != champion.metadata.get(key):
+        if ours[key] != theirs[key]:
             raise PipelineError(
                 f"model '{name}': version {candidate.version} was trained on "
                 f"{describe_data(candidate.metadata)}, the champion (version {champion.version}) "
-                f"on {describe_data(champion.metadata)}; they cannot be compared ({key} differ)"
+                f"on {describe_data(champion.metadata)}; they cannot be compared ({key} differ: "
+                f"{ours[key]} and {theirs[key]})"
             )
+
+
+def data_identity(metadata: dict[str, Any]) -> dict[str, Any]:
+    """What must match for two versions to share a test split, read from a version's metadata;
+    versions registered before loaders and input shapes were recorded get what they imply."""
+    features = metadata.get("feature_names", [])
+    source = (metadata.get("data") or {}).get("source")
+    implied = {
+        "loader": f"source:{source}",
+        "input_shape": metadata.get("image_shape") or [len(features)],
+    }
+    return {key: metadata.get(key, implied.get(key)) for key in DATA_IDENTITY}
 
 
 def describe_data(metadata: dict[str, Any]) -> str:
@@ -142,7 +157,7 @@ def decide_promotion(
     if champion is not None:
         check_comparable(candidate, champion, name)
     dataset, split = version_data(candidate, cache_dir)
-    features, labels = dataset.features[split.test], dataset.labels[split.test]
+    features, labels = dataset.rows(split.test), dataset.labels[split.test]
     candidate_report = score(candidate.predict_probabilities(features), labels, dataset.class_names)
     champion_report = (
         score(champion.predict_probabilities(features), labels, dataset.class_names)

@@ -83,6 +83,7 @@ def register_challenger(
         tags.TEST_ACC_95: interval,
         tags.TEST_LOSS: f"{report.test_loss:.6f}",
         tags.TEST_MACRO_F1: f"{report.macro_f1:.6f}",
+        **record.origin,
     }
     model_id = record.model_uri.removeprefix("models:/")
     with use_tracking_uri(tracking_uri):  # the registry resolves a models:/ source through it

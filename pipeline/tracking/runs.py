@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from mlflow.entities import Dataset as DatasetEntity
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, Run, RunTag
 from mlflow.utils.mlflow_tags import (
@@ -30,18 +29,21 @@ from pipeline.tracking.store import Client
 @dataclass(frozen=True, kw_only=True)
 class LoggedData:
     """Rows a run used, for its Dataset column: the data set, where it comes from, the split's
-    fingerprint (the digest) and the rows themselves (for their shape)."""
+    fingerprint (the digest) and the rows' shape."""
 
     name: str
     source: str
     fingerprint: str
-    features: np.ndarray
-    labels: np.ndarray
+    rows: int
+    input_shape: tuple[int, ...]
     context: str  # MLflow's: training, testing
 
     def as_input(self) -> DatasetInput:
         """The run input MLflow records: name, digest, source, shapes (not the rows)."""
-        profile = {"features_shape": list(self.features.shape), "targets_shape": [len(self.labels)]}
+        profile = {
+            "features_shape": [self.rows, *self.input_shape],
+            "targets_shape": [self.rows],
+        }
         dataset = DatasetEntity(
             name=self.name,
             digest=self.fingerprint,
@@ -76,9 +78,10 @@ def describe_experiment(experiment: Experiment) -> str:
     about = f"{experiment.description}\n\n" if experiment.description else ""
     best = "highest" if experiment.mode == "max" else "lowest"
     return (
-        f"{about}Hyperparameter sweeps of `{experiment.name}` on the `{experiment.data.source}` "
-        f"data: one parent run per sweep (its settings, `trials.csv` and the sweep report under "
-        f"`report/`), one nested run per trial, and a `retrain` run holding the model registered "
+        f"{about}Hyperparameter sweeps of `{experiment.name}` on the "
+        f"`{experiment.data.source or experiment.data.loader}` data: one parent run per sweep "
+        f"(its settings, `trials.csv` and the sweep report under `report/`), one nested run per "
+        f"trial, and a `retrain` run holding the model registered "
         f"as `{experiment.model_name}`. Trials are ranked on `{experiment.metric}` ({best} wins) "
         f"at their best epoch: sort the trial runs by `best_{experiment.metric}`."
     )

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from pipeline import storage, tags
 from pipeline.config import Experiment, load_experiment
-from pipeline.core.sources import load_split
 from pipeline.distributed.tuner import SweepWatcher, can_resume
 from pipeline.errors import PipelineError, Terminated
 from pipeline.notify import post_json
@@ -29,7 +28,7 @@ from pipeline.tracking.preflight import check_tracking_store
 from pipeline.tracking.store import Client, ensure_experiment, open_client
 from pipeline.workflows.nights import FINAL_OUTCOMES, Night, night_of
 from pipeline.workflows.retraining import retrain_and_register
-from pipeline.workflows.sweep import SweepJob, SweepResult, run_sweep
+from pipeline.workflows.sweep import SweepJob, SweepResult, run_sweep, sweep_data
 from pipeline.workflows.warm_start import warm_start
 
 log = logging.getLogger(__name__)
@@ -182,7 +181,7 @@ class NightJob:
             self.run_id = tonight.run_id
             return []
         experiment = self.experiment
-        dataset, split = load_split(experiment.data, experiment.seed, self.settings.data_dir)
+        dataset, split = sweep_data(experiment, self.settings)
         job = SweepJob(
             experiment=experiment,
             experiment_name=experiment.name,

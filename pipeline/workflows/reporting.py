@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline import tags
-from pipeline.config import HYPERPARAMETERS, Scalar, log_scaled
+from pipeline.config import Scalar, log_scaled, walk
 from pipeline.core.decisions import TRIAL_STATES, best_trial, rank_trials
 from pipeline.core.trials import trial_frame
 from pipeline.errors import PipelineError
@@ -112,7 +112,7 @@ def sweep_data(
         metric=metric,
         mode=mode,
         seed=experiment.seed,
-        params=tuple(c for c in table.columns if c in HYPERPARAMETERS),
+        params=tuple(c for c in table.columns if c in {n.name for n in walk(experiment.params)}),
         log_params=log_scaled(experiment.params),
         states=TRIAL_STATES,
         trials=table,

@@ -55,10 +55,12 @@ def retrain_and_register(
     client = open_client(uri)
     sweep = find_sweep(client, experiment_name, parent_run_id)
     experiment = sweep.experiment
-    dataset, split = load_split(experiment.data, experiment.seed, settings.data_dir)
+    dataset, split = load_split(
+        experiment.data, experiment.seed, settings.data_dir, code_paths=experiment.code.paths
+    )
     check_same_data(sweep, split)
     if settings.ray_address:
-        cluster.connect(settings.ray_address)
+        cluster.connect(settings.ray_address, experiment.code.paths)
     selection = select_candidate(sweep, dataset, split, on_cluster=bool(settings.ray_address))
     watch.lap("second opinions")
     chosen = next(c for c in sweep.candidates if c.trial_id == selection.chosen.trial_id)

@@ -13,9 +13,10 @@ from secrets import token_hex
 
 from pipeline import storage
 from pipeline.config import Experiment, Scalar
+from pipeline.core.checks import check_model
 from pipeline.core.data import Dataset, Split, TuningData, tuning_data
 from pipeline.core.decisions import best_trial, with_states
-from pipeline.core.sources import source_uri
+from pipeline.core.sources import load_split, source_uri
 from pipeline.core.trials import TrialRow
 from pipeline.distributed import cluster
 from pipeline.distributed.results import TunerResults
@@ -78,6 +79,16 @@ class OpenSweep:
     recorder: TrialRecorder | None  # a new sweep's trial writer (a resumed one's is Ray's)
 
 
+def sweep_data(experiment: Experiment, settings: Settings) -> tuple[Dataset, Split]:
+    """The experiment's data and split, and its model's pre-flight on them (`checks`): what a
+    sweep needs before anything is started or written."""
+    dataset, split = load_split(
+        experiment.data, experiment.seed, settings.data_dir, code_paths=experiment.code.paths
+    )
+    check_model(experiment, dataset, split)
+    return dataset, split
+
+
 def run_sweep(
     job: SweepJob,
     settings: Settings,
@@ -96,9 +107,21 @@ def run_sweep(
     started = time.perf_counter()
     watch = stopwatch or Stopwatch()
     # Everything that can fail for want of a cluster or storage fails before MLflow is written.
-    cluster.connect(settings.ray_address)
+    cluster.connect(settings.ray_address, job.experiment.code.paths)
     cluster.check_resources(job.experiment, autoscaling=bool(settings.ray_address))
     cluster.check_storage(settings.storage, settings.storage_endpoint)
+    if settings.ray_address:  # a local Ray's workers import what this driver just imported
+        cluster.check_code(job.experiment)
+    dataset, split = job.dataset, job.split
+    log.info(
+        "%s: %d rows (%d train, %d val, %d test), %d classes",
+        dataset.name,
+        len(dataset.labels),
+        len(split.train),
+        len(split.val),
+        len(split.test),
+        dataset.num_classes,
+    )
     watch.lap("ray start")
     client = open_client(settings.tracking_uri)
     experiment_id = ensure_experiment(
@@ -107,7 +130,7 @@ def run_sweep(
         settings.artifact_root,
         runs.describe_experiment(job.experiment),
     )
-    data = tuning_data(job.dataset, job.split, job.experiment.data)
+    data = tuning_data(job.dataset, job.split, shared_scale=job.experiment.data.shared_scale)
     if resume_run is not None:
         sweep = reopen_sweep(client, experiment_id, resume_run)
     else:
@@ -198,8 +221,8 @@ def open_sweep(
         name=job.dataset.name,
         source=source_uri(experiment.data, settings.data_dir),
         fingerprint=split.fingerprint,
-        features=data.features,
-        labels=data.labels,
+        rows=len(data.labels),
+        input_shape=data.spec.input_shape,
         context="training",
     ).as_input()
     try:

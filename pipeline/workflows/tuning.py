@@ -10,7 +10,6 @@ from pathlib import Path
 
 from pipeline import storage, tags
 from pipeline.config import load_experiment
-from pipeline.core.sources import load_split
 from pipeline.distributed import cluster
 from pipeline.distributed.tuner import SweepWatcher
 from pipeline.errors import PipelineError
@@ -26,7 +25,7 @@ from pipeline.tracking.resume import (
 from pipeline.tracking.store import find_experiment, open_client
 from pipeline.workflows.reporting import ReportFiles, write_sweep_report
 from pipeline.workflows.retraining import Registration, retrain_and_register
-from pipeline.workflows.sweep import SweepJob, SweepResult, run_sweep
+from pipeline.workflows.sweep import SweepJob, SweepResult, run_sweep, sweep_data
 
 log = logging.getLogger(__name__)
 
@@ -64,20 +63,11 @@ def tune_and_register(
     check_tracking_store(settings.tracking_uri)
     name = experiment_name or experiment.name
     resumed = sweep_to_resume(settings, name) if resume else None
+    dataset, split = sweep_data(experiment, settings)  # a bad loader or builder stops here
     if not resume:
         for sweep in settle_interrupted(settings, name, abandon=abandon):
             log.warning("abandoned the interrupted %s", sweep)
-    dataset, split = load_split(experiment.data, experiment.seed, settings.data_dir)
     watch.lap("config and data")
-    log.info(
-        "%s: %d rows (%d train, %d val, %d test), %d classes",
-        dataset.name,
-        len(dataset.labels),
-        len(split.train),
-        len(split.val),
-        len(split.test),
-        dataset.num_classes,
-    )
     job = SweepJob(
         experiment=experiment,
         experiment_name=name,

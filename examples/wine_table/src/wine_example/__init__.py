@@ -1,0 +1,2 @@
+"""An example user package: a loader of a tab-separated file and a network builder, imported by
+the pipeline from `code.paths`."""

@@ -1,0 +1,90 @@
+"""The model's pre-flight, before Ray starts: the builder (ours or the user's) builds a network
+for one configuration of the space, its forward on two rows of the loaded data gives one logit
+per class, and `torch.export` exports it with a dynamic batch, as the retrain will. Each failure
+is one line naming the builder and what to change."""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline.config import (
+    ChoiceParam,
+    ConditionalOption,
+    Experiment,
+    FloatParam,
+    Hyperparameters,
+    IntParam,
+    ParamSpec,
+    Scalar,
+)
+from pipeline.config.door import import_callable
+from pipeline.core.data import Dataset, Split, column_stats
+from pipeline.core.model import build_network, export_network, with_probabilities
+from pipeline.errors import PipelineError
+
+
+def first_configuration(params: dict[str, ParamSpec]) -> dict[str, Scalar]:
+    """One configuration of the space: each range's low end, each choice's first option (and
+    that option's own parameters), each constant."""
+    point: dict[str, Scalar] = {}
+    for name, spec in params.items():
+        if isinstance(spec, (FloatParam, IntParam)):
+            point[name] = spec.low
+        elif isinstance(spec, ChoiceParam):
+            option = spec.values[0]
+            if isinstance(option, ConditionalOption):
+                point[name] = option.name
+                point.update(first_configuration(option.params))
+            else:
+                point[name] = option
+        else:
+            point[name] = spec
+    return point
+
+
+def check_model(experiment: Experiment, dataset: Dataset, split: Split) -> None:
+    """Build, run and export the network on two training rows, or refuse in one line."""
+    reference = experiment.model.builder_reference
+    where = f"model.builder {reference}"
+    builder = import_callable(reference, (), "model.builder")
+    args = dict(Hyperparameters.from_params(first_configuration(experiment.params)).builder_args)
+    rows = dataset.rows(split.train[:2])
+    mean, std = (torch.from_numpy(s) for s in column_stats(rows, experiment.data.shared_scale))
+    try:
+        network = build_network(builder, dataset.spec, args, mean=mean, std=std).eval()
+    except Exception as exc:  # the user's code may raise anything
+        raise PipelineError(
+            f"{where}: building {args or 'with its defaults'} failed: {type(exc).__name__}: "
+            f"{first_line(exc)}"
+        ) from None
+    shape = (2, *dataset.input_shape)
+    try:
+        with torch.no_grad():
+            output = network(torch.from_numpy(rows))
+    except Exception as exc:  # the user's code may raise anything
+        raise PipelineError(
+            f"{where}: its forward failed on two examples shaped {list(shape)}: "
+            f"{type(exc).__name__}: {first_line(exc)}"
+        ) from None
+    expected = [2, dataset.num_classes]
+    got = list(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+    if got != expected:
+        raise PipelineError(
+            f"{where}: on two examples shaped {list(shape)} it returns {got}; expected "
+            f"{expected}, one logit per class"
+        )
+    try:
+        export_network(with_probabilities(network), torch.from_numpy(rows))
+    except Exception as exc:  # torch.export's errors are of many types
+        raise PipelineError(
+            f"{where}: torch.export cannot export its forward for any batch size, which the "
+            f"registered model needs ({first_line(exc)}); avoid Python control flow on tensor "
+            "values and shapes fixed to the batch (e.g. x.view(2, -1); use x.flatten(1))"
+        ) from None
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an error's message, at most 300 characters."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
