@@ -17,7 +17,7 @@ from torch import nn
 from pipeline.config import Experiment, Hyperparameters
 from pipeline.config.door import code_fingerprint, import_callable
 from pipeline.core.checks import first_line
-from pipeline.core.data import STATS_SAMPLE, Dataset, Split, TuningData
+from pipeline.core.data import Dataset, Split, TuningData, stats_sample
 from pipeline.core.decisions import SCORE_WINDOW, Selection, score_at
 from pipeline.core.evaluate import score
 from pipeline.core.model import Builder, export_network, load_exported, with_probabilities
@@ -167,7 +167,7 @@ def model_metadata(experiment: Experiment, dataset: Dataset, split: Split) -> di
     arguments and the code folders it is imported from), and what built the network."""
     rows = split.tuning_rows
     if dataset.features is None:  # a seeded sample, across the classes (files come by class)
-        rows = np.sort(np.random.default_rng(0).permutation(rows)[:STATS_SAMPLE])
+        rows = rows[stats_sample(len(rows))]
     sample = dataset.rows(rows)
     return {
         "class_names": list(dataset.class_names),

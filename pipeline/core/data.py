@@ -302,30 +302,29 @@ def tuning_data(dataset: Dataset, split: Split, *, shared_scale: bool) -> Tuning
     """The rows a sweep may use (train + validation), with fold indices into them and each fold's
     scaling statistics (`DataConfig.shared_scale`)."""
     rows = split.tuning_rows
+    features, examples = None, None
     if dataset.features is not None:
         features = dataset.features[rows]
         stats = tuple(column_stats(features[t], shared_scale) for t, _ in split.folds)
-        return TuningData(
-            features=features,
-            examples=None,
-            labels=dataset.labels[rows],
-            folds=split.folds,
-            spec=dataset.spec,
-            fold_stats=stats,
+    else:
+        assert dataset.examples is not None
+        examples = dataset.examples.subset(rows)
+        # Read on demand, the statistics come from a seeded sample of the rows, not all of them.
+        sample = stats_sample(len(rows))
+        sampled = examples.read(sample)
+        stats = tuple(
+            column_stats(sampled[np.isin(sample, train)], shared_scale) for train, _ in split.folds
         )
-    assert dataset.examples is not None
-    examples = dataset.examples.subset(rows)
-    # Read on demand, the statistics come from a seeded sample of the rows, not all of them.
-    sample = np.sort(np.random.default_rng(0).permutation(len(rows))[:STATS_SAMPLE])
-    sampled = examples.read(sample)
-    stats = tuple(
-        column_stats(sampled[np.isin(sample, train)], shared_scale) for train, _ in split.folds
-    )
     return TuningData(
-        features=None,
+        features=features,
         examples=examples,
         labels=dataset.labels[rows],
         folds=split.folds,
         spec=dataset.spec,
         fold_stats=stats,
     )
+
+
+def stats_sample(count: int) -> np.ndarray:
+    """Sorted positions of a seeded sample of at most STATS_SAMPLE of `count` rows."""
+    return np.sort(np.random.default_rng(0).permutation(count)[:STATS_SAMPLE])
