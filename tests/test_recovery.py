@@ -21,18 +21,19 @@ from pathlib import Path
 import pytest
 from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
+from ray import cloudpickle
 
 from tests.conftest import (
-    E2E,
     SPACES,
     cli_env,
     finished_trial_runs,
+    one_worker,
     require_private_mounts,
     run_cli,
     run_in_process,
 )
 
-pytestmark = [pytest.mark.slow, E2E]
+pytestmark = [pytest.mark.slow, one_worker("recovery")]
 TOTAL = 12  # trials: enough that three interruptions land mid-sweep
 # Every trial trains 12 epochs (no early stop): a few seconds each, so that the sweep is still
 # under way when a signal lands, however far the MLflow writer lags behind Ray on a busy machine.
@@ -253,11 +254,26 @@ def test_a_full_trial_storage_is_named_in_a_few_lines_and_leaves_no_run_running(
     assert runs and not [r for r in runs if r.info.status == "RUNNING"]
 
 
+def put_search_state_ahead(storage: Path) -> None:
+    """Make Ray's saved search state one trial ahead of its saved trial list, as a driver killed
+    while Tune copied the two to storage leaves them: its counter one more, and a live trial
+    the list does not hold."""
+    (saved,) = storage.glob("smoke-*/search_gen_state-*.json")
+    state = cloudpickle.loads(saved.read_bytes())
+    state["counter"] += 1
+    state["name:ConcurrencyLimiter"]["live_trials"].add("00000000")
+    state["name:ConcurrencyLimiter"]["num_unfinished_live_trials"] += 1
+    saved.write_bytes(cloudpickle.dumps(state))
+
+
 def test_a_resume_whose_checkpoints_are_gone_restarts_those_trials(tmp_path: Path) -> None:
     """A driver killed just as Ray replaced a checkpoint leaves a saved state naming a deleted
-    one (seen in CI). Every checkpoint is deleted here after a SIGKILL: the resume restarts the
-    trials that cannot continue from their first epoch (Ray gives them new trial ids; the runs
-    of the old ones are deleted), and still ends truthful: one run per trial, all finished."""
+    one (seen in CI), and one killed as Ray copied its state files to storage leaves a search
+    state from a later snapshot than the trial list (seen in CI: the resume ended short). Both
+    are made here after a SIGKILL, every checkpoint deleted and the search state put one trial
+    ahead: the resume restarts the trials that cannot continue from their first epoch (Ray
+    gives them new trial ids; the runs of the old ones are deleted), runs the trials the list
+    lacks, and still ends truthful: one run per trial, all finished."""
     db = tmp_path / "mlruns" / "mlflow.db"
     # Trials of 30 epochs (no early stop), checkpointing every epoch: the ones under way at the
     # kill have checkpointed. Six of them: two end before the kill, two are under way, two wait.
@@ -270,6 +286,7 @@ def test_a_resume_whose_checkpoints_are_gone_restarts_those_trials(tmp_path: Pat
     assert checkpoints, "no trial had checkpointed"
     for folder in checkpoints:
         shutil.rmtree(folder)
+    put_search_state_ahead(tmp_path / "mlruns" / "ray")
     done = run_cli(tmp_path, *tune, "--resume", timeout=600)
     output = " ".join((done.stdout + done.stderr).split())
     assert done.returncode == 0, output[-3000:]

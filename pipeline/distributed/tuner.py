@@ -3,6 +3,8 @@ handed on as plain values, a new or resumed run of the sweep and its graceful st
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import os
 import signal
 import threading
@@ -13,6 +15,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
+import pyarrow.fs as pafs
+import ray.cloudpickle
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
@@ -30,7 +34,7 @@ from pipeline.distributed.results import (
 from pipeline.distributed.search import WarmStart, make_searcher
 from pipeline.distributed.trainable import TrialSettings, run_trial
 from pipeline.errors import PipelineError, Terminated
-from pipeline.storage import for_ray
+from pipeline.storage import for_ray, locate
 
 Tuner = tune.Tuner  # for the workflows' type hints: they never import Ray themselves
 
@@ -128,6 +132,7 @@ def restore_tuner(
     (errored ones from their first epoch, with `restart_errored`)."""
     if not can_resume(sweep_path, endpoint):
         raise PipelineError(f"{sweep_path}: no sweep state to resume from")
+    align_search_state(sweep_path, endpoint)
     path, filesystem = for_ray(sweep_path, endpoint)
     return tune.Tuner.restore(
         path,
@@ -137,6 +142,44 @@ def restore_tuner(
         restart_errored=restart_errored,
         storage_filesystem=filesystem,
     )
+
+
+# The trial states of Ray's saved sweep state whose trials may still report to the searcher.
+UNFINISHED = ("PENDING", "RUNNING", "PAUSED")
+
+
+def align_search_state(sweep_path: str, endpoint: str | None = None) -> None:
+    """Make the search's saved state agree with the trial list Ray saved, before a resume.
+
+    Tune copies its state files (the trial list, the search's counter and the live trials of
+    its concurrency limit) from the driver's staging folder to storage one by one, while it
+    goes on rewriting them: a driver killed meanwhile can leave a trial list from one snapshot
+    beside a search state from another. Resumed as they are, a counter ahead of the list
+    never creates the trials the list lacks (the sweep ends short, as if interrupted), and
+    live trials the list lacks hold the concurrency limit for ever (the sweep hangs). The list
+    is the truth: the counter becomes the number of the last trial it holds (trials are
+    numbered as they are created), and the live trials its unfinished ones."""
+    filesystem, path = locate(sweep_path, endpoint)
+    names = [info.base_name for info in filesystem.get_file_info(pafs.FileSelector(path))]
+    trial_lists = fnmatch.filter(names, "experiment_state-*.json")
+    search_states = fnmatch.filter(names, "search_gen_state-*.json")
+    if not trial_lists or not search_states:
+        return
+    with filesystem.open_input_stream(f"{path}/{max(trial_lists)}") as stream:
+        saved = json.loads(stream.readall())
+    trials = [json.loads(state) for state, _ in saved["trial_data"]]
+    search_path = f"{path}/{max(search_states)}"
+    with filesystem.open_input_stream(search_path) as stream:
+        search = ray.cloudpickle.loads(stream.readall())
+    search["counter"] = max((tag_number(t["experiment_tag"]) for t in trials), default=0)
+    limit = search.get("name:ConcurrencyLimiter")
+    if limit is not None:
+        limit["live_trials"] = {t["trial_id"] for t in trials if t["status"] in UNFINISHED}
+        limit["num_unfinished_live_trials"] = len(limit["live_trials"])
+    # Written beside, then moved over: a driver killed now leaves one whole file or the other.
+    with filesystem.open_output_stream(f"{search_path}.tmp") as stream:
+        stream.write(ray.cloudpickle.dumps(search))  # type: ignore[no-untyped-call]
+    filesystem.move(f"{search_path}.tmp", search_path)
 
 
 class TrialSink(Protocol):
@@ -229,7 +272,12 @@ class TrialEvents(tune.Callback):
 def trial_number(trial: Any) -> int:
     """A trial's place in the searcher's order, from 1 (warm-start points first), as the
     searcher wrote it at the head of the trial's tag."""
-    return int(str(trial.experiment_tag).split("_", 1)[0] or 0)
+    return tag_number(str(trial.experiment_tag))
+
+
+def tag_number(experiment_tag: str) -> int:
+    """The number at the head of a trial's tag (`trial_number`)."""
+    return int(experiment_tag.split("_", 1)[0] or 0)
 
 
 def error_line(error_file: str | None) -> str:
