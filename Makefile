@@ -128,10 +128,10 @@ endif
 serve: install ## Serve the champion ($(MODEL)@$(ALIAS)) on http://127.0.0.1:$(PORT)/invocations
 	$(PY) -m pipeline serve --model $(MODEL) --alias $(ALIAS) --port $(PORT) $(ARGS)
 
-# Two workers: the end-to-end modules that sweep (xdist group e2e) one after another on one, as
-# each fills both cores; every other module (the tracking servers' group among them) on the other.
-test: install-dev install-browser install-cron image-envs ## Run the whole test suite (end-to-end tests included) on 2 workers
-	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=25 $(ARGS)
+# Three workers on two cores: each end-to-end module (an xdist group of its own, tests/conftest.py)
+# runs on one worker, beside the others, as much of its time is process and Ray start-ups.
+test: install-dev install-browser install-cron image-envs ## Run the whole test suite (end-to-end tests included) on 3 workers
+	$(PY) -m pytest -q -n 3 --dist loadgroup --durations=25 $(ARGS)
 
 test-fast: install-dev ## Run the tests that need no end-to-end sweep (under 4 minutes)
 	$(PY) -m pytest -q -n 2 -m "not slow" --durations=10 $(ARGS)

@@ -335,14 +335,14 @@ def require_private_mounts(why: str) -> None:
         pytest.skip(reason)
 
 
-# The end-to-end modules that sweep (a local Ray or Ray nodes) each fill both cores: pytest-xdist
-# runs this group's tests one after another on one worker (`--dist loadgroup`, make test). The
-# tracking-server module mostly waits on its servers (HTTP, PostgreSQL, S3, a password check per
-# request): its own group runs beside them, on the worker that takes every other module. So do
-# the examples' lifecycles (each mostly process start-ups and small sweeps, about a core's worth).
-E2E = pytest.mark.xdist_group("e2e")
-SERVERS = pytest.mark.xdist_group("servers")
-EXAMPLES = pytest.mark.xdist_group("examples")
+def one_worker(group: str) -> pytest.MarkDecorator:
+    """Mark tests to run one after another on one pytest-xdist worker (`--dist loadgroup`, make
+    test): a module's end-to-end fixture (a sweep, a cluster, servers) is then built once, not
+    once per worker. Each end-to-end module is a group of its own, so that modules run side by
+    side: most of their time is process and Ray start-ups and waits, not both cores' work."""
+    return pytest.mark.xdist_group(group)
+
+
 SMOKE_MODEL = "smoke-digits-mlp"  # smoke.yaml's registered_model
 
 

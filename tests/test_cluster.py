@@ -31,12 +31,12 @@ from mlflow.tracking import MlflowClient
 
 from tests import image_envs
 from tests.conftest import (
-    E2E,
     REPO,
     SPACES,
     background,
     cli_env,
     free_port,
+    one_worker,
     private_mounts,
     refused_tune,
     require_private_mounts,
@@ -44,7 +44,7 @@ from tests.conftest import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.slow, E2E]
+pytestmark = [pytest.mark.slow, one_worker("cluster")]
 SMOKE = str(SPACES / "smoke.yaml")
 IMAGE_ROOT = "/home/ray/hpo-pipeline/"  # where deploy/Dockerfile puts the repository
 

@@ -23,19 +23,19 @@ from PIL import Image
 
 from pipeline import tags
 from tests.conftest import (
-    EXAMPLES,
     REPO,
     background,
     cli_env,
     free_port,
+    one_worker,
     run_cli,
     run_in_process,
     wait_until,
 )
 from tests.test_registry import pings
 
-pytestmark = [pytest.mark.slow, EXAMPLES]
-EXAMPLES = REPO / "examples"
+pytestmark = [pytest.mark.slow, one_worker("examples")]
+EXAMPLE_FOLDERS = REPO / "examples"
 # A night as small as a sweep can be: two trials of two epochs, one split.
 SMALL = {"num_samples": 2, "max_concurrent": 2, "max_epochs": 3}
 
@@ -52,7 +52,7 @@ def ok(folder: Path, *args: str) -> str:
 def copy_example(name: str, folder: Path) -> Path:
     """The example in `folder`, shrunk to a smoke-sized budget; its space file."""
     example = folder / name
-    shutil.copytree(EXAMPLES / name, example, ignore=shutil.ignore_patterns("images"))
+    shutil.copytree(EXAMPLE_FOLDERS / name, example, ignore=shutil.ignore_patterns("images"))
     raw = yaml.safe_load((example / "space.yaml").read_text())
     raw["budget"] = SMALL
     raw["search"] = {"n_initial_points": 1}

@@ -25,20 +25,20 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.core.sources import load_bundled
 from tests.conftest import (
-    E2E,
     REPO,
     Hook,
     PrivateCrontab,
     background,
     cli_env,
     finished_trial_runs,
+    one_worker,
     private_crontab,
     registry_state,
     run_cli,
     wait_until,
 )
 
-pytestmark = [pytest.mark.slow, E2E]
+pytestmark = [pytest.mark.slow, one_worker("nightly")]
 MODEL = "nightly-digits"
 WEAK_LR = 1e-6  # a learning rate at which nothing is learnt in a few epochs
 EXPERIMENT = "nightly-smoke"

@@ -18,11 +18,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import (
-    E2E,
     SPACES,
     background,
     cli_env,
     free_port,
+    one_worker,
     registry_state,
     run_cli,
     run_in_process,
@@ -30,7 +30,7 @@ from tests.conftest import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.slow, E2E]
+pytestmark = [pytest.mark.slow, one_worker("registry")]
 MODEL = "smoke-digits-mlp"
 SMOKE = str(SPACES / "smoke.yaml")
 # Overrides that make a sweep's winner predictably weak or strong (same data as smoke.yaml).

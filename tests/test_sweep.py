@@ -19,16 +19,16 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.config import flatten_sample
 from tests.conftest import (
-    E2E,
     REPO,
     SPACES,
     SmokeStore,
+    one_worker,
     run_cli,
     run_in_process,
     run_reporting,
 )
 
-pytestmark = [pytest.mark.slow, E2E]
+pytestmark = [pytest.mark.slow, one_worker("sweep")]
 SMOKE = yaml.safe_load((SPACES / "smoke.yaml").read_text())
 MODEL = SMOKE["registered_model"]
 PICTURES = {"history.png", "parallel.png", "importance.png", "curves.png", "states.png"}

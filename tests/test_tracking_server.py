@@ -28,19 +28,19 @@ from tests.conftest import (
     ADMIN_URL,
     REPO,
     S3_CREDENTIALS,
-    SERVERS,
     SPACES,
     admin_connection,
     background,
     cli_env,
     descendants,
     free_port,
+    one_worker,
     run_cli,
     s3_keys,
     wait_until,
 )
 
-pytestmark = [pytest.mark.slow, SERVERS]
+pytestmark = [pytest.mark.slow, one_worker("servers")]
 ENTRYPOINT = REPO / "deploy" / "mlflow" / "entrypoint.sh"
 MODEL = "smoke-digits-mlp"
 TRIALS = 3  # of the sweep run through the server

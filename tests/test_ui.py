@@ -21,16 +21,16 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.core.decisions import CANDIDATES
 from tests.conftest import (
-    E2E,
     SmokeStore,
     background,
     cli_env,
     descendants,
     free_port,
+    one_worker,
     wait_until,
 )
 
-pytestmark = [pytest.mark.slow, E2E]
+pytestmark = [pytest.mark.slow, one_worker("ui")]
 # Debian's packages (`make install-browser`): nothing here may download a browser or a driver.
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
