@@ -38,7 +38,8 @@ def isolated_environment() -> Iterator[None]:
     """Each test sees the environment its session started with. The CLI sets process-wide
     defaults (`environment.configure`, e.g. RAY_LOG_TO_DRIVER=0 when not verbose); a test that
     runs the CLI in-process would otherwise hand them to every later test in its worker, and to
-    the subprocesses those start."""
+    the subprocesses those start. A module's or the session's fixture is set up before this one
+    saves: `run_in_process` restores the environment itself."""
     saved = dict(os.environ)
     yield
     os.environ.clear()
@@ -92,7 +93,15 @@ def run_in_process(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     from pipeline.cli import app
 
     store = {"MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}"}
-    done = CliRunner().invoke(app, list(args), env=store)
+    # Restored after, as `isolated_environment` does, for the callers it does not cover: the
+    # fixtures of a module or of the session (the smoke store's promotion left RAY_LOG_TO_DRIVER=0
+    # to every later test of its worker, and a --verbose driver those started echoed nothing).
+    environment = dict(os.environ)
+    try:
+        done = CliRunner().invoke(app, list(args), env=store)
+    finally:
+        os.environ.clear()
+        os.environ.update(environment)
     return subprocess.CompletedProcess(list(args), done.exit_code, done.stdout, done.stderr)
 
 
