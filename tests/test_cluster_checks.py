@@ -92,11 +92,8 @@ def test_trials_asking_for_a_gpu_the_cluster_lacks_are_refused(tmp_path: Path) -
 
 
 # A Ray worker printing to stderr under the CLI's console set-up, on a real local Ray. The driver
-# says "spoken" once the task has run, and has it run again every half second until its stdin
-# closes: Ray forwards worker output only from when the driver's log subscriber has started,
-# which a loaded machine may start after the first line was published.
+# says "spoken" once the task has run and keeps Ray up until its stdin closes.
 WORKER_PRINTS = """
-import select
 import sys
 from rich.console import Console
 from pipeline.cli.environment import configure
@@ -109,8 +106,7 @@ def speak() -> None:
     print("worker says hello", file=sys.stderr, flush=True)
 ray.get(speak.remote())
 print("spoken", flush=True)
-while not select.select([sys.stdin], [], [], 0.5)[0]:
-    ray.get(speak.remote())
+sys.stdin.readline()
 ray.shutdown()
 """
 WORKER_LINE = "worker says hello"
