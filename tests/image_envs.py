@@ -79,10 +79,8 @@ def build(name: str) -> Path:
             shutil.rmtree(folder, ignore_errors=True)
             subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
             for arguments in installs(name):
-                # No bytecode compiled ahead: a test imports a small part of what is installed.
-                pip = [str(folder / "bin" / "python"), "-m", "pip", "install", "-q", "--no-compile"]
                 subprocess.run(
-                    [*pip, *arguments],
+                    [str(folder / "bin" / "python"), "-m", "pip", "install", "-q", *arguments],
                     check=True,
                     timeout=1800,
                 )

@@ -230,6 +230,29 @@ def test_a_builder_that_returns_no_module_is_refused() -> None:
         build_network(lambda spec: {}, spec, {}, **plain_stats(4))
 
 
+@pytest.mark.parametrize(
+    ("family", "args"),
+    [
+        *[("mlp", {"hidden_layers": 0, "activation": a}) for a in ACTIVATIONS],
+        ("mlp", {"hidden_layers": 3, "hidden_units": 8, "dropout": 0.5, "activation": "gelu"}),
+        ("cnn", {"conv_layers": 1, "kernel_size": 2, "hidden_layers": 0, "conv_channels": 2}),
+        ("cnn", {"conv_layers": 4, "kernel_size": 7, "dropout": 0.3, "conv_channels": 2}),
+    ],
+)
+def test_our_networks_export_for_the_ends_of_their_domains(
+    family: str, args: dict[str, Any]
+) -> None:
+    """What lets the pre-flight (`checks.check_model`) skip exporting our own builders: their
+    structural choices export (every activation, no hidden layer and the most, the smallest and
+    largest convolution stacks, even kernels, dropout)."""
+    model = build_model(
+        family, **plain_stats(64), num_classes=10, input_shape=DIGITS_SHAPE, **args
+    ).eval()
+    loaded = load_exported(export_network(model, torch.randn(5, 64)))
+    x = torch.randn(7, 64)
+    assert torch.allclose(loaded(x), model(x), atol=1e-5)
+
+
 @pytest.mark.parametrize("rows", [1, 3, 300])
 def test_the_exported_program_takes_any_number_of_rows(rows: int) -> None:
     model = build_model(
