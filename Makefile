@@ -129,7 +129,8 @@ serve: install ## Serve the champion ($(MODEL)@$(ALIAS)) on http://127.0.0.1:$(P
 	$(PY) -m pipeline serve --model $(MODEL) --alias $(ALIAS) --port $(PORT) $(ARGS)
 
 # Three workers on two cores: each end-to-end module (an xdist group of its own, tests/conftest.py)
-# runs on one worker, beside the others, as much of its time is process and Ray start-ups.
+# runs on one worker, beside the others; one module's start-ups and waits leave room for another's
+# work.
 test: install-dev install-browser install-cron image-envs ## Run the whole test suite (end-to-end tests included) on 3 workers
 	$(PY) -m pytest -q -n 3 --dist loadgroup --durations=25 $(ARGS)
 

@@ -33,17 +33,27 @@ REPO = Path(__file__).resolve().parents[1]
 SPACES = REPO / "search_spaces"
 
 
+@contextmanager
+def kept_environment() -> Iterator[None]:
+    """The process environment as it was before the block, once the block ends. The CLI sets
+    process-wide defaults (`environment.configure`, e.g. RAY_LOG_TO_DRIVER=0 when not verbose);
+    run in-process, it would otherwise hand them to every later test in its worker, and to the
+    subprocesses those start."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @pytest.fixture(autouse=True)
 def isolated_environment() -> Iterator[None]:
-    """Each test sees the environment its session started with. The CLI sets process-wide
-    defaults (`environment.configure`, e.g. RAY_LOG_TO_DRIVER=0 when not verbose); a test that
-    runs the CLI in-process would otherwise hand them to every later test in its worker, and to
-    the subprocesses those start. A module's or the session's fixture is set up before this one
-    saves: `run_in_process` restores the environment itself."""
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
+    """Each test sees the environment its session started with (`kept_environment`). A
+    module's or the session's fixture is set up before this one saves: `run_in_process` keeps
+    the environment itself."""
+    with kept_environment():
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -93,15 +103,11 @@ def run_in_process(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     from pipeline.cli import app
 
     store = {"MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}"}
-    # Restored after, as `isolated_environment` does, for the callers it does not cover: the
-    # fixtures of a module or of the session (the smoke store's promotion left RAY_LOG_TO_DRIVER=0
-    # to every later test of its worker, and a --verbose driver those started echoed nothing).
-    environment = dict(os.environ)
-    try:
+    # Kept here too, for the callers `isolated_environment` does not cover: the fixtures of a
+    # module or of the session (the smoke store's promotion left RAY_LOG_TO_DRIVER=0 to every
+    # later test of its worker, and a --verbose driver those started echoed nothing).
+    with kept_environment():
         done = CliRunner().invoke(app, list(args), env=store)
-    finally:
-        os.environ.clear()
-        os.environ.update(environment)
     return subprocess.CompletedProcess(list(args), done.exit_code, done.stdout, done.stderr)
 
 
@@ -348,7 +354,8 @@ def one_worker(group: str) -> pytest.MarkDecorator:
     """Mark tests to run one after another on one pytest-xdist worker (`--dist loadgroup`, make
     test): a module's end-to-end fixture (a sweep, a cluster, servers) is then built once, not
     once per worker. Each end-to-end module is a group of its own, so that modules run side by
-    side: most of their time is process and Ray start-ups and waits, not both cores' work."""
+    side (three workers on two cores: one module's start-ups and waits leave room for
+    another's work)."""
     return pytest.mark.xdist_group(group)
 
 
