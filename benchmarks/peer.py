@@ -174,7 +174,7 @@ def run_optuna(trials: int, concurrent: int) -> None:
         history: list[dict[str, float]] = []
 
         def report(metrics: EpochMetrics, state: object) -> None:
-            trial.report(metrics.val_acc, metrics.epoch)
+            trial.report(metrics.scores["val_acc"], metrics.epoch)
             history.append(metrics.as_dict())
             if trial.should_prune():
                 raise optuna.TrialPruned()
@@ -256,7 +256,7 @@ def time_ours(trials: int, concurrent: int, retrain: bool, keep: bool, runs: Run
     """One run of `tune` (with or without the retrain) in a fresh folder; the scores come from
     its store."""
     # MLflow loads only here, in the benchmark's own process, never in the Optuna side's.
-    from pipeline.tracking.registry import logged_test_acc, version_of_sweep
+    from pipeline.tracking.registry import logged_test_score, version_of_sweep
     from pipeline.tracking.store import open_client
 
     folder = Path(tempfile.mkdtemp(prefix="bench-peer-"))
@@ -281,7 +281,7 @@ def time_ours(trials: int, concurrent: int, retrain: bool, keep: bool, runs: Run
         if retrain:
             model = "digits-mlp"  # default.yaml's registered_model
             version = version_of_sweep(client, model, parent[1])
-            test_acc = logged_test_acc(client, model, version) if version else None
+            test_acc = logged_test_score(client, model, version, "acc") if version else None
             if test_acc is None:
                 sys.exit(f"tune registered no {model} version for its sweep:\n{output[-4000:]}")
             runs.test_acc.append(test_acc)

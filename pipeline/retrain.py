@@ -16,19 +16,13 @@ from torch import nn
 
 from pipeline.config import Experiment, Hyperparameters
 from pipeline.config.door import code_fingerprint, import_callable
+from pipeline.config.metrics import score_of
 from pipeline.core.checks import first_line
 from pipeline.core.data import Dataset, Split, TuningData, stats_sample
 from pipeline.core.decisions import SCORE_WINDOW, Selection, score_at
 from pipeline.core.evaluate import score
-from pipeline.core.model import Builder, export_network, load_exported, with_probabilities
-from pipeline.core.train import (
-    DIVERGED_ACC,
-    DIVERGED_LOSS,
-    EVAL_BATCH,
-    READ_BATCH,
-    fit,
-    fit_final,
-)
+from pipeline.core.model import Builder, export_network, load_exported, servable
+from pipeline.core.train import EVAL_BATCH, READ_BATCH, fit, fit_final
 from pipeline.errors import PipelineError
 from pipeline.tracking.models import RetrainedModel, RetrainRecord, log_retrain_run
 from pipeline.tracking.runs import LoggedData
@@ -39,12 +33,13 @@ INPUT_EXAMPLE_ROWS = 5
 
 @dataclass(frozen=True, kw_only=True)
 class FinalModel:
-    """A retrained network (softmax output), exported where it trained (`model.export_network`),
-    and its one test."""
+    """A retrained network (`model.servable`: class probabilities, or a regression's
+    predictions in the target's units), exported where it trained (`model.export_network`), and
+    its outputs for the test rows, its one test."""
 
     program: bytes
     train_losses: list[float]
-    test_probabilities: np.ndarray
+    test_outputs: np.ndarray
     train_seconds: float
     device: str
 
@@ -59,8 +54,8 @@ def check_same_data(sweep: SweepRecord, split: Split) -> None:
 
 
 @torch.no_grad()
-def predict_probabilities(network: nn.Module, dataset: Dataset, rows: np.ndarray) -> np.ndarray:
-    """Class probabilities of a softmax network for these rows, read and scored in batches."""
+def predict_outputs(network: nn.Module, dataset: Dataset, rows: np.ndarray) -> np.ndarray:
+    """A servable network's outputs for these rows, read and scored in batches."""
     size = EVAL_BATCH if dataset.features is not None else READ_BATCH
     parts = [
         network(torch.from_numpy(dataset.rows(rows[start : start + size]))).numpy()
@@ -107,11 +102,11 @@ def train_and_test(
             f"the retrain diverged at epoch {len(losses)} of {epochs} (training loss "
             f"{losses[-1]}); nothing registered"
         )
-    classifier = with_probabilities(network).eval()
-    probabilities = predict_probabilities(classifier, dataset, split.test)
+    served = servable(network, dataset.spec).eval()
+    outputs = predict_outputs(served, dataset, split.test)
     example = torch.from_numpy(dataset.rows(split.train[:INPUT_EXAMPLE_ROWS]))
     try:
-        program = export_network(classifier, example)
+        program = export_network(served, example)
     except Exception as exc:  # torch.export's errors are of many types
         raise PipelineError(
             f"model.builder {experiment.model.builder_reference}: torch.export cannot export the "
@@ -120,7 +115,7 @@ def train_and_test(
     return FinalModel(
         program=program,
         train_losses=losses,
-        test_probabilities=probabilities,
+        test_outputs=outputs,
         train_seconds=seconds,
         device=str(device),
     )
@@ -157,8 +152,8 @@ def second_opinion(
     )
     score = score_at(history, experiment.metric, epochs)
     if score is None or not np.isfinite(score):
-        return DIVERGED_LOSS if experiment.mode == "min" else DIVERGED_ACC
-    return score
+        return score_of(experiment.metric).worst
+    return float(score)
 
 
 def model_metadata(experiment: Experiment, dataset: Dataset, split: Split) -> dict[str, Any]:
@@ -170,6 +165,8 @@ def model_metadata(experiment: Experiment, dataset: Dataset, split: Split) -> di
         rows = rows[stats_sample(len(rows))]
     sample = dataset.rows(rows)
     return {
+        "task": dataset.task,
+        "metric": experiment.metric,
         "class_names": list(dataset.class_names),
         "feature_names": list(dataset.columns),
         "input_shape": list(dataset.input_shape),
@@ -210,7 +207,13 @@ def log_retrain(
     }
     retrained = RetrainedModel(
         network=network,
-        report=score(final.test_probabilities, dataset.labels[split.test], dataset.class_names),
+        report=score(
+            final.test_outputs,
+            dataset.labels[split.test],
+            task=dataset.task,
+            metric=sweep.experiment.metric,
+            class_names=dataset.class_names,
+        ),
         train_losses=final.train_losses,
         train_seconds=final.train_seconds,
         device=final.device,

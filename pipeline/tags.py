@@ -5,6 +5,8 @@ only (`tests/test_tags.py` holds the package to it)."""
 
 from __future__ import annotations
 
+from pipeline.config.metrics import TEST_PREFIX
+
 # --- a sweep's parent run ----------------------------------------------------------------------
 
 SWEEP_PATH = "sweep_path"  # marks a parent run as a sweep: where Ray keeps its trial state
@@ -34,10 +36,7 @@ TEST_ROWS_SEEN = "test_rows_seen"  # `once`: the test split is touched by the fi
 PARENT_RUN_ID = "parent_run_id"  # the sweep it came from
 RETRAIN_RUN_ID = "retrain_run_id"
 RETRAINED_EPOCHS = "epochs"
-TEST_ACC = "test_acc"
-TEST_ACC_95 = "test_acc_95"  # its 95% (Wilson) interval
-TEST_LOSS = "test_loss"
-TEST_MACRO_F1 = "test_macro_f1"
+INTERVAL_SUFFIX = "_95"  # after the sweep's metric's test score: its 95% interval
 # What made it (also in its MLmodel metadata, under the same names): the network's builder, the
 # data's loader (or built-in source) and its arguments, the shipped code and the example's shape.
 BUILDER = "builder"
@@ -46,6 +45,16 @@ LOADER_ARGS = "loader_args"
 CODE_FINGERPRINT = "code_fingerprint"
 INPUT_SHAPE = "input_shape"
 MODEL_ORIGIN = (BUILDER, LOADER, LOADER_ARGS, CODE_FINGERPRINT, INPUT_SHAPE)
+
+
+def test_score(score: str) -> str:
+    """A version's test score, by the score's bare name: `test_acc`, `test_rmse`, ..."""
+    return TEST_PREFIX + score  # the score's MLflow metric name, as the tag's
+
+
+def test_interval(score: str) -> str:
+    """The 95% interval of a version's test score on the sweep's metric, e.g. `test_rmse_95`."""
+    return test_score(score) + INTERVAL_SUFFIX
 
 
 def trial_score(metric: str) -> str:
@@ -73,7 +82,7 @@ GATE_ROLES = ("candidate", "champion")  # the two models a gate scores
 
 
 def gate_score(role: str, metric: str) -> str:
-    """A gate's score of one model (`candidate` or `champion`), e.g. `candidate_test_acc`."""
+    """A gate's score of one model (`candidate` or `champion`), e.g. `candidate_test_rmse`."""
     return f"{role}_{metric}"
 
 
@@ -89,8 +98,9 @@ NIGHT_BEFORE = "night.champion_before"
 NIGHT_AFTER = "night.champion_after"
 NIGHT_TRIALS = "night.trials"
 NIGHT_BEST = "night.best_score"
-NIGHT_CHALLENGER_ACC = "night.challenger_test_acc"
-NIGHT_CHAMPION_ACC = "night.champion_test_acc"
+NIGHT_METRIC = "night.metric"  # the test score the gate compared: test_acc, test_rmse, ...
+NIGHT_CHALLENGER_SCORE = "night.challenger_score"
+NIGHT_CHAMPION_SCORE = "night.champion_score"
 NIGHT_WARM = "night.warm_start"
 NIGHT_ERROR = "night.error"
 

@@ -256,11 +256,38 @@ INVALID: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
         {"scheduler.grace_period": 5},
         ("scheduler.grace_period (5)", "budget.max_epochs (4)"),
     ),
-    ("mode_min_for_val_acc", {"mode": "min"}, ("mode", "val_acc is optimised with mode max")),
+    ("mode_min_for_val_acc", {"mode": "min"}, ("mode", "val_acc is better higher, so its mode")),
     (
         "mode_max_for_val_loss",
         {"metric": "val_loss"},
-        ("mode", "val_loss is optimised with mode min"),
+        ("mode", "val_loss is better lower, so its mode is min"),
+    ),
+    (
+        "mode_max_for_val_rmse",
+        {"task": "regression", "data": {"source": "diabetes"}, "metric": "val_rmse"},
+        ("mode", "val_rmse is better lower"),
+    ),
+    ("unknown_metric", {"metric": "val_f1"}, ("metric", "'val_f1' is not one of val_loss")),
+    (
+        "metric_of_another_task",
+        {"metric": "val_r2"},
+        ("metric", "val_r2 does not apply to task classification", "val_macro_f1"),
+    ),
+    (
+        "regression_on_classes",
+        {"task": "regression", "metric": None, "mode": None},
+        ("task", "data.source digits is a classification set, not regression"),
+    ),
+    (
+        "smoothing_in_a_regression",
+        {
+            "task": "regression",
+            "metric": None,
+            "mode": None,
+            "data": {"source": "diabetes"},
+            "params": {"label_smoothing": {"type": "float", "low": 0, "high": 0.1}},
+        },
+        ("params.label_smoothing", "applies to classification only"),
     ),
     (
         "n_initial_points_equal_num_samples",

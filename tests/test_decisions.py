@@ -50,7 +50,12 @@ def test_planned_epochs_is_the_trials_own_epochs_capped_by_the_budget() -> None:
 
 def table(*rows: tuple[str, str, float | None, float | None]) -> list[TrialRow]:
     return [
-        TrialRow(trial_id=trial_id, state=state, epoch=3, val_acc=acc, val_loss=loss)
+        TrialRow(
+            trial_id=trial_id,
+            state=state,
+            epoch=3,
+            scores={"val_acc": acc, "val_loss": loss},
+        )
         for trial_id, state, acc, loss in rows
     ]
 
@@ -90,7 +95,13 @@ def report(correct: int, of: int = 10, confidence: float = 0.9) -> evaluate.Test
     """A report on `of` rows of class a, `correct` of them predicted right with `confidence`."""
     right, wrong = [confidence, 1 - confidence], [0.4, 0.6]
     probabilities = np.array([right] * correct + [wrong] * (of - correct))
-    return evaluate.score(probabilities, np.zeros(of, dtype=np.int64), CLASSES)
+    return evaluate.score(
+        probabilities,
+        np.zeros(of, dtype=np.int64),
+        task="classification",
+        metric="val_acc",
+        class_names=CLASSES,
+    )
 
 
 def test_promotion_needs_higher_accuracy_by_min_delta() -> None:
@@ -103,7 +114,7 @@ def test_promotion_needs_higher_accuracy_by_min_delta() -> None:
 def test_accuracy_decides_before_loss() -> None:
     """More right but less sure (a higher test loss) still wins; fewer right never does."""
     bolder, surer = report(9, confidence=0.55), report(8, confidence=0.99)
-    assert bolder.test_loss > surer.test_loss
+    assert bolder.loss > surer.loss
     assert wins(bolder, surer, 0.0) and not wins(surer, bolder, 0.0)
 
 

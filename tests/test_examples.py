@@ -149,3 +149,51 @@ def test_an_example_through_its_whole_lifecycle(
     decided = client.get_model_version(model, "2").tags
     assert decided[tags.PROMOTION + tags.DECISION] in ("promoted", "kept"), decided
     assert decided[tags.LOADER] == loader and decided[tags.BUILDER] == builder
+
+
+def test_a_regression_through_its_whole_lifecycle_in_the_targets_units(tmp_path: Path) -> None:
+    """The diabetes space (task regression, val_rmse, mode min from the metric): tune, promote,
+    predict the raw test rows (values in the target's units, scored on RMSE against the logged
+    test_rmse), one request to the served champion, and a second night judged on test_rmse."""
+    raw = yaml.safe_load((REPO / "search_spaces" / "diabetes.yaml").read_text())
+    raw.update(budget=SMALL, search={"n_initial_points": 1}, scheduler={"name": "fifo"})
+    raw["data"].pop("cv_folds")
+    space = tmp_path / "diabetes.yaml"
+    space.write_text(yaml.safe_dump(raw))
+    model = "diabetes-mlp"
+    output = ok(tmp_path, "tune", "--space", str(space))
+    assert "ranked on val_rmse" in output and "test_rmse" in output
+    assert "version 1 is now champion" in ok(tmp_path, "promote", "--model", model)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    marks = client.get_model_version(model, "1").tags
+    logged = float(marks["test_rmse"])
+    low, high = json.loads(marks["test_rmse_95"])
+    assert low < logged < high and "test_acc" not in marks
+
+    rows, predictions = tmp_path / "rows.csv", tmp_path / "predictions.csv"
+    ok(tmp_path, "export-test-rows", "--model", model, "--output", str(rows))
+    text = ok(
+        tmp_path, "predict", "--model", model, "--input", str(rows), "--output", str(predictions)
+    )
+    table = pd.read_csv(predictions)
+    assert list(table.columns) == ["id", "prediction", "label"]
+    rmse = float(np.sqrt(((table["prediction"] - table["label"]) ** 2).mean()))
+    assert rmse == pytest.approx(logged, rel=1e-5)
+    assert f"test_rmse {rmse:.4f} on {len(table)} labelled rows (logged test_rmse" in text
+    assert table["prediction"].between(25, 346).mean() > 0.9  # the target's units
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "pipeline", "serve", "--model", model, "--port", str(port)]
+    log = tmp_path / "serve.log"
+    env = cli_env(MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false")
+    with background(command, env, tmp_path, log) as server:
+        wait_until(lambda: pings(url), 120, "model server", log, server)
+        answer = served(url, pd.read_csv(rows).drop(columns=["label"]).head(3).to_numpy().tolist())
+    assert np.ravel(answer) == pytest.approx(table["prediction"].head(3).to_numpy(), abs=1e-3)
+
+    night = ok(tmp_path, "nightly", "--space", str(space))
+    assert "version 2" in night and "test_rmse" in night, night
+    decided = client.get_model_version(model, "2").tags
+    assert decided[tags.PROMOTION + tags.DECISION] in ("promoted", "kept"), decided
+    assert "promotion.candidate_test_rmse" in decided and "promotion.champion_test_rmse" in decided

@@ -291,7 +291,8 @@ def test_each_night_notified_the_webhook(nights: Nights) -> None:
         assert message["version"] == tags["night.version"]
         assert message["model"] == MODEL and message["trials"] == 5
         assert message["runs"] is None, "a local store has no page to link to"
-    assert messages["2026-11-01"]["champion_test_acc"] is None
+    assert messages["2026-11-01"]["champion_score"] is None
+    assert messages[TODAY]["metric"] == "test_acc"
 
 
 def test_history_shows_the_three_nights(nights: Nights) -> None:
@@ -302,7 +303,7 @@ def test_history_shows_the_three_nights(nights: Nights) -> None:
         tags = nights.night(row[0]).data.tags
         assert row[1] == "5" and row[5] == tags["night.outcome"]
         assert row[6] == tags["night.champion_after"]
-        assert float(row[3]) == pytest.approx(float(tags["night.challenger_test_acc"]), abs=1e-4)
+        assert float(row[3]) == pytest.approx(float(tags["night.challenger_score"]), abs=1e-4)
 
 
 def test_schedule_installs_one_line_and_unschedule_removes_only_it(nights: Nights) -> None:

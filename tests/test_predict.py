@@ -14,7 +14,7 @@ from pipeline.core.data import Dataset, Split
 from pipeline.core.predict import (
     Inputs,
     held_out_rows,
-    labelled_accuracy,
+    labelled_score,
     predictions_frame,
     read_inputs,
     write_csv,
@@ -147,7 +147,27 @@ def test_predictions_frame_and_accuracy() -> None:
     assert frame["prediction"].tolist() == ["no", "yes", "no"]
     assert frame["probability"].tolist() == [0.9, 0.7, 0.6]
     assert list(frame.columns) == ["id", "prediction", "probability", "p_no", "p_yes", "label"]
-    assert labelled_accuracy(frame) == pytest.approx(2 / 3)
+    classifier = {"class_names": ["no", "yes"], "metric": "val_acc"}
+    assert labelled_score(probabilities, classifier, inputs) == ("test_acc", pytest.approx(2 / 3))
+    # Versions registered before the metric was recorded ranked on accuracy.
+    assert labelled_score(probabilities, {"class_names": ["no", "yes"]}, inputs)[1] == 2 / 3
+    macro = labelled_score(probabilities, {**classifier, "metric": "val_macro_f1"}, inputs)
+    assert macro == ("test_macro_f1", pytest.approx((2 / 3 + 2 / 3) / 2))
+    unknown = Inputs(inputs.features, inputs.ids, ["no", "maybe", "yes"])
+    with pytest.raises(PipelineError, match="column 'label': 'maybe' is not one of"):
+        labelled_score(probabilities, classifier, unknown)
+
+
+def test_regression_predictions_are_values_scored_on_the_metric() -> None:
+    predictions = np.array([10.0, 20.0, 33.0])
+    inputs = Inputs(np.zeros((3, 1), np.float32), ["a", "b", "c"], ["10", "22", "30"])
+    frame = predictions_frame(predictions, [], inputs)
+    assert list(frame.columns) == ["id", "prediction", "label"]
+    assert frame["prediction"].tolist() == [10.0, 20.0, 33.0]
+    regression = {"task": "regression", "class_names": [], "metric": "val_mae"}
+    assert labelled_score(predictions, regression, inputs) == ("test_mae", pytest.approx(5 / 3))
+    rmse = labelled_score(predictions, {**regression, "metric": "val_rmse"}, inputs)
+    assert rmse == ("test_rmse", pytest.approx(np.sqrt(13 / 3)))
 
 
 def test_write_csv_leaves_no_partial_file(tmp_path: Path) -> None:

@@ -215,7 +215,7 @@ def test_predict_on_the_test_rows_reproduces_the_logged_test_accuracy(
     accuracy = (frame["prediction"] == frame["label"]).mean()
     logged = float(tags_of(cycle, "rollback-force", "1")["test_acc"])
     assert accuracy == pytest.approx(logged, abs=1e-6)
-    assert f"accuracy {accuracy:.4f} on {len(frame)} labelled rows" in predicted.output
+    assert f"test_acc {accuracy:.4f} on {len(frame)} labelled rows" in predicted.output
     assert f"logged test_acc {logged:.4f}" in predicted.output
     assert list(frame.columns[:3]) == ["id", "prediction", "probability"]
 

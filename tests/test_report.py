@@ -109,7 +109,7 @@ def test_the_header_names_the_sweep_and_its_winner() -> None:
     assert data.best is not None
     for fact in ("smoke", "smoke-1", "0123456789abcdef", "smoke-digits-mlp version 3"):
         assert fact in page
-    assert f"{data.best.val_acc:.4f}: trial {data.best.trial_id}, epoch 4" in page
+    assert f"{data.best.scores['val_acc']:.4f}: trial {data.best.trial_id}, epoch 4" in page
     assert "12 (6 completed, 4 stopped, 1 diverged, 1 errored)" in page
     winner = page.split("The winner's hyperparameters")[1].split("</table>")[0]
     assert f"<code>{data.best.params['optimizer']}</code>" in winner
@@ -173,8 +173,8 @@ def test_a_loss_metric_is_minimised() -> None:
     data = sweep(metric="val_loss")
     page = build_report(data).html
     assert data.best is not None
-    assert data.best.val_loss == data.trials.loc[data.trials["valid"], "val_loss"].min()
-    assert f"best val_loss</th><td>{data.best.val_loss:.4f}" in page
+    assert data.best.scores["val_loss"] == data.trials.loc[data.trials["valid"], "val_loss"].min()
+    assert f"best val_loss</th><td>{data.best.scores['val_loss']:.4f}" in page
 
 
 def test_parallel_axes_space_categories_evenly_and_log_scale_numbers() -> None:

@@ -19,7 +19,7 @@ from pipeline.core.data import Dataset, Split, refolded, tuning_data
 from pipeline.core.decisions import Opinion, select
 from pipeline.core.model import load_exported
 from pipeline.core.networks import mlp
-from pipeline.core.train import DIVERGED_ACC, fit
+from pipeline.core.train import fit
 from pipeline.core.trials import TrialRow
 from pipeline.errors import PipelineError
 from pipeline.retrain import (
@@ -50,9 +50,7 @@ def trial_row(
         state=state,
         params=params,
         epoch=3,
-        val_acc=val_acc,
-        val_loss=val_loss,
-        train_loss=0.1,
+        scores={"val_acc": val_acc, "val_loss": val_loss, "train_loss": 0.1},
     )
 
 
@@ -85,7 +83,7 @@ def record_sweep(
         params={},
         data=data.as_input(),
     )
-    finish_parent_run(client, run_id, rows, best=None, status=status)
+    finish_parent_run(client, run_id, rows, best=None, status=status, task="classification")
     return run_id
 
 
@@ -157,9 +155,9 @@ def test_train_and_test_learns_on_train_plus_validation(
         experiment, Hyperparameters.from_params(GOOD), digits, digits_split, epochs=6, device=CPU
     )
     assert len(final.train_losses) == 6 and final.train_losses[-1] < final.train_losses[0] / 3
-    assert final.test_probabilities.shape == (len(digits_split.test), 10)
-    np.testing.assert_allclose(final.test_probabilities.sum(axis=1), 1.0, atol=1e-5)
-    accuracy = (final.test_probabilities.argmax(1) == digits.labels[digits_split.test]).mean()
+    assert final.test_outputs.shape == (len(digits_split.test), 10)
+    np.testing.assert_allclose(final.test_outputs.sum(axis=1), 1.0, atol=1e-5)
+    accuracy = (final.test_outputs.argmax(1) == digits.labels[digits_split.test]).mean()
     assert accuracy > 0.93
     # The scaling statistics inside the model are those of train + validation, not of the test.
     buffers = dict(load_exported(final.program).named_buffers())
@@ -203,16 +201,16 @@ def test_logged_model_loads_pickle_free_in_a_fresh_process_and_predicts_the_same
     assert run.info.status == "FINISHED"
     assert run.data.tags["mlflow.parentRunId"] == sweep.parent_run_id
     assert run.data.tags["mlflow.runName"] == "retrain"
-    assert run.data.metrics["test_acc"] == pytest.approx(record.report.test_acc)
+    assert run.data.metrics["test_acc"] == pytest.approx(record.report.value)
     assert "test_f1/9" in run.data.metrics and run.data.params["epochs"] == "3"
     assert len(client.get_metric_history(record.run_id, "train_loss")) == 3
     artifacts = {a.path for a in client.list_artifacts(record.run_id)}
     assert {"confusion_matrix.png", "classification_report.json", "selection.json"} <= artifacts
     assert run.data.metrics["selection_val_acc"] == 0.94
     assert run.data.metrics["trial_val_acc"] == 0.95
-    low, high = record.report.test_acc_interval
-    assert run.data.metrics["test_acc_low"] == low < record.report.test_acc
-    assert run.data.metrics["test_acc_high"] == high > record.report.test_acc
+    low, high = record.report.interval
+    assert run.data.metrics["test_acc_low"] == low < record.report.value
+    assert run.data.metrics["test_acc_high"] == high > record.report.value
     chosen = client.download_artifacts(record.run_id, "selection.json", str(tmp_path))
     recorded = json.loads(Path(chosen).read_text())
     assert recorded["chosen"] == "winner" and recorded["selection_val_acc"] == 0.94
@@ -243,7 +241,7 @@ def test_logged_model_loads_pickle_free_in_a_fresh_process_and_predicts_the_same
         load_exported(final.program)(torch.from_numpy(rows)).detach().numpy(),
         atol=1e-6,
     )
-    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), final.test_probabilities, atol=1e-6)
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), final.test_outputs, atol=1e-6)
     saved = {
         p.name for p in (tmp_path / "artifacts").rglob("*") if p.suffix in (".pt2", ".pkl", ".pth")
     }
@@ -287,11 +285,11 @@ def test_a_second_opinion_scores_as_the_sweep_does_on_fresh_folds(
         Hyperparameters.from_params(GOOD),
         data,
         max_epochs=4,
-        report=lambda m, _: history.append(m.val_acc),
+        report=lambda m, _: history.append(m.scores["val_acc"]),
         device=CPU,
         seed=experiment.seed + 1,
     )
     assert len(history) == 4 and score == pytest.approx(np.mean(history))
     assert score > 0.85
     wild = Hyperparameters(optimizer="sgd", lr=1e6, batch_size=32)
-    assert second_opinion(experiment, wild, data, epochs=2, device=CPU) == DIVERGED_ACC
+    assert second_opinion(experiment, wild, data, epochs=2, device=CPU) == 0.0  # worst accuracy

@@ -18,6 +18,8 @@ def epoch(number: int, val_acc: float) -> dict[str, object]:
         "train_loss": 1.0 / number,
         "val_loss": 1.0 - val_acc,
         "val_acc": val_acc,
+        "val_macro_f1": val_acc,
+        "val_auc": val_acc,
         "hostname": "here",
         "device": "cpu",
     }
@@ -31,7 +33,13 @@ def recorder_on(tmp_path: Path) -> tuple[TrialRecorder, MlflowClient, str, str]:
     experiment_id = client.create_experiment("trials")
     parent = client.create_run(experiment_id).info.run_id
     recorder = TrialRecorder(
-        uri, experiment_id, parent, metric="val_acc", mode="max", flush_seconds=0
+        uri,
+        experiment_id,
+        parent,
+        metric="val_acc",
+        mode="max",
+        task="classification",
+        flush_seconds=0,
     )
     return recorder, client, experiment_id, parent
 

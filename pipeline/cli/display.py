@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline import tags
+from pipeline.config.metrics import score_of
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -47,7 +48,7 @@ def print_sweep(result: SweepResult, top: int = 5) -> None:
 
     trials, metric = result.trials, result.metric
     out = results()
-    ranked = rank_trials(trials, metric, "min" if metric == "val_loss" else "max")[:top]
+    ranked = rank_trials(trials, metric, score_of(metric).mode)[:top]
     if ranked:
         shown = Table(
             title=f"best {len(ranked)} of {len(trials)} trials, ranked on {metric} at their best "
@@ -104,12 +105,13 @@ def print_registration(registration: Registration) -> None:
     out = results()
     report = registration.report
     metric = registration.metric
-    low, high = report.test_acc_interval
+    low, high = report.interval
+    loss = f", test_loss {report.loss:.4f}" if report.metric != "loss" else ""
     out.print(
         f"retrained trial {registration.trial_id}: {metric} {registration.trial_score:.4f} in "
         f"the sweep, {registration.selection_score:.4f} on fresh folds (its selection score); "
-        f"test_acc {report.test_acc:.4f} (95% interval {low:.4f}-{high:.4f}), test_loss "
-        f"{report.test_loss:.4f} on {registration.test_rows} held-out rows"
+        f"{report.name} {report.value:.4f} (95% interval {low:.4f}-{high:.4f}){loss} on "
+        f"{registration.test_rows} held-out rows"
     )
     out.print(
         f"registered {registration.model_name} version {registration.version} as "
@@ -118,10 +120,9 @@ def print_registration(registration: Registration) -> None:
 
 
 def describe_report(report: TestReport) -> str:
-    return (
-        f"test_acc {report.test_acc:.4f}, test_loss {report.test_loss:.4f}, "
-        f"macro F1 {report.macro_f1:.4f}"
-    )
+    """Every test score, the sweep's metric first."""
+    names = dict.fromkeys([report.metric, *report.scores])
+    return ", ".join(f"test_{name} {report.scores[name]:.4f}" for name in names)
 
 
 def print_decision(decision: Decision) -> None:
@@ -160,10 +161,11 @@ def print_prediction(prediction: Prediction) -> None:
         f"{prediction.model} version {prediction.version}: {prediction.rows} predictions "
         f"written to {prediction.output}"
     )
-    if prediction.accuracy is not None:
-        logged = prediction.logged_test_acc
-        against = f" (logged test_acc {logged:.4f})" if logged is not None else ""
-        out.print(f"accuracy {prediction.accuracy:.4f} on {prediction.rows} labelled rows{against}")
+    if prediction.labelled is not None:
+        name, value = prediction.labelled
+        logged = prediction.logged
+        against = f" (logged {name} {logged:.4f})" if logged is not None else ""
+        out.print(f"{name} {value:.4f} on {prediction.rows} labelled rows{against}")
 
 
 def print_exported(exported: ExportedRows) -> None:
@@ -182,11 +184,12 @@ def print_night(night: Night) -> None:
         return
     line = f"night {night.date} of {night.model}: {night.outcome}"
     if night.outcome in ("promoted", "kept"):
-        challenger = score(night.tag(tags.NIGHT_CHALLENGER_ACC))
-        champion = score(night.tag(tags.NIGHT_CHAMPION_ACC)) or "-"
+        challenger = score(night.tag(tags.NIGHT_CHALLENGER_SCORE))
+        champion = score(night.tag(tags.NIGHT_CHAMPION_SCORE)) or "-"
+        metric = night.tag(tags.NIGHT_METRIC)
         line += (
-            f"; version {night.tag(tags.NIGHT_VERSION)} (test_acc {challenger}) vs champion "
-            f"{night.tag(tags.NIGHT_BEFORE)} (test_acc {champion}); champion now "
+            f"; version {night.tag(tags.NIGHT_VERSION)} ({metric} {challenger}) vs champion "
+            f"{night.tag(tags.NIGHT_BEFORE)} ({metric} {champion}); champion now "
             f"{night.tag(tags.NIGHT_AFTER)}"
         )
     elif night.tag(tags.NIGHT_ERROR):
@@ -207,7 +210,9 @@ def print_history(nights: list[Night], model: str) -> None:
     if not nights:
         out.print(f"no nights of {model} yet (python -m pipeline nightly --space ...)")
         return
-    shown = Table(title=f"nights of {model}, newest first")
+    metrics = {night.tag(tags.NIGHT_METRIC) for night in nights} - {None}
+    scored = ", ".join(sorted(m for m in metrics if m)) or "test"
+    shown = Table(title=f"nights of {model}, newest first; scores: {scored}")
     columns = (
         "date",
         "trials",
@@ -225,8 +230,8 @@ def print_history(nights: list[Night], model: str) -> None:
             night.date,
             night.tag(tags.NIGHT_TRIALS) or "",
             best,
-            score(night.tag(tags.NIGHT_CHALLENGER_ACC)),
-            score(night.tag(tags.NIGHT_CHAMPION_ACC)),
+            score(night.tag(tags.NIGHT_CHALLENGER_SCORE)),
+            score(night.tag(tags.NIGHT_CHAMPION_SCORE)),
             night.outcome,
             night.tag(tags.NIGHT_AFTER) or night.tag(tags.NIGHT_BEFORE) or "",
         )

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from pipeline.config.door import BUILT_IN_BUILDERS
+from pipeline.config.metrics import DEFAULT_METRIC, Mode, Task, check_metric, is_score, score_of
 from pipeline.config.records import ParamSpec, Record, Scalar
 from pipeline.config.space import check_optimizer_scoping, check_params, check_point
 
@@ -15,7 +16,11 @@ from pipeline.config.space import check_optimizer_scoping, check_params, check_p
 REFERENCE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 # Sources whose features are pixels: one unit, one scale.
 IMAGE_SOURCES = ("digits", "mnist", "fashion_mnist", "image_folder")
-Source = Literal["digits", "wine", "breast_cancer", "mnist", "fashion_mnist", "csv", "image_folder"]
+Source = Literal[
+    "digits", "wine", "breast_cancer", "diabetes", "mnist", "fashion_mnist", "csv", "image_folder"
+]
+# Built-in sources whose target is a quantity; the others' are classes (csv's: either).
+REGRESSION_SOURCES = ("diabetes",)
 
 
 def check_reference(reference: str, key: str) -> None:
@@ -181,8 +186,11 @@ class Experiment(Record):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     seed: int = 0
-    metric: Literal["val_acc", "val_loss"] = "val_acc"
-    mode: Literal["max", "min"] = "max"
+    task: Task = "classification"
+    # What the sweep ranks on (config.metrics): unset, val_acc or val_rmse by the task; mode,
+    # unset, the metric's own direction (given, it must be that direction).
+    metric: str
+    mode: Mode
     registered_model: str | None = None
     # Validated from no keys, so that its defaults are filled in as a file's would be.
     data: DataConfig = Field(default_factory=lambda: DataConfig.model_validate({}))
@@ -194,19 +202,42 @@ class Experiment(Record):
     code: CodeConfig = Field(default_factory=CodeConfig)
     params: dict[str, ParamSpec]
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_metric(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        task = data.get("task", "classification")
+        if data.get("metric") is None and task in DEFAULT_METRIC:
+            data = {**data, "metric": DEFAULT_METRIC[task]}
+        metric = data.get("metric")
+        # An unknown metric is refused, with the list of metrics, by `_check`.
+        if data.get("mode") is None and isinstance(metric, str) and is_score(metric):
+            data = {**data, "mode": score_of(metric).mode}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> Experiment:
-        expected_mode = "max" if self.metric == "val_acc" else "min"
-        if self.mode != expected_mode:
-            raise ValueError(f"mode: {self.metric} is optimised with mode {expected_mode}")
-        if self.model.family == "cnn" and self.data.source in ("csv", "wine", "breast_cancer"):
+        check_metric(self.metric, self.mode, self.task)
+        source = self.data.source
+        if source not in (None, "csv") and (source in REGRESSION_SOURCES) != (
+            self.task == "regression"
+        ):
+            kind = "regression" if source in REGRESSION_SOURCES else "classification"
+            raise ValueError(f"task: data.source {source} is a {kind} set, not {self.task}")
+        if self.model.family == "cnn" and self.data.source in (
+            "csv",
+            "wine",
+            "breast_cancer",
+            *REGRESSION_SOURCES,
+        ):
             raise ValueError(f"model.family: cnn needs image data; {self.data.source} is tabular")
         if self.scheduler.grace_period > self.budget.max_epochs:
             raise ValueError(
                 f"scheduler.grace_period ({self.scheduler.grace_period}) exceeds "
                 f"budget.max_epochs ({self.budget.max_epochs})"
             )
-        check_params(self.params, epochs_cap=self.budget.max_epochs)
+        check_params(self.params, epochs_cap=self.budget.max_epochs, task=self.task)
         check_optimizer_scoping(self.params)
         if self.search.algorithm == "tpe" and self.n_initial_points >= self.budget.num_samples:
             raise ValueError(

@@ -8,10 +8,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from pipeline.config.metrics import ALL_TRIAL_SCORES, Task
 from pipeline.config.records import Scalar, did_you_mean
 
 # gd is full-batch gradient descent: plain SGD on the whole training split in one step.
 OPTIMIZERS = ("gd", "sgd", "momentum", "adam", "adamw", "rmsprop")
+# A regression's training objective on the standardized targets: squared error, or Huber's
+# (squared near zero, linear beyond one standard deviation: outliers pull less).
+REGRESSION_LOSSES = ("mse", "huber")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,6 +29,7 @@ class Hyperparameter:
     high_open: bool = False
     allowed: tuple[Scalar, ...] = ()
     optimizers: tuple[str, ...] = ()  # non-empty: only meaningful for these optimizers
+    task: Task | None = None  # set: only meaningful for this task
 
     def check(self, value: Scalar) -> str | None:
         """Why `value` is not valid here, or None."""
@@ -68,6 +73,10 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
         low=0.0,
         high=1.0,
         high_open=True,
+        task="classification",
+    ),
+    "loss": Hyperparameter(
+        kind=str, doc="training objective", allowed=REGRESSION_LOSSES, task="regression"
     ),
     "epochs": Hyperparameter(kind=int, doc="epochs to train (capped by budget.max_epochs)", low=1),
 }
@@ -75,12 +84,11 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
 
 # A trial's scores at its best epoch, and the columns of a sweep's trial table besides its
 # hyperparameters (core.trials): names no builder argument may take.
-TRIAL_SCORES = ("val_acc", "val_loss", "train_loss")
 TRIAL_COLUMNS = (
     "trial_id",
     "state",
     "epoch",
-    *TRIAL_SCORES,
+    *ALL_TRIAL_SCORES,
     "epochs_trained",
     "train_seconds",
     "host",
@@ -98,6 +106,7 @@ class Hyperparameters:
     batch_size: int | None = 64  # None: the whole training split (full-batch gradient descent)
     weight_decay: float = 0.0
     label_smoothing: float = 0.0  # of the training loss only; validation scores plain targets
+    loss: str = "mse"  # a regression's objective (REGRESSION_LOSSES)
     epochs: int | None = None  # None: budget.max_epochs
     # Every other parameter: a keyword argument of the model's builder.
     builder_args: Mapping[str, Scalar] = field(default_factory=dict)

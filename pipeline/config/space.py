@@ -15,6 +15,7 @@ from pipeline.config.hyperparameters import (
     Hyperparameter,
     Hyperparameters,
 )
+from pipeline.config.metrics import Task
 from pipeline.config.records import (
     ChoiceParam,
     ConditionalOption,
@@ -68,14 +69,17 @@ def walk(
                     yield from walk(option.params, (*under, (name, option.name)))
 
 
-def check_params(params: dict[str, ParamSpec], epochs_cap: int) -> None:
+def check_params(params: dict[str, ParamSpec], epochs_cap: int, task: Task) -> None:
     """Check every value each training hyperparameter can take; one under an optimizer option
-    must apply to that optimizer. The other parameters are the builder's (`check_builder_args`)."""
+    must apply to that optimizer, and each to the task. The other parameters are the builder's
+    (`check_builder_args`)."""
     for node in walk(params):
         name, spec, key = node.name, node.spec, node.key
         meta = HYPERPARAMETERS.get(name)
         if meta is None:
             continue
+        if meta.task is not None and meta.task != task:
+            raise ValueError(f"{key}: applies to {meta.task} only; this space's task is {task}")
         optimizer = node.under[-1][1] if node.under else None
         if optimizer and meta.optimizers and optimizer not in meta.optimizers:
             raise ValueError(

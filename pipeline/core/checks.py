@@ -20,7 +20,7 @@ from pipeline.config import (
 )
 from pipeline.config.door import BUILT_IN_BUILDERS, import_callable
 from pipeline.core.data import Dataset, Split, column_stats
-from pipeline.core.model import build_network, export_network, with_probabilities
+from pipeline.core.model import build_network, export_network, servable
 from pipeline.errors import PipelineError
 
 
@@ -67,19 +67,19 @@ def check_model(experiment: Experiment, dataset: Dataset, split: Split) -> None:
             f"{where}: its forward failed on two examples shaped {list(shape)}: "
             f"{type(exc).__name__}: {first_line(exc)}"
         ) from None
-    expected = [2, dataset.num_classes]
+    expected = [2, dataset.spec.num_outputs]
     got = list(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
     if got != expected:
         raise PipelineError(
             f"{where}: on two examples shaped {list(shape)} it returns {got}; expected "
-            f"{expected}, one logit per class"
+            f"{expected}, " + ("one logit per class" if dataset.stratified else "one prediction")
         )
     if reference in BUILT_IN_BUILDERS.values():
         # Ours export for every value of their domains (tests/test_model.py); an export costs
         # a second of torch.export's start-up, so only the user's code is exported here.
         return
     try:
-        export_network(with_probabilities(network), torch.from_numpy(rows))
+        export_network(servable(network, dataset.spec), torch.from_numpy(rows))
     except Exception as exc:  # torch.export's errors are of many types
         raise PipelineError(
             f"{where}: torch.export cannot export its forward for any batch size, which the "

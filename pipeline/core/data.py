@@ -22,6 +22,7 @@ import numpy as np
 
 from pipeline.config import DataConfig
 from pipeline.config.door import import_callable
+from pipeline.config.metrics import Task
 from pipeline.errors import PipelineError
 
 # Rows of the training rows read to estimate scaling statistics when examples are read on
@@ -32,12 +33,14 @@ STATS_SAMPLE = 2048
 @dataclass(frozen=True)
 class ModelSpec:
     """What a builder is told about the data: one example's shape (without the batch
-    dimension), the number of outputs (classes), and their names."""
+    dimension), the number of outputs (one per class; one for a regression), and the classes'
+    names (none for a regression)."""
 
     input_shape: tuple[int, ...]
     num_outputs: int
     class_names: tuple[str, ...]
     feature_names: tuple[str, ...] | None = None
+    task: Task = "classification"
 
 
 def example_of(item: Any) -> Any:
@@ -111,7 +114,8 @@ def flat_example(item: Any) -> np.ndarray:
 @dataclass(frozen=True, kw_only=True)
 class Dataset:
     """All examples of a data set: raw float32 feature rows (in memory, or read on demand
-    through `examples`) and integer labels."""
+    through `examples`) and their targets: integer labels indexing `class_names`, or a
+    regression's float64 values (and no class names)."""
 
     name: str
     features: np.ndarray | None  # (rows, prod(input_shape)); None: read through `examples`
@@ -121,10 +125,16 @@ class Dataset:
     examples: ExampleSource | None = None
     test_rows: np.ndarray | None = None  # the data set's own test split (MNIST's t10k)
     feature_names: tuple[str, ...] = ()  # column names; empty: feature_0, feature_1, ...
+    task: Task = "classification"
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def stratified(self) -> bool:
+        """Whether splits keep each class's share (classification) or draw rows plainly."""
+        return self.task == "classification"
 
     @property
     def num_features(self) -> int:
@@ -139,9 +149,10 @@ class Dataset:
     def spec(self) -> ModelSpec:
         return ModelSpec(
             input_shape=self.input_shape,
-            num_outputs=self.num_classes,
+            num_outputs=self.num_classes if self.task == "classification" else 1,
             class_names=self.class_names,
             feature_names=self.feature_names or None,
+            task=self.task,
         )
 
     def rows(self, index: np.ndarray) -> np.ndarray:
@@ -186,6 +197,9 @@ class TuningData:
     spec: ModelSpec
     # Per fold: (mean, std) of its training rows, computed once for the sweep, not per trial.
     fold_stats: tuple[tuple[np.ndarray, np.ndarray], ...]
+    # Per fold, for a regression: (mean, std) of its training rows' targets, which the model
+    # learns standardized and un-scales in its last layer (see `model.build_network`).
+    target_stats: tuple[tuple[float, float], ...] = ()
 
 
 def column_stats(features: np.ndarray, shared_scale: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -205,13 +219,17 @@ def column_stats(features: np.ndarray, shared_scale: bool) -> tuple[np.ndarray, 
 
 
 def subset(dataset: Dataset, limit: int, seed: int) -> Dataset:
-    """A stratified subset of `limit` rows (the data set's own test rows keep their share)."""
+    """A subset of `limit` rows, stratified for classification (the data set's own test rows
+    keep their share)."""
     if limit >= len(dataset.labels):
         return dataset
     from sklearn.model_selection import train_test_split
 
     rows, _ = train_test_split(
-        np.arange(len(dataset.labels)), train_size=limit, stratify=dataset.labels, random_state=seed
+        np.arange(len(dataset.labels)),
+        train_size=limit,
+        stratify=dataset.labels if dataset.stratified else None,
+        random_state=seed,
     )
     rows = np.sort(rows)
     test_rows = None
@@ -227,40 +245,49 @@ def subset(dataset: Dataset, limit: int, seed: int) -> Dataset:
 
 
 def split_dataset(dataset: Dataset, config: DataConfig, seed: int) -> Split:
-    """Seeded, stratified train / validation / test split, or k folds over train + validation."""
+    """Seeded train / validation / test split, or k folds over train + validation; stratified
+    for classification."""
     from sklearn.model_selection import train_test_split
 
     rows = np.arange(len(dataset.labels))
     labels = dataset.labels
-    counts = np.bincount(labels)
-    if counts[counts > 0].min() < 3:
-        raise PipelineError(f"{dataset.name}: every class needs at least 3 examples to split")
+    strata = labels if dataset.stratified else None
+    if dataset.stratified:
+        counts = np.bincount(labels)
+        if counts[counts > 0].min() < 3:
+            raise PipelineError(f"{dataset.name}: every class needs at least 3 examples to split")
     try:
         if dataset.test_rows is not None and len(dataset.test_rows):
             test = np.sort(dataset.test_rows)
             rest = np.setdiff1d(rows, test)
         else:
             rest, test = train_test_split(
-                rows, test_size=config.test_fraction, stratify=labels, random_state=seed
+                rows, test_size=config.test_fraction, stratify=strata, random_state=seed
             )
         val_share = config.val_fraction / (1 - config.test_fraction)
         train, val = train_test_split(
-            rest, test_size=val_share, stratify=labels[rest], random_state=seed
+            rest,
+            test_size=val_share,
+            stratify=None if strata is None else labels[rest],
+            random_state=seed,
         )
     except ValueError as exc:
         raise PipelineError(f"{dataset.name}: cannot split {len(rows)} rows: {exc}") from None
     train, val, test = np.sort(train), np.sort(val), np.sort(test)
     if config.cv_folds:
         pool = np.concatenate([train, val])
-        pooled = np.bincount(labels[pool], minlength=dataset.num_classes)
-        smallest = int(np.argmin(np.where(pooled > 0, pooled, np.iinfo(np.int64).max)))
-        if pooled[smallest] < config.cv_folds:
-            raise PipelineError(
-                f"{dataset.name}: data.cv_folds is {config.cv_folds} but class "
-                f"'{dataset.class_names[smallest]}' has only {pooled[smallest]} rows for train + "
-                "validation; lower cv_folds or add rows"
-            )
-        folds = draw_folds(labels[pool], config.cv_folds, len(val), seed)
+        if dataset.stratified:
+            pooled = np.bincount(labels[pool], minlength=dataset.num_classes)
+            smallest = int(np.argmin(np.where(pooled > 0, pooled, np.iinfo(np.int64).max)))
+            if pooled[smallest] < config.cv_folds:
+                raise PipelineError(
+                    f"{dataset.name}: data.cv_folds is {config.cv_folds} but class "
+                    f"'{dataset.class_names[smallest]}' has only {pooled[smallest]} rows for "
+                    "train + validation; lower cv_folds or add rows"
+                )
+        folds = draw_folds(
+            labels[pool], config.cv_folds, len(val), seed, stratified=dataset.stratified
+        )
     else:
         folds = ((np.arange(len(train)), np.arange(len(train), len(train) + len(val))),)
     hashed = [*dataset.content(), train, val, test, *(r for f in folds for r in f)]
@@ -268,17 +295,21 @@ def split_dataset(dataset: Dataset, config: DataConfig, seed: int) -> Split:
 
 
 def draw_folds(
-    labels: np.ndarray, cv_folds: int | None, val_rows: int, seed: int
+    labels: np.ndarray, cv_folds: int | None, val_rows: int, seed: int, *, stratified: bool
 ) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-    """Seeded, stratified folds over rows with these labels: `cv_folds` of them, or without
-    cross-validation one (train, validation) pair with `val_rows` validation rows."""
-    from sklearn.model_selection import StratifiedKFold, train_test_split
+    """Seeded folds over rows with these labels (stratified by them for classification):
+    `cv_folds` of them, or without cross-validation one (train, validation) pair with
+    `val_rows` validation rows."""
+    from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
     rows = np.arange(len(labels))
     if cv_folds:
-        folder = StratifiedKFold(cv_folds, shuffle=True, random_state=seed)
+        kind = StratifiedKFold if stratified else KFold
+        folder = kind(cv_folds, shuffle=True, random_state=seed)
         return tuple((a, b) for a, b in folder.split(rows, labels))
-    train, val = train_test_split(rows, test_size=val_rows, stratify=labels, random_state=seed)
+    train, val = train_test_split(
+        rows, test_size=val_rows, stratify=labels if stratified else None, random_state=seed
+    )
     return ((np.sort(train), np.sort(val)),)
 
 
@@ -286,7 +317,9 @@ def refolded(dataset: Dataset, split: Split, config: DataConfig, seed: int) -> T
     """The sweep's train + validation rows in fresh folds drawn with another `seed` (the same
     count and sizes): a second opinion on a configuration that no trial's score has seen."""
     rows = split.tuning_rows
-    folds = draw_folds(dataset.labels[rows], config.cv_folds, len(split.val), seed)
+    folds = draw_folds(
+        dataset.labels[rows], config.cv_folds, len(split.val), seed, stratified=dataset.stratified
+    )
     return tuning_data(dataset, replace(split, folds=folds), shared_scale=config.shared_scale)
 
 
@@ -315,14 +348,24 @@ def tuning_data(dataset: Dataset, split: Split, *, shared_scale: bool) -> Tuning
         stats = tuple(
             column_stats(sampled[np.isin(sample, train)], shared_scale) for train, _ in split.folds
         )
+    labels = dataset.labels[rows]
     return TuningData(
         features=features,
         examples=examples,
-        labels=dataset.labels[rows],
+        labels=labels,
         folds=split.folds,
         spec=dataset.spec,
         fold_stats=stats,
+        target_stats=tuple(target_stats(labels[t]) for t, _ in split.folds)
+        if dataset.task == "regression"
+        else (),
     )
+
+
+def target_stats(targets: np.ndarray) -> tuple[float, float]:
+    """Mean and std of a regression's training targets (std 1 for constant targets)."""
+    std = float(np.std(targets))
+    return float(np.mean(targets)), std if std > 1e-12 else 1.0
 
 
 def stats_sample(count: int) -> np.ndarray:

@@ -11,7 +11,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Hyperparameters, flatten_sample
+from pipeline.config.metrics import VAL_LOSS
 from pipeline.core.evaluate import TestReport, mcnemar_p
+from pipeline.core.metrics import paired_difference_interval, score_function
 from pipeline.core.trials import TrialRow
 
 TRIAL_STATES = ("completed", "stopped", "diverged", "errored", "interrupted")
@@ -99,7 +101,8 @@ def rank_trials(rows: list[TrialRow], metric: str, mode: str) -> list[TrialRow]:
     def key(row: TrialRow) -> tuple[float, float]:
         score = row.score(metric)
         assert score is not None  # `valid` holds scored trials only
-        tie = row.val_loss if metric != "val_loss" and row.val_loss is not None else math.inf
+        loss = row.score(VAL_LOSS)
+        tie = loss if metric != VAL_LOSS and loss is not None else math.inf
         return sign * score, tie
 
     return sorted(valid, key=key)
@@ -150,9 +153,12 @@ def select(candidates: list[Opinion], metric: str, mode: str) -> Selection:
 
 
 def wins(candidate: TestReport, champion: TestReport, min_delta: float) -> bool:
-    """Higher test accuracy by at least `min_delta`; an exact tie goes to the lower test loss."""
-    delta = candidate.test_acc - champion.test_acc
-    better = delta > EPSILON or (abs(delta) <= EPSILON and candidate.test_loss < champion.test_loss)
+    """Better on the sweep's metric by at least `min_delta` (in the metric's units, its own
+    direction); an exact tie goes to the lower test loss."""
+    delta = candidate.value - champion.value
+    if not candidate.higher_is_better:
+        delta = -delta
+    better = delta > EPSILON or (abs(delta) <= EPSILON and candidate.loss < champion.loss)
     return better and delta >= min_delta - EPSILON
 
 
@@ -177,29 +183,49 @@ def judge_promotion(
     if force:
         return Verdict("forced", "promoted by hand (--force), comparison skipped")
     noise = describe_noise(candidate, champion)
+    name = candidate.name
     if wins(candidate, champion, min_delta):
         return Verdict(
             "promoted",
-            f"test_acc {candidate.test_acc:.4f} vs {champion.test_acc:.4f} (min_delta "
-            f"{min_delta}); {noise}",
+            f"{name} {candidate.value:.4f} vs {champion.value:.4f} (min_delta {min_delta}); "
+            f"{noise}",
         )
     return Verdict(
         "kept",
-        f"test_acc {candidate.test_acc:.4f} vs champion's {champion.test_acc:.4f} does not win "
-        f"by min_delta {min_delta}; {noise}",
+        f"{name} {candidate.value:.4f} vs champion's {champion.value:.4f} does not win by "
+        f"min_delta {min_delta}; {noise}",
     )
 
 
 def describe_noise(candidate: TestReport, champion: TestReport) -> str:
-    """Whether the two models' accuracies on the same test rows differ beyond chance: only the
-    rows one gets right and the other wrong tell them apart (McNemar's exact test, 5% level)."""
-    if len(candidate.correct) != len(champion.correct):
-        return "not scored on the same rows, so not compared row by row"
-    only_candidate = int((candidate.correct & ~champion.correct).sum())
-    only_champion = int((champion.correct & ~candidate.correct).sum())
-    p = mcnemar_p(only_candidate, only_champion)
-    where = "inside the noise" if p >= NOISE_LEVEL else "beyond the noise"
+    """Whether the two models' scores on the same test rows differ beyond chance.
+
+    Accuracy: only the rows one gets right and the other wrong tell them apart (McNemar's exact
+    test, 5% level). Any other score: a paired bootstrap, both models scored on the same
+    resamples of the rows, and the 95% interval of the difference; beyond the noise where it
+    excludes 0. A bootstrap, not a signed-rank test on per-row errors, because macro-F1, AUC
+    and R² are not sums over rows: only resampling the rows scores them as they are scored.
+    """
+    if len(candidate.targets) != len(champion.targets) or candidate.metric != champion.metric:
+        return "not scored on the same rows and metric, so not compared row by row"
+    if candidate.metric == "acc":
+        only_candidate = int((candidate.correct & ~champion.correct).sum())
+        only_champion = int((champion.correct & ~candidate.correct).sum())
+        p = mcnemar_p(only_candidate, only_champion)
+        where = "inside the noise" if p >= NOISE_LEVEL else "beyond the noise"
+        return (
+            f"{where}: {only_candidate} test rows right only by the candidate, {only_champion} "
+            f"only by the champion (McNemar p = {p:.2f})"
+        )
+    low, high = paired_difference_interval(
+        score_function(candidate.task, candidate.metric),
+        candidate.outputs,
+        champion.outputs,
+        candidate.targets,
+    )
+    where = "inside the noise" if low <= 0 <= high else "beyond the noise"
+    difference = candidate.value - champion.value
     return (
-        f"{where}: {only_candidate} test rows right only by the candidate, {only_champion} only "
-        f"by the champion (McNemar p = {p:.2f})"
+        f"{where}: candidate minus champion {candidate.name} {difference:+.4f}, 95% "
+        f"paired-bootstrap interval [{low:+.4f}, {high:+.4f}] over {len(candidate.targets)} rows"
     )

@@ -1,56 +1,83 @@
-"""Test-split metrics from class probabilities: the one scoring used by retrain and promote."""
+"""Test-split scores from a model's outputs: the one scoring used by retrain and promote.
+
+Outputs are class probabilities (classification) or predictions in the target's units
+(regression); every score of the task is computed (`core.metrics`), and the sweep's metric gets a
+95% interval: Wilson's for accuracy (a count of hits), a percentile bootstrap over the rows for
+the others.
+"""
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline.config.metrics import TEST_PREFIX, Task, score_of
+from pipeline.core.metrics import (
+    all_scores,
+    bootstrap_interval,
+    confusion_matrix,
+    per_class_f1,
+    score_function,
+)
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-PROBABILITY_FLOOR = 1e-12  # keeps log(0) finite for a confidently wrong prediction
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 
 
 @dataclass(frozen=True, kw_only=True)
 class TestReport:
-    """Scores of one model on one labelled set of rows."""
+    """Scores of one model on one set of rows with known targets."""
 
-    test_acc: float
-    test_loss: float  # mean cross-entropy of the predicted probabilities
-    class_names: tuple[str, ...]
-    precision: tuple[float, ...]  # per class, in class order
-    recall: tuple[float, ...]
-    f1: tuple[float, ...]
-    support: tuple[int, ...]
-    confusion: np.ndarray  # rows: true class, columns: predicted class
-    correct: np.ndarray  # per row, in row order: whether the prediction was right
+    task: Task
+    metric: str  # the score the sweep ranked on, bare (`acc`, `rmse`): what the gate compares
+    scores: dict[str, float]  # every score of the task, bare names (`loss`, `acc`, ...)
+    interval: tuple[float, float]  # the 95% interval of `metric` on rows like these
+    outputs: np.ndarray  # per row: the class probabilities, or the prediction
+    targets: np.ndarray  # per row: the true class index, or the true value
+    # Classification only: per class, in class order.
+    class_names: tuple[str, ...] = ()
+    precision: tuple[float, ...] = ()
+    recall: tuple[float, ...] = ()
+    f1: tuple[float, ...] = ()
+    support: tuple[int, ...] = ()
+    confusion: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
 
     @property
-    def macro_f1(self) -> float:
-        return float(np.mean(self.f1))
+    def name(self) -> str:
+        """The metric's test name: `test_acc`, `test_rmse`, ..."""
+        return TEST_PREFIX + self.metric
 
     @property
-    def test_acc_interval(self) -> tuple[float, float]:
-        """The 95% interval of the accuracy on rows like these (Wilson's score interval: sound
-        near 1.0, where a normal approximation runs past it)."""
-        return wilson_interval(int(self.correct.sum()), len(self.correct))
+    def value(self) -> float:
+        """Its score on the metric."""
+        return self.scores[self.metric]
+
+    @property
+    def loss(self) -> float:
+        return self.scores["loss"]
+
+    @property
+    def higher_is_better(self) -> bool:
+        return score_of(self.metric).mode == "max"
+
+    @property
+    def correct(self) -> np.ndarray:
+        """Classification: per row, whether the predicted class is the true one."""
+        return np.asarray(self.outputs.argmax(axis=1) == self.targets)
 
     def metrics(self) -> dict[str, float]:
-        """Flat MLflow metrics: test_acc (with test_acc_low and test_acc_high, its 95% interval),
-        test_loss, test_macro_f1, and test_<score>/<class>."""
-        low, high = self.test_acc_interval
-        flat = {
-            "test_acc": self.test_acc,
-            "test_acc_low": low,
-            "test_acc_high": high,
-            "test_loss": self.test_loss,
-            "test_macro_f1": self.macro_f1,
-        }
+        """Flat MLflow metrics: test_<score> of every score (the metric's 95% interval as
+        test_<metric>_low and test_<metric>_high) and, for classification,
+        test_<precision|recall|f1>/<class>."""
+        low, high = self.interval
+        flat = {TEST_PREFIX + name: value for name, value in self.scores.items()}
+        flat[f"{self.name}_low"], flat[f"{self.name}_high"] = low, high
         for i, name in enumerate(self.class_names):
             key = metric_safe(name)
             flat[f"test_precision/{key}"] = self.precision[i]
@@ -99,37 +126,57 @@ def metric_safe(name: str) -> str:
 
 
 def score(
-    probabilities: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...]
+    outputs: np.ndarray,
+    targets: np.ndarray,
+    *,
+    task: Task,
+    metric: str,
+    class_names: tuple[str, ...] = (),
 ) -> TestReport:
-    """Accuracy, cross-entropy and per-class precision/recall/F1 of predicted probabilities."""
-    if probabilities.shape != (len(labels), len(class_names)):
+    """Every score of the task on these rows, with the 95% interval of `metric` (any of its
+    names: `val_acc`, `test_rmse`, `rmse`) and, for classification, per-class precision, recall
+    and F1."""
+    bare = score_of(metric).name
+    if task == "regression":
+        predictions = np.asarray(outputs, np.float64).reshape(-1)
+        if len(predictions) != len(targets):
+            raise ValueError(f"{len(predictions)} predictions do not fit {len(targets)} rows")
+        values = all_scores(task, predictions, targets)
+        interval = bootstrap_interval(score_function(task, bare), predictions, targets)
+        return TestReport(
+            task=task,
+            metric=bare,
+            scores=values,
+            interval=interval,
+            outputs=predictions,
+            targets=targets,
+        )
+    if outputs.shape != (len(targets), len(class_names)):
         raise ValueError(
-            f"probabilities of shape {probabilities.shape} do not fit {len(labels)} rows "
+            f"probabilities of shape {outputs.shape} do not fit {len(targets)} rows "
             f"and {len(class_names)} classes"
         )
-    predicted = probabilities.argmax(axis=1)
-    picked = probabilities[np.arange(len(labels)), labels].astype(np.float64)
-    classes = len(class_names)
-    # Counted here rather than with scikit-learn's metrics: importing those costs the registry
-    # commands a second. A class never predicted (or never present) scores 0, as
-    # zero_division=0 does there.
-    confusion = np.bincount(labels * classes + predicted, minlength=classes * classes)
-    confusion = confusion.reshape(classes, classes)
-    hits, support, claimed = np.diag(confusion), confusion.sum(axis=1), confusion.sum(axis=0)
-    precision = np.divide(hits, claimed, out=np.zeros(classes), where=claimed > 0)
-    recall = np.divide(hits, support, out=np.zeros(classes), where=support > 0)
-    both = precision + recall
-    f1 = np.divide(2 * precision * recall, both, out=np.zeros(classes), where=both > 0)
+    values = all_scores(task, outputs, targets)
+    confusion = confusion_matrix(outputs.argmax(axis=1), targets, len(class_names))
+    precision, recall, f1 = per_class_f1(confusion)
+    if bare == "acc":
+        hits = int(np.trace(confusion))
+        interval = wilson_interval(hits, len(targets))
+    else:
+        interval = bootstrap_interval(score_function(task, bare), outputs, targets)
     return TestReport(
-        test_acc=float((predicted == labels).mean()),
-        test_loss=float(-np.log(np.clip(picked, PROBABILITY_FLOOR, None)).mean()),
+        task=task,
+        metric=bare,
+        scores=values,
+        interval=interval,
+        outputs=outputs,
+        targets=targets,
         class_names=class_names,
         precision=tuple(float(v) for v in precision),
         recall=tuple(float(v) for v in recall),
         f1=tuple(float(v) for v in f1),
-        support=tuple(int(v) for v in support),
+        support=tuple(int(v) for v in confusion.sum(axis=1)),
         confusion=confusion,
-        correct=predicted == labels,
     )
 
 
@@ -153,5 +200,24 @@ def confusion_figure(report: TestReport, title: str) -> Figure:
     for (row, column), count in np.ndenumerate(counts):
         colour = "white" if count > threshold else "black"
         axes.text(column, row, str(count), ha="center", va="center", color=colour, fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def residual_figure(report: TestReport, title: str) -> Figure:
+    """A regression's test predictions against the true values, with the line they would lie
+    on were every prediction exact."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5.5, 5))
+    axes = figure.subplots()
+    axes.scatter(report.targets, report.outputs, s=12, alpha=0.6)
+    low = float(min(report.targets.min(), report.outputs.min()))
+    high = float(max(report.targets.max(), report.outputs.max()))
+    axes.plot([low, high], [low, high], color="grey", linewidth=1, label="exact")
+    axes.set_xlabel("true")
+    axes.set_ylabel("predicted")
+    axes.set_title(title)
+    axes.legend(loc="upper left")
     figure.tight_layout()
     return figure

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config.door import import_callable
+from pipeline.config.metrics import Task
 from pipeline.core.data import Dataset, ExampleSource, example_of, flat_example
 from pipeline.errors import PipelineError
 
@@ -111,11 +112,48 @@ def encode_labels(
     return encoded, tuple(names[i] for i in present)
 
 
-def load_with(reference: str, args: Mapping[str, Any], *, name: str) -> Dataset:
-    """The examples `reference(**args)` returns, every problem one line naming the loader."""
+def regression_targets(labels: Any, where: str) -> np.ndarray:
+    """A regression's targets: one finite number per example (float64)."""
+    raw = np.asarray(labels)
+    if raw.ndim != 1:
+        raise PipelineError(
+            f"{where}: targets must be one per example (shape (N,)), got {raw.shape}"
+        )
+    try:
+        values = raw.astype(np.float64)
+    except (ValueError, TypeError):
+        text = next((v for v in raw if not is_number(v)), raw[0] if len(raw) else "")
+        raise PipelineError(
+            f"{where}: task regression needs numeric targets, got text such as {str(text)!r}"
+        ) from None
+    bad = np.flatnonzero(~np.isfinite(values))
+    if len(bad):
+        raise PipelineError(
+            f"{where}: {len(bad)} targets are missing or infinite (first: row {int(bad[0])})"
+        )
+    return values
+
+
+def is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+def load_with(
+    reference: str, args: Mapping[str, Any], *, name: str, task: Task = "classification"
+) -> Dataset:
+    """The examples `reference(**args)` returns for `task`, every problem one line naming the
+    loader."""
     features, labels, class_names, feature_names = unpack(call_loader(reference, args), reference)
-    encoded, classes = encode_labels(labels, class_names, reference)
-    if len(classes) < 2:
+    classes: tuple[str, ...] = ()
+    if task == "regression":
+        encoded = regression_targets(labels, f"data.loader {reference}")
+    else:
+        encoded, classes = encode_labels(labels, class_names, reference)
+    if task == "classification" and len(classes) < 2:
         raise PipelineError(
             f"data.loader {reference}: the labels hold a single class "
             f"({classes[0] if classes else 'none'}); nothing to learn"
@@ -147,6 +185,7 @@ def load_with(reference: str, args: Mapping[str, Any], *, name: str) -> Dataset:
             class_names=classes,
             input_shape=tuple(int(d) for d in array.shape[1:]),
             feature_names=names_of(feature_names, flat.shape[1], reference),
+            task=task,
         )
     if not (hasattr(features, "__getitem__") and hasattr(features, "__len__")):
         raise PipelineError(
@@ -171,6 +210,7 @@ def load_with(reference: str, args: Mapping[str, Any], *, name: str) -> Dataset:
         input_shape=shape,
         examples=source,
         feature_names=names_of(feature_names, int(np.prod(shape)), reference),
+        task=task,
     )
 
 

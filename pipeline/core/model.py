@@ -36,6 +36,22 @@ class Standardize(nn.Module):
         return (x - self.mean) / self.std
 
 
+class Unstandardize(nn.Module):
+    """A regression's output back in the target's units: y * std + mean, with the statistics of
+    the training rows' targets, which the builder's module learns standardized."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, mean: float, std: float) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return y.reshape(-1) * self.std + self.mean
+
+
 def build_network(
     builder: Builder,
     spec: ModelSpec,
@@ -43,19 +59,28 @@ def build_network(
     *,
     mean: torch.Tensor,
     std: torch.Tensor,
+    target: tuple[float, float] | None = None,
 ) -> nn.Sequential:
-    """The network for one configuration: flat raw rows in, the builder's logits out."""
+    """The network for one configuration: flat raw rows in; out, the builder's logits or, for a
+    regression (`target`: the training targets' mean and std), one prediction per row in the
+    target's units."""
     module = builder(spec, **builder_args)
     if not isinstance(module, nn.Module):
         raise TypeError(f"the builder returned a {type(module).__name__}, not a torch.nn.Module")
     layers: list[nn.Module] = [Standardize(mean, std)]
     if len(spec.input_shape) > 1:
         layers.append(nn.Unflatten(1, spec.input_shape))
-    return nn.Sequential(*layers, module)
+    layers.append(module)
+    if target is not None:
+        layers.append(Unstandardize(*target))
+    return nn.Sequential(*layers)
 
 
-def with_probabilities(network: nn.Module) -> nn.Sequential:
-    """The network followed by a softmax: what is logged and served returns class probabilities."""
+def servable(network: nn.Module, spec: ModelSpec) -> nn.Module:
+    """What is logged and served: a classifier followed by a softmax (class probabilities), a
+    regression as it is (predictions in the target's units)."""
+    if spec.task == "regression":
+        return network
     return nn.Sequential(network, nn.Softmax(dim=1))
 
 

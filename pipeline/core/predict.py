@@ -11,8 +11,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.config.metrics import TEST_PREFIX, Task, score_of
 from pipeline.core.data import Dataset, Split
 from pipeline.core.images import read_image
+from pipeline.core.metrics import score_function
 from pipeline.core.sources import FLOAT32_MAX, check_feature_columns, read_table
 from pipeline.errors import PipelineError
 
@@ -110,10 +112,15 @@ def read_images(folder: Path, metadata: dict[str, Any]) -> Inputs:
     return Inputs(np.stack(rows), [f.name for f in files])
 
 
-def predictions_frame(
-    probabilities: np.ndarray, class_names: list[str], inputs: Inputs
-) -> pd.DataFrame:
-    """id, predicted label, its probability, one probability column per class (and the label)."""
+def predictions_frame(outputs: np.ndarray, class_names: list[str], inputs: Inputs) -> pd.DataFrame:
+    """id, predicted label, its probability, one probability column per class (and the label);
+    for a regression (no classes), id and the predicted value in the target's units."""
+    if not class_names:
+        frame = pd.DataFrame({"id": inputs.ids, "prediction": outputs.reshape(-1)})
+        if inputs.labels is not None:
+            frame[LABEL_COLUMN] = inputs.labels
+        return frame
+    probabilities = outputs
     best = probabilities.argmax(axis=1)
     frame = pd.DataFrame(
         {
@@ -129,17 +136,40 @@ def predictions_frame(
     return frame
 
 
-def labelled_accuracy(frame: pd.DataFrame) -> float | None:
-    """Share of rows whose prediction equals the input's `label`, if it had one."""
-    if LABEL_COLUMN not in frame:
+def labelled_score(
+    outputs: np.ndarray, metadata: dict[str, Any], inputs: Inputs
+) -> tuple[str, float] | None:
+    """The sweep's metric's test score (`test_acc`, `test_rmse`, ...) on the input's `label`
+    column, if it had one: its name and value."""
+    if inputs.labels is None:
         return None
-    return float((frame["prediction"] == frame[LABEL_COLUMN]).mean())
+    task: Task = "regression" if metadata.get("task") == "regression" else "classification"
+    score = score_of(str(metadata.get("metric") or "val_acc"))
+    function = score_function(task, score.name)
+    if task == "regression":
+        try:
+            targets = np.array([float(v) for v in inputs.labels])
+        except ValueError as exc:
+            raise PipelineError(f"column '{LABEL_COLUMN}': {exc}; it must hold numbers") from None
+        return TEST_PREFIX + score.name, function(outputs.reshape(-1), targets)
+    index = {name: i for i, name in enumerate(metadata["class_names"])}
+    unknown = sorted({v for v in inputs.labels if v not in index})
+    if unknown:
+        raise PipelineError(
+            f"column '{LABEL_COLUMN}': {unknown[0]!r} is not one of the model's classes "
+            f"({', '.join(index)})"
+        )
+    labels = np.array([index[v] for v in inputs.labels])
+    return TEST_PREFIX + score.name, function(outputs, labels)
 
 
 def held_out_rows(dataset: Dataset, split: Split) -> pd.DataFrame:
     """The test split as a CSV-ready frame: the feature columns and the label (class name)."""
     frame = pd.DataFrame(dataset.rows(split.test), columns=list(dataset.columns))
-    frame[LABEL_COLUMN] = [dataset.class_names[i] for i in dataset.labels[split.test]]
+    targets = dataset.labels[split.test]
+    frame[LABEL_COLUMN] = (
+        [dataset.class_names[i] for i in targets] if dataset.class_names else targets
+    )
     return frame
 
 

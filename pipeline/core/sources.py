@@ -19,8 +19,10 @@ import pandas as pd
 
 from pipeline.config import DataConfig
 from pipeline.config.door import add_to_path
+from pipeline.config.experiment import REGRESSION_SOURCES
+from pipeline.config.metrics import Task
 from pipeline.core.data import Dataset, Split, split_dataset, subset
-from pipeline.core.loaders import load_with
+from pipeline.core.loaders import load_with, regression_targets
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -69,27 +71,34 @@ IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0
 
 
 IMAGE_FOLDER_LOADER = "pipeline.core.images:image_folder"
+# scikit-learn's bundled sets, by the name of their `load_` function.
+BUNDLED = ("digits", "wine", "breast_cancer", "diabetes")
 
 
 def load_dataset(
-    config: DataConfig, seed: int, cache_dir: Path, *, code_paths: Sequence[str] = ()
+    config: DataConfig,
+    seed: int,
+    cache_dir: Path,
+    *,
+    code_paths: Sequence[str] = (),
+    task: Task = "classification",
 ) -> Dataset:
-    """Load the configured data set (a stratified subset of `limit` rows if set); a loader
-    is imported from `code_paths`."""
+    """Load the configured data set for `task` (a subset of `limit` rows if set); a loader is
+    imported from `code_paths`."""
     add_to_path(code_paths)
     if config.loader is not None:
         name = config.loader.partition(":")[0]
-        dataset = load_with(config.loader, config.args, name=name)
+        dataset = load_with(config.loader, config.args, name=name, task=task)
     elif config.source == "image_folder":
         assert config.path is not None
         dataset = load_with(
             IMAGE_FOLDER_LOADER, image_folder_args(config), name=Path(config.path).name
         )
-    elif config.source in ("digits", "wine", "breast_cancer"):
+    elif config.source in BUNDLED:
         dataset = load_bundled(config.source)
     elif config.source == "csv":
         assert config.path is not None and config.target is not None
-        dataset = load_csv(Path(config.path), config.target)
+        dataset = load_csv(Path(config.path), config.target, task=task)
     else:
         source = str(config.source)
         folder = Path(config.path) if config.path else cache_dir / source
@@ -113,11 +122,16 @@ def image_folder_args(config: DataConfig) -> dict[str, Any]:
 
 
 def load_split(
-    config: DataConfig, seed: int, cache_dir: Path, *, code_paths: Sequence[str] = ()
+    config: DataConfig,
+    seed: int,
+    cache_dir: Path,
+    *,
+    code_paths: Sequence[str] = (),
+    task: Task = "classification",
 ) -> tuple[Dataset, Split]:
     """The configured data set and its seeded split: what a sweep, its retrain and a promotion
     of its model each rebuild from the same settings."""
-    dataset = load_dataset(config, seed, cache_dir, code_paths=code_paths)
+    dataset = load_dataset(config, seed, cache_dir, code_paths=code_paths, task=task)
     return dataset, split_dataset(dataset, config, seed)
 
 
@@ -125,7 +139,7 @@ def source_uri(config: DataConfig, cache_dir: Path) -> str:
     """Where the configured data come from, as the runs record it."""
     if config.loader is not None:
         return f"{config.loader}({', '.join(f'{k}={v!r}' for k, v in config.args.items())})"
-    if config.source in ("digits", "wine", "breast_cancer"):
+    if config.source in BUNDLED:
         return f"sklearn.datasets.load_{config.source}"
     if config.source in ("csv", "image_folder"):
         assert config.path is not None
@@ -137,20 +151,24 @@ def load_bundled(name: str) -> Dataset:
     """A real data set shipped inside scikit-learn (no network)."""
     from sklearn import datasets as sk_datasets  # scikit-learn loads only where it is used
 
-    loader = {
-        "digits": sk_datasets.load_digits,
-        "wine": sk_datasets.load_wine,
-        "breast_cancer": sk_datasets.load_breast_cancer,
-    }[name]
-    bunch = loader()
-    class_names = tuple(str(c) for c in bunch.target_names)
+    bunch = getattr(sk_datasets, f"load_{name}")()
     features = bunch.data.astype(np.float32)
     shape = (1, 8, 8) if name == "digits" else (features.shape[1],)
+    if name in REGRESSION_SOURCES:
+        return Dataset(
+            name=name,
+            features=features,
+            labels=bunch.target.astype(np.float64),
+            class_names=(),
+            input_shape=shape,
+            feature_names=tuple(str(c) for c in bunch.feature_names),
+            task="regression",
+        )
     return Dataset(
         name=name,
         features=features,
         labels=bunch.target.astype(np.int64),
-        class_names=class_names,
+        class_names=tuple(str(c) for c in bunch.target_names),
         input_shape=shape,
         feature_names=tuple(str(c) for c in bunch.feature_names),
     )
@@ -217,8 +235,9 @@ def cut_off(path: Path, frame: pd.DataFrame) -> bool:
     return not ends_clean and len(frame) > 0 and bool(frame.iloc[-1].isna().any())
 
 
-def load_csv(path: Path, target: str) -> Dataset:
-    """Any CSV: `target` is the label column, every other column must be numeric and complete."""
+def load_csv(path: Path, target: str, *, task: Task = "classification") -> Dataset:
+    """Any CSV: `target` is the label column (classes, or a regression's numbers), every other
+    column must be numeric and complete."""
     frame = read_table(path)
     if target not in frame.columns:
         raise PipelineError(f"{path}: no column '{target}' (columns: {', '.join(frame.columns)})")
@@ -235,6 +254,16 @@ def load_csv(path: Path, target: str) -> Dataset:
     raise_problems(path, problems)
     if frame.shape[1] == 0:
         raise PipelineError(f"{path}: no feature columns besides '{target}'")
+    if task == "regression":
+        return Dataset(
+            name=path.stem,
+            features=frame.to_numpy(np.float32),
+            input_shape=(frame.shape[1],),
+            labels=regression_targets(labels_raw.to_numpy(), f"{path}: column '{target}'"),
+            class_names=(),
+            feature_names=tuple(str(c) for c in frame.columns),
+            task="regression",
+        )
     classes, labels = np.unique(labels_raw.astype(str).to_numpy(), return_inverse=True)
     if len(classes) < 2:
         raise PipelineError(f"{path}: column '{target}' has a single class; nothing to learn")

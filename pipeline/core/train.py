@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from pipeline.config import Hyperparameters
+from pipeline.config.metrics import VAL_PREFIX, Task, scores_of
 from pipeline.core.data import (
     Dataset,
     ExampleSource,
@@ -29,12 +30,9 @@ from pipeline.core.data import (
     flat_example,
     tuning_data,
 )
+from pipeline.core.metrics import all_scores
 from pipeline.core.model import Builder, build_network
 
-# Stand-ins for the metrics of a diverged run: finite (so ASHA's and TPE's arithmetic stays sane)
-# and worse than anything a real run reports.
-DIVERGED_LOSS = 1e30
-DIVERGED_ACC = 0.0
 EVAL_BATCH = 8192
 # Rows scored at once when examples are read on demand: such examples may be large (images), and
 # a batch of them is held whole while it is scored.
@@ -43,17 +41,24 @@ READ_BATCH = 256
 
 @dataclass(frozen=True, kw_only=True)
 class EpochMetrics:
-    """What one epoch reports; the names are the metric names used everywhere."""
+    """What one epoch reports: the training loss and the `val_<score>` of each score of the
+    task (`config.metrics`), by the names used everywhere."""
 
     epoch: int
     train_loss: float
-    val_loss: float
-    val_acc: float
+    scores: dict[str, float]  # val_loss, val_acc, ...: means over the folds
     train_seconds: float
     diverged: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        flat = asdict(self)
+        return {**flat.pop("scores"), **flat}
+
+
+def diverged_scores(task: Task) -> dict[str, float]:
+    """Stand-ins for the scores of a diverged run: finite (so ASHA's and TPE's arithmetic stays
+    sane) and worse than anything a real run reports."""
+    return {VAL_PREFIX + score.name: score.worst for score in scores_of(task)}
 
 
 Report = Callable[[EpochMetrics, dict[str, Any]], None]
@@ -86,7 +91,9 @@ class Examples:
         device: torch.device,
     ) -> None:
         self.device = device
-        self.labels = as_tensor(labels, device)
+        # A regression's targets train in float32, as its outputs are.
+        floating = np.issubdtype(labels.dtype, np.floating)
+        self.labels = as_tensor(labels.astype(np.float32) if floating else labels, device)
         self.features = None if features is None else as_tensor(features, device)
         self.examples = examples
         self.eval_batch = EVAL_BATCH if features is not None else READ_BATCH
@@ -143,16 +150,33 @@ class FoldTrainer:
         train_rows: np.ndarray,
         spec: ModelSpec,
         stats: tuple[np.ndarray, np.ndarray],
+        target: tuple[float, float] | None = None,
     ) -> None:
-        """`stats`: the scaling statistics (mean, std) of `train_rows` (`data.column_stats`)."""
+        """`stats`: the scaling statistics (mean, std) of `train_rows` (`data.column_stats`);
+        `target`: for a regression, those of their targets (`data.target_stats`)."""
         self.hp = hp
+        self.task = spec.task
         self.examples = examples
         self.train_rows = torch.as_tensor(train_rows)
         mean, std = torch.from_numpy(stats[0]), torch.from_numpy(stats[1])
-        network = build_network(builder, spec, hp.builder_args, mean=mean, std=std)
+        network = build_network(builder, spec, hp.builder_args, mean=mean, std=std, target=target)
         self.model = network.to(examples.device)
         self.optimizer = make_optimizer(hp, self.model.parameters())
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
+        self.target_scale = target or (0.0, 1.0)
+        self.loss_fn: nn.Module
+        if self.task == "regression":
+            # On standardized targets: the loss (and Huber's threshold of one std) means the
+            # same whatever the target's units.
+            self.loss_fn = nn.HuberLoss(delta=1.0) if hp.loss == "huber" else nn.MSELoss()
+        else:
+            self.loss_fn = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
+
+    def training_loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.task == "regression":
+            mean, std = self.target_scale
+            outputs, labels = (outputs - mean) / std, (labels - mean) / std
+        loss: torch.Tensor = self.loss_fn(outputs, labels)
+        return loss
 
     def train_epoch(self) -> float:
         """One pass over the training rows in shuffled mini-batches; mean training loss."""
@@ -162,27 +186,29 @@ class FoldTrainer:
         order = self.train_rows[torch.randperm(n)]
         total = torch.zeros((), device=self.examples.device)
         for features, labels in self.examples.batches(order, batch):
-            loss = self.loss_fn(self.model(features), labels)
+            loss = self.training_loss(self.model(features), labels)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            torch.autograd.backward(loss)
             self.optimizer.step()
             total += loss.detach() * len(labels)
         return float(total) / n  # one device sync per epoch, not per batch
 
     @torch.no_grad()
-    def evaluate(self, rows: torch.Tensor) -> tuple[float, float, torch.Tensor]:
-        """Mean loss, accuracy and predicted classes on the given rows."""
+    def evaluate(self, rows: torch.Tensor) -> dict[str, float]:
+        """Every score of the task on the given rows (`core.metrics`), by its `val_` name."""
         self.model.eval()
-        losses, predictions, targets = [], [], []
-        for features, labels in self.examples.batches(rows, self.examples.eval_batch):
-            logits = self.model(features)
-            losses.append(nn.functional.cross_entropy(logits, labels, reduction="sum"))
-            predictions.append(logits.argmax(dim=1))
-            targets.append(labels)
-        predicted = torch.cat(predictions)
-        loss = float(torch.stack(losses).sum()) / len(rows)
-        accuracy = float((predicted == torch.cat(targets)).float().mean())
-        return loss, accuracy, predicted
+        outputs = []
+        for features, _ in self.examples.batches(rows, self.examples.eval_batch):
+            output = self.model(features)
+            if self.task == "classification":
+                output = torch.softmax(output.double(), dim=1)
+            outputs.append(output)
+        predicted = torch.cat(outputs).cpu().numpy()
+        targets = self.examples.labels[rows.to(self.examples.device)].cpu().numpy()
+        if self.task == "regression":
+            targets = targets.astype(np.float64)
+        scored = all_scores(self.task, predicted, targets)
+        return {VAL_PREFIX + name: value for name, value in scored.items()}
 
     def state(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
@@ -219,9 +245,18 @@ def fit(
     """
     torch.manual_seed(seed)
     examples = Examples(data.features, data.examples, data.labels, device)
+    targets = data.target_stats or (None,) * len(data.folds)
     trainers = [
-        FoldTrainer(builder, hp, examples=examples, train_rows=train, spec=data.spec, stats=stats)
-        for (train, _), stats in zip(data.folds, data.fold_stats, strict=True)
+        FoldTrainer(
+            builder,
+            hp,
+            examples=examples,
+            train_rows=train,
+            spec=data.spec,
+            stats=stats,
+            target=target,
+        )
+        for (train, _), stats, target in zip(data.folds, data.fold_stats, targets, strict=True)
     ]
     val_rows = [torch.as_tensor(val) for _, val in data.folds]
     first_epoch = 1
@@ -233,20 +268,22 @@ def fit(
     epochs = hp.planned_epochs(max_epochs)
     for epoch in range(first_epoch, epochs + 1):
         started = time.perf_counter()
-        train_losses, val_losses, val_accs = [], [], []
+        train_losses, fold_scores = [], []
         for trainer, rows in zip(trainers, val_rows, strict=True):
             train_losses.append(trainer.train_epoch())
-            loss, acc, _ = trainer.evaluate(rows)
-            val_losses.append(loss)
-            val_accs.append(acc)
+            if not math.isfinite(train_losses[-1]):
+                break
+            fold_scores.append(trainer.evaluate(rows))
         seconds = time.perf_counter() - started
-        if not all(math.isfinite(v) for v in train_losses + val_losses):
+        names = fold_scores[0] if len(fold_scores) == len(trainers) else {}
+        scores = {name: float(np.mean([f[name] for f in fold_scores])) for name in names}
+        if not scores or not all(map(math.isfinite, scores.values())):
+            worst = diverged_scores(data.spec.task)
             report(
                 EpochMetrics(
                     epoch=epoch,
-                    train_loss=DIVERGED_LOSS,
-                    val_loss=DIVERGED_LOSS,
-                    val_acc=DIVERGED_ACC,
+                    train_loss=worst[VAL_PREFIX + "loss"],
+                    scores=worst,
                     train_seconds=seconds,
                     diverged=True,
                 ),
@@ -256,8 +293,7 @@ def fit(
         metrics = EpochMetrics(
             epoch=epoch,
             train_loss=float(np.mean(train_losses)),
-            val_loss=float(np.mean(val_losses)),
-            val_acc=float(np.mean(val_accs)),
+            scores=scores,
             train_seconds=seconds,
         )
         state = {
@@ -302,6 +338,7 @@ def fit_final(
         train_rows=np.arange(len(train_rows)),
         spec=data.spec,
         stats=data.fold_stats[0],
+        target=data.target_stats[0] if data.target_stats else None,
     )
     losses: list[float] = []
     for _ in range(epochs):

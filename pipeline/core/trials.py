@@ -12,10 +12,12 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Scalar
-from pipeline.config.hyperparameters import TRIAL_COLUMNS, TRIAL_SCORES
+from pipeline.config.hyperparameters import TRIAL_COLUMNS
+from pipeline.config.metrics import ALL_TRIAL_SCORES, Task, trial_scores
 
-# A trial's scores at its best epoch (see `decisions.best_epoch`), by name.
-SCORES = TRIAL_SCORES
+# A trial's scores at its best epoch (see `decisions.best_epoch`), by name: train_loss and the
+# val_<score> of its task's scores.
+SCORES = ALL_TRIAL_SCORES
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,9 +28,8 @@ class TrialRow:
     state: str  # see decisions.TRIAL_STATES
     params: dict[str, Scalar] = field(default_factory=dict)  # what its configuration sampled
     epoch: int | None = None  # its best epoch; None: no score (none reported, or diverged)
-    val_acc: float | None = None  # the scores at that epoch, smoothed as the sweep ranks them
-    val_loss: float | None = None
-    train_loss: float | None = None
+    # The scores at that epoch (of SCORES), smoothed as the sweep ranks them.
+    scores: dict[str, float] = field(default_factory=dict)
     epochs_trained: int = 0
     train_seconds: float = 0.0
     host: str | None = None  # where it ran
@@ -36,8 +37,7 @@ class TrialRow:
 
     def score(self, metric: str) -> float | None:
         """Its score on `metric` (one of SCORES) at its best epoch, if it has one."""
-        value: float | None = getattr(self, metric) if metric in SCORES else None
-        return value
+        return self.scores.get(metric)
 
     def scored(self, metric: str) -> tuple[int, float]:
         """Its best epoch and its score there, for a trial that has them (one ranked valid)."""
@@ -53,7 +53,7 @@ class TrialRow:
             "state": self.state,
             **self.params,
             "epoch": self.epoch,
-            **{name: self.score(name) for name in SCORES},
+            **{name: self.score(name) for name in SCORES if name in self.scores},
             "epochs_trained": self.epochs_trained,
             "train_seconds": self.train_seconds,
             "host": self.host,
@@ -65,16 +65,14 @@ class TrialRow:
         """A row of trials.csv (as pandas reads it: NaN where a trial has no value, an integer
         made a float where its column has NaN) as the row it was written from."""
         values = {str(k): plain(v) for k, v in record.items()}
-        scores = {name: as_float(values.get(name)) for name in SCORES}
+        scores = {name: float(values[name]) for name in SCORES if values.get(name) is not None}
         epoch = values.get("epoch")
         return cls(
             trial_id=str(values["trial_id"]),
             state=str(values.get("state") or ""),
             params=hyperparameters_of(values),
             epoch=None if epoch is None else int(epoch),
-            val_acc=scores["val_acc"],
-            val_loss=scores["val_loss"],
-            train_loss=scores["train_loss"],
+            scores=scores,
             epochs_trained=int(values.get("epochs_trained") or 0),
             train_seconds=as_float(values.get("train_seconds")) or 0.0,
             host=None if values.get("host") is None else str(values["host"]),
@@ -118,11 +116,13 @@ def parse_value(text: str) -> Scalar:
     return {"True": True, "False": False}.get(text, text)
 
 
-def trial_frame(rows: Sequence[TrialRow]) -> pd.DataFrame:
-    """The trials as a table, one row each (trials.csv). Integer hyperparameters stay integers
-    where some trials lack them (a conditional option not chosen)."""
+def trial_frame(rows: Sequence[TrialRow], task: Task) -> pd.DataFrame:
+    """The trials as a table, one row each (trials.csv), with the scores of their `task`.
+    Integer hyperparameters stay integers where some trials lack them (a conditional option not
+    chosen)."""
     params = list(dict.fromkeys(name for row in rows for name in row.params))
-    summary = list(TrialRow(trial_id="", state="").record())[2:]
+    template = TrialRow(trial_id="", state="", scores=dict.fromkeys(trial_scores(task), 0.0))
+    summary = list(template.record())[2:]
     table = pd.DataFrame(
         [row.record() for row in rows], columns=["trial_id", "state", *params, *summary]
     )

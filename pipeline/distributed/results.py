@@ -10,6 +10,7 @@ from typing import Any
 from ray.tune import ResultGrid
 
 from pipeline.config import Experiment, flatten_sample
+from pipeline.config.metrics import Task, trial_scores
 from pipeline.core.decisions import best_epoch, planned_epochs, trial_state
 from pipeline.core.trials import TrialRow, hyperparameters_of, plain
 
@@ -35,14 +36,14 @@ def trial_id_of(result: Any) -> str:
     return str((result.metrics or {}).get("trial_id") or Path(result.path).name)
 
 
-def epoch_histories(grid: ResultGrid) -> dict[str, list[dict[str, float]]]:
+def epoch_histories(grid: ResultGrid, task: Task) -> dict[str, list[dict[str, float]]]:
     """Each trial's reported epochs as Ray recorded them: epoch, when (seconds since the epoch),
-    losses and accuracy."""
+    the training loss and the task's validation scores."""
     histories: dict[str, list[dict[str, float]]] = {}
     for result in (grid[i] for i in range(len(grid))):
         history = result.metrics_dataframe
         trial_id = trial_id_of(result)
-        columns = ["epoch", "timestamp", "train_loss", "val_loss", "val_acc"]
+        columns = ["epoch", "timestamp", *trial_scores(task)]
         if history is None or not set(columns) <= set(history.columns):
             histories[trial_id] = []
             continue
@@ -77,9 +78,9 @@ def trial_rows(
                 state=state,
                 params=hyperparameters_of({k: plain(v) for k, v in flatten_sample(config).items()}),
                 epoch=int(best["epoch"]) if best and scored else None,
-                val_acc=float(best["val_acc"]) if best and scored else None,
-                val_loss=float(best["val_loss"]) if best and scored else None,
-                train_loss=float(best["train_loss"]) if best and scored else None,
+                scores={n: float(best[n]) for n in trial_scores(experiment.task)}
+                if best and scored
+                else {},
                 epochs_trained=int(last.get("epoch", 0)),
                 train_seconds=(
                     float(history["train_seconds"].sum())

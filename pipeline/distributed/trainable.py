@@ -90,7 +90,7 @@ def run_trial(config: dict[str, Any], data: TuningData, settings: TrialSettings)
 
     def report(metrics: EpochMetrics, state: dict[str, Any]) -> None:
         result = {**metrics.as_dict(), "device": str(device), "node_id": node_id}
-        score = float(getattr(metrics, settings.metric))
+        score = float(metrics.scores[settings.metric])
         if not metrics.diverged:  # a diverged trial tells the searcher its worst-case score
             history.append({"epoch": float(metrics.epoch), settings.metric: score})
             best = best_epoch(history, settings.metric, settings.mode)

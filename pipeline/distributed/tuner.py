@@ -350,7 +350,7 @@ def fit(
         if watcher is not None:
             watcher.close()
         running_watcher.reset(watching)
-    histories = epoch_histories(grid)
+    histories = epoch_histories(grid, experiment.task)
     return TunerResults(
         rows=trial_rows(grid, experiment, histories),
         ended=grid.num_terminated + grid.num_errors,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from pipeline.config.metrics import score_of
 from pipeline.report.sweep import SweepData, order_of
 
 if TYPE_CHECKING:
@@ -231,16 +232,17 @@ def importance_figure(table: pd.DataFrame, data: SweepData) -> Figure:
 
 
 def curves_figure(data: SweepData) -> Figure:
-    """val_acc and val_loss per epoch of every trial, coloured by state; each trial's last epoch
-    marked by how it ended, the best trial drawn thick."""
+    """The sweep's metric and the validation loss per epoch of every trial, coloured by state;
+    each trial's last epoch marked by how it ended, the best trial drawn thick."""
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
-    figure, panels = new_figure(11, 4.5, 2)
+    drawn = [c for c in data.histories.columns if c not in ("trial_id", "epoch")]
+    figure, panels = new_figure(5.5 * len(drawn), 4.5, len(drawn))
     states = dict(zip(data.trials["trial_id"], data.trials["state"], strict=True))
     best_id = data.best.trial_id if data.best else None
     histories = data.histories.sort_values(["trial_id", "epoch"])
-    for axes, metric in zip(panels, ("val_acc", "val_loss"), strict=True):
+    for axes, metric in zip(panels, drawn, strict=True):
         for trial_id, history in histories.groupby("trial_id"):
             finite = history[np.isfinite(history[metric])]
             if finite.empty:
@@ -270,7 +272,7 @@ def curves_figure(data: SweepData) -> Figure:
         values = histories[metric][np.isfinite(histories[metric])]
         # A diverging trial's loss dwarfs the others': a log axis keeps them all readable.
         if (
-            metric == "val_loss"
+            score_of(metric).mode == "min"
             and len(values)
             and values.min() > 0
             and values.max() / values.min() > 20

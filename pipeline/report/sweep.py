@@ -20,14 +20,15 @@ class SweepData:
     score and neither diverged nor errored), `number` (the searcher's order, from 1),
     `end_seconds` (when it ended, since the sweep started; NaN if unknown), the score column
     `metric` (its best epoch's), `epoch` (that epoch) and one column per name in `params`.
-    `histories`: one row per trial and epoch with `trial_id`, `epoch`, `val_acc`, `val_loss`.
+    `histories`: one row per trial and epoch with `trial_id`, `epoch`, the score column `metric`
+    and `val_loss`.
     """
 
     experiment: str
     run_name: str
     parent_run_id: str
     started: datetime
-    metric: str  # val_acc or val_loss
+    metric: str  # what the sweep ranked on: val_acc, val_rmse, ... (config.metrics)
     mode: str  # max or min
     seed: int  # of the importance forest and its shuffles
     params: tuple[str, ...]

@@ -16,7 +16,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from pipeline import tags
 from pipeline.config import Scalar
 from pipeline.core.decisions import Selection
-from pipeline.core.evaluate import TestReport, confusion_figure
+from pipeline.core.evaluate import TestReport, confusion_figure, residual_figure
 from pipeline.tracking.runs import LoggedData
 from pipeline.tracking.store import open_client, use_tracking_uri
 from pipeline.tracking.sweeps import SweepRecord
@@ -88,10 +88,13 @@ def log_retrain_run(tracking_uri: str, sweep: SweepRecord, model: RetrainedModel
             tags=[RunTag(tags.TEST_ROWS_SEEN, "once")],
         )
         client.log_inputs(run_id, [d.as_input() for d in model.data])
-        client.log_dict(run_id, report.per_class(), "classification_report.json")
         client.log_dict(run_id, selection_record(model.selection), "selection.json")
-        title = f"{model.dataset_name}: test accuracy {report.test_acc:.4f}"
-        client.log_figure(run_id, confusion_figure(report, title), "confusion_matrix.png")
+        title = f"{model.dataset_name}: {report.name} {report.value:.4f}"
+        if report.task == "classification":
+            client.log_dict(run_id, report.per_class(), "classification_report.json")
+            client.log_figure(run_id, confusion_figure(report, title), "confusion_matrix.png")
+        else:
+            client.log_figure(run_id, residual_figure(report, title), "predicted_vs_true.png")
         model_uri = log_network(tracking_uri, run_id, model)
         status = "FINISHED"
     finally:

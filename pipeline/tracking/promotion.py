@@ -32,7 +32,7 @@ from pipeline.tracking.store import Client
 
 NOTHING = "nothing to promote"  # the action when there is no challenger
 # What must match for two models to be compared on one test split.
-DATA_IDENTITY = ("dataset", "loader", "input_shape", "feature_names", "class_names")
+DATA_IDENTITY = ("dataset", "task", "loader", "input_shape", "feature_names", "class_names")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,7 +53,9 @@ def version_data(loaded: LoadedVersion, cache_dir: Path) -> tuple[Dataset, Split
     """The data set and split the version was trained with, loaded as they are today."""
     config = DataConfig.model_validate(loaded.metadata["data"])
     paths = loaded.metadata.get("code_paths") or []
-    return load_split(config, int(loaded.metadata["seed"]), cache_dir, code_paths=paths)
+    return load_split(
+        config, int(loaded.metadata["seed"]), cache_dir, code_paths=paths, task=loaded.task
+    )
 
 
 def check_comparable(candidate: LoadedVersion, champion: LoadedVersion, name: str) -> None:
@@ -75,6 +77,7 @@ def data_identity(metadata: dict[str, Any]) -> dict[str, Any]:
     features = metadata.get("feature_names", [])
     source = (metadata.get("data") or {}).get("source")
     implied = {
+        "task": "classification",
         "loader": f"source:{source}",
         "input_shape": metadata.get("image_shape") or [len(features)],
     }
@@ -157,13 +160,21 @@ def decide_promotion(
     if champion is not None:
         check_comparable(candidate, champion, name)
     dataset, split = version_data(candidate, cache_dir)
-    features, labels = dataset.rows(split.test), dataset.labels[split.test]
-    candidate_report = score(candidate.predict_probabilities(features), labels, dataset.class_names)
-    champion_report = (
-        score(champion.predict_probabilities(features), labels, dataset.class_names)
-        if champion is not None
-        else None
-    )
+    features, targets = dataset.rows(split.test), dataset.labels[split.test]
+
+    def test(version: LoadedVersion) -> TestReport:
+        """The version's scores on the test rows, on the candidate's metric."""
+        outputs = version.predict_outputs(features)
+        return score(
+            outputs,
+            targets,
+            task=candidate.task,
+            metric=candidate.metric,
+            class_names=dataset.class_names,
+        )
+
+    candidate_report = test(candidate)
+    champion_report = test(champion) if champion is not None else None
     verdict = judge_promotion(candidate_report, champion_report, force, min_delta)
     reason = verdict.reason
     if split.fingerprint != candidate.metadata.get("data_fingerprint"):
@@ -243,7 +254,7 @@ def record_decision(
         tags.GATE_ROLES, (decision.candidate_report, decision.champion_report), strict=True
     ):
         if report is not None:
-            fields[tags.gate_score(role, tags.TEST_ACC)] = f"{report.test_acc:.6f}"
-            fields[tags.gate_score(role, tags.TEST_LOSS)] = f"{report.test_loss:.6f}"
+            for name in {report.metric, "loss"}:
+                fields[tags.gate_score(role, tags.test_score(name))] = f"{report.scores[name]:.6f}"
     for key, value in fields.items():
         client.set_model_version_tag(decision.model, decision.candidate, prefix + key, value)

@@ -18,6 +18,7 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 
 from pipeline import tags
+from pipeline.config.metrics import Task
 from pipeline.core.data import Split
 from pipeline.core.decisions import Selection
 from pipeline.errors import PipelineError
@@ -43,8 +44,19 @@ class LoadedVersion:
     model: PyFuncModel
     metadata: dict[str, Any]
 
-    def predict_probabilities(self, features: np.ndarray) -> np.ndarray:
+    def predict_outputs(self, features: np.ndarray) -> np.ndarray:
+        """Class probabilities (rows, classes), or a regression's predictions (rows,)."""
         return np.asarray(self.model.predict(features), dtype=np.float64)
+
+    @property
+    def task(self) -> Task:
+        # Versions registered before regression were classifiers.
+        return "regression" if self.metadata.get("task") == "regression" else "classification"
+
+    @property
+    def metric(self) -> str:
+        """The metric its sweep ranked on (versions registered before it was recorded: val_acc)."""
+        return str(self.metadata.get("metric") or "val_acc")
 
 
 def register_challenger(
@@ -70,7 +82,7 @@ def register_challenger(
         )
     report = record.report
     trial_id = sweep.best.trial_id
-    interval = "[{:.4f}, {:.4f}]".format(*report.test_acc_interval)
+    interval = "[{:.4f}, {:.4f}]".format(*report.interval)
     marks = {
         tags.PARENT_RUN_ID: sweep.parent_run_id,
         tags.RETRAIN_RUN_ID: record.run_id,
@@ -79,10 +91,8 @@ def register_challenger(
         tags.RETRAINED_EPOCHS: str(sweep.epochs),
         tags.trial_score(sweep.experiment.metric): f"{sweep.score:.6f}",
         tags.selection_score(sweep.experiment.metric): f"{selection.score:.6f}",
-        tags.TEST_ACC: f"{report.test_acc:.6f}",
-        tags.TEST_ACC_95: interval,
-        tags.TEST_LOSS: f"{report.test_loss:.6f}",
-        tags.TEST_MACRO_F1: f"{report.macro_f1:.6f}",
+        **{tags.test_score(name): f"{value:.6f}" for name, value in report.scores.items()},
+        tags.test_interval(report.metric): interval,
         **record.origin,
     }
     model_id = record.model_uri.removeprefix("models:/")
@@ -94,8 +104,8 @@ def register_challenger(
             tags=marks,
             model_id=model_id,
             description=f"Trial {trial_id} of sweep {sweep.run_name} (experiment "
-            f"'{experiment}'), retrained for {sweep.epochs} epochs: test_acc "
-            f"{report.test_acc:.4f} (95% interval {interval}) on {split.test.size} "
+            f"'{experiment}'), retrained for {sweep.epochs} epochs: {report.name} "
+            f"{report.value:.4f} (95% interval {interval}) on {split.test.size} "
             f"held-out rows; {sweep.experiment.metric} {selection.score:.4f} when selected.",
         )
     client.set_registered_model_alias(name, CHALLENGER, version.version)
@@ -191,9 +201,10 @@ def check_version(client: Client, name: str, version: int) -> str:
     return str(version)
 
 
-def logged_test_acc(client: Client, name: str, version: str) -> float | None:
-    """The test accuracy a version was registered with, if it was tagged with one."""
-    logged = client.get_model_version(name, version).tags.get(tags.TEST_ACC)
+def logged_test_score(client: Client, name: str, version: str, score: str) -> float | None:
+    """The test score (`acc`, `rmse`, ...) a version was registered with, if it was tagged
+    with one."""
+    logged = client.get_model_version(name, version).tags.get(tags.test_score(score))
     return float(logged) if logged else None
 
 

@@ -4,7 +4,7 @@ giving one up, and making its trial runs say what Ray's saved state says."""
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -12,6 +12,7 @@ from mlflow.entities import Metric, Run
 
 from pipeline import tags
 from pipeline.config import Experiment
+from pipeline.config.metrics import trial_scores
 from pipeline.core.decisions import TRIAL_STATES, VALID_STATES
 from pipeline.errors import PipelineError
 from pipeline.tracking.locks import StoreLock
@@ -118,22 +119,27 @@ def reconcile_trial_runs(
             client.set_tag(run.info.run_id, tags.TRIAL_STATE, states[trial_id])
         if histories is not None:
             history = histories.get(trial_id, [])
-            missing = missing_epochs(client, run.info.run_id, history)
-            if states[trial_id] in VALID_STATES and "best_val_acc" not in run.data.metrics:
+            names = trial_scores(experiment.task)
+            missing = missing_epochs(client, run.info.run_id, history, names)
+            best_name = f"best_{experiment.metric}"
+            if states[trial_id] in VALID_STATES and best_name not in run.data.metrics:
                 missing += best_metrics(history, experiment.metric, experiment.mode)
             write_metrics(client, run.info.run_id, missing)
     return Reconciled(lost=lost, restarted=replaced)
 
 
-def missing_epochs(client: Client, run_id: str, history: list[dict[str, float]]) -> list[Metric]:
-    """The epochs of `history` the run lacks, at the time Ray recorded them."""
-    logged = {m.step for m in client.get_metric_history(run_id, "val_acc")}
+def missing_epochs(
+    client: Client, run_id: str, history: list[dict[str, float]], names: Sequence[str]
+) -> list[Metric]:
+    """The epochs of `history` the run lacks (its metrics `names`, the first logged every
+    epoch), at the time Ray recorded them."""
+    logged = {m.step for m in client.get_metric_history(run_id, names[0])}
     now = time.time()
     return [
         Metric(name, float(epoch[name]), int(epoch.get("timestamp", now) * 1000), step)
         for epoch in history
         if (step := int(epoch["epoch"])) not in logged
-        for name in ("train_loss", "val_loss", "val_acc")
+        for name in names
     ]
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ from mlflow.utils.mlflow_tags import (
 
 from pipeline import tags
 from pipeline.config import Experiment, Scalar
+from pipeline.config.metrics import VAL_PREFIX, Task
 from pipeline.core.decisions import TRIAL_STATES, best_epoch
 from pipeline.core.trials import TrialRow, trial_frame
 from pipeline.tracking.store import Client
@@ -127,7 +128,13 @@ def reopen_run(client: Client, run_id: str) -> None:
 
 
 def finish_parent_run(
-    client: Client, run_id: str, trials: list[TrialRow], *, best: TrialRow | None, status: str
+    client: Client,
+    run_id: str,
+    trials: list[TrialRow],
+    *,
+    best: TrialRow | None,
+    status: str,
+    task: Task,
 ) -> None:
     """Record the best trial and the trial table on the parent run and end it with `status`."""
     params: list[Param] = []
@@ -139,7 +146,7 @@ def finish_parent_run(
     counts = Counter(row.state for row in trials)
     counted = [RunTag(f"{tags.TRIAL_COUNT}{state}", str(counts[state])) for state in TRIAL_STATES]
     client.log_batch(run_id, metrics=metrics, params=params, tags=counted)
-    client.log_text(run_id, trial_frame(trials).to_csv(index=False), "trials.csv")
+    client.log_text(run_id, trial_frame(trials, task).to_csv(index=False), "trials.csv")
     client.set_terminated(run_id, status)
 
 
@@ -187,15 +194,13 @@ def close_open_runs(client: Client, experiment_id: str, parent_run_id: str, stat
         client.set_terminated(parent_run_id, status)
 
 
-# A trial's summary, on its run and (the best trial's) on the sweep's parent run: its best
-# epoch and that epoch's scores, each logged as best_<name>; the UI sorts trials on them.
-SUMMARY = ("val_acc", "val_loss", "epoch")
-
-
 def summary_metrics(best: Mapping[str, Any], step: int) -> list[Metric]:
-    """The summary of a best epoch (`best_val_acc`, `best_val_loss`, `best_epoch`) at `step`."""
+    """A trial's summary, on its run and (the best trial's) on the sweep's parent run: its best
+    epoch and that epoch's validation scores, each logged as best_<name> (`best_val_acc`,
+    `best_val_loss`, `best_epoch`) at `step`; the UI sorts trials on them."""
     now = int(time.time() * 1000)
-    return [Metric(f"best_{name}", float(best[name]), now, step) for name in SUMMARY]
+    names = [n for n in best if n.startswith(VAL_PREFIX) and best[n] is not None]
+    return [Metric(f"best_{name}", float(best[name]), now, step) for name in [*names, "epoch"]]
 
 
 def best_metrics(history: list[dict[str, float]], metric: str, mode: str) -> list[Metric]:
@@ -205,10 +210,10 @@ def best_metrics(history: list[dict[str, float]], metric: str, mode: str) -> lis
     return [] if best is None else summary_metrics(dict(best), step=int(best["epoch"]))
 
 
-def logged_epochs(client: Client, run_id: str) -> list[dict[str, float]]:
-    """A trial run's logged epochs: epoch, val_acc, val_loss."""
+def logged_epochs(client: Client, run_id: str, names: Sequence[str]) -> list[dict[str, float]]:
+    """A trial run's logged epochs: epoch and the metrics `names` (its validation scores)."""
     epochs: dict[int, dict[str, float]] = {}
-    for name in ("val_acc", "val_loss"):
+    for name in names:
         for m in client.get_metric_history(run_id, name):
             epochs.setdefault(m.step, {"epoch": float(m.step)})[name] = m.value
     return [epochs[step] for step in sorted(epochs)]

@@ -16,6 +16,7 @@ from mlflow.exceptions import MlflowException
 
 from pipeline import tags
 from pipeline.config import Experiment, parse_experiment
+from pipeline.config.metrics import VAL_LOSS
 from pipeline.core.decisions import CANDIDATES, rank_trials
 from pipeline.core.trials import TrialRow, read_trials_csv
 from pipeline.errors import PipelineError
@@ -23,7 +24,6 @@ from pipeline.tracking import runs
 from pipeline.tracking.store import Client, experiment_id
 
 REPORT_FOLDER = "report"  # the report's artifact folder on the parent run
-HISTORY_METRICS = ("val_acc", "val_loss")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,7 +49,7 @@ class RecordedSweep:
     experiment: Experiment
     rows: list[TrialRow]  # trials.csv
     trials: list[TrialRun]
-    histories: pd.DataFrame  # trial_id, epoch, val_acc, val_loss
+    histories: pd.DataFrame  # trial_id, epoch, and the `history_metrics` of `experiment`
 
 
 def latest_sweep(client: Client, experiment_id: str, finished: bool) -> Run | None:
@@ -159,6 +159,7 @@ def read_sweep(client: Client, experiment_name: str, parent_run_id: str | None) 
     run = sweep_run(client, experiment_name, parent_run_id)
     run_id = run.info.run_id
     experiment, rows = recorded_settings(client, run)
+    names = history_metrics(experiment)
     trials, histories = [], []
     for child in runs.child_runs(client, run.info.experiment_id, run_id):
         marks = child.data.tags
@@ -174,8 +175,8 @@ def read_sweep(client: Client, experiment_name: str, parent_run_id: str | None) 
                 end_time=child.info.end_time,
             )
         )
-        histories.append(metric_histories(client, child.info.run_id, marks[tags.TRIAL_ID]))
-    columns = ["trial_id", "epoch", *HISTORY_METRICS]
+        histories.append(metric_histories(client, child.info.run_id, marks[tags.TRIAL_ID], names))
+    columns = ["trial_id", "epoch", *names]
     return RecordedSweep(
         experiment_id=run.info.experiment_id,
         parent_run_id=run_id,
@@ -191,9 +192,17 @@ def read_sweep(client: Client, experiment_name: str, parent_run_id: str | None) 
     )
 
 
-def metric_histories(client: Client, run_id: str, trial_id: str) -> pd.DataFrame:
-    """A trial's val_acc and val_loss per epoch (one row per epoch it reached)."""
-    epochs = pd.DataFrame(runs.logged_epochs(client, run_id), columns=["epoch", *HISTORY_METRICS])
+def history_metrics(experiment: Experiment) -> tuple[str, ...]:
+    """The per-epoch metrics a report draws: the sweep's metric and the validation loss."""
+    return tuple(dict.fromkeys((experiment.metric, VAL_LOSS)))
+
+
+def metric_histories(
+    client: Client, run_id: str, trial_id: str, names: tuple[str, ...]
+) -> pd.DataFrame:
+    """A trial's metrics `names` per epoch (one row per epoch it reached)."""
+    logged = runs.logged_epochs(client, run_id, names)
+    epochs = pd.DataFrame(logged, columns=["epoch", *names])
     return epochs.assign(epoch=epochs["epoch"].astype(int), trial_id=trial_id)
 
 

@@ -20,23 +20,24 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from pipeline import tags
 from pipeline.config import Scalar
+from pipeline.config.metrics import Task, trial_scores
 from pipeline.core.decisions import VALID_STATES
 from pipeline.tracking.runs import best_metrics, child_runs, logged_epochs
 from pipeline.tracking.store import Client, open_client
 
 log = logging.getLogger(__name__)
 
-TRIAL_METRICS = ("train_loss", "val_loss", "val_acc")
 MLFLOW_BATCH = 1000  # MLflow's limit on metrics per log_batch call
 
 
 class TrialRecorder:
     """Writes one child run per trial, nested under the sweep's parent run.
 
-    Only the hyperparameters become params; `train_loss`, `val_loss` and `val_acc` are logged with
-    `step=epoch`, buffered and written in batches. A trial that ends completed or stopped also
-    gets its best epoch on `metric` (`best_val_acc`, `best_val_loss`, `best_epoch`), so that the
-    UI sorts trials the way the sweep ranks them. A resumed sweep finds its runs by `trial_id`.
+    Only the hyperparameters become params; `train_loss` and the `val_<score>` of each score of
+    the `task` are logged with `step=epoch`, buffered and written in batches. A trial that ends
+    completed or stopped also gets its best epoch on `metric` (`best_val_acc`, `best_val_loss`,
+    ..., `best_epoch`), so that the UI sorts trials the way the sweep ranks them. A resumed sweep
+    finds its runs by `trial_id`.
     """
 
     def __init__(
@@ -47,6 +48,7 @@ class TrialRecorder:
         *,
         metric: str,
         mode: str,
+        task: Task,
         data: DatasetInput | None = None,
         warm_points: list[tuple[dict[str, Scalar], str]] | None = None,
         flush_seconds: float = 10.0,
@@ -56,6 +58,7 @@ class TrialRecorder:
         self.parent_run_id = parent_run_id
         self.metric = metric
         self.mode = mode
+        self.scores = trial_scores(task)
         self.data = data  # the rows trials see, for each trial run's Dataset column
         self.warm_points = warm_points or []  # (point, source): trials at them are tagged so
         self.flush_seconds = flush_seconds
@@ -140,7 +143,7 @@ class TrialRecorder:
         run_id = self._run_ids.get(trial_id)
         if run_id is not None:  # a resumed trial: keep its run, skip epochs it already logged
             self._client.update_run(run_id, status="RUNNING")
-            self._earlier_epochs[trial_id] = logged_epochs(self._client, run_id)
+            self._earlier_epochs[trial_id] = logged_epochs(self._client, run_id, self.scores)
             self._logged_epoch[trial_id] = max(
                 (int(e["epoch"]) for e in self._earlier_epochs[trial_id]), default=0
             )
@@ -215,9 +218,9 @@ class TrialRecorder:
                 RunTag(tags.DEVICE, str(result.get("device", ""))),
             ]
         self._pending.setdefault(trial_id, []).extend(
-            Metric(name, float(result[name]), now, step) for name in TRIAL_METRICS
+            Metric(name, float(result[name]), now, step) for name in self.scores
         )
-        epoch = {"epoch": float(step), **{name: float(result[name]) for name in TRIAL_METRICS}}
+        epoch = {"epoch": float(step), **{name: float(result[name]) for name in self.scores}}
         self._epochs.setdefault(trial_id, []).append(epoch)
         if time.monotonic() - self._last_flush.get(trial_id, 0.0) >= self.flush_seconds:
             self._flush(trial_id)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pipeline import storage, tags
 from pipeline.config import Experiment, load_experiment
+from pipeline.config.metrics import score_of
 from pipeline.distributed.tuner import SweepWatcher, can_resume
 from pipeline.errors import PipelineError, Terminated
 from pipeline.notify import post_json
@@ -34,7 +35,7 @@ from pipeline.workflows.warm_start import warm_start
 log = logging.getLogger(__name__)
 
 # The night's scores of its challenger and of the champion, from the gate's candidate and champion.
-NIGHT_SCORES = (tags.NIGHT_CHALLENGER_ACC, tags.NIGHT_CHAMPION_ACC)
+NIGHT_SCORES = (tags.NIGHT_CHALLENGER_SCORE, tags.NIGHT_CHAMPION_SCORE)
 # What a night tells its model version of itself.
 VERSION_TAGS = (
     tags.NIGHT_OUTCOME,
@@ -256,12 +257,12 @@ class NightJob:
         champion = registry.model_aliases(self.client, self.model).get(registry.CHAMPION)
         if champion == version:  # promoted by an attempt that died before recording it
             gate = registry.version_tags(self.client, self.model, version)
-            scored = (
-                tags.PROMOTION + tags.gate_score(role, tags.TEST_ACC) for role in tags.GATE_ROLES
-            )
+            name = tags.test_score(score_of(self.experiment.metric).name)
+            scored = (tags.PROMOTION + tags.gate_score(role, name) for role in tags.GATE_ROLES)
             return {
                 tags.NIGHT_OUTCOME: "promoted",
                 tags.NIGHT_AFTER: version,
+                tags.NIGHT_METRIC: name,
                 **{
                     night: gate.get(tag, "")
                     for night, tag in zip(NIGHT_SCORES, scored, strict=True)
@@ -279,11 +280,14 @@ class NightJob:
         scores = dict(
             zip(NIGHT_SCORES, (decision.candidate_report, decision.champion_report), strict=True)
         )
-        return {
+        outcome = {
             tags.NIGHT_OUTCOME: "kept" if decision.action == "kept" else "promoted",
             tags.NIGHT_AFTER: decision.champion_after or "none",
-            **{k: f"{r.test_acc:.6f}" for k, r in scores.items() if r is not None},
+            **{k: f"{r.value:.6f}" for k, r in scores.items() if r is not None},
         }
+        if decision.candidate_report is not None:
+            outcome[tags.NIGHT_METRIC] = decision.candidate_report.name
+        return outcome
 
     def finish(self, outcome: dict[str, str], warnings: list[str]) -> Night:
         """Record the night's outcome on its run (and version), and return the night."""
@@ -361,8 +365,9 @@ def notify(url: str | None, settings: Settings, experiment_id: str | None, night
         "data_changed": night.tag(tags.NIGHT_CHANGED),
         "trials": int(night.tag(tags.NIGHT_TRIALS) or 0),
         "best_score": night.best_score,
-        "challenger_test_acc": float(night.tag(tags.NIGHT_CHALLENGER_ACC) or "nan"),
-        "champion_test_acc": float(night.tag(tags.NIGHT_CHAMPION_ACC) or "nan"),
+        "metric": night.tag(tags.NIGHT_METRIC),
+        "challenger_score": float(night.tag(tags.NIGHT_CHALLENGER_SCORE) or "nan"),
+        "champion_score": float(night.tag(tags.NIGHT_CHAMPION_SCORE) or "nan"),
         "error": night.tag(tags.NIGHT_ERROR),
         "runs": link,
     }

@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.config.metrics import score_of
 from pipeline.core.predict import (
     held_out_rows,
-    labelled_accuracy,
+    labelled_score,
     predictions_frame,
     read_inputs,
     write_csv,
@@ -69,8 +70,10 @@ class Prediction:
     version: str
     rows: int
     output: Path
-    accuracy: float | None  # on the input's `label` column, if it had one
-    logged_test_acc: float | None  # the version's test accuracy when it was registered
+    # Where the input had a `label` column: the sweep's metric's score on it (`test_acc`,
+    # `test_rmse`, ...: its name, its value) and the version's test score when registered.
+    labelled: tuple[str, float] | None
+    logged: float | None
 
 
 def predict(
@@ -82,23 +85,26 @@ def predict(
     alias: str = CHAMPION,
     version: int | None = None,
 ) -> Prediction:
-    """Predict labels and class probabilities for the input's rows; write them as CSV."""
+    """Predict the input's rows (labels and class probabilities, or values in the target's
+    units); write them as CSV."""
     client = open_client(settings.tracking_uri)
     chosen = chosen_version(client, model, alias, version)
     loaded = registry.load_version(settings.tracking_uri, model, chosen)
     inputs = read_inputs(input_path, loaded.metadata)
-    probabilities = loaded.predict_probabilities(inputs.features)
-    frame = predictions_frame(probabilities, loaded.metadata["class_names"], inputs)
+    outputs = loaded.predict_outputs(inputs.features)
+    frame = predictions_frame(outputs, loaded.metadata["class_names"], inputs)
     write_csv(frame, output)
-    accuracy = labelled_accuracy(frame)
-    logged = registry.logged_test_acc(client, model, chosen) if accuracy is not None else None
+    labelled = labelled_score(outputs, loaded.metadata, inputs)
+    logged = None
+    if labelled is not None:
+        logged = registry.logged_test_score(client, model, chosen, score_of(labelled[0]).name)
     return Prediction(
         model=model,
         version=chosen,
         rows=len(frame),
         output=output,
-        accuracy=accuracy,
-        logged_test_acc=logged,
+        labelled=labelled,
+        logged=logged,
     )
 
 

@@ -248,6 +248,7 @@ def open_sweep(
         parent_run_id,
         metric=experiment.metric,
         mode=experiment.mode,
+        task=experiment.task,
         data=logged,
         warm_points=warm.points if warm else None,
     )
@@ -371,7 +372,9 @@ def record_outcome(
     # MLflow params are write-once: the best trial is recorded when the sweep completes.
     best = best_trial(trials, experiment.metric, experiment.mode) if complete else None
     status = "FINISHED" if complete else "KILLED"
-    runs.finish_parent_run(client, sweep.parent_run_id, trials, best=best, status=status)
+    runs.finish_parent_run(
+        client, sweep.parent_run_id, trials, best=best, status=status, task=experiment.task
+    )
     return trials
 
 
