@@ -243,7 +243,9 @@ def prepare(
         experiment = realistic_experiment(trials, resources)
         return experiment, synthetic_mnist(experiment.seed)
     experiment = tiny_experiment(trials, resources)
-    return experiment, load_dataset(experiment.data, experiment.seed, workdir / "data")
+    return experiment, load_dataset(
+        experiment.data, experiment.seed, workdir / "data", task=experiment.task
+    )
 
 
 def run_one(name: str, trials: int, resources: Resources, workdir: Path) -> Figures:

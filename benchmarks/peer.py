@@ -160,7 +160,9 @@ def run_optuna(trials: int, concurrent: int) -> None:
 
     experiment = load_experiment(DEFAULT_SPACE, job_overrides(trials, concurrent))
     # digits is bundled with scikit-learn: nothing is downloaded or cached.
-    dataset = load_dataset(experiment.data, experiment.seed, Path(tempfile.gettempdir()))
+    dataset = load_dataset(
+        experiment.data, experiment.seed, Path(tempfile.gettempdir()), task=experiment.task
+    )
     split = split_dataset(dataset, experiment.data, experiment.seed)
     data = tuning_data(dataset, split, shared_scale=experiment.data.shared_scale)
     torch.set_num_threads(1)  # each trial one CPU, as our trials get (resources.cpus=1)

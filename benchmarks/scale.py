@@ -197,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()  # as the CLI does: Tune's console reporter silent, Ray's chatter quiet
     experiment = scale_experiment(args.trials, args.rows, args.concurrent, args.search)
     with bench_folder("bench-scale-", args.keep) as workdir:
-        dataset = load_dataset(experiment.data, experiment.seed, workdir / "data")
+        dataset = load_dataset(
+            experiment.data, experiment.seed, workdir / "data", task=experiment.task
+        )
         job = sweep_job(experiment, dataset)
         before, _ = memory_mb()
         print(f"running {args.trials} trials ...", flush=True)

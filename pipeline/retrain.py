@@ -168,6 +168,12 @@ def model_metadata(experiment: Experiment, dataset: Dataset, split: Split) -> di
         "task": dataset.task,
         "metric": experiment.metric,
         "class_names": list(dataset.class_names),
+        "table": None
+        if dataset.table is None
+        else {
+            "columns": [column.spec() for column in dataset.table.columns],
+            "imputes": dataset.table.imputes,
+        },
         "feature_names": list(dataset.columns),
         "input_shape": list(dataset.input_shape),
         # Image inputs are scaled from 0..255 to the range the network was trained on.
@@ -197,8 +203,9 @@ def log_retrain(
 ) -> RetrainRecord:
     """Score the test predictions and log the retrain (with its model, the rows it trained and
     was tested on, from `source`, and how it was selected) under the sweep."""
-    example = dataset.rows(split.train[:INPUT_EXAMPLE_ROWS])
+    rows = split.train[:INPUT_EXAMPLE_ROWS]
     network = load_exported(final.program)
+    outputs = network(torch.from_numpy(dataset.rows(rows))).detach().numpy()
     params = {
         **sweep.best.params,
         "epochs": sweep.epochs,
@@ -207,6 +214,7 @@ def log_retrain(
     }
     retrained = RetrainedModel(
         network=network,
+        program=final.program,
         report=score(
             final.test_outputs,
             dataset.labels[split.test],
@@ -220,8 +228,8 @@ def log_retrain(
         params=params,
         data_fingerprint=split.fingerprint,
         dataset_name=dataset.name,
-        example=example,
-        example_output=network(torch.from_numpy(example)).detach().numpy(),
+        example=dataset.model_inputs(rows),
+        example_output=outputs,
         metadata=model_metadata(sweep.experiment, dataset, split),
         selection=selection,
         # MLflow keeps one input per name and digest: the test rows get a name of their own.

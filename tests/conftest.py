@@ -58,7 +58,9 @@ def isolated_environment() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def digits() -> Dataset:
-    return load_dataset(DataConfig(source="digits"), seed=0, cache_dir=Path("/nonexistent"))
+    return load_dataset(
+        DataConfig(source="digits"), seed=0, cache_dir=Path("/nonexistent"), task="classification"
+    )
 
 
 @pytest.fixture(scope="session")

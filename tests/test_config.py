@@ -358,7 +358,11 @@ INVALID: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
         {"data": {"source": "csv", "path": "x.csv"}},
         ("data", "needs 'path'", "'target'"),
     ),
-    ("target_on_digits", {"data.target": "label"}, ("data", "'target' only applies to source csv")),
+    (
+        "target_on_digits",
+        {"data.target": "label"},
+        ("data", "'target' only applies to sources csv and parquet"),
+    ),
     (
         "fractions_leave_no_training",
         {"data.val_fraction": 0.5, "data.test_fraction": 0.45},

@@ -96,7 +96,9 @@ def test_digits_is_the_real_data_set(digits: Dataset) -> None:
     ("source", "rows", "features", "classes"), [("wine", 178, 13, 3), ("breast_cancer", 569, 30, 2)]
 )
 def test_bundled_tabular_sets(source: str, rows: int, features: int, classes: int) -> None:
-    dataset = load_dataset(DataConfig.model_validate({"source": source}), 0, NO_CACHE)
+    dataset = load_dataset(
+        DataConfig.model_validate({"source": source}), 0, NO_CACHE, task="classification"
+    )
     assert dataset.features.shape == (rows, features)
     assert dataset.num_classes == classes
     assert len(dataset.input_shape) == 1
@@ -140,7 +142,7 @@ def test_different_seed_different_split_and_fingerprint(digits: Dataset) -> None
 
 
 def test_fingerprint_tells_data_sets_apart(digits: Dataset) -> None:
-    small = load_dataset(DataConfig(limit=500), 3, NO_CACHE)
+    small = load_dataset(DataConfig(limit=500), 3, NO_CACHE, task="classification")
     assert (
         split_dataset(small, DataConfig(), 3).fingerprint
         != split_dataset(digits, DataConfig(), 3).fingerprint
@@ -148,7 +150,7 @@ def test_fingerprint_tells_data_sets_apart(digits: Dataset) -> None:
 
 
 def test_tuning_data_never_contains_test_rows(csv_file: Path) -> None:
-    dataset = load_dataset(csv_config(csv_file), 0, NO_CACHE)
+    dataset = load_dataset(csv_config(csv_file), 0, NO_CACHE, task="classification")
     split = split_dataset(dataset, csv_config(csv_file), seed=0)
     assert_partition(split, 300)
     data = tuning_data(dataset, split, shared_scale=False)
@@ -164,7 +166,7 @@ def test_tuning_data_never_contains_test_rows(csv_file: Path) -> None:
 
 
 def test_csv_split_is_stratified(csv_file: Path) -> None:
-    dataset = load_dataset(csv_config(csv_file), 0, NO_CACHE)
+    dataset = load_dataset(csv_config(csv_file), 0, NO_CACHE, task="classification")
     split = split_dataset(dataset, csv_config(csv_file), seed=1)
     whole = shares(dataset.labels, 3)
     for part in (split.train, split.val, split.test):
@@ -173,7 +175,7 @@ def test_csv_split_is_stratified(csv_file: Path) -> None:
 
 def test_k_folds_partition_the_tuning_rows(csv_file: Path) -> None:
     config = csv_config(csv_file, cv_folds=3)
-    dataset = load_dataset(config, 0, NO_CACHE)
+    dataset = load_dataset(config, 0, NO_CACHE, task="classification")
     split = split_dataset(dataset, config, seed=0)
     data = tuning_data(dataset, split, shared_scale=config.shared_scale)
     n_tuning = len(split.tuning_rows)
@@ -192,7 +194,7 @@ def test_k_folds_partition_the_tuning_rows(csv_file: Path) -> None:
 
 
 def test_limit_gives_a_stratified_subset(digits: Dataset) -> None:
-    small = load_dataset(DataConfig(limit=300), seed=0, cache_dir=NO_CACHE)
+    small = load_dataset(DataConfig(limit=300), seed=0, cache_dir=NO_CACHE, task="classification")
     assert small.features.shape == (300, 64)
     assert small.input_shape == (1, 8, 8) and small.num_classes == 10
     assert np.abs(shares(small.labels, 10) - shares(digits.labels, 10)).max() < TOLERANCE
@@ -204,19 +206,19 @@ def test_limit_gives_a_stratified_subset(digits: Dataset) -> None:
         lookup[row.tobytes()] == label
         for row, label in zip(small.features, small.labels, strict=True)
     )
-    other = load_dataset(DataConfig(limit=300), seed=1, cache_dir=NO_CACHE)
+    other = load_dataset(DataConfig(limit=300), seed=1, cache_dir=NO_CACHE, task="classification")
     assert not np.array_equal(small.features, other.features)
 
 
 def test_limit_of_at_least_all_rows_keeps_everything(csv_file: Path) -> None:
-    dataset = load_dataset(csv_config(csv_file, limit=1000), 0, NO_CACHE)
+    dataset = load_dataset(csv_config(csv_file, limit=1000), 0, NO_CACHE, task="classification")
     assert np.array_equal(row_ids(dataset, np.arange(300)), np.arange(300))
 
 
 def test_too_few_examples_of_a_class_to_split(tmp_path: Path) -> None:
     path = tmp_path / "rare.csv"
     pd.DataFrame({"x": range(22), "species": ["a"] * 20 + ["b"] * 2}).to_csv(path, index=False)
-    dataset = load_dataset(csv_config(path), 0, NO_CACHE)
+    dataset = load_dataset(csv_config(path), 0, NO_CACHE, task="classification")
     with pytest.raises(PipelineError, match="rare: every class needs at least 3"):
         split_dataset(dataset, csv_config(path), 0)
 
@@ -227,7 +229,7 @@ def test_too_few_examples_of_a_class_to_split(tmp_path: Path) -> None:
 def test_csv_loads_with_class_names(tmp_path: Path) -> None:
     path = tmp_path / "flowers.csv"
     frame = write_csv(path)
-    dataset = load_dataset(csv_config(path), 0, NO_CACHE)
+    dataset = load_dataset(csv_config(path), 0, NO_CACHE, task="classification")
     assert dataset.name == "flowers"
     assert dataset.class_names == SPECIES
     assert dataset.features.shape == (300, 3) and dataset.features.dtype == np.float32
@@ -240,7 +242,9 @@ def test_csv_loads_with_class_names(tmp_path: Path) -> None:
 def test_csv_with_numeric_labels(tmp_path: Path) -> None:
     path = tmp_path / "numeric.csv"
     pd.DataFrame({"x": range(9), "y": [0.5] * 9, "label": [1, 0, 2] * 3}).to_csv(path, index=False)
-    dataset = load_dataset(DataConfig(source="csv", path=str(path), target="label"), 0, NO_CACHE)
+    dataset = load_dataset(
+        DataConfig(source="csv", path=str(path), target="label"), 0, NO_CACHE, task="classification"
+    )
     assert dataset.class_names == ("0", "1", "2")
     assert dataset.labels.tolist() == [1, 0, 2] * 3
 
@@ -264,7 +268,7 @@ def test_bad_csv_column_names_file_and_column(
 ) -> None:
     break_csv(csv_file, column, row, value)
     with pytest.raises(PipelineError) as info:
-        load_dataset(csv_config(csv_file), 0, NO_CACHE)
+        load_dataset(csv_config(csv_file), 0, NO_CACHE, task="classification")
     assert str(csv_file) in str(info.value)
     assert fragment in str(info.value)
 
@@ -272,13 +276,13 @@ def test_bad_csv_column_names_file_and_column(
 def test_non_numeric_csv_column_quotes_the_offending_value(csv_file: Path) -> None:
     break_csv(csv_file, "petal_length", 17, "long")
     with pytest.raises(PipelineError, match=r"'petal_length' is not numeric \(e\.g\. 'long'\)"):
-        load_dataset(csv_config(csv_file), 0, NO_CACHE)
+        load_dataset(csv_config(csv_file), 0, NO_CACHE, task="classification")
 
 
 def test_csv_missing_target_column(csv_file: Path) -> None:
     config = DataConfig(source="csv", path=str(csv_file), target="label")
     with pytest.raises(PipelineError) as info:
-        load_dataset(config, 0, NO_CACHE)
+        load_dataset(config, 0, NO_CACHE, task="classification")
     message = str(info.value)
     assert str(csv_file) in message
     assert "no column 'label'" in message and "species" in message
@@ -288,7 +292,7 @@ def test_csv_single_class(tmp_path: Path) -> None:
     path = tmp_path / "one.csv"
     pd.DataFrame({"x": range(10), "species": ["setosa"] * 10}).to_csv(path, index=False)
     with pytest.raises(PipelineError) as info:
-        load_dataset(csv_config(path), 0, NO_CACHE)
+        load_dataset(csv_config(path), 0, NO_CACHE, task="classification")
     assert str(path) in str(info.value)
     assert "column 'species' has a single class" in str(info.value)
 
@@ -297,13 +301,13 @@ def test_csv_without_feature_columns(tmp_path: Path) -> None:
     path = tmp_path / "labels.csv"
     pd.DataFrame({"species": list(SPECIES) * 3}).to_csv(path, index=False)
     with pytest.raises(PipelineError, match="no feature columns besides 'species'"):
-        load_dataset(csv_config(path), 0, NO_CACHE)
+        load_dataset(csv_config(path), 0, NO_CACHE, task="classification")
 
 
 def test_csv_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "absent.csv"
     with pytest.raises(PipelineError) as info:
-        load_dataset(csv_config(path), 0, NO_CACHE)
+        load_dataset(csv_config(path), 0, NO_CACHE, task="classification")
     assert str(path) in str(info.value)
 
 
@@ -354,7 +358,9 @@ def test_idx_folder_loads_and_t10k_is_the_test_split(
     tmp_path: Path, gz: bool | tuple[bool, ...]
 ) -> None:
     parts = write_idx_folder(tmp_path / "mnist", gz)
-    dataset = load_dataset(mnist_config(tmp_path / "mnist"), 0, tmp_path / "cache")
+    dataset = load_dataset(
+        mnist_config(tmp_path / "mnist"), 0, tmp_path / "cache", task="classification"
+    )
     assert dataset.input_shape == (1, HEIGHT, WIDTH)
     assert dataset.features.shape == (N_TRAIN + N_TEST, HEIGHT * WIDTH)
     assert dataset.features.dtype == np.float32
@@ -378,13 +384,17 @@ def test_idx_folder_loads_and_t10k_is_the_test_split(
 
 def test_idx_default_folder_is_the_cache(tmp_path: Path) -> None:
     write_idx_folder(tmp_path / "cache" / "fashion_mnist", gz=True)
-    dataset = load_dataset(DataConfig(source="fashion_mnist"), 0, tmp_path / "cache")
+    dataset = load_dataset(
+        DataConfig(source="fashion_mnist"), 0, tmp_path / "cache", task="classification"
+    )
     assert dataset.class_names[0] == "t-shirt" and dataset.num_classes == 10
 
 
 def test_idx_limit_keeps_test_rows_marked(tmp_path: Path) -> None:
     write_idx_folder(tmp_path / "mnist", gz=False)
-    dataset = load_dataset(mnist_config(tmp_path / "mnist", limit=45), 0, tmp_path)
+    dataset = load_dataset(
+        mnist_config(tmp_path / "mnist", limit=45), 0, tmp_path, task="classification"
+    )
     assert len(dataset.labels) == 45
     assert dataset.test_rows is not None
     is_test = dataset.features[:, 1] == 1
@@ -405,7 +415,7 @@ def test_truncated_idx_file(tmp_path: Path) -> None:
     path = tmp_path / "mnist" / IDX_FILES["train_images"]
     path.write_bytes(path.read_bytes()[:-7])
     with pytest.raises(PipelineError) as info:
-        load_dataset(mnist_config(tmp_path / "mnist"), 0, tmp_path)
+        load_dataset(mnist_config(tmp_path / "mnist"), 0, tmp_path, task="classification")
     assert str(path) in str(info.value)
     assert "header promises" in str(info.value)
 
@@ -450,7 +460,7 @@ def test_idx_missing_file(tmp_path: Path) -> None:
     write_idx_folder(tmp_path / "mnist", gz=True)
     (tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(PipelineError, match="missing t10k-labels-idx1-ubyte"):
-        load_dataset(mnist_config(tmp_path / "mnist"), 0, tmp_path)
+        load_dataset(mnist_config(tmp_path / "mnist"), 0, tmp_path, task="classification")
 
 
 def test_idx_images_and_labels_disagree(tmp_path: Path) -> None:
@@ -458,7 +468,7 @@ def test_idx_images_and_labels_disagree(tmp_path: Path) -> None:
     labels = np.zeros(N_TEST + 1, np.uint8)
     (tmp_path / "mnist" / IDX_FILES["test_labels"]).write_bytes(idx_bytes(labels))
     with pytest.raises(PipelineError, match="do not match"):
-        load_dataset(mnist_config(tmp_path / "mnist"), 0, tmp_path)
+        load_dataset(mnist_config(tmp_path / "mnist"), 0, tmp_path, task="classification")
 
 
 # --- downloads from a real local HTTP server ----------------------------------------------------
@@ -502,7 +512,7 @@ def test_download_idx_with_checksums(idx_server: tuple[str, Path], tmp_path: Pat
     assert sorted(p.name for p in target.iterdir()) == sorted(md5s(served))
     for name in md5s(served):
         assert (target / name).read_bytes() == (served / name).read_bytes()
-    dataset = load_dataset(mnist_config(target), 0, tmp_path)
+    dataset = load_dataset(mnist_config(target), 0, tmp_path, task="classification")
     assert dataset.input_shape == (1, HEIGHT, WIDTH)
     assert len(dataset.labels) == N_TRAIN + N_TEST
     # Present files are not fetched again (the server no longer has them).
@@ -548,7 +558,7 @@ def test_load_dataset_downloads_from_mirror_and_verifies(
     url, _ = idx_server
     config = DataConfig(source="mnist", download=True, mirror=url)
     with pytest.raises(PipelineError, match="checksum mismatch"):
-        load_dataset(config, 0, tmp_path / "cache")
+        load_dataset(config, 0, tmp_path / "cache", task="classification")
     assert not list((tmp_path / "cache" / "mnist").iterdir())
 
 
@@ -558,7 +568,7 @@ def test_fold_statistics_come_from_each_fold_train_rows_only() -> None:
     from pipeline.core.sources import load_dataset
 
     config = _DataConfig(source="digits", cv_folds=3)
-    dataset = load_dataset(config, seed=0, cache_dir=Path("/nonexistent"))
+    dataset = load_dataset(config, seed=0, cache_dir=Path("/nonexistent"), task="classification")
     split = split_dataset(dataset, config, seed=0)
     data = tuning_data(dataset, split, shared_scale=config.shared_scale)
     assert len(data.fold_stats) == 3

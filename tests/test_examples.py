@@ -151,16 +151,16 @@ def test_an_example_through_its_whole_lifecycle(
     assert decided[tags.LOADER] == loader and decided[tags.BUILDER] == builder
 
 
-def test_a_regression_through_its_whole_lifecycle_in_the_targets_units(tmp_path: Path) -> None:
-    """The diabetes space (task regression, val_rmse, mode min from the metric): tune, promote,
-    predict the raw test rows (values in the target's units, scored on RMSE against the logged
-    test_rmse), one request to the served champion, and a second night judged on test_rmse."""
-    raw = yaml.safe_load((REPO / "search_spaces" / "diabetes.yaml").read_text())
-    raw.update(budget=SMALL, search={"n_initial_points": 1}, scheduler={"name": "fifo"})
-    raw["data"].pop("cv_folds")
-    space = tmp_path / "diabetes.yaml"
-    space.write_text(yaml.safe_dump(raw))
-    model = "diabetes-mlp"
+def test_a_table_regression_through_its_whole_lifecycle_in_the_targets_units(
+    tmp_path: Path,
+) -> None:
+    """The diabetes table (task regression, val_rmse, mode min from the metric; an id dropped,
+    two text columns, gaps filled inside the model): tune, promote, predict the clinic's own
+    file with its strings and gaps (values in the target's units, RMSE against the target
+    column), one request to the served champion with a value it never saw and a gap, and a
+    second night judged on test_rmse."""
+    space = copy_example("diabetes_table", tmp_path)
+    model = "diabetes-progression"
     output = ok(tmp_path, "tune", "--space", str(space))
     assert "ranked on val_rmse" in output and "test_rmse" in output
     assert "version 1 is now champion" in ok(tmp_path, "promote", "--model", model)
@@ -170,27 +170,48 @@ def test_a_regression_through_its_whole_lifecycle_in_the_targets_units(tmp_path:
     low, high = json.loads(marks["test_rmse_95"])
     assert low < logged < high and "test_acc" not in marks
 
-    rows, predictions = tmp_path / "rows.csv", tmp_path / "predictions.csv"
-    ok(tmp_path, "export-test-rows", "--model", model, "--output", str(rows))
-    text = ok(
-        tmp_path, "predict", "--model", model, "--input", str(rows), "--output", str(predictions)
-    )
+    # The clinic's file as it is: an id, text, blanks, the target under its own name.
+    clinic = space.parent / "data" / "diabetes.csv"
+    predictions = tmp_path / "predictions.csv"
+    arguments = ["--model", model, "--output", str(predictions)]
+    text = ok(tmp_path, "predict", "--input", str(clinic), *arguments)
     table = pd.read_csv(predictions)
-    assert list(table.columns) == ["id", "prediction", "label"]
-    rmse = float(np.sqrt(((table["prediction"] - table["label"]) ** 2).mean()))
-    assert rmse == pytest.approx(logged, rel=1e-5)
-    assert f"test_rmse {rmse:.4f} on {len(table)} labelled rows (logged test_rmse" in text
-    assert table["prediction"].between(25, 346).mean() > 0.9  # the target's units
+    assert list(table.columns) == ["id", "prediction", "label"] and len(table) == 442
+    assert table["prediction"].between(25, 346).mean() > 0.95  # the target's units
+    assert "test_rmse" in text and "442 labelled rows (logged test_rmse" in text
+    # Its own test rows, exported raw, reproduce the logged score.
+    rows = tmp_path / "rows.csv"
+    ok(tmp_path, "export-test-rows", "--model", model, "--output", str(rows))
+    text = ok(tmp_path, "predict", "--input", str(rows), *arguments)
+    scored = pd.read_csv(predictions)
+    rmse = float(np.sqrt(((scored["prediction"] - scored["label"]) ** 2).mean()))
+    assert rmse == pytest.approx(logged, rel=1e-4)
+    assert f"test_rmse {rmse:.4f} on {len(scored)} labelled rows" in text
+    wrong = tmp_path / "no-bmi.csv"
+    pd.read_csv(clinic).drop(columns=["bmi"]).to_csv(wrong, index=False)
+    refused = run_in_process(tmp_path, "predict", "--input", str(wrong), *arguments)
+    assert refused.returncode == 1 and f"{wrong}: missing columns bmi" in refused.stderr
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "pipeline", "serve", "--model", model, "--port", str(port)]
     log = tmp_path / "serve.log"
     env = cli_env(MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false")
+    first = pd.read_csv(clinic).drop(columns=["patient", "progression"]).head(3)
+    first.loc[0, "age_band"] = "90s"  # never seen in training
+    first.loc[1, "bp"] = None  # a gap
+    body = json.loads(first.to_json(orient="split", index=False))
     with background(command, env, tmp_path, log) as server:
         wait_until(lambda: pings(url), 120, "model server", log, server)
-        answer = served(url, pd.read_csv(rows).drop(columns=["label"]).head(3).to_numpy().tolist())
-    assert np.ravel(answer) == pytest.approx(table["prediction"].head(3).to_numpy(), abs=1e-3)
+        request = urllib.request.Request(
+            f"{url}/invocations",
+            json.dumps({"dataframe_split": body}).encode(),
+            {"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = np.ravel(json.loads(response.read())["predictions"])
+    assert answer.shape == (3,) and np.isfinite(answer).all()
+    assert answer[2] == pytest.approx(table["prediction"][2], abs=1e-3)
 
     night = ok(tmp_path, "nightly", "--space", str(space))
     assert "version 2" in night and "test_rmse" in night, night

@@ -56,7 +56,7 @@ def test_an_image_folder_read_on_demand_trains_as_its_pixels_in_memory(
     image_folder: Path,
 ) -> None:
     config = DataConfig(source="image_folder", path=str(image_folder))
-    lazy = load_dataset(config, 0, Path("/nonexistent"))
+    lazy = load_dataset(config, 0, Path("/nonexistent"), task="classification")
     assert lazy.features is None and lazy.examples is not None
     assert lazy.input_shape == (1, 8, 8) and len(lazy.labels) == 1797
     assert lazy.class_names == tuple(str(d) for d in range(10))
@@ -78,7 +78,7 @@ def test_an_image_folder_at_another_size_in_colour(image_folder: Path) -> None:
     config = DataConfig(
         source="image_folder", path=str(image_folder), image_size=(4, 6), channels=3
     )
-    dataset = load_dataset(config, 0, Path("/nonexistent"))
+    dataset = load_dataset(config, 0, Path("/nonexistent"), task="classification")
     assert dataset.input_shape == (3, 4, 6)
     assert dataset.rows(np.arange(3)).shape == (3, 72)
 

@@ -56,7 +56,7 @@ def test_csv_columns_may_come_in_any_order_with_extra_ones(
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda f: f.drop(columns=["pixel_0_3"]), "missing feature columns pixel_0_3"),
+        (lambda f: f.drop(columns=["pixel_0_3"]), "missing columns pixel_0_3"),
         (lambda f: f.assign(pixel_1_1="dark"), "column 'pixel_1_1' is not numeric"),
         (lambda f: f.assign(pixel_2_2=np.nan), "column 'pixel_2_2' has 3 missing values"),
     ],

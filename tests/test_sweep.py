@@ -92,14 +92,15 @@ def test_metric_history_has_one_point_per_epoch_reached(sweep: Sweep) -> None:
     for child in sweep.children:
         _, results = trials[child.data.tags["trial_id"]]
         epochs = [r["epoch"] for r in results]
-        for metric in ("train_loss", "val_loss", "val_acc"):
+        scores = ("train_loss", "val_loss", "val_acc", "val_macro_f1", "val_auc")
+        for metric in scores:
             history = sweep.client.get_metric_history(child.info.run_id, metric)
             assert sorted(m.step for m in history) == epochs
             assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(
                 [r[metric] for r in results]
             )
-        summary = {"best_val_acc", "best_val_loss", "best_epoch"}
-        assert set(child.data.metrics) == {"train_loss", "val_loss", "val_acc"} | summary
+        summary = {f"best_{name}" for name in scores[1:]} | {"best_epoch"}
+        assert set(child.data.metrics) == set(scores) | summary
 
 
 def test_trials_shorter_than_the_checkpoint_interval_write_no_checkpoint(sweep: Sweep) -> None:

@@ -17,10 +17,20 @@ REFERENCE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-
 # Sources whose features are pixels: one unit, one scale.
 IMAGE_SOURCES = ("digits", "mnist", "fashion_mnist", "image_folder")
 Source = Literal[
-    "digits", "wine", "breast_cancer", "diabetes", "mnist", "fashion_mnist", "csv", "image_folder"
+    "digits",
+    "wine",
+    "breast_cancer",
+    "diabetes",
+    "mnist",
+    "fashion_mnist",
+    "csv",
+    "parquet",
+    "image_folder",
 ]
-# Built-in sources whose target is a quantity; the others' are classes (csv's: either).
+# Built-in sources whose target is a quantity; the others' are classes (a table's: either).
 REGRESSION_SOURCES = ("diabetes",)
+# A file of rows and named columns: numbers, categories (text) and gaps.
+TABLE_SOURCES = ("csv", "parquet")
 
 
 def check_reference(reference: str, key: str) -> None:
@@ -46,10 +56,20 @@ class DataConfig(Record):
     source: Source | None = None  # unset without a loader: digits
     loader: str | None = None  # "package.module:function"
     args: dict[str, Any] = Field(default_factory=dict)  # the loader's keyword arguments
-    # csv: the file; mnist/fashion_mnist: folder of IDX files (cache); image_folder: the folder
-    # of class sub-folders
+    # csv/parquet: the file; mnist/fashion_mnist: folder of IDX files (cache); image_folder: the
+    # folder of class sub-folders
     path: str | None = None
-    target: str | None = None  # csv: the label column
+    target: str | None = None  # csv/parquet: the label column (classes, or a regression's values)
+    # csv/parquet: columns that are not features (identifiers, leaks), left out.
+    drop_columns: list[str] = Field(default_factory=list)
+    # csv/parquet: what a gap in a feature does. refuse: an error naming the columns; drop: rows
+    # with a gap are left out (counted in one warning); impute: filled inside the model with the
+    # median (numbers) or the most frequent value (categories) of its own training rows. A gap
+    # in the target always refuses (or, with drop, drops the row).
+    missing: Literal["refuse", "drop", "impute"] = "refuse"
+    # csv/parquet: a text column is a category; one with at most this many values is one-hot
+    # encoded inside the model, one with more gets a learned embedding.
+    one_hot_max: int = Field(default=16, ge=1)
     # image_folder: every image read at this [height, width] (default: the first image's size),
     # with 1 (grey) or 3 (RGB) channels
     image_size: tuple[int, int] | None = None
@@ -92,6 +112,8 @@ class DataConfig(Record):
             if self.source is not None:
                 raise ValueError("give data.source or data.loader, not both")
             given = [k for k in ("path", "target", "image_size") if getattr(self, k) is not None]
+            given += ["drop_columns"] if self.drop_columns else []
+            given += ["missing"] if self.missing != "refuse" else []
             if given:
                 raise ValueError(
                     f"data.{given[0]} is for built-in sources; a loader takes its own data.args"
@@ -105,10 +127,20 @@ class DataConfig(Record):
             raise ValueError(
                 f"image_size and channels apply to source image_folder, not {self.source}"
             )
-        if self.source == "csv" and (self.path is None or self.target is None):
-            raise ValueError("source csv needs 'path' (the file) and 'target' (the label column)")
-        if self.source != "csv" and self.target is not None:
-            raise ValueError(f"'target' only applies to source csv, not {self.source}")
+        if self.source in TABLE_SOURCES and (self.path is None or self.target is None):
+            raise ValueError(
+                f"source {self.source} needs 'path' (the file) and 'target' (the label column)"
+            )
+        if self.source not in TABLE_SOURCES:
+            given = [k for k in ("target", "drop_columns") if getattr(self, k)]
+            if self.missing != "refuse":
+                given.append("missing")
+            if given:
+                raise ValueError(
+                    f"'{given[0]}' only applies to sources csv and parquet, not {self.source}"
+                )
+        if self.target is not None and self.target in self.drop_columns:
+            raise ValueError(f"drop_columns: '{self.target}' is the target")
         return self
 
 
@@ -220,13 +252,13 @@ class Experiment(Record):
     def _check(self) -> Experiment:
         check_metric(self.metric, self.mode, self.task)
         source = self.data.source
-        if source not in (None, "csv") and (source in REGRESSION_SOURCES) != (
+        if source not in (None, *TABLE_SOURCES) and (source in REGRESSION_SOURCES) != (
             self.task == "regression"
         ):
             kind = "regression" if source in REGRESSION_SOURCES else "classification"
             raise ValueError(f"task: data.source {source} is a {kind} set, not {self.task}")
         if self.model.family == "cnn" and self.data.source in (
-            "csv",
+            *TABLE_SOURCES,
             "wine",
             "breast_cancer",
             *REGRESSION_SOURCES,
@@ -265,6 +297,6 @@ class Experiment(Record):
         (`digits-mlp`), or the space's name for the user's loader."""
         if self.registered_model:
             return self.registered_model
-        if self.data.source is None:
+        if self.data.source is None or self.data.source in TABLE_SOURCES:
             return self.name
         return f"{self.data.source}-{self.model.short_name}"

@@ -19,7 +19,7 @@ from pipeline.config import (
     Scalar,
 )
 from pipeline.config.door import BUILT_IN_BUILDERS, import_callable
-from pipeline.core.data import Dataset, Split, column_stats
+from pipeline.core.data import Dataset, Split, column_stats, fit_table
 from pipeline.core.model import build_network, export_network, servable
 from pipeline.errors import PipelineError
 
@@ -51,8 +51,10 @@ def check_model(experiment: Experiment, dataset: Dataset, split: Split) -> None:
     args = dict(Hyperparameters.from_params(first_configuration(experiment.params)).builder_args)
     rows = dataset.rows(split.train[:2])
     mean, std = (torch.from_numpy(s) for s in column_stats(rows, experiment.data.shared_scale))
+    table = None if dataset.table is None else fit_table(rows, dataset.table)
     try:
-        network = build_network(builder, dataset.spec, args, mean=mean, std=std).eval()
+        network = build_network(builder, dataset.spec, args, mean=mean, std=std, table=table)
+        network.eval()
     except Exception as exc:  # the user's code may raise anything
         raise PipelineError(
             f"{where}: building {args or 'with its defaults'} failed: {type(exc).__name__}: "

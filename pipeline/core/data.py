@@ -19,15 +19,97 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from pipeline.config import DataConfig
 from pipeline.config.door import import_callable
 from pipeline.config.metrics import Task
+from pipeline.core.table_encoding import CATEGORY, NUMBER
 from pipeline.errors import PipelineError
 
 # Rows of the training rows read to estimate scaling statistics when examples are read on
 # demand: enough for a mean and std within a few percent, at a bounded cost per sweep.
 STATS_SAMPLE = 2048
+
+
+@dataclass(frozen=True)
+class TableColumn:
+    """One feature column of a table: a number, or a category with its vocabulary (every value
+    it takes in the file, sorted; a row's feature is the code of its value in it)."""
+
+    name: str
+    categories: tuple[str, ...] | None = None  # None: a number column
+
+    def spec(self) -> dict[str, Any]:
+        """As `table_encoding` and a registered model's metadata take it."""
+        if self.categories is None:
+            return {"name": self.name, "kind": NUMBER}
+        return {"name": self.name, "kind": CATEGORY, "categories": list(self.categories)}
+
+
+@dataclass(frozen=True)
+class TableLayout:
+    """How a table's encoded rows (`table_encoding.encode_frame`) become a network's input: each
+    number one input, each category one-hot (at most `one_hot_max` values) or embedded."""
+
+    columns: tuple[TableColumn, ...]
+    one_hot_max: int
+    imputes: bool  # gaps are filled inside the model (data.missing: impute)
+
+    @property
+    def category_columns(self) -> list[int]:
+        return [i for i, c in enumerate(self.columns) if c.categories is not None]
+
+    def embedding_size(self, categories: int) -> int:
+        """Inputs an embedded category gets: fast.ai's rule of thumb, 1.6 * n ** 0.56, at most
+        16 (and never more than its values)."""
+        return int(min(16, categories, max(2, round(1.6 * categories**0.56))))
+
+    def width(self, column: TableColumn) -> int:
+        """The inputs one column becomes."""
+        if column.categories is None:
+            return 1
+        count = len(column.categories)
+        return count if count <= self.one_hot_max else self.embedding_size(count)
+
+    @property
+    def encoded_width(self) -> int:
+        return sum(self.width(c) for c in self.columns)
+
+
+@dataclass(frozen=True)
+class TableFit:
+    """What a table model learns from its own training rows before any weight: each column's
+    fill for a gap (a number's median, a category's most frequent code), each number's mean and
+    std, and which codes of each category its rows hold (another counts as unknown)."""
+
+    fill: np.ndarray  # float32, one per column
+    mean: np.ndarray  # float32, one per column (0 for a category)
+    std: np.ndarray  # float32, one per column (1 for a category)
+    seen: tuple[np.ndarray, ...]  # per category column: bool per code
+
+
+def fit_table(rows: np.ndarray, layout: TableLayout) -> TableFit:
+    """A table model's `TableFit` from its training rows (encoded, gaps NaN)."""
+    columns = len(layout.columns)
+    fill = np.zeros(columns, np.float32)
+    mean = np.zeros(columns, np.float32)
+    std = np.ones(columns, np.float32)
+    seen = []
+    for i, column in enumerate(layout.columns):
+        values = rows[:, i]
+        present = values[~np.isnan(values)]
+        if column.categories is None:
+            if len(present):
+                fill[i] = np.median(present)
+                mean[i], spread = present.mean(), present.std()
+                std[i] = spread if spread > 1e-8 else 1.0
+            continue
+        codes = present.astype(np.int64)
+        counts = np.bincount(codes, minlength=len(column.categories) + 1)
+        fill[i] = int(np.argmax(counts[:-1])) if counts[:-1].any() else 0
+        seen.append(counts[:-1] > 0)
+    return TableFit(fill=fill, mean=mean, std=std, seen=tuple(seen))
 
 
 @dataclass(frozen=True)
@@ -41,6 +123,9 @@ class ModelSpec:
     class_names: tuple[str, ...]
     feature_names: tuple[str, ...] | None = None
     task: Task = "classification"
+    # A table's: how its raw columns become the builder's `input_shape[0]` inputs (inside the
+    # network, before the builder's module).
+    table: TableLayout | None = None
 
 
 def example_of(item: Any) -> Any:
@@ -126,6 +211,10 @@ class Dataset:
     test_rows: np.ndarray | None = None  # the data set's own test split (MNIST's t10k)
     feature_names: tuple[str, ...] = ()  # column names; empty: feature_0, feature_1, ...
     task: Task = "classification"
+    # A table's columns (csv, parquet): `features` holds numbers and category codes, gaps NaN;
+    # `raw` the feature columns as the file holds them (what a registered table model takes).
+    table: TableLayout | None = None
+    raw: pd.DataFrame | None = None
 
     @property
     def num_classes(self) -> int:
@@ -148,12 +237,20 @@ class Dataset:
     @property
     def spec(self) -> ModelSpec:
         return ModelSpec(
-            input_shape=self.input_shape,
+            input_shape=self.input_shape if self.table is None else (self.table.encoded_width,),
             num_outputs=self.num_classes if self.task == "classification" else 1,
             class_names=self.class_names,
             feature_names=self.feature_names or None,
             task=self.task,
+            table=self.table,
         )
+
+    def model_inputs(self, index: np.ndarray) -> np.ndarray | pd.DataFrame:
+        """These rows as a registered model takes them: a table's as its file holds them, any
+        other's as flat features."""
+        if self.raw is not None:
+            return self.raw.iloc[index].reset_index(drop=True)
+        return self.rows(index)
 
     def rows(self, index: np.ndarray) -> np.ndarray:
         """These rows' flat features, read from memory or from the examples' Dataset."""
@@ -200,6 +297,7 @@ class TuningData:
     # Per fold, for a regression: (mean, std) of its training rows' targets, which the model
     # learns standardized and un-scales in its last layer (see `model.build_network`).
     target_stats: tuple[tuple[float, float], ...] = ()
+    table_fits: tuple[TableFit, ...] = ()  # per fold, for a table (see `fit_table`)
 
 
 def column_stats(features: np.ndarray, shared_scale: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -239,6 +337,7 @@ def subset(dataset: Dataset, limit: int, seed: int) -> Dataset:
         dataset,
         features=None if dataset.features is None else dataset.features[rows],
         examples=None if dataset.examples is None else dataset.examples.subset(rows),
+        raw=None if dataset.raw is None else dataset.raw.iloc[rows].reset_index(drop=True),
         labels=dataset.labels[rows],
         test_rows=test_rows,
     )
@@ -338,7 +437,9 @@ def tuning_data(dataset: Dataset, split: Split, *, shared_scale: bool) -> Tuning
     features, examples = None, None
     if dataset.features is not None:
         features = dataset.features[rows]
-        stats = tuple(column_stats(features[t], shared_scale) for t, _ in split.folds)
+        stats: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
+        if dataset.table is None:  # a table's are its fits' (below)
+            stats = tuple(column_stats(features[t], shared_scale) for t, _ in split.folds)
     else:
         assert dataset.examples is not None
         examples = dataset.examples.subset(rows)
@@ -349,6 +450,11 @@ def tuning_data(dataset: Dataset, split: Split, *, shared_scale: bool) -> Tuning
             column_stats(sampled[np.isin(sample, train)], shared_scale) for train, _ in split.folds
         )
     labels = dataset.labels[rows]
+    fits: tuple[TableFit, ...] = ()
+    if dataset.table is not None:
+        assert features is not None  # a table is held in memory
+        fits = tuple(fit_table(features[t], dataset.table) for t, _ in split.folds)
+        stats = tuple((fit.mean, fit.std) for fit in fits)
     return TuningData(
         features=features,
         examples=examples,
@@ -359,6 +465,7 @@ def tuning_data(dataset: Dataset, split: Split, *, shared_scale: bool) -> Tuning
         target_stats=tuple(target_stats(labels[t]) for t, _ in split.folds)
         if dataset.task == "regression"
         else (),
+        table_fits=fits,
     )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.core.data import ModelSpec
+from pipeline.core.data import ModelSpec, TableFit, TableLayout
 
 Builder = Callable[..., nn.Module]
 
@@ -34,6 +34,53 @@ class Standardize(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
+
+
+class TableInputs(nn.Module):
+    """A table's encoded rows (numbers and category codes, gaps NaN) as the builder's inputs:
+    gaps filled, numbers standardized, each category one-hot or embedded (`TableLayout`), all
+    with what the model's own training rows hold (`TableFit`). A category value those rows lack,
+    or that the file's vocabulary lacked (the unknown code), becomes zeros: it moves nothing."""
+
+    fill: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    numbers: torch.Tensor
+
+    def __init__(self, layout: TableLayout, fit: TableFit) -> None:
+        super().__init__()
+        self.imputes = layout.imputes
+        self.register_buffer("fill", torch.from_numpy(fit.fill))
+        self.register_buffer("mean", torch.from_numpy(fit.mean))
+        self.register_buffer("std", torch.from_numpy(fit.std))
+        numbers = [i for i, c in enumerate(layout.columns) if c.categories is None]
+        self.register_buffer("numbers", torch.tensor(numbers, dtype=torch.long))
+        self.categories: list[tuple[int, int, bool]] = []  # (column, values, one-hot)
+        self.embeddings = nn.ModuleDict()
+        for index, seen in zip(layout.category_columns, fit.seen, strict=True):
+            count = len(seen)
+            one_hot = count <= layout.one_hot_max
+            # code -> itself where training rows hold it, else `count` (unknown: zeros)
+            known = torch.where(torch.from_numpy(seen), torch.arange(count), count)
+            self.register_buffer(f"known_{index}", torch.cat([known, torch.tensor([count])]))
+            if not one_hot:
+                width = layout.embedding_size(count)
+                self.embeddings[str(index)] = nn.Embedding(count + 1, width, padding_idx=count)
+            self.categories.append((index, count, one_hot))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.imputes:
+            x = torch.where(torch.isnan(x), self.fill, x)
+        parts = [(x[:, self.numbers] - self.mean[self.numbers]) / self.std[self.numbers]]
+        for index, count, one_hot in self.categories:
+            known: torch.Tensor = getattr(self, f"known_{index}")
+            codes = known[x[:, index].long().clamp(0, count)]
+            if one_hot:
+                values = torch.arange(count, device=x.device)
+                parts.append((codes.unsqueeze(1) == values).to(x.dtype))
+            else:
+                parts.append(self.embeddings[str(index)](codes))
+        return torch.cat(parts, dim=1)
 
 
 class Unstandardize(nn.Module):
@@ -60,14 +107,18 @@ def build_network(
     mean: torch.Tensor,
     std: torch.Tensor,
     target: tuple[float, float] | None = None,
+    table: TableFit | None = None,
 ) -> nn.Sequential:
-    """The network for one configuration: flat raw rows in; out, the builder's logits or, for a
-    regression (`target`: the training targets' mean and std), one prediction per row in the
-    target's units."""
+    """The network for one configuration: flat raw rows in (a table's encoded, with its `table`
+    fit); out, the builder's logits or, for a regression (`target`: the training targets' mean
+    and std), one prediction per row in the target's units."""
     module = builder(spec, **builder_args)
     if not isinstance(module, nn.Module):
         raise TypeError(f"the builder returned a {type(module).__name__}, not a torch.nn.Module")
     layers: list[nn.Module] = [Standardize(mean, std)]
+    if spec.table is not None:
+        assert table is not None, "a table's network needs its training rows' fit"
+        layers = [TableInputs(spec.table, table)]
     if len(spec.input_shape) > 1:
         layers.append(nn.Unflatten(1, spec.input_shape))
     layers.append(module)

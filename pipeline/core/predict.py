@@ -15,7 +15,8 @@ from pipeline.config.metrics import TEST_PREFIX, Task, score_of
 from pipeline.core.data import Dataset, Split
 from pipeline.core.images import read_image
 from pipeline.core.metrics import score_function
-from pipeline.core.sources import FLOAT32_MAX, check_feature_columns, read_table
+from pipeline.core.sources import FLOAT32_MAX, check_feature_columns, read_rows, read_table
+from pipeline.core.table_encoding import CATEGORY, canonical_text, missing_columns
 from pipeline.errors import PipelineError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
@@ -26,17 +27,20 @@ LABEL_COLUMN = "label"
 class Inputs:
     """Feature rows ready for the model, an id per row, and true labels where the input had them."""
 
-    features: np.ndarray  # float32, (rows, features)
+    features: np.ndarray | pd.DataFrame  # float32 (rows, features), or a table's rows as they are
     ids: list[str]
-    labels: list[str] | None = None  # class names, from a `label` column
+    labels: list[str] | None = None  # class names or values, from a `label` (or target) column
 
 
 def read_inputs(path: Path, metadata: dict[str, Any]) -> Inputs:
-    """Read a CSV with the training feature columns, an .npy array, or a folder of images."""
+    """Read a CSV with the training feature columns, an .npy array, or a folder of images; for
+    a table model, a CSV or Parquet file as the user has it."""
     if path.is_dir():
         return read_images(path, metadata)
     if not path.exists():
         raise PipelineError(f"{path}: no such file or folder")
+    if metadata.get("table") and path.suffix in (".csv", ".parquet"):
+        return read_table_inputs(path, metadata)
     if path.suffix == ".npy":
         return read_npy(path, metadata)
     if path.suffix == ".csv":
@@ -48,18 +52,40 @@ def read_csv(path: Path, metadata: dict[str, Any]) -> Inputs:
     """Columns named as in training (any order; others ignored); a `label` column is kept."""
     frame = read_table(path)
     names: list[str] = metadata["feature_names"]
-    missing = [n for n in names if n not in frame.columns]
-    if missing:
-        shown = ", ".join(missing[:5]) + (
-            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        )
-        raise PipelineError(f"{path}: missing feature columns {shown}")
+    absent = missing_columns(frame, names)
+    if absent:
+        raise PipelineError(f"{path}: {absent}")
     check_feature_columns(frame, names, path)
     labels = None
     if LABEL_COLUMN in frame.columns:
         labels = [str(v) for v in frame[LABEL_COLUMN]]
     ids = [str(i) for i in range(len(frame))]
     return Inputs(frame[names].to_numpy(np.float32), ids, labels)
+
+
+def read_table_inputs(path: Path, metadata: dict[str, Any]) -> Inputs:
+    """A table as the user has it, for a table model: its feature columns by name (others
+    ignored; category columns read as text, gaps kept), and its target (by the name it had in
+    training, or `label`) kept to score the predictions."""
+    columns: list[dict[str, Any]] = metadata["table"]["columns"]
+    text: dict[str, type] = {c["name"]: str for c in columns if c["kind"] == CATEGORY}
+    if path.suffix == ".parquet":
+        frame = read_rows(path, "parquet")
+    else:
+        frame = read_table(path, dtype=text)
+    absent = missing_columns(frame, [c["name"] for c in columns])
+    if absent:
+        raise PipelineError(f"{path}: {absent}")
+    target = (metadata.get("data") or {}).get("target")
+    labelled = next((c for c in (target, LABEL_COLUMN) if c and c in frame.columns), None)
+    labels = None if labelled is None else [canonical(v) for v in frame[labelled]]
+    names = [c["name"] for c in columns]
+    return Inputs(frame[names], [str(i) for i in range(len(frame))], labels)
+
+
+def canonical(value: Any) -> str:
+    text = canonical_text(value)
+    return "" if text is None else text
 
 
 def read_npy(path: Path, metadata: dict[str, Any]) -> Inputs:
@@ -139,33 +165,41 @@ def predictions_frame(outputs: np.ndarray, class_names: list[str], inputs: Input
 def labelled_score(
     outputs: np.ndarray, metadata: dict[str, Any], inputs: Inputs
 ) -> tuple[str, float] | None:
-    """The sweep's metric's test score (`test_acc`, `test_rmse`, ...) on the input's `label`
-    column, if it had one: its name and value."""
-    if inputs.labels is None:
+    """The sweep's metric's test score (`test_acc`, `test_rmse`, ...) on the rows of the input
+    whose label (its `label` or target column) is given, if any: its name and value."""
+    present = [i for i, label in enumerate(inputs.labels or []) if label not in ("", "nan")]
+    if inputs.labels is None or not present:
         return None
+    given = [inputs.labels[i] for i in present]
     task: Task = "regression" if metadata.get("task") == "regression" else "classification"
     score = score_of(str(metadata.get("metric") or "val_acc"))
     function = score_function(task, score.name)
     if task == "regression":
         try:
-            targets = np.array([float(v) for v in inputs.labels])
+            targets = np.array([float(v) for v in given])
         except ValueError as exc:
-            raise PipelineError(f"column '{LABEL_COLUMN}': {exc}; it must hold numbers") from None
-        return TEST_PREFIX + score.name, function(outputs.reshape(-1), targets)
+            raise PipelineError(f"the labels: {exc}; a regression's must be numbers") from None
+        return TEST_PREFIX + score.name, function(outputs.reshape(-1)[present], targets)
     index = {name: i for i, name in enumerate(metadata["class_names"])}
-    unknown = sorted({v for v in inputs.labels if v not in index})
+    unknown = sorted({v for v in given if v not in index})
     if unknown:
         raise PipelineError(
             f"column '{LABEL_COLUMN}': {unknown[0]!r} is not one of the model's classes "
             f"({', '.join(index)})"
         )
-    labels = np.array([index[v] for v in inputs.labels])
-    return TEST_PREFIX + score.name, function(outputs, labels)
+    labels = np.array([index[v] for v in given])
+    return TEST_PREFIX + score.name, function(outputs[present], labels)
 
 
 def held_out_rows(dataset: Dataset, split: Split) -> pd.DataFrame:
-    """The test split as a CSV-ready frame: the feature columns and the label (class name)."""
-    frame = pd.DataFrame(dataset.rows(split.test), columns=list(dataset.columns))
+    """The test split as a CSV-ready frame: the feature columns (a table's as its file holds
+    them) and the label (class name, or a regression's value)."""
+    inputs = dataset.model_inputs(split.test)
+    frame = (
+        inputs
+        if isinstance(inputs, pd.DataFrame)
+        else pd.DataFrame(inputs, columns=list(dataset.columns))
+    )
     targets = dataset.labels[split.test]
     frame[LABEL_COLUMN] = (
         [dataset.class_names[i] for i in targets] if dataset.class_names else targets

@@ -11,6 +11,7 @@ import struct
 import urllib.request
 import zlib
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,11 @@ import pandas as pd
 
 from pipeline.config import DataConfig
 from pipeline.config.door import add_to_path
-from pipeline.config.experiment import REGRESSION_SOURCES
+from pipeline.config.experiment import REGRESSION_SOURCES, TABLE_SOURCES
 from pipeline.config.metrics import Task
-from pipeline.core.data import Dataset, Split, split_dataset, subset
+from pipeline.core.data import Dataset, Split, TableColumn, TableLayout, split_dataset, subset
 from pipeline.core.loaders import load_with, regression_targets
+from pipeline.core.table_encoding import category_text, encode_frame
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -81,7 +83,7 @@ def load_dataset(
     cache_dir: Path,
     *,
     code_paths: Sequence[str] = (),
-    task: Task = "classification",
+    task: Task,
 ) -> Dataset:
     """Load the configured data set for `task` (a subset of `limit` rows if set); a loader is
     imported from `code_paths`."""
@@ -96,9 +98,9 @@ def load_dataset(
         )
     elif config.source in BUNDLED:
         dataset = load_bundled(config.source)
-    elif config.source == "csv":
-        assert config.path is not None and config.target is not None
-        dataset = load_csv(Path(config.path), config.target, task=task)
+    elif config.source in TABLE_SOURCES:
+        assert config.path is not None
+        dataset = load_table(Path(config.path), config, task=task, source=config.source)
     else:
         source = str(config.source)
         folder = Path(config.path) if config.path else cache_dir / source
@@ -127,7 +129,7 @@ def load_split(
     cache_dir: Path,
     *,
     code_paths: Sequence[str] = (),
-    task: Task = "classification",
+    task: Task,
 ) -> tuple[Dataset, Split]:
     """The configured data set and its seeded split: what a sweep, its retrain and a promotion
     of its model each rebuild from the same settings."""
@@ -141,7 +143,7 @@ def source_uri(config: DataConfig, cache_dir: Path) -> str:
         return f"{config.loader}({', '.join(f'{k}={v!r}' for k, v in config.args.items())})"
     if config.source in BUNDLED:
         return f"sklearn.datasets.load_{config.source}"
-    if config.source in ("csv", "image_folder"):
+    if config.source in (*TABLE_SOURCES, "image_folder"):
         assert config.path is not None
         return str(Path(config.path).resolve())
     return str((Path(config.path) if config.path else cache_dir / str(config.source)).resolve())
@@ -174,10 +176,11 @@ def load_bundled(name: str) -> Dataset:
     )
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """A CSV file as a frame; a missing or unparsable file is one line naming it."""
+def read_table(path: Path, dtype: dict[str, type] | None = None) -> pd.DataFrame:
+    """A CSV file as a frame (columns of `dtype` read as that type); a missing or unparsable
+    file is one line naming it."""
     try:
-        return pd.read_csv(path)
+        return pd.read_csv(path, dtype=dtype)
     except FileNotFoundError:
         raise PipelineError(f"{path}: no such CSV file") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
@@ -235,46 +238,144 @@ def cut_off(path: Path, frame: pd.DataFrame) -> bool:
     return not ends_clean and len(frame) > 0 and bool(frame.iloc[-1].isna().any())
 
 
-def load_csv(path: Path, target: str, *, task: Task = "classification") -> Dataset:
-    """Any CSV: `target` is the label column (classes, or a regression's numbers), every other
-    column must be numeric and complete."""
-    frame = read_table(path)
-    if target not in frame.columns:
-        raise PipelineError(f"{path}: no column '{target}' (columns: {', '.join(frame.columns)})")
-    if cut_off(path, frame):
+# A text column whose values are nearly all numbers is a number column with stray text (a
+# broken file), not a category: this share of its values parse as numbers.
+NUMBER_LIKE = 0.9
+# A category with one value per row names rows rather than describing them; from this many rows.
+IDENTIFIER_ROWS = 20
+
+
+def read_rows(path: Path, source: str) -> pd.DataFrame:
+    """A CSV or Parquet file as a frame; a missing or unreadable file is one line naming it."""
+    if source == "csv":
+        return read_table(path)
+    try:
+        return pd.read_parquet(path)
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: no such Parquet file") from None
+    except (OSError, ValueError) as exc:  # pyarrow's errors derive from these
+        raise PipelineError(f"{path}: cannot read as Parquet: {first_line(exc)}") from None
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def column_kind(values: pd.Series) -> str:
+    """number, category, or broken (a number column with stray text)."""
+    if pd.api.types.is_bool_dtype(values):
+        return "category"
+    if pd.api.types.is_numeric_dtype(values):
+        return "number"
+    present = values.dropna()
+    parsed = pd.to_numeric(present, errors="coerce").notna().mean() if len(present) else 0.0
+    return "broken" if parsed >= NUMBER_LIKE else "category"
+
+
+def table_problems(frame: pd.DataFrame, missing: str) -> list[str]:
+    """What stops these columns from being features (each problem names its column): a column
+    with no value, a number column with text or infinite values, a category with one value per
+    row (an identifier), and, under data.missing: refuse, gaps."""
+    problems = []
+    for name in frame.columns:
+        values = frame[name]
+        if values.isna().all():
+            problems.append(f"column '{name}' is entirely empty (leave it out: data.drop_columns)")
+            continue
+        kind = column_kind(values)
+        if kind == "broken":
+            present = values.dropna()
+            text = present[pd.to_numeric(present, errors="coerce").isna()]
+            problems.append(f"column '{name}' is not numeric (e.g. {str(text.iloc[0])!r})")
+            continue
+        huge = int((values.abs() > FLOAT32_MAX).sum()) if kind == "number" else 0
+        if huge:
+            problems.append(f"column '{name}' has {huge} infinite or out-of-range values")
+        rows = len(values)
+        if kind == "category" and rows >= IDENTIFIER_ROWS and values.nunique() == rows:
+            problems.append(
+                f"column '{name}' has a different value in every row, an identifier rather "
+                "than a feature (leave it out: data.drop_columns)"
+            )
+        gaps = int(values.isna().sum())
+        if gaps and missing == "refuse":
+            problems.append(
+                f"column '{name}' has {gaps} missing values (data.missing: drop or impute)"
+            )
+    return problems
+
+
+def load_table(
+    path: Path, config: DataConfig, *, task: Task = "classification", source: str = "csv"
+) -> Dataset:
+    """A CSV or Parquet file: `config.target` is the target column (classes, or a regression's
+    numbers), `config.drop_columns` are left out, and every other column is a feature: a number,
+    or a category (text) encoded inside the model. Gaps as `config.missing` says."""
+    assert config.target is not None
+    target = config.target
+    frame = read_rows(path, source)
+    columns = [str(c) for c in frame.columns]
+    if target not in columns:
+        raise PipelineError(f"{path}: no column '{target}' (columns: {', '.join(columns)})")
+    if source == "csv" and cut_off(path, frame):
         raise PipelineError(
             f"{path}: truncated: its last line (row {len(frame)}) is cut off mid-row; was the "
             "file fully written?"
         )
+    absent = [c for c in config.drop_columns if c not in columns]
+    if absent:
+        raise PipelineError(f"{path}: data.drop_columns: no column '{absent[0]}'")
+    frame = frame.drop(columns=config.drop_columns)
     labels_raw = frame.pop(target)
-    problems = []
-    if labels_raw.isna().any():
-        problems.append(f"column '{target}' has {int(labels_raw.isna().sum())} empty labels")
-    problems += feature_problems(frame, [str(c) for c in frame.columns])
-    raise_problems(path, problems)
     if frame.shape[1] == 0:
         raise PipelineError(f"{path}: no feature columns besides '{target}'")
-    if task == "regression":
-        return Dataset(
-            name=path.stem,
-            features=frame.to_numpy(np.float32),
-            input_shape=(frame.shape[1],),
-            labels=regression_targets(labels_raw.to_numpy(), f"{path}: column '{target}'"),
-            class_names=(),
-            feature_names=tuple(str(c) for c in frame.columns),
-            task="regression",
+    problems = []
+    unlabelled = labels_raw.isna()
+    if unlabelled.any() and config.missing == "refuse":
+        noun = "empty labels" if task == "classification" else "empty targets"
+        problems.append(f"column '{target}' has {int(unlabelled.sum())} {noun}")
+    problems += table_problems(frame, config.missing)
+    raise_problems(path, problems)
+    gaps = unlabelled.to_numpy()
+    if config.missing == "drop":
+        gaps = gaps | frame.isna().any(axis=1).to_numpy()
+    if gaps.any():
+        log.warning(
+            "%s: left out %d of %d rows with a gap (data.missing: %s)",
+            path,
+            int(gaps.sum()),
+            len(frame),
+            config.missing,
         )
+        frame, labels_raw = frame[~gaps], labels_raw[~gaps]
+    layout = TableLayout(
+        columns=tuple(
+            TableColumn(str(name))
+            if column_kind(frame[name]) == "number"
+            else TableColumn(str(name), tuple(sorted(set(category_text(frame[name]).dropna()))))
+            for name in frame.columns
+        ),
+        one_hot_max=config.one_hot_max,
+        imputes=config.missing == "impute",
+    )
+    features = encode_frame(frame, [column.spec() for column in layout.columns])
+    rows = Dataset(
+        name=path.stem,
+        features=features,
+        labels=np.zeros(0),
+        class_names=(),
+        input_shape=(frame.shape[1],),
+        feature_names=tuple(str(c) for c in frame.columns),
+        table=layout,
+        raw=frame.reset_index(drop=True),
+    )
+    if task == "regression":
+        targets = regression_targets(labels_raw.to_numpy(), f"{path}: column '{target}'")
+        return replace(rows, labels=targets, task="regression")
     classes, labels = np.unique(labels_raw.astype(str).to_numpy(), return_inverse=True)
     if len(classes) < 2:
         raise PipelineError(f"{path}: column '{target}' has a single class; nothing to learn")
-    return Dataset(
-        name=path.stem,
-        features=frame.to_numpy(np.float32),
-        input_shape=(frame.shape[1],),
-        labels=labels.astype(np.int64),
-        class_names=tuple(str(c) for c in classes),
-        feature_names=tuple(str(c) for c in frame.columns),
-    )
+    return replace(rows, labels=labels.astype(np.int64), class_names=tuple(map(str, classes)))
 
 
 def read_idx(path: Path) -> np.ndarray:

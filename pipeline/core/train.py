@@ -26,6 +26,7 @@ from pipeline.core.data import (
     ExampleSource,
     ModelSpec,
     Split,
+    TableFit,
     TuningData,
     flat_example,
     tuning_data,
@@ -151,15 +152,19 @@ class FoldTrainer:
         spec: ModelSpec,
         stats: tuple[np.ndarray, np.ndarray],
         target: tuple[float, float] | None = None,
+        table: TableFit | None = None,
     ) -> None:
         """`stats`: the scaling statistics (mean, std) of `train_rows` (`data.column_stats`);
-        `target`: for a regression, those of their targets (`data.target_stats`)."""
+        `target`: for a regression, those of their targets (`data.target_stats`); `table`: for
+        a table, what its rows hold (`data.fit_table`)."""
         self.hp = hp
         self.task = spec.task
         self.examples = examples
         self.train_rows = torch.as_tensor(train_rows)
         mean, std = torch.from_numpy(stats[0]), torch.from_numpy(stats[1])
-        network = build_network(builder, spec, hp.builder_args, mean=mean, std=std, target=target)
+        network = build_network(
+            builder, spec, hp.builder_args, mean=mean, std=std, target=target, table=table
+        )
         self.model = network.to(examples.device)
         self.optimizer = make_optimizer(hp, self.model.parameters())
         self.target_scale = target or (0.0, 1.0)
@@ -245,7 +250,6 @@ def fit(
     """
     torch.manual_seed(seed)
     examples = Examples(data.features, data.examples, data.labels, device)
-    targets = data.target_stats or (None,) * len(data.folds)
     trainers = [
         FoldTrainer(
             builder,
@@ -253,10 +257,11 @@ def fit(
             examples=examples,
             train_rows=train,
             spec=data.spec,
-            stats=stats,
-            target=target,
+            stats=data.fold_stats[fold],
+            target=data.target_stats[fold] if data.target_stats else None,
+            table=data.table_fits[fold] if data.table_fits else None,
         )
-        for (train, _), stats, target in zip(data.folds, data.fold_stats, targets, strict=True)
+        for fold, (train, _) in enumerate(data.folds)
     ]
     val_rows = [torch.as_tensor(val) for _, val in data.folds]
     first_epoch = 1
@@ -339,6 +344,7 @@ def fit_final(
         spec=data.spec,
         stats=data.fold_stats[0],
         target=data.target_stats[0] if data.target_stats else None,
+        table=data.table_fits[0] if data.table_fits else None,
     )
     losses: list[float] = []
     for _ in range(epochs):

@@ -7,6 +7,7 @@ import fnmatch
 import json
 import os
 import signal
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -161,12 +162,11 @@ def align_search_state(sweep_path: str, endpoint: str | None = None) -> None:
     numbered as they are created), and the live trials its unfinished ones."""
     filesystem, path = locate(sweep_path, endpoint)
     names = [info.base_name for info in filesystem.get_file_info(pafs.FileSelector(path))]
-    trial_lists = fnmatch.filter(names, "experiment_state-*.json")
+    trial_lists = sorted(fnmatch.filter(names, "experiment_state-*.json"))
     search_states = fnmatch.filter(names, "search_gen_state-*.json")
     if not trial_lists or not search_states:
         return
-    with filesystem.open_input_stream(f"{path}/{max(trial_lists)}") as stream:
-        saved = json.loads(stream.readall())
+    saved = newest_trial_list(filesystem, path, trial_lists)
     trials = [json.loads(state) for state, _ in saved["trial_data"]]
     search_path = f"{path}/{max(search_states)}"
     with filesystem.open_input_stream(search_path) as stream:
@@ -180,6 +180,46 @@ def align_search_state(sweep_path: str, endpoint: str | None = None) -> None:
     with filesystem.open_output_stream(f"{search_path}.tmp") as stream:
         stream.write(ray.cloudpickle.dumps(search))  # type: ignore[no-untyped-call]
     filesystem.move(f"{search_path}.tmp", search_path)
+
+
+def newest_trial_list(filesystem: pafs.FileSystem, path: str, names: list[str]) -> dict[str, Any]:
+    """The newest whole trial list (one file per run of the sweep, named by its start). A list
+    the kill cut off mid-copy (empty or half-written) is replaced by the killed driver's own
+    whole copy where this machine still has it (Ray's staging folder), else set aside as
+    `<name>.torn`, so that Tune resumes from the run before's, whose trials our reconciliation
+    then squares with the tracking store; with no whole list left, the sweep cannot resume."""
+    for name in reversed(names):
+        with filesystem.open_input_stream(f"{path}/{name}") as stream:
+            text = stream.readall()
+        for candidate in (text, *staged_copies(path, name)):
+            try:
+                saved: dict[str, Any] = json.loads(candidate)
+            except ValueError:
+                continue
+            if candidate is not text:  # the driver's own copy, whole: put it back in storage
+                with filesystem.open_output_stream(f"{path}/{name}.tmp") as stream:
+                    stream.write(candidate)
+                filesystem.move(f"{path}/{name}.tmp", f"{path}/{name}")
+            return saved
+        filesystem.move(f"{path}/{name}", f"{path}/{name}.torn")
+    raise PipelineError(
+        f"{path}: the sweep's saved trial list was cut off mid-write when it was killed, and no "
+        "earlier one is whole; start anew with --abandon"
+    )
+
+
+# Where a local Ray keeps its sessions (Ray's default temp folder; `ray start --temp-dir` moves it).
+RAY_TEMP = Path(tempfile.gettempdir(), "ray")
+
+
+def staged_copies(sweep_path: str, name: str) -> list[bytes]:
+    """The copies of a state file in the staging folders Ray's drivers on this machine wrote it
+    to before copying it to storage (`<ray temp>/session_*/artifacts/*/<sweep>/driver_artifacts`),
+    newest first."""
+    sweep = Path(sweep_path.rstrip("/")).name
+    pattern = f"session_*/artifacts/*/{sweep}/driver_artifacts/{name}"
+    found = sorted(RAY_TEMP.glob(pattern), key=lambda p: p.stat().st_mtime)
+    return [copy.read_bytes() for copy in reversed(found)]
 
 
 class TrialSink(Protocol):

@@ -4,8 +4,10 @@ parent run, and the network logged with it (pt2, pickle-free, with signature and
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,6 +24,7 @@ from pipeline.tracking.store import open_client, use_tracking_uri
 from pipeline.tracking.sweeps import SweepRecord
 
 if TYPE_CHECKING:
+    from mlflow.models import ModelSignature
     from torch import nn
 
 RETRAIN_RUN_NAME = "retrain"
@@ -32,7 +35,8 @@ MODEL_ARTIFACT = "model"
 class RetrainedModel:
     """A retrain's outcome, as the retrain run records it."""
 
-    network: nn.Module  # softmax output, eval mode, on the CPU
+    network: nn.Module  # model.servable: eval mode, on the CPU
+    program: bytes  # the network, exported (`model.export_network`)
     report: TestReport  # its one test
     train_losses: list[float]  # per epoch
     train_seconds: float
@@ -40,8 +44,10 @@ class RetrainedModel:
     params: dict[str, Scalar]  # hyperparameters, epochs, row counts
     data_fingerprint: str
     dataset_name: str
-    example: np.ndarray  # a few input rows, for the signature and the input example
-    example_output: np.ndarray  # the network's output for them
+    # A few input rows, for the signature and the input example: float rows, or a table's rows
+    # as its file holds them (what a table model takes); the model's output for them.
+    example: np.ndarray | pd.DataFrame
+    example_output: np.ndarray
     metadata: dict[str, Any]  # stored with the model: what prediction and promotion need
     data: list[LoggedData]  # the rows it trained on and was tested on
     selection: Selection  # the candidates' second opinions, this model's first
@@ -129,11 +135,15 @@ def selection_record(selection: Selection) -> dict[str, Any]:
 
 
 def log_network(tracking_uri: str, run_id: str, model: RetrainedModel) -> str:
-    """Log the network in the pickle-free pt2 format with signature, example and metadata."""
+    """Log the network in the pickle-free pt2 format with signature, example and metadata; a
+    table's as a model from code (`table_model`) over its exported program, which takes the
+    table's rows as they are."""
     import mlflow.pytorch  # loads torch: only the retrain needs it
     from mlflow.models import infer_signature
 
     signature = infer_signature(model.example, model.example_output)
+    if isinstance(model.example, pd.DataFrame):
+        return log_table_model(tracking_uri, run_id, model, signature)
     # log_model speaks only through the fluent API; the active run gives it the experiment.
     with use_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id):
         info = mlflow.pytorch.log_model(
@@ -145,6 +155,34 @@ def log_network(tracking_uri: str, run_id: str, model: RetrainedModel) -> str:
             pip_requirements=pip_requirements(),
             metadata=model.metadata,
         )
+    return str(info.model_uri)
+
+
+def log_table_model(
+    tracking_uri: str, run_id: str, model: RetrainedModel, signature: ModelSignature
+) -> str:
+    """A table model: `table_model.py` as the pyfunc's code, the exported program and the
+    column spec as its artifacts, `table_encoding.py` shipped beside it."""
+    import mlflow.pyfunc
+
+    from pipeline.core import table_encoding
+    from pipeline.tracking import table_model
+
+    with tempfile.TemporaryDirectory() as folder:
+        program, columns = Path(folder) / "network.pt2", Path(folder) / "columns.json"
+        program.write_bytes(model.program)
+        columns.write_text(json.dumps(model.metadata["table"]))
+        with use_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT,
+                python_model=table_model.__file__,
+                artifacts={table_model.PROGRAM: str(program), table_model.COLUMNS: str(columns)},
+                code_paths=[table_encoding.__file__],
+                signature=signature,
+                input_example=model.example,
+                pip_requirements=pip_requirements(),
+                metadata=model.metadata,
+            )
     return str(info.model_uri)
 
 

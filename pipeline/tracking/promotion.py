@@ -160,7 +160,7 @@ def decide_promotion(
     if champion is not None:
         check_comparable(candidate, champion, name)
     dataset, split = version_data(candidate, cache_dir)
-    features, targets = dataset.rows(split.test), dataset.labels[split.test]
+    features, targets = dataset.model_inputs(split.test), dataset.labels[split.test]
 
     def test(version: LoadedVersion) -> TestReport:
         """The version's scores on the test rows, on the candidate's metric."""

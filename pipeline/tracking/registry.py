@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
+import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from pipeline import tags
@@ -44,8 +45,9 @@ class LoadedVersion:
     model: PyFuncModel
     metadata: dict[str, Any]
 
-    def predict_outputs(self, features: np.ndarray) -> np.ndarray:
-        """Class probabilities (rows, classes), or a regression's predictions (rows,)."""
+    def predict_outputs(self, features: np.ndarray | pd.DataFrame) -> np.ndarray:
+        """Class probabilities (rows, classes), or a regression's predictions (rows,), of flat
+        feature rows or a table's rows."""
         return np.asarray(self.model.predict(features), dtype=np.float64)
 
     @property

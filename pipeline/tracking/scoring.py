@@ -27,9 +27,12 @@ class FiniteInputs:
     def __init__(self, model: PyFuncModel) -> None:
         self.model = model
         self.metadata = model.metadata
+        # A table model takes text and gaps, and checks its rows itself (`table_model`).
+        self.table = bool((model.metadata.metadata or {}).get("table"))
 
     def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
-        check_finite(data)
+        if not self.table:
+            check_finite(data)
         return self.model.predict(data, params=params)
 
 

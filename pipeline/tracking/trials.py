@@ -87,6 +87,7 @@ class TrialRecorder:
             "parent_run_id",
             "metric",
             "mode",
+            "scores",
             "data",
             "warm_points",
             "flush_seconds",

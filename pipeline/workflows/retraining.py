@@ -56,7 +56,11 @@ def retrain_and_register(
     sweep = find_sweep(client, experiment_name, parent_run_id)
     experiment = sweep.experiment
     dataset, split = load_split(
-        experiment.data, experiment.seed, settings.data_dir, code_paths=experiment.code.paths
+        experiment.data,
+        experiment.seed,
+        settings.data_dir,
+        code_paths=experiment.code.paths,
+        task=experiment.task,
     )
     check_same_data(sweep, split)
     if settings.ray_address:

@@ -83,7 +83,11 @@ def sweep_data(experiment: Experiment, settings: Settings) -> tuple[Dataset, Spl
     """The experiment's data and split, and its model's pre-flight on them (`checks`): what a
     sweep needs before anything is started or written."""
     dataset, split = load_split(
-        experiment.data, experiment.seed, settings.data_dir, code_paths=experiment.code.paths
+        experiment.data,
+        experiment.seed,
+        settings.data_dir,
+        code_paths=experiment.code.paths,
+        task=experiment.task,
     )
     check_model(experiment, dataset, split)
     return dataset, split
