@@ -27,7 +27,7 @@ AT ?= 02:00
 
 .DEFAULT_GOAL := help
 .PHONY: help install install-dev install-cluster install-server tune nightly history schedule unschedule report sweeps retrain promote rollback predict serve test test-fast lint \
-	bench-cli bench-data bench-overhead bench-peer bench-quality bench-scale ui mlflow-server clean
+	bench-cli bench-data bench-overhead bench-peer bench-quality bench-scale bench-tables ui mlflow-server clean
 
 # The settings above (NAME ?= default), which a help text names as $(NAME): help shows their
 # values, e.g. `make help PORT=8000` the port `make serve PORT=8000` would take.
@@ -158,6 +158,9 @@ bench-peer: install ## Benchmark: tune against a plain in-process Optuna script 
 
 bench-quality: install ## Benchmark: registered model's test accuracy vs its selection score, TPE vs random, ASHA vs FIFO (tens of minutes)
 	$(PY) benchmarks/quality.py $(ARGS)
+
+bench-tables: install ## Benchmark: a 50,000-row CSV with text columns and gaps, loaded and tuned end to end: load time, driver peak RSS
+	$(PY) benchmarks/tables.py $(ARGS)
 
 bench-scale: install ## Benchmark: 1,000 one-epoch trials: bookkeeping per trial, MLflow share, driver memory
 	$(PY) benchmarks/scale.py $(ARGS)

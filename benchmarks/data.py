@@ -38,6 +38,7 @@ class Peaks:
     driver: int = 0  # bytes
     worker: int = 0
     seconds: float = 0.0
+    output: str = ""  # what the command printed
 
 
 def high_water_mark(pid: int) -> int:
@@ -68,10 +69,24 @@ def trial_workers() -> list[int]:
 
 def tune(images: Path, folder: Path, trials: int, epochs: int) -> Peaks:
     """One `tune` of the example on `images`; the peaks seen while it ran."""
-    command = [sys.executable, "-m", "pipeline", "tune", "--space", str(EXAMPLE / "space.yaml")]
-    command += ["--set", f"data.path={images}", "--set", f"budget.num_samples={trials}"]
-    command += ["--set", f"budget.max_epochs={epochs}", "--set", "scheduler.name=fifo"]
-    command += ["--set", "search.n_initial_points=1", "--set", "name=bench-data"]
+    return measured_tune(
+        EXAMPLE / "space.yaml",
+        [f"data.path={images}", "name=bench-data"],
+        folder,
+        trials=trials,
+        epochs=epochs,
+    )
+
+
+def measured_tune(
+    space: Path, overrides: list[str], folder: Path, *, trials: int, epochs: int
+) -> Peaks:
+    """One `tune` of `space` (with `overrides`, `trials` of `epochs` each, FIFO) in `folder`;
+    the peaks seen while it ran."""
+    command = [sys.executable, "-m", "pipeline", "tune", "--space", str(space)]
+    sets = [*overrides, f"budget.num_samples={trials}", f"budget.max_epochs={epochs}"]
+    sets += ["scheduler.name=fifo", "search.n_initial_points=1"]
+    command += [arg for override in sets for arg in ("--set", override)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("RAY_ADDRESS", None)
@@ -96,7 +111,8 @@ def tune(images: Path, folder: Path, trials: int, epochs: int) -> Peaks:
     watcher.join()
     peaks.seconds = time.perf_counter() - started
     if process.returncode != 0:
-        sys.exit(f"tune on {images} failed:\n{output.decode()[-3000:]}")
+        sys.exit(f"tune of {space} failed:\n{output.decode()[-3000:]}")
+    peaks.output = output.decode()
     return peaks
 
 

@@ -24,6 +24,13 @@ command's seconds. Then the bars:
     fifo:   ASHA trains <= 40% of FIFO's epochs (summed over seeds) with a best score within 0.5
             points of FIFO's (means over seeds)
 
+A fourth way, `regression`, tunes search_spaces/diabetes.yaml (an MLP regression on the 442
+diabetes patients bundled with scikit-learn, ranked on val_rmse) and fits what a user tries first
+on the very same split (train + validation rows; the same test rows): scikit-learn's `RidgeCV`
+(alphas 1e-3 .. 1e3) and `HistGradientBoostingRegressor` (defaults). Printed per seed: our
+selection score and test RMSE, the gap, and the two baselines' test RMSE. Bars (means over
+seeds): our test RMSE below RidgeCV's, and at most 1.10 x gradient boosting's.
+
 A bar whose ways were not run is not judged. It takes tens of minutes on 2 cores (FIFO is the
 slow way); it is a benchmark, not a test.
 
@@ -45,11 +52,15 @@ from pathlib import Path
 from common import ROOT, passed, run_timed, user_env
 
 DEFAULT_SPACE = ROOT / "search_spaces" / "default.yaml"
+REGRESSION_SPACE = ROOT / "search_spaces" / "diabetes.yaml"
 WAYS = {
     "tpe": [],
     "random": ["search.algorithm=random"],
     "fifo": ["scheduler.name=fifo"],
+    "regression": [],
 }
+GOAL_RIDGE_RATIO = 1.0  # our test RMSE over RidgeCV's: below it
+GOAL_BOOSTING_RATIO = 1.10  # over gradient boosting's: within 10%
 GOAL_MEAN_TEST_ACC = 0.980
 GOAL_MIN_TEST_ACC = 0.975
 GOAL_GAP = 0.01
@@ -121,6 +132,105 @@ def run_once(way: str, seed: int, keep: bool) -> Outcome:
             shutil.rmtree(folder, ignore_errors=True)
     print(f"  {line(outcome)}", flush=True)
     return outcome
+
+
+@dataclass(frozen=True)
+class RegressionOutcome:
+    """One end-to-end run of `tune` on the regression space, and the baselines on its split."""
+
+    seed: int
+    selection: float  # the registered model's selection score (val_rmse on fresh folds)
+    test_rmse: float
+    test_low: float
+    test_high: float
+    ridge: float  # RidgeCV's test RMSE on the same split
+    boosting: float  # HistGradientBoostingRegressor's
+    seconds: float
+
+
+def run_regression(seed: int, keep: bool) -> RegressionOutcome:
+    """`tune` on the regression space in a fresh folder, then the baselines on its split."""
+    import numpy as np
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.linear_model import RidgeCV
+
+    from pipeline.config import load_experiment
+    from pipeline.core.sources import load_split
+    from pipeline.tracking.registry import version_of_sweep
+    from pipeline.tracking.store import open_client
+
+    folder = Path(tempfile.mkdtemp(prefix=f"bench-quality-regression-{seed}-"))
+    try:
+        command = [sys.executable, "-m", "pipeline", "tune", "--space", str(REGRESSION_SPACE)]
+        command += ["--set", f"seed={seed}"]
+        output, seconds = run_timed(command, folder, user_env(folder))
+        parent = re.search(r"parent run: ([0-9a-f]+)", output)
+        if parent is None:
+            sys.exit(f"no sweep summary in the output of tune:\n{output[-4000:]}")
+        experiment = load_experiment(REGRESSION_SPACE, [f"seed={seed}"])
+        client = open_client(f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}")
+        version = version_of_sweep(client, experiment.model_name, parent[1])
+        if version is None:
+            sys.exit(f"tune registered no version for its sweep:\n{output[-4000:]}")
+        retrain_run = str(client.get_model_version(experiment.model_name, version).run_id)
+        retrain = client.get_run(retrain_run).data.metrics
+    finally:
+        if keep:
+            print(f"  kept {folder}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+    dataset, split = load_split(experiment.data, seed, folder, task=experiment.task)
+    assert dataset.features is not None
+    train, test = split.tuning_rows, split.test
+    baselines = []
+    for model in (
+        RidgeCV(alphas=np.logspace(-3, 3, 13)),
+        HistGradientBoostingRegressor(random_state=seed),
+    ):
+        model.fit(dataset.features[train], dataset.labels[train])
+        predicted = model.predict(dataset.features[test])
+        baselines.append(float(np.sqrt(np.mean((predicted - dataset.labels[test]) ** 2))))
+    outcome = RegressionOutcome(
+        seed,
+        retrain["selection_val_rmse"],
+        retrain["test_rmse"],
+        retrain["test_rmse_low"],
+        retrain["test_rmse_high"],
+        baselines[0],
+        baselines[1],
+        seconds,
+    )
+    print(f"  {regression_line(outcome)}", flush=True)
+    return outcome
+
+
+def regression_line(o: RegressionOutcome) -> str:
+    return (
+        f"regression seed {o.seed}  selection {o.selection:.2f}  test_rmse {o.test_rmse:.2f} "
+        f"[{o.test_low:.2f}, {o.test_high:.2f}]  gap {o.selection - o.test_rmse:+.2f}  RidgeCV "
+        f"{o.ridge:.2f}  gradient boosting {o.boosting:.2f}  {o.seconds:6.1f} s"
+    )
+
+
+def report_regression(outcomes: list[RegressionOutcome]) -> list[bool]:
+    """The regression rows and their bars (means over seeds)."""
+    if not outcomes:
+        return []
+    print("\nregression (diabetes): test RMSE, lower is better")
+    for o in outcomes:
+        print(f"  {regression_line(o)}")
+    ours = statistics.mean(o.test_rmse for o in outcomes)
+    ridge = statistics.mean(o.ridge for o in outcomes)
+    boosting = statistics.mean(o.boosting for o in outcomes)
+    gap = statistics.mean(o.selection - o.test_rmse for o in outcomes)
+    beats = ours / ridge < GOAL_RIDGE_RATIO
+    close = ours / boosting <= GOAL_BOOSTING_RATIO
+    print(f"  mean test RMSE: ours {ours:.2f}, RidgeCV {ridge:.2f}, gradient boosting "
+          f"{boosting:.2f}; mean selection - test {gap:+.2f}")  # fmt: skip
+    print(f"  ours / RidgeCV {ours / ridge:.3f} (goal < {GOAL_RIDGE_RATIO})  {passed(beats)}")
+    print(f"  ours / gradient boosting {ours / boosting:.3f} (goal <= {GOAL_BOOSTING_RATIO})  "
+          f"{passed(close)}")  # fmt: skip
+    return [beats, close]
 
 
 def line(o: Outcome) -> str:
@@ -201,12 +311,16 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.cli import environment
 
     environment.configure(Console(stderr=True), debug=False)  # MLflow as quiet as in the CLI
-    outcomes = []
+    outcomes, regressions = [], []
     for way in args.ways:
         for seed in args.seeds:
             print(f"running {way}, seed {seed} ...", flush=True)
-            outcomes.append(run_once(way, seed, args.keep))
-    ok = report(outcomes)
+            if way == "regression":
+                regressions.append(run_regression(seed, args.keep))
+            else:
+                outcomes.append(run_once(way, seed, args.keep))
+    ok = report(outcomes) if outcomes else True
+    ok = all([ok, *report_regression(regressions)])
     return 1 if args.check and not ok else 0
 
 
