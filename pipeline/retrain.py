@@ -16,11 +16,11 @@ from torch import nn
 
 from pipeline.config import Experiment, Hyperparameters
 from pipeline.config.door import code_fingerprint, import_callable
-from pipeline.config.metrics import score_of
 from pipeline.core.checks import first_line
 from pipeline.core.data import Dataset, Split, TuningData, stats_sample
 from pipeline.core.decisions import SCORE_WINDOW, Selection, score_at
 from pipeline.core.evaluate import score
+from pipeline.core.metrics import UserScores
 from pipeline.core.model import Builder, export_network, load_exported, servable
 from pipeline.core.train import EVAL_BATCH, READ_BATCH, fit, fit_final
 from pipeline.errors import PipelineError
@@ -62,6 +62,14 @@ def predict_outputs(network: nn.Module, dataset: Dataset, rows: np.ndarray) -> n
         for start in range(0, len(rows), size)
     ]
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def user_metrics(experiment: Experiment) -> UserScores | None:
+    """The user's metrics function, if the space names one (importable here, as the builder)."""
+    if experiment.metrics is None:
+        return None
+    function: UserScores = import_callable(experiment.metrics, (), "metrics")
+    return function
 
 
 def builder_of(experiment: Experiment) -> Builder:
@@ -149,10 +157,11 @@ def second_opinion(
         report=lambda metrics, _: history.append(metrics.as_dict()),
         device=device,
         seed=experiment.seed + 1,
+        user=user_metrics(experiment),
     )
     score = score_at(history, experiment.metric, epochs)
     if score is None or not np.isfinite(score):
-        return score_of(experiment.metric).worst
+        return experiment.score.worst
     return float(score)
 
 
@@ -167,6 +176,8 @@ def model_metadata(experiment: Experiment, dataset: Dataset, split: Split) -> di
     return {
         "task": dataset.task,
         "metric": experiment.metric,
+        "mode": experiment.mode,
+        "metrics": experiment.metrics,
         "class_names": list(dataset.class_names),
         "table": None
         if dataset.table is None
@@ -221,6 +232,8 @@ def log_retrain(
             task=dataset.task,
             metric=sweep.experiment.metric,
             class_names=dataset.class_names,
+            user=user_metrics(sweep.experiment),
+            mode=sweep.experiment.mode,
         ),
         train_losses=final.train_losses,
         train_seconds=final.train_seconds,

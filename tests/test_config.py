@@ -269,6 +269,21 @@ INVALID: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
     ),
     ("unknown_metric", {"metric": "val_f1"}, ("metric", "'val_f1' is not one of val_loss")),
     (
+        "custom_metric_without_mode",
+        {"metrics": "my_scores:score", "metric": "val_recall", "mode": None},
+        ("mode: give max or min for val_recall",),
+    ),
+    (
+        "custom_metric_not_val",
+        {"metrics": "my_scores:score", "metric": "recall"},
+        ("metric", "'recall' is neither ours", "val_<key> of a key that metrics"),
+    ),
+    (
+        "metrics_not_a_reference",
+        {"metrics": "my_scores.score", "metric": "val_recall"},
+        ("metrics", "is not a function reference"),
+    ),
+    (
         "metric_of_another_task",
         {"metric": "val_r2"},
         ("metric", "val_r2 does not apply to task classification", "val_macro_f1"),

@@ -3,12 +3,20 @@ paired comparison the promotion gate uses for every score but accuracy."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 from sklearn import metrics as sk
 
+from pipeline.config import Hyperparameters, load_experiment
+from pipeline.config.door import add_to_path
 from pipeline.config.metrics import SCORES, scores_of, validation_names
 from pipeline.core import decisions
+from pipeline.core.checks import check_metrics
+from pipeline.core.data import Dataset, Split, TuningData
 from pipeline.core.evaluate import score
 from pipeline.core.metrics import (
     FUNCTIONS,
@@ -20,6 +28,12 @@ from pipeline.core.metrics import (
     rmse,
     roc_auc,
 )
+from pipeline.core.networks import mlp
+from pipeline.core.train import fit
+from pipeline.errors import PipelineError
+from tests.conftest import SPACES
+
+CPU = torch.device("cpu")
 
 
 def probabilities(rows: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -118,3 +132,69 @@ def test_a_classification_gate_on_macro_f1_uses_the_bootstrap_not_mcnemar() -> N
     assert candidate.interval[0] < candidate.value < candidate.interval[1]
     noise = decisions.describe_noise(candidate, candidate)
     assert "McNemar" not in noise and "[+0.0000, +0.0000]" in noise
+
+
+def recall_of_the_last_class(outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    """A user's metrics function: the recall of the rarest (last) class, and its name."""
+    last = outputs.shape[1] - 1
+    hits = (outputs.argmax(1) == last) & (targets == last)
+    return {"recall_last": float(hits.sum() / max(1, (targets == last).sum())), "acc": -1.0}
+
+
+def test_a_users_metrics_function_scores_epochs_tests_and_the_gate(
+    digits_tuning: TuningData,
+) -> None:
+    """Its keys join our scores every epoch (ours keep their meaning: its `acc` is ignored), the
+    sweep's metric may be one of them (in the mode the space gives), and a test and the gate
+    score it as they score ours: a bootstrap interval, a paired-bootstrap comparison."""
+    history: list[dict[str, float]] = []
+    hp = Hyperparameters.from_params({"lr": 3e-3, "batch_size": 64})
+    report = lambda metrics, _: history.append(metrics.scores)  # noqa: E731
+    fit(mlp, hp, digits_tuning, max_epochs=2, report=report, device=CPU, seed=0,
+        user=recall_of_the_last_class)  # fmt: skip
+    assert {"val_recall_last", "val_acc", "val_macro_f1"} <= set(history[-1])
+    assert 0 < history[-1]["val_acc"] <= 1 and 0 < history[-1]["val_recall_last"] <= 1
+    p, y = probabilities(300, 3, 5)
+    report_ = score(
+        p,
+        y,
+        task="classification",
+        metric="val_recall_last",
+        class_names=("a", "b", "c"),
+        user=recall_of_the_last_class,
+        mode="max",
+    )
+    assert report_.name == "test_recall_last" and report_.higher_is_better
+    assert report_.value == recall_of_the_last_class(p, y)["recall_last"]
+    assert report_.scores["acc"] == (p.argmax(1) == y).mean()
+    assert report_.interval[0] <= report_.value <= report_.interval[1]
+    assert "paired-bootstrap" in decisions.describe_noise(report_, report_)
+    with pytest.raises(KeyError, match="no mode given"):
+        score(p, y, task="classification", metric="val_recall_last", class_names=("a", "b", "c"))
+
+
+def test_the_preflight_calls_a_users_metrics_function_once(
+    tmp_path: Path, digits: Dataset, digits_split: Split
+) -> None:
+    """Before any trial: a function that does not return its metric's key, or returns no
+    numbers, is one line naming it."""
+    (tmp_path / "user_scores.py").write_text(
+        "def wrong_key(outputs, targets):\n    return {'recall': 1.0}\n"
+        "def not_numbers(outputs, targets):\n    return {'recall_last': 'high'}\n"
+        "def fine(outputs, targets):\n    return {'recall_last': 1.0}\n"
+    )
+    base = load_experiment(SPACES / "smoke.yaml", [])
+    for function, fragment in (
+        ("wrong_key", "metrics user_scores:wrong_key: returned recall, not recall_last"),
+        ("not_numbers", "user_scores:not_numbers returned a score that is not a number"),
+        ("fine", None),
+    ):
+        experiment = base.model_copy(
+            update={"metrics": f"user_scores:{function}", "metric": "val_recall_last"}
+        )
+        add_to_path([str(tmp_path)])
+        if fragment is None:
+            check_metrics(experiment, digits, digits_split)
+            continue
+        with pytest.raises(PipelineError, match=re.escape(fragment)):
+            check_metrics(experiment, digits, digits_split)

@@ -36,6 +36,9 @@ from tests.conftest import REPO, SPACES
 CPU = torch.device("cpu")
 GOOD = {"lr": 3e-3, "hidden_units": 64, "batch_size": 32, "optimizer": "adam"}
 
+# A classification trial's scores, as `Experiment.trial_scores` names them.
+SCORES = ("train_loss", "val_loss", "val_acc", "val_macro_f1", "val_auc")
+
 
 @pytest.fixture(scope="module")
 def experiment() -> Experiment:
@@ -83,7 +86,7 @@ def record_sweep(
         params={},
         data=data.as_input(),
     )
-    finish_parent_run(client, run_id, rows, best=None, status=status, task="classification")
+    finish_parent_run(client, run_id, rows, best=None, status=status, scores=SCORES)
     return run_id
 
 
@@ -263,10 +266,13 @@ def test_refolded_data_are_the_tuning_rows_in_other_folds_of_the_same_sizes(
     assert sorted(np.concatenate([v for _, v in fresh.folds])) == list(range(rows))
     again = refolded(digits, digits_split, five, seed=2)
     assert not np.array_equal(fresh.folds[0][1], again.folds[0][1])  # the seed draws them
-    # One validation split: its sizes, other rows.
-    [(train, val)] = refolded(digits, digits_split, DataConfig(source="digits"), seed=1).folds
-    assert (len(train), len(val)) == (len(digits_split.train), len(digits_split.val))
-    assert set(val) != set(digits_split.folds[0][1])
+    # One validation split: the sweep chose on its validation rows, so the second opinion is
+    # cross-validated on its training rows alone (positions 0 .. len(train)-1 of the rows).
+    single = refolded(digits, digits_split, DataConfig(source="digits"), seed=1).folds
+    trained = len(digits_split.train)
+    assert len(single) == 3
+    assert sorted(np.concatenate([v for _, v in single])) == list(range(trained))
+    assert all(max(train.max(), val.max()) < trained for train, val in single)
 
 
 def test_a_second_opinion_scores_as_the_sweep_does_on_fresh_folds(

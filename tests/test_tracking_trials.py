@@ -11,6 +11,9 @@ from mlflow.tracking import MlflowClient
 from pipeline.tracking.store import open_client
 from pipeline.tracking.trials import TrialRecorder
 
+# A classification trial's scores, as `Experiment.trial_scores` names them.
+SCORES = ("train_loss", "val_loss", "val_acc", "val_macro_f1", "val_auc")
+
 
 def epoch(number: int, val_acc: float) -> dict[str, object]:
     return {
@@ -38,7 +41,7 @@ def recorder_on(tmp_path: Path) -> tuple[TrialRecorder, MlflowClient, str, str]:
         parent,
         metric="val_acc",
         mode="max",
-        task="classification",
+        scores=SCORES,
         flush_seconds=0,
     )
     return recorder, client, experiment_id, parent

@@ -11,7 +11,6 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline import tags
-from pipeline.config.metrics import score_of
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -48,7 +47,7 @@ def print_sweep(result: SweepResult, top: int = 5) -> None:
 
     trials, metric = result.trials, result.metric
     out = results()
-    ranked = rank_trials(trials, metric, score_of(metric).mode)[:top]
+    ranked = rank_trials(trials, metric, result.mode)[:top]
     if ranked:
         shown = Table(
             title=f"best {len(ranked)} of {len(trials)} trials, ranked on {metric} at their best "

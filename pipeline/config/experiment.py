@@ -8,7 +8,16 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from pipeline.config.door import BUILT_IN_BUILDERS
-from pipeline.config.metrics import DEFAULT_METRIC, Mode, Task, check_metric, is_score, score_of
+from pipeline.config.metrics import (
+    DEFAULT_METRIC,
+    Mode,
+    Score,
+    Task,
+    check_metric,
+    is_score,
+    score_of,
+    trial_scores,
+)
 from pipeline.config.records import ParamSpec, Record, Scalar
 from pipeline.config.space import check_optimizer_scoping, check_params, check_point
 
@@ -223,6 +232,10 @@ class Experiment(Record):
     # unset, the metric's own direction (given, it must be that direction).
     metric: str
     mode: Mode
+    # The user's own scores, `package.module:function`: score(predictions, targets) -> {key:
+    # value}, called on each validation fold every epoch and on the test rows; `metric` may name
+    # one of its keys as val_<key> (with a mode).
+    metrics: str | None = None
     registered_model: str | None = None
     # Validated from no keys, so that its defaults are filled in as a file's would be.
     data: DataConfig = Field(default_factory=lambda: DataConfig.model_validate({}))
@@ -244,13 +257,18 @@ class Experiment(Record):
             data = {**data, "metric": DEFAULT_METRIC[task]}
         metric = data.get("metric")
         # An unknown metric is refused, with the list of metrics, by `_check`.
-        if data.get("mode") is None and isinstance(metric, str) and is_score(metric):
-            data = {**data, "mode": score_of(metric).mode}
+        if data.get("mode") is None and isinstance(metric, str):
+            if is_score(metric):
+                data = {**data, "mode": score_of(metric).mode}
+            elif data.get("metrics"):
+                raise ValueError(f"mode: give max or min for {metric}, your metrics function's")
         return data
 
     @model_validator(mode="after")
     def _check(self) -> Experiment:
-        check_metric(self.metric, self.mode, self.task)
+        if self.metrics is not None:
+            check_reference(self.metrics, "metrics")
+        check_metric(self.metric, self.mode, self.task, custom=self.metrics)
         source = self.data.source
         if source not in (None, *TABLE_SOURCES) and (source in REGRESSION_SOURCES) != (
             self.task == "regression"
@@ -279,6 +297,18 @@ class Experiment(Record):
         for i, point in enumerate(self.search.points_to_evaluate):
             check_point(self.params, point, f"search.points_to_evaluate[{i}]")
         return self
+
+    @property
+    def score(self) -> Score:
+        """What the sweep ranks on: one of our scores, or a key of the user's metrics."""
+        return score_of(self.metric, self.mode)
+
+    @property
+    def trial_scores(self) -> tuple[str, ...]:
+        """What each epoch of a trial records: `train_loss`, the task's `val_<score>`s and the
+        user's metric if it is one."""
+        ours = trial_scores(self.task)
+        return ours if self.metric in ours else (*ours, self.metric)
 
     @property
     def n_initial_points(self) -> int:

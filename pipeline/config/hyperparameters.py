@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from pipeline.config.metrics import ALL_TRIAL_SCORES, Task
+from pipeline.config.metrics import Task
 from pipeline.config.records import Scalar, did_you_mean
 
 # gd is full-batch gradient descent: plain SGD on the whole training split in one step.
@@ -82,13 +82,12 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
 }
 
 
-# A trial's scores at its best epoch, and the columns of a sweep's trial table besides its
-# hyperparameters (core.trials): names no builder argument may take.
+# The columns of a sweep's trial table besides its hyperparameters and its scores (core.trials):
+# names no builder argument may take (nor a score's, train_loss and val_*).
 TRIAL_COLUMNS = (
     "trial_id",
     "state",
     "epoch",
-    *ALL_TRIAL_SCORES,
     "epochs_trained",
     "train_seconds",
     "host",

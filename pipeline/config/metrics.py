@@ -62,17 +62,28 @@ def trial_scores(task: Task) -> tuple[str, ...]:
     return (TRAIN_LOSS, *validation_names(task))
 
 
-def score_of(metric: str) -> Score:
-    """The score a metric name (`val_rmse`, `test_acc`, `rmse`) stands for."""
-    bare = metric.removeprefix(VAL_PREFIX).removeprefix(TEST_PREFIX)
-    return SCORES[bare]
+def bare_name(metric: str) -> str:
+    """A metric's score name: `rmse` of `val_rmse`, `test_rmse` and `rmse`."""
+    return metric.removeprefix(VAL_PREFIX).removeprefix(TEST_PREFIX)
 
 
-# Every score a trial's table may hold (core.trials): names no builder argument may take.
-ALL_TRIAL_SCORES = (
-    TRAIN_LOSS,
-    *(VAL_PREFIX + name for name in SCORES),
-)
+def score_of(metric: str, mode: Mode | None = None) -> Score:
+    """The score a metric name (`val_rmse`, `test_acc`, `rmse`) stands for; a name outside the
+    catalogue is a key of the user's own metrics function, ranked in `mode` (KeyError without
+    one)."""
+    bare = bare_name(metric)
+    if bare in SCORES:
+        return SCORES[bare]
+    if mode is None:
+        raise KeyError(f"{metric}: not a score of ours, and no mode given for it")
+    worst = -LOSS_WORST if mode == "max" else LOSS_WORST
+    return Score(bare, mode, TASKS, f"{bare} (your metrics function's)", worst)
+
+
+def is_score_column(name: str) -> bool:
+    """Whether a column of a trial's table (or a key of its result) is a score: `train_loss` or
+    a `val_<score>` (ours or the user's), never a hyperparameter."""
+    return name == TRAIN_LOSS or name.startswith(VAL_PREFIX)
 
 
 def is_score(metric: str) -> bool:
@@ -80,9 +91,17 @@ def is_score(metric: str) -> bool:
     return metric.removeprefix(VAL_PREFIX).removeprefix(TEST_PREFIX) in SCORES
 
 
-def check_metric(metric: str, mode: str, task: Task) -> None:
-    """A metric that fits the task, ranked in its own direction (ValueError otherwise)."""
+def check_metric(metric: str, mode: str, task: Task, *, custom: str | None = None) -> None:
+    """A metric that fits the task, ranked in its own direction (ValueError otherwise); with
+    the user's `custom` metrics function, a `val_<key>` of its keys, in the mode given."""
     known = [VAL_PREFIX + name for name in SCORES]
+    if metric not in known and custom is not None:
+        if not metric.startswith(VAL_PREFIX) or metric == VAL_PREFIX:
+            raise ValueError(
+                f"metric: {metric!r} is neither ours ({', '.join(known)}) nor val_<key> of a key "
+                f"that metrics ({custom}) returns"
+            )
+        return
     if metric not in known:
         raise ValueError(f"metric: {metric!r} is not one of {', '.join(known)}")
     score = score_of(metric)

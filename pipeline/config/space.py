@@ -15,7 +15,7 @@ from pipeline.config.hyperparameters import (
     Hyperparameter,
     Hyperparameters,
 )
-from pipeline.config.metrics import Task
+from pipeline.config.metrics import Task, is_score_column
 from pipeline.config.records import (
     ChoiceParam,
     ConditionalOption,
@@ -112,7 +112,7 @@ def check_builder_args(params: dict[str, ParamSpec], builder: Signature) -> None
     """Every parameter that is not a training hyperparameter is an argument of the builder,
     with values in the domain its annotation declares; every argument it requires is given."""
     for name in builder.arguments:
-        if name in HYPERPARAMETERS or name in TRIAL_COLUMNS:
+        if name in HYPERPARAMETERS or name in TRIAL_COLUMNS or is_score_column(name):
             kind = "training hyperparameter" if name in HYPERPARAMETERS else "trial table column"
             raise ValueError(
                 f"builder {builder.reference} takes '{name}', the name of a {kind} of the "

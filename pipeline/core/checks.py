@@ -6,6 +6,7 @@ change."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from pipeline.config import (
@@ -19,7 +20,9 @@ from pipeline.config import (
     Scalar,
 )
 from pipeline.config.door import BUILT_IN_BUILDERS, import_callable
+from pipeline.config.metrics import SCORES
 from pipeline.core.data import Dataset, Split, column_stats, fit_table
+from pipeline.core.metrics import user_scores
 from pipeline.core.model import build_network, export_network, servable
 from pipeline.errors import PipelineError
 
@@ -95,3 +98,28 @@ def first_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     text = lines[0] if lines else type(exc).__name__
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def check_metrics(experiment: Experiment, dataset: Dataset, split: Split) -> None:
+    """The user's metrics function, called once on perfect outputs for some training rows (their
+    own targets), returns numbers, the metric's key among them; or one line says why not."""
+    if experiment.metrics is None:
+        return
+    where = f"metrics {experiment.metrics}"
+    user = import_callable(experiment.metrics, (), "metrics")
+    targets = dataset.labels[split.train[:32]]
+    outputs = targets if dataset.task == "regression" else np.eye(dataset.num_classes)[targets]
+    try:
+        scores = user_scores(user, outputs, targets)
+    except TypeError as exc:
+        raise PipelineError(str(exc)) from None
+    except Exception as exc:  # the user's code may raise anything
+        raise PipelineError(
+            f"{where}: failed on {len(targets)} rows: {type(exc).__name__}: {first_line(exc)}"
+        ) from None
+    key = experiment.score.name
+    if key not in SCORES and key not in scores:
+        raise PipelineError(
+            f"{where}: returned {', '.join(sorted(scores)) or 'nothing'}, not {key} "
+            f"(metric: {experiment.metric})"
+        )

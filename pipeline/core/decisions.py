@@ -13,7 +13,7 @@ import pandas as pd
 from pipeline.config import Hyperparameters, flatten_sample
 from pipeline.config.metrics import VAL_LOSS
 from pipeline.core.evaluate import TestReport, mcnemar_p
-from pipeline.core.metrics import paired_difference_interval, score_function
+from pipeline.core.metrics import paired_difference_interval
 from pipeline.core.trials import TrialRow
 
 TRIAL_STATES = ("completed", "stopped", "diverged", "errored", "interrupted")
@@ -218,7 +218,7 @@ def describe_noise(candidate: TestReport, champion: TestReport) -> str:
             f"only by the champion (McNemar p = {p:.2f})"
         )
     low, high = paired_difference_interval(
-        score_function(candidate.task, candidate.metric),
+        candidate.function,
         candidate.outputs,
         champion.outputs,
         candidate.targets,

@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.config.metrics import TEST_PREFIX, Task, score_of
+from pipeline.config.metrics import TEST_PREFIX, Mode, Task, score_of
 from pipeline.core.metrics import (
+    ScoreFunction,
+    UserScores,
     all_scores,
     bootstrap_interval,
     confusion_matrix,
@@ -36,7 +38,9 @@ class TestReport:
 
     task: Task
     metric: str  # the score the sweep ranked on, bare (`acc`, `rmse`): what the gate compares
-    scores: dict[str, float]  # every score of the task, bare names (`loss`, `acc`, ...)
+    mode: Mode  # its direction
+    function: ScoreFunction  # how it is computed from outputs and targets (the gate resamples)
+    scores: dict[str, float]  # every score of the task (and the user's), bare names
     interval: tuple[float, float]  # the 95% interval of `metric` on rows like these
     outputs: np.ndarray  # per row: the class probabilities, or the prediction
     targets: np.ndarray  # per row: the true class index, or the true value
@@ -64,7 +68,7 @@ class TestReport:
 
     @property
     def higher_is_better(self) -> bool:
-        return score_of(self.metric).mode == "max"
+        return self.mode == "max"
 
     @property
     def correct(self) -> np.ndarray:
@@ -132,20 +136,26 @@ def score(
     task: Task,
     metric: str,
     class_names: tuple[str, ...] = (),
+    user: UserScores | None = None,
+    mode: Mode | None = None,
 ) -> TestReport:
-    """Every score of the task on these rows, with the 95% interval of `metric` (any of its
-    names: `val_acc`, `test_rmse`, `rmse`) and, for classification, per-class precision, recall
-    and F1."""
-    bare = score_of(metric).name
+    """Every score of the task (and of the `user`'s metrics function) on these rows, with the
+    95% interval of `metric` (any of its names: `val_acc`, `test_rmse`, `rmse`; the user's in
+    `mode`) and, for classification, per-class precision, recall and F1."""
+    chosen = score_of(metric, mode)
+    bare = chosen.name
+    function = score_function(task, bare, user)
     if task == "regression":
         predictions = np.asarray(outputs, np.float64).reshape(-1)
         if len(predictions) != len(targets):
             raise ValueError(f"{len(predictions)} predictions do not fit {len(targets)} rows")
-        values = all_scores(task, predictions, targets)
-        interval = bootstrap_interval(score_function(task, bare), predictions, targets)
+        values = all_scores(task, predictions, targets, user)
+        interval = bootstrap_interval(function, predictions, targets)
         return TestReport(
             task=task,
             metric=bare,
+            mode=chosen.mode,
+            function=function,
             scores=values,
             interval=interval,
             outputs=predictions,
@@ -156,17 +166,19 @@ def score(
             f"probabilities of shape {outputs.shape} do not fit {len(targets)} rows "
             f"and {len(class_names)} classes"
         )
-    values = all_scores(task, outputs, targets)
+    values = all_scores(task, outputs, targets, user)
     confusion = confusion_matrix(outputs.argmax(axis=1), targets, len(class_names))
     precision, recall, f1 = per_class_f1(confusion)
     if bare == "acc":
         hits = int(np.trace(confusion))
         interval = wilson_interval(hits, len(targets))
     else:
-        interval = bootstrap_interval(score_function(task, bare), outputs, targets)
+        interval = bootstrap_interval(function, outputs, targets)
     return TestReport(
         task=task,
         metric=bare,
+        mode=chosen.mode,
+        function=function,
         scores=values,
         interval=interval,
         outputs=outputs,

@@ -8,7 +8,7 @@ importing those costs every trial and every registry command a second.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -129,14 +129,37 @@ assert all(set(FUNCTIONS[task]) == {s.name for s in SCORES.values() if task in s
            for task in FUNCTIONS)  # fmt: skip
 
 
-def score_function(task: Task, name: str) -> ScoreFunction:
-    """The function of one score (`acc`, `rmse`, ...) of this task."""
-    return FUNCTIONS[task][name]
+# The user's metrics function (`metrics: pkg.mod:score`): outputs, targets -> {key: value}.
+UserScores = Callable[[np.ndarray, np.ndarray], Mapping[str, float]]
 
 
-def all_scores(task: Task, outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
-    """Every score of the task, by its bare name (`acc`, `loss`, ...)."""
-    return {name: function(outputs, targets) for name, function in FUNCTIONS[task].items()}
+def score_function(task: Task, name: str, user: UserScores | None = None) -> ScoreFunction:
+    """The function of one score of this task: ours (`acc`, `rmse`, ...), or a key of the
+    user's metrics function."""
+    if name in FUNCTIONS[task] or user is None:
+        return FUNCTIONS[task][name]
+    return lambda outputs, targets: user_scores(user, outputs, targets)[name]
+
+
+def user_scores(user: UserScores, outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    """The user's scores of these outputs, checked: a mapping of names to numbers."""
+    where = f"metrics {getattr(user, '__module__', '?')}:{getattr(user, '__name__', '?')}"
+    scored = user(outputs, targets)
+    if not isinstance(scored, Mapping):
+        raise TypeError(f"{where} returned a {type(scored).__name__}, not a dict of scores")
+    try:
+        return {str(key): float(value) for key, value in scored.items()}
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{where} returned a score that is not a number ({exc})") from None
+
+
+def all_scores(
+    task: Task, outputs: np.ndarray, targets: np.ndarray, user: UserScores | None = None
+) -> dict[str, float]:
+    """Every score of the task, by its bare name (`acc`, `loss`, ...), and the user's."""
+    ours = {name: function(outputs, targets) for name, function in FUNCTIONS[task].items()}
+    theirs = {} if user is None else user_scores(user, outputs, targets)
+    return {**theirs, **ours}  # a key of ours keeps its meaning
 
 
 def resamples(rows: int, draws: int = BOOTSTRAP_DRAWS) -> np.ndarray:

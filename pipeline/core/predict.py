@@ -11,10 +11,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.config.metrics import TEST_PREFIX, Task, score_of
+from pipeline.config.door import import_callable
+from pipeline.config.metrics import TEST_PREFIX, Mode, Task, score_of
 from pipeline.core.data import Dataset, Split
 from pipeline.core.images import read_image
-from pipeline.core.metrics import score_function
+from pipeline.core.metrics import UserScores, score_function
 from pipeline.core.sources import FLOAT32_MAX, check_feature_columns, read_rows, read_table
 from pipeline.core.table_encoding import CATEGORY, canonical_text, missing_columns
 from pipeline.errors import PipelineError
@@ -162,6 +163,30 @@ def predictions_frame(outputs: np.ndarray, class_names: list[str], inputs: Input
     return frame
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """How a registered version is scored, from its metadata: its task, the metric its sweep
+    ranked on (in `mode`) and the user's metrics function, if it had one (imported from the
+    version's code paths)."""
+
+    task: Task
+    metric: str
+    mode: Mode
+    user: UserScores | None
+
+    @classmethod
+    def of(cls, metadata: dict[str, Any]) -> Scoring:
+        # Versions registered before these were recorded: classifiers ranked on val_acc.
+        task: Task = "regression" if metadata.get("task") == "regression" else "classification"
+        metric = str(metadata.get("metric") or "val_acc")
+        mode: Mode = metadata.get("mode") or score_of(metric).mode
+        user = None
+        if metadata.get("metrics"):
+            paths = metadata.get("code_paths") or []
+            user = import_callable(str(metadata["metrics"]), paths, "metrics")
+        return cls(task, metric, mode, user)
+
+
 def labelled_score(
     outputs: np.ndarray, metadata: dict[str, Any], inputs: Inputs
 ) -> tuple[str, float] | None:
@@ -171,10 +196,10 @@ def labelled_score(
     if inputs.labels is None or not present:
         return None
     given = [inputs.labels[i] for i in present]
-    task: Task = "regression" if metadata.get("task") == "regression" else "classification"
-    score = score_of(str(metadata.get("metric") or "val_acc"))
-    function = score_function(task, score.name)
-    if task == "regression":
+    scoring = Scoring.of(metadata)
+    score = score_of(scoring.metric, scoring.mode)
+    function = score_function(scoring.task, score.name, scoring.user)
+    if scoring.task == "regression":
         try:
             targets = np.array([float(v) for v in given])
         except ValueError as exc:

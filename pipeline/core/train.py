@@ -31,7 +31,7 @@ from pipeline.core.data import (
     flat_example,
     tuning_data,
 )
-from pipeline.core.metrics import all_scores
+from pipeline.core.metrics import UserScores, all_scores
 from pipeline.core.model import Builder, build_network
 
 EVAL_BATCH = 8192
@@ -153,11 +153,13 @@ class FoldTrainer:
         stats: tuple[np.ndarray, np.ndarray],
         target: tuple[float, float] | None = None,
         table: TableFit | None = None,
+        user: UserScores | None = None,
     ) -> None:
         """`stats`: the scaling statistics (mean, std) of `train_rows` (`data.column_stats`);
         `target`: for a regression, those of their targets (`data.target_stats`); `table`: for
-        a table, what its rows hold (`data.fit_table`)."""
+        a table, what its rows hold (`data.fit_table`); `user`: the user's metrics function."""
         self.hp = hp
+        self.user = user
         self.task = spec.task
         self.examples = examples
         self.train_rows = torch.as_tensor(train_rows)
@@ -212,7 +214,7 @@ class FoldTrainer:
         targets = self.examples.labels[rows.to(self.examples.device)].cpu().numpy()
         if self.task == "regression":
             targets = targets.astype(np.float64)
-        scored = all_scores(self.task, predicted, targets)
+        scored = all_scores(self.task, predicted, targets, self.user)
         return {VAL_PREFIX + name: value for name, value in scored.items()}
 
     def state(self) -> dict[str, Any]:
@@ -242,8 +244,10 @@ def fit(
     device: torch.device,
     seed: int,
     resume: dict[str, Any] | None = None,
+    user: UserScores | None = None,
 ) -> None:
-    """Train for `hp.epochs` (capped at `max_epochs`), reporting the mean over folds each epoch.
+    """Train for `hp.epochs` (capped at `max_epochs`), reporting the mean over folds each epoch
+    (of our scores and of the `user`'s metrics function's).
 
     A non-finite loss ends training: the epoch is reported as diverged with worst-case metrics.
     `resume` is a state passed to an earlier `report`; training continues after its epoch.
@@ -260,6 +264,7 @@ def fit(
             stats=data.fold_stats[fold],
             target=data.target_stats[fold] if data.target_stats else None,
             table=data.table_fits[fold] if data.table_fits else None,
+            user=user,
         )
         for fold, (train, _) in enumerate(data.folds)
     ]

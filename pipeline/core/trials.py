@@ -13,11 +13,7 @@ import pandas as pd
 
 from pipeline.config import Scalar
 from pipeline.config.hyperparameters import TRIAL_COLUMNS
-from pipeline.config.metrics import ALL_TRIAL_SCORES, Task, trial_scores
-
-# A trial's scores at its best epoch (see `decisions.best_epoch`), by name: train_loss and the
-# val_<score> of its task's scores.
-SCORES = ALL_TRIAL_SCORES
+from pipeline.config.metrics import is_score_column
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,7 +24,7 @@ class TrialRow:
     state: str  # see decisions.TRIAL_STATES
     params: dict[str, Scalar] = field(default_factory=dict)  # what its configuration sampled
     epoch: int | None = None  # its best epoch; None: no score (none reported, or diverged)
-    # The scores at that epoch (of SCORES), smoothed as the sweep ranks them.
+    # The scores at that epoch (train_loss, val_<score>s), smoothed as the sweep ranks them.
     scores: dict[str, float] = field(default_factory=dict)
     epochs_trained: int = 0
     train_seconds: float = 0.0
@@ -36,7 +32,7 @@ class TrialRow:
     device: str | None = None
 
     def score(self, metric: str) -> float | None:
-        """Its score on `metric` (one of SCORES) at its best epoch, if it has one."""
+        """Its score on `metric` (`val_acc`, ...) at its best epoch, if it has one."""
         return self.scores.get(metric)
 
     def scored(self, metric: str) -> tuple[int, float]:
@@ -53,7 +49,7 @@ class TrialRow:
             "state": self.state,
             **self.params,
             "epoch": self.epoch,
-            **{name: self.score(name) for name in SCORES if name in self.scores},
+            **self.scores,
             "epochs_trained": self.epochs_trained,
             "train_seconds": self.train_seconds,
             "host": self.host,
@@ -65,7 +61,11 @@ class TrialRow:
         """A row of trials.csv (as pandas reads it: NaN where a trial has no value, an integer
         made a float where its column has NaN) as the row it was written from."""
         values = {str(k): plain(v) for k, v in record.items()}
-        scores = {name: float(values[name]) for name in SCORES if values.get(name) is not None}
+        scores = {
+            name: float(value)
+            for name, value in values.items()
+            if is_score_column(name) and value is not None
+        }
         epoch = values.get("epoch")
         return cls(
             trial_id=str(values["trial_id"]),
@@ -91,17 +91,16 @@ def as_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-# The columns of a trial's row that are not its hyperparameters.
-SUMMARY_COLUMNS = TRIAL_COLUMNS
+def is_summary(name: str) -> bool:
+    """Whether a column of a trial's row is not one of its hyperparameters."""
+    return name in TRIAL_COLUMNS or is_score_column(name)
 
 
 def hyperparameters_of(values: Mapping[str, Any]) -> dict[str, Scalar]:
     """The hyperparameters among a row's values (training ones and the builder's); those the
     trial did not sample (None) left out."""
     return {
-        name: value
-        for name, value in values.items()
-        if name not in SUMMARY_COLUMNS and value is not None
+        name: value for name, value in values.items() if not is_summary(name) and value is not None
     }
 
 
@@ -116,12 +115,13 @@ def parse_value(text: str) -> Scalar:
     return {"True": True, "False": False}.get(text, text)
 
 
-def trial_frame(rows: Sequence[TrialRow], task: Task) -> pd.DataFrame:
-    """The trials as a table, one row each (trials.csv), with the scores of their `task`.
+def trial_frame(rows: Sequence[TrialRow], scores: Sequence[str]) -> pd.DataFrame:
+    """The trials as a table, one row each (trials.csv), with their `scores`
+    (`Experiment.trial_scores`).
     Integer hyperparameters stay integers where some trials lack them (a conditional option not
     chosen)."""
     params = list(dict.fromkeys(name for row in rows for name in row.params))
-    template = TrialRow(trial_id="", state="", scores=dict.fromkeys(trial_scores(task), 0.0))
+    template = TrialRow(trial_id="", state="", scores=dict.fromkeys(scores, 0.0))
     summary = list(template.record())[2:]
     table = pd.DataFrame(
         [row.record() for row in rows], columns=["trial_id", "state", *params, *summary]
@@ -148,10 +148,9 @@ def read_trials_csv(path: str | Path) -> list[TrialRow]:
     # Hyperparameters read as text and parsed one by one, so that an integer stays one in a
     # column with gaps (pandas makes such a column float).
     table = pd.read_csv(path, dtype=str)
-    for name in ("epoch", *SCORES, "epochs_trained", "train_seconds"):
-        if name in table:
-            table[name] = pd.to_numeric(table[name])
     for name in table.columns:
-        if name not in SUMMARY_COLUMNS:
+        if name in ("epoch", "epochs_trained", "train_seconds") or is_score_column(name):
+            table[name] = pd.to_numeric(table[name])
+        elif not is_summary(name):
             table[name] = table[name].map(parse_value, na_action="ignore")
     return read_trials(table)

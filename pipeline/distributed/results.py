@@ -10,7 +10,6 @@ from typing import Any
 from ray.tune import ResultGrid
 
 from pipeline.config import Experiment, flatten_sample
-from pipeline.config.metrics import Task, trial_scores
 from pipeline.core.decisions import best_epoch, planned_epochs, trial_state
 from pipeline.core.trials import TrialRow, hyperparameters_of, plain
 
@@ -36,14 +35,14 @@ def trial_id_of(result: Any) -> str:
     return str((result.metrics or {}).get("trial_id") or Path(result.path).name)
 
 
-def epoch_histories(grid: ResultGrid, task: Task) -> dict[str, list[dict[str, float]]]:
+def epoch_histories(grid: ResultGrid, scores: tuple[str, ...]) -> dict[str, list[dict[str, float]]]:
     """Each trial's reported epochs as Ray recorded them: epoch, when (seconds since the epoch),
-    the training loss and the task's validation scores."""
+    and its `scores` (`Experiment.trial_scores`)."""
     histories: dict[str, list[dict[str, float]]] = {}
     for result in (grid[i] for i in range(len(grid))):
         history = result.metrics_dataframe
         trial_id = trial_id_of(result)
-        columns = ["epoch", "timestamp", *trial_scores(task)]
+        columns = ["epoch", "timestamp", *scores]
         if history is None or not set(columns) <= set(history.columns):
             histories[trial_id] = []
             continue
@@ -78,7 +77,7 @@ def trial_rows(
                 state=state,
                 params=hyperparameters_of({k: plain(v) for k, v in flatten_sample(config).items()}),
                 epoch=int(best["epoch"]) if best and scored else None,
-                scores={n: float(best[n]) for n in trial_scores(experiment.task)}
+                scores={n: float(best[n]) for n in experiment.trial_scores}
                 if best and scored
                 else {},
                 epochs_trained=int(last.get("epoch", 0)),

@@ -16,6 +16,7 @@ from ray import tune
 
 from pipeline.config import Hyperparameters, flatten_sample
 from pipeline.config.door import import_callable
+from pipeline.config.metrics import Mode, score_of
 from pipeline.core.data import TuningData
 from pipeline.core.decisions import best_epoch
 from pipeline.core.train import EpochMetrics, fit
@@ -33,7 +34,8 @@ class TrialSettings:
     cpus: float
     checkpoint_seconds: float  # budget.checkpoint_seconds
     metric: str  # what the sweep ranks trials on, and `mode`, max or min
-    mode: str
+    mode: Mode
+    metrics: str | None = None  # the user's metrics function, shipped with the job
 
 
 @dataclass
@@ -87,10 +89,13 @@ def run_trial(config: dict[str, Any], data: TuningData, settings: TrialSettings)
     # The epochs so far, for the trial's best score so far: what the searcher learns from.
     history: list[dict[str, float]] = list(resume.get("history", [])) if resume else []
     best_name = f"best_{settings.metric}"
+    worst = score_of(settings.metric, settings.mode).worst
 
     def report(metrics: EpochMetrics, state: dict[str, Any]) -> None:
         result = {**metrics.as_dict(), "device": str(device), "node_id": node_id}
-        score = float(metrics.scores[settings.metric])
+        # A diverged epoch carries the worst of our scores only: the user's is worst too.
+        score = float(metrics.scores.get(settings.metric, worst))
+        result.setdefault(settings.metric, score)
         if not metrics.diverged:  # a diverged trial tells the searcher its worst-case score
             history.append({"epoch": float(metrics.epoch), settings.metric: score})
             best = best_epoch(history, settings.metric, settings.mode)
@@ -113,4 +118,5 @@ def run_trial(config: dict[str, Any], data: TuningData, settings: TrialSettings)
         device=device,
         seed=settings.seed,
         resume=resume,
+        user=None if settings.metrics is None else import_callable(settings.metrics, (), "metrics"),
     )

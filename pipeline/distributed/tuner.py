@@ -63,6 +63,7 @@ def make_trainable(experiment: Experiment, data: TuningData) -> Any:
         checkpoint_seconds=experiment.budget.checkpoint_seconds,
         metric=experiment.metric,
         mode=experiment.mode,
+        metrics=experiment.metrics,
     )
     trainable = tune.with_parameters(run_trial, data=data, settings=settings)
     return tune.with_resources(
@@ -390,7 +391,7 @@ def fit(
         if watcher is not None:
             watcher.close()
         running_watcher.reset(watching)
-    histories = epoch_histories(grid, experiment.task)
+    histories = epoch_histories(grid, experiment.trial_scores)
     return TunerResults(
         rows=trial_rows(grid, experiment, histories),
         ended=grid.num_terminated + grid.num_errors,

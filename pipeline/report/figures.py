@@ -272,7 +272,7 @@ def curves_figure(data: SweepData) -> Figure:
         values = histories[metric][np.isfinite(histories[metric])]
         # A diverging trial's loss dwarfs the others': a log axis keeps them all readable.
         if (
-            score_of(metric).mode == "min"
+            (data.mode if metric == data.metric else score_of(metric).mode) == "min"
             and len(values)
             and values.min() > 0
             and values.max() / values.min() > 20

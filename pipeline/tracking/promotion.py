@@ -15,6 +15,7 @@ from pipeline.config import DataConfig
 from pipeline.core.data import Dataset, Split
 from pipeline.core.decisions import judge_promotion
 from pipeline.core.evaluate import TestReport, score
+from pipeline.core.predict import Scoring
 from pipeline.core.sources import load_split
 from pipeline.errors import PipelineError
 from pipeline.tracking.registry import (
@@ -53,9 +54,8 @@ def version_data(loaded: LoadedVersion, cache_dir: Path) -> tuple[Dataset, Split
     """The data set and split the version was trained with, loaded as they are today."""
     config = DataConfig.model_validate(loaded.metadata["data"])
     paths = loaded.metadata.get("code_paths") or []
-    return load_split(
-        config, int(loaded.metadata["seed"]), cache_dir, code_paths=paths, task=loaded.task
-    )
+    task = Scoring.of(loaded.metadata).task
+    return load_split(config, int(loaded.metadata["seed"]), cache_dir, code_paths=paths, task=task)
 
 
 def check_comparable(candidate: LoadedVersion, champion: LoadedVersion, name: str) -> None:
@@ -162,15 +162,19 @@ def decide_promotion(
     dataset, split = version_data(candidate, cache_dir)
     features, targets = dataset.model_inputs(split.test), dataset.labels[split.test]
 
+    scoring = Scoring.of(candidate.metadata)
+
     def test(version: LoadedVersion) -> TestReport:
         """The version's scores on the test rows, on the candidate's metric."""
         outputs = version.predict_outputs(features)
         return score(
             outputs,
             targets,
-            task=candidate.task,
-            metric=candidate.metric,
+            task=scoring.task,
+            metric=scoring.metric,
             class_names=dataset.class_names,
+            user=scoring.user,
+            mode=scoring.mode,
         )
 
     candidate_report = test(candidate)

@@ -19,7 +19,6 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from pipeline import tags
-from pipeline.config.metrics import Task
 from pipeline.core.data import Split
 from pipeline.core.decisions import Selection
 from pipeline.errors import PipelineError
@@ -49,16 +48,6 @@ class LoadedVersion:
         """Class probabilities (rows, classes), or a regression's predictions (rows,), of flat
         feature rows or a table's rows."""
         return np.asarray(self.model.predict(features), dtype=np.float64)
-
-    @property
-    def task(self) -> Task:
-        # Versions registered before regression were classifiers.
-        return "regression" if self.metadata.get("task") == "regression" else "classification"
-
-    @property
-    def metric(self) -> str:
-        """The metric its sweep ranked on (versions registered before it was recorded: val_acc)."""
-        return str(self.metadata.get("metric") or "val_acc")
 
 
 def register_challenger(

@@ -12,7 +12,6 @@ from mlflow.entities import Metric, Run
 
 from pipeline import tags
 from pipeline.config import Experiment
-from pipeline.config.metrics import trial_scores
 from pipeline.core.decisions import TRIAL_STATES, VALID_STATES
 from pipeline.errors import PipelineError
 from pipeline.tracking.locks import StoreLock
@@ -119,7 +118,7 @@ def reconcile_trial_runs(
             client.set_tag(run.info.run_id, tags.TRIAL_STATE, states[trial_id])
         if histories is not None:
             history = histories.get(trial_id, [])
-            names = trial_scores(experiment.task)
+            names = experiment.trial_scores
             missing = missing_epochs(client, run.info.run_id, history, names)
             best_name = f"best_{experiment.metric}"
             if states[trial_id] in VALID_STATES and best_name not in run.data.metrics:

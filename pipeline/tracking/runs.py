@@ -21,7 +21,7 @@ from mlflow.utils.mlflow_tags import (
 
 from pipeline import tags
 from pipeline.config import Experiment, Scalar
-from pipeline.config.metrics import VAL_PREFIX, Task
+from pipeline.config.metrics import VAL_PREFIX
 from pipeline.core.decisions import TRIAL_STATES, best_epoch
 from pipeline.core.trials import TrialRow, trial_frame
 from pipeline.tracking.store import Client
@@ -134,7 +134,7 @@ def finish_parent_run(
     *,
     best: TrialRow | None,
     status: str,
-    task: Task,
+    scores: tuple[str, ...],
 ) -> None:
     """Record the best trial and the trial table on the parent run and end it with `status`."""
     params: list[Param] = []
@@ -146,7 +146,7 @@ def finish_parent_run(
     counts = Counter(row.state for row in trials)
     counted = [RunTag(f"{tags.TRIAL_COUNT}{state}", str(counts[state])) for state in TRIAL_STATES]
     client.log_batch(run_id, metrics=metrics, params=params, tags=counted)
-    client.log_text(run_id, trial_frame(trials, task).to_csv(index=False), "trials.csv")
+    client.log_text(run_id, trial_frame(trials, scores).to_csv(index=False), "trials.csv")
     client.set_terminated(run_id, status)
 
 

@@ -20,7 +20,6 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from pipeline import tags
 from pipeline.config import Scalar
-from pipeline.config.metrics import Task, trial_scores
 from pipeline.core.decisions import VALID_STATES
 from pipeline.tracking.runs import best_metrics, child_runs, logged_epochs
 from pipeline.tracking.store import Client, open_client
@@ -33,11 +32,11 @@ MLFLOW_BATCH = 1000  # MLflow's limit on metrics per log_batch call
 class TrialRecorder:
     """Writes one child run per trial, nested under the sweep's parent run.
 
-    Only the hyperparameters become params; `train_loss` and the `val_<score>` of each score of
-    the `task` are logged with `step=epoch`, buffered and written in batches. A trial that ends
-    completed or stopped also gets its best epoch on `metric` (`best_val_acc`, `best_val_loss`,
-    ..., `best_epoch`), so that the UI sorts trials the way the sweep ranks them. A resumed sweep
-    finds its runs by `trial_id`.
+    Only the hyperparameters become params; the `scores` (`train_loss` and the `val_<score>`s,
+    `Experiment.trial_scores`) are logged with `step=epoch`, buffered and written in batches. A
+    trial that ends completed or stopped also gets its best epoch on `metric` (`best_val_acc`,
+    `best_val_loss`, ..., `best_epoch`), so that the UI sorts trials the way the sweep ranks
+    them. A resumed sweep finds its runs by `trial_id`.
     """
 
     def __init__(
@@ -48,7 +47,7 @@ class TrialRecorder:
         *,
         metric: str,
         mode: str,
-        task: Task,
+        scores: tuple[str, ...],
         data: DatasetInput | None = None,
         warm_points: list[tuple[dict[str, Scalar], str]] | None = None,
         flush_seconds: float = 10.0,
@@ -58,7 +57,7 @@ class TrialRecorder:
         self.parent_run_id = parent_run_id
         self.metric = metric
         self.mode = mode
-        self.scores = trial_scores(task)
+        self.scores = scores
         self.data = data  # the rows trials see, for each trial run's Dataset column
         self.warm_points = warm_points or []  # (point, source): trials at them are tagged so
         self.flush_seconds = flush_seconds

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from pipeline import storage, tags
 from pipeline.config import Experiment, load_experiment
-from pipeline.config.metrics import score_of
 from pipeline.distributed.tuner import SweepWatcher, can_resume
 from pipeline.errors import PipelineError, Terminated
 from pipeline.notify import post_json
@@ -257,7 +256,7 @@ class NightJob:
         champion = registry.model_aliases(self.client, self.model).get(registry.CHAMPION)
         if champion == version:  # promoted by an attempt that died before recording it
             gate = registry.version_tags(self.client, self.model, version)
-            name = tags.test_score(score_of(self.experiment.metric).name)
+            name = tags.test_score(self.experiment.score.name)
             scored = (tags.PROMOTION + tags.gate_score(role, name) for role in tags.GATE_ROLES)
             return {
                 tags.NIGHT_OUTCOME: "promoted",

@@ -89,7 +89,7 @@ def sweep_data(
     and which trials may be best by the pipeline's own rule (`decisions.rank_trials`)."""
     experiment = recorded.experiment
     metric, mode = experiment.metric, experiment.mode
-    table = trial_frame(recorded.rows, experiment.task)
+    table = trial_frame(recorded.rows, experiment.trial_scores)
     valid = {row.trial_id for row in rank_trials(recorded.rows, metric, mode)}
     numbers = {t.trial_id: t.number for t in recorded.trials}
     ended = {

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config.metrics import score_of
+from pipeline.config.metrics import bare_name
 from pipeline.core.predict import (
     held_out_rows,
     labelled_score,
@@ -97,7 +97,7 @@ def predict(
     labelled = labelled_score(outputs, loaded.metadata, inputs)
     logged = None
     if labelled is not None:
-        logged = registry.logged_test_score(client, model, chosen, score_of(labelled[0]).name)
+        logged = registry.logged_test_score(client, model, chosen, bare_name(labelled[0]))
     return Prediction(
         model=model,
         version=chosen,

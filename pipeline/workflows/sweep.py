@@ -13,7 +13,8 @@ from secrets import token_hex
 
 from pipeline import storage
 from pipeline.config import Experiment, Scalar
-from pipeline.core.checks import check_model
+from pipeline.config.metrics import Mode
+from pipeline.core.checks import check_metrics, check_model
 from pipeline.core.data import Dataset, Split, TuningData, tuning_data
 from pipeline.core.decisions import best_trial, with_states
 from pipeline.core.sources import load_split, source_uri
@@ -60,6 +61,7 @@ class SweepResult:
     trials: list[TrialRow]
     best: TrialRow | None
     metric: str
+    mode: Mode
     wall_seconds: float
     tracking_seconds: float  # time the MLflow writer spent in MLflow calls
     interrupted: bool  # stopped before every trial ended; `tune --resume` continues it
@@ -90,6 +92,7 @@ def sweep_data(experiment: Experiment, settings: Settings) -> tuple[Dataset, Spl
         task=experiment.task,
     )
     check_model(experiment, dataset, split)
+    check_metrics(experiment, dataset, split)
     return dataset, split
 
 
@@ -191,6 +194,7 @@ def run_sweep(
         trials=trials,
         best=best_trial(trials, job.experiment.metric, job.experiment.mode),
         metric=job.experiment.metric,
+        mode=job.experiment.mode,
         wall_seconds=time.perf_counter() - started,
         tracking_seconds=recorder.busy_seconds if recorder else 0.0,
         interrupted=interrupted,
@@ -252,7 +256,7 @@ def open_sweep(
         parent_run_id,
         metric=experiment.metric,
         mode=experiment.mode,
-        task=experiment.task,
+        scores=experiment.trial_scores,
         data=logged,
         warm_points=warm.points if warm else None,
     )
@@ -377,7 +381,12 @@ def record_outcome(
     best = best_trial(trials, experiment.metric, experiment.mode) if complete else None
     status = "FINISHED" if complete else "KILLED"
     runs.finish_parent_run(
-        client, sweep.parent_run_id, trials, best=best, status=status, task=experiment.task
+        client,
+        sweep.parent_run_id,
+        trials,
+        best=best,
+        status=status,
+        scores=experiment.trial_scores,
     )
     return trials
 
