@@ -54,6 +54,17 @@ def write_csv(folder: Path, name: str, change: Callable[[pd.DataFrame], pd.DataF
     return write_space(folder, name, data={"source": "csv", "path": str(path), "target": "digit"})
 
 
+def write_regression(
+    folder: Path, name: str, change: Callable[[pd.DataFrame], pd.DataFrame]
+) -> str:
+    """`write_csv`'s space as a regression of the digit's value, ranked on val_rmse."""
+    path = write_csv(folder, name, change)
+    space = yaml.safe_load(Path(path).read_text())
+    space.update(task="regression", metric="val_rmse", mode="min")
+    Path(path).write_text(yaml.safe_dump(space))
+    return path
+
+
 def cell(frame: pd.DataFrame, column: str, row: int, value: Any) -> pd.DataFrame:
     frame = frame.astype({column: object})
     frame.loc[row, column] = value
@@ -356,6 +367,42 @@ def cases(folder: Path, web: str, missing_db: str) -> dict[str, Case]:
             "column 'digit' has 1 empty labels",
         ),
         "csv-truncated": Case([*tune, truncated], "truncated: its last line (row 300)"),
+        "csv-identifier": Case(
+            [*tune, write_csv(folder, "ids", lambda f: f.assign(scan=[f"s{i}" for i in f.index]))],
+            "column 'scan' has a different value in every row, an identifier rather than a "
+            "feature (leave it out: data.drop_columns)",
+        ),
+        "csv-empty-column": Case(
+            [*tune, write_csv(folder, "blank", lambda f: f.assign(notes=np.nan))],
+            "column 'notes' is entirely empty (leave it out: data.drop_columns)",
+        ),
+        "regression-text-target": Case(
+            [
+                *tune,
+                write_regression(
+                    folder, "words", lambda f: f.assign(digit=f["digit"].map(lambda d: f"d{d}"))
+                ),
+            ],
+            "column 'digit': task regression needs numeric targets, got text such as 'd0'",
+        ),
+        "metric-of-another-task": Case(
+            [*tune, write_space(folder, "r2", metric="val_r2")],
+            "metric: val_r2 does not apply to task classification",
+        ),
+        "mode-against-the-metric": Case(
+            [
+                *tune,
+                write_space(
+                    folder,
+                    "rmse-max",
+                    task="regression",
+                    metric="val_rmse",
+                    mode="max",
+                    data={"source": "diabetes"},
+                ),
+            ],
+            "mode: val_rmse is better lower, so its mode is min",
+        ),
         "csv-one-class": Case(
             [*tune, write_csv(folder, "oneclass", lambda f: f.assign(digit=1))], "a single class"
         ),
