@@ -167,7 +167,7 @@ def run_regression(seed: int, keep: bool) -> RegressionOutcome:
     from sklearn.linear_model import RidgeCV
 
     from pipeline.config import load_experiment
-    from pipeline.core.sources import load_split
+    from pipeline.core.sources import experiment_split
     from pipeline.tracking.registry import version_of_sweep
     from pipeline.tracking.store import open_client
 
@@ -191,7 +191,7 @@ def run_regression(seed: int, keep: bool) -> RegressionOutcome:
             print(f"  kept {folder}")
         else:
             shutil.rmtree(folder, ignore_errors=True)
-    dataset, split = load_split(experiment.data, seed, folder, task=experiment.task)
+    dataset, split = experiment_split(experiment, folder)
     assert dataset.features is not None
     train, test = split.tuning_rows, split.test
     baselines = []

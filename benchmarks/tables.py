@@ -70,13 +70,13 @@ def write_orders(path: Path, rows: int) -> float:
 def load_seconds(space: Path, repeat: int) -> float:
     """Median seconds to load the table as a sweep does (read, encode, split)."""
     from pipeline.config import load_experiment
-    from pipeline.core.sources import load_split
+    from pipeline.core.sources import experiment_split
 
     experiment = load_experiment(space, [])
     seconds = []
     for _ in range(repeat):
         started = time.perf_counter()
-        load_split(experiment.data, experiment.seed, space.parent, task=experiment.task)
+        experiment_split(experiment, space.parent)
         seconds.append(time.perf_counter() - started)
     return statistics.median(seconds)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -143,46 +143,37 @@ def score(
     95% interval of `metric` (any of its names: `val_acc`, `test_rmse`, `rmse`; the user's in
     `mode`) and, for classification, per-class precision, recall and F1."""
     chosen = score_of(metric, mode)
-    bare = chosen.name
-    function = score_function(task, bare, user)
+    function = score_function(task, chosen.name, user)
     if task == "regression":
-        predictions = np.asarray(outputs, np.float64).reshape(-1)
-        if len(predictions) != len(targets):
-            raise ValueError(f"{len(predictions)} predictions do not fit {len(targets)} rows")
-        values = all_scores(task, predictions, targets, user)
-        interval = bootstrap_interval(function, predictions, targets)
-        return TestReport(
-            task=task,
-            metric=bare,
-            mode=chosen.mode,
-            function=function,
-            scores=values,
-            interval=interval,
-            outputs=predictions,
-            targets=targets,
-        )
-    if outputs.shape != (len(targets), len(class_names)):
+        outputs = np.asarray(outputs, np.float64).reshape(-1)
+        if len(outputs) != len(targets):
+            raise ValueError(f"{len(outputs)} predictions do not fit {len(targets)} rows")
+    elif outputs.shape != (len(targets), len(class_names)):
         raise ValueError(
             f"probabilities of shape {outputs.shape} do not fit {len(targets)} rows "
             f"and {len(class_names)} classes"
         )
-    values = all_scores(task, outputs, targets, user)
-    confusion = confusion_matrix(outputs.argmax(axis=1), targets, len(class_names))
-    precision, recall, f1 = per_class_f1(confusion)
-    if bare == "acc":
-        hits = int(np.trace(confusion))
-        interval = wilson_interval(hits, len(targets))
-    else:
-        interval = bootstrap_interval(function, outputs, targets)
-    return TestReport(
+    report = TestReport(
         task=task,
-        metric=bare,
+        metric=chosen.name,
         mode=chosen.mode,
         function=function,
-        scores=values,
-        interval=interval,
+        scores=all_scores(task, outputs, targets, user),
+        interval=(0.0, 0.0),
         outputs=outputs,
         targets=targets,
+    )
+    if task == "regression":
+        return replace(report, interval=bootstrap_interval(function, outputs, targets))
+    confusion = confusion_matrix(outputs.argmax(axis=1), targets, len(class_names))
+    precision, recall, f1 = per_class_f1(confusion)
+    if chosen.name == "acc":  # a count of hits: Wilson's interval, exact enough and cheap
+        interval = wilson_interval(int(np.trace(confusion)), len(targets))
+    else:
+        interval = bootstrap_interval(function, outputs, targets)
+    return replace(
+        report,
+        interval=interval,
         class_names=class_names,
         precision=tuple(float(v) for v in precision),
         recall=tuple(float(v) for v in recall),

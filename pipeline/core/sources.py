@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.config import DataConfig
+from pipeline.config import DataConfig, Experiment
 from pipeline.config.door import add_to_path
 from pipeline.config.experiment import REGRESSION_SOURCES, TABLE_SOURCES
 from pipeline.config.metrics import Task
@@ -135,6 +135,17 @@ def load_split(
     of its model each rebuild from the same settings."""
     dataset = load_dataset(config, seed, cache_dir, code_paths=code_paths, task=task)
     return dataset, split_dataset(dataset, config, seed)
+
+
+def experiment_split(experiment: Experiment, cache_dir: Path) -> tuple[Dataset, Split]:
+    """`load_split` of an experiment's data, seed, code paths and task."""
+    return load_split(
+        experiment.data,
+        experiment.seed,
+        cache_dir,
+        code_paths=experiment.code.paths,
+        task=experiment.task,
+    )
 
 
 def source_uri(config: DataConfig, cache_dir: Path) -> str:

@@ -11,7 +11,7 @@ from pipeline.config import Hyperparameters
 from pipeline.core.data import Dataset, Split, refolded
 from pipeline.core.decisions import Opinion, Selection, select
 from pipeline.core.evaluate import TestReport
-from pipeline.core.sources import load_split, source_uri
+from pipeline.core.sources import experiment_split, source_uri
 from pipeline.distributed import cluster
 from pipeline.retrain import check_same_data, log_retrain, second_opinion, train_and_test
 from pipeline.settings import Settings
@@ -55,13 +55,7 @@ def retrain_and_register(
     client = open_client(uri)
     sweep = find_sweep(client, experiment_name, parent_run_id)
     experiment = sweep.experiment
-    dataset, split = load_split(
-        experiment.data,
-        experiment.seed,
-        settings.data_dir,
-        code_paths=experiment.code.paths,
-        task=experiment.task,
-    )
+    dataset, split = experiment_split(experiment, settings.data_dir)
     check_same_data(sweep, split)
     if settings.ray_address:
         cluster.connect(settings.ray_address, experiment.code.paths)

@@ -17,7 +17,7 @@ from pipeline.config.metrics import Mode
 from pipeline.core.checks import check_metrics, check_model
 from pipeline.core.data import Dataset, Split, TuningData, tuning_data
 from pipeline.core.decisions import best_trial, with_states
-from pipeline.core.sources import load_split, source_uri
+from pipeline.core.sources import experiment_split, source_uri
 from pipeline.core.trials import TrialRow
 from pipeline.distributed import cluster
 from pipeline.distributed.results import TunerResults
@@ -84,13 +84,7 @@ class OpenSweep:
 def sweep_data(experiment: Experiment, settings: Settings) -> tuple[Dataset, Split]:
     """The experiment's data and split, and its model's pre-flight on them (`checks`): what a
     sweep needs before anything is started or written."""
-    dataset, split = load_split(
-        experiment.data,
-        experiment.seed,
-        settings.data_dir,
-        code_paths=experiment.code.paths,
-        task=experiment.task,
-    )
+    dataset, split = experiment_split(experiment, settings.data_dir)
     check_model(experiment, dataset, split)
     check_metrics(experiment, dataset, split)
     return dataset, split
