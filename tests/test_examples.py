@@ -87,6 +87,7 @@ def served(url: str, rows: list[list[float]]) -> list[Any]:
     [
         ("digit_images", "digit-images-cnn", "digit_nets.nets:build", "source:image_folder"),
         ("wine_table", "wine-cultivar", "wine_example.nets:build", "wine_example.tables:load"),
+        ("rare_tumours", "rare-tumours", "pipeline.core.networks:mlp", "rare_example.tables:load"),
     ],
 )
 def test_an_example_through_its_whole_lifecycle(
@@ -105,7 +106,7 @@ def test_an_example_through_its_whole_lifecycle(
     assert len(version.tags[tags.CODE_FINGERPRINT]) == 16
     assert version.tags[tags.DATA_FINGERPRINT]
     shape = json.loads(version.tags[tags.INPUT_SHAPE])
-    assert shape == ([1, 8, 8] if example == "digit_images" else [13])
+    assert shape == {"digit_images": [1, 8, 8], "wine_table": [13], "rare_tumours": [30]}[example]
 
     # Predictions: images from a class folder, or the test rows the loader rebuilds.
     predictions = tmp_path / "predictions.csv"
@@ -120,6 +121,10 @@ def test_an_example_through_its_whole_lifecycle(
         tmp_path, "predict", "--model", model, "--input", str(inputs), "--output", str(predictions)
     )
     assert example == "digit_images" or "labelled rows" in text
+    # Ranked on macro-F1, it is scored on it: the sweep's metric, the version's tag, predict.
+    if example == "rare_tumours":
+        assert "ranked on val_macro_f1" in output and "test_macro_f1_95" in version.tags
+        assert "test_macro_f1" in text and "(logged test_macro_f1" in text
     table = pd.read_csv(predictions)
     assert len(table) > 0 and table["probability"].between(0, 1).all()
 
