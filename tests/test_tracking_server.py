@@ -230,6 +230,7 @@ def cycle(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> P
     for command in (tune, ["promote", "--model", MODEL]):
         done = run_cli(folder, *command, **settings)
         assert done.returncode == 0, done.stderr[-3000:]
+        (folder / f"{command[0]}.out").write_text(done.stdout + done.stderr)
     rows, output = folder / "rows.csv", folder / "predictions.csv"
     other = {**settings, "MLFLOW_TRACKING_URI": deployment.replicas[1]}
     for command in (
@@ -287,6 +288,14 @@ def test_everything_is_stored_in_postgresql(deployment: Deployment, cycle: Path)
         assert aliases.fetchall() == [(MODEL, 1)]
         [(users,)] = connection.execute("SELECT count(*) FROM users").fetchall()
         assert users == 1, "one admin, created once by two replicas"
+
+
+def test_a_sweep_on_a_server_prints_no_mlflow_links_per_run(cycle: Path) -> None:
+    """MLflow prints "View run ... / View experiment ..." for every run ended on a server: a
+    trial's, the retrain's, the parent's; our own summary says where the runs are, once."""
+    said = (cycle / "tune.out").read_text()
+    assert "View run" not in said and "View experiment" not in said
+    assert said.count("parent run:") == 1
 
 
 def test_the_other_replica_serves_the_champion(deployment: Deployment, cycle: Path) -> None:

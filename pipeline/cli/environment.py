@@ -71,6 +71,9 @@ def configure(console: Console, debug: bool, verbose: bool = False) -> None:
     # MLflow configures its own loggers on import, from this variable.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Every run ended on a tracking server prints "View run ... / View experiment ..." into our
+    # output (and costs a request to fetch its name): the sweep's summary says where runs are.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     # MLflow's usage telemetry is a queue and a sender thread in the driver, beside the trials.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # Transient tracking-server errors are retried: 5 times with backoff 1, 2, 4, 8, 16 s (MLflow's
