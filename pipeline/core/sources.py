@@ -283,17 +283,17 @@ def column_kind(values: pd.Series) -> str:
     return "broken" if parsed >= NUMBER_LIKE else "category"
 
 
-def table_problems(frame: pd.DataFrame, missing: str) -> list[str]:
-    """What stops these columns from being features (each problem names its column): a column
-    with no value, a number column with text or infinite values, a category with one value per
-    row (an identifier), and, under data.missing: refuse, gaps."""
+def table_problems(frame: pd.DataFrame, kinds: dict[str, str], missing: str) -> list[str]:
+    """What stops these columns (of these `column_kind`s) from being features, each problem
+    naming its column: a column with no value, a number column with text or infinite values, a
+    category with one value per row (an identifier), and, under data.missing: refuse, gaps."""
     problems = []
     for name in frame.columns:
         values = frame[name]
         if values.isna().all():
             problems.append(f"column '{name}' is entirely empty (leave it out: data.drop_columns)")
             continue
-        kind = column_kind(values)
+        kind = kinds[name]
         if kind == "broken":
             present = values.dropna()
             text = present[pd.to_numeric(present, errors="coerce").isna()]
@@ -345,7 +345,8 @@ def load_table(
     if unlabelled.any() and config.missing == "refuse":
         noun = "empty labels" if task == "classification" else "empty targets"
         problems.append(f"column '{target}' has {int(unlabelled.sum())} {noun}")
-    problems += table_problems(frame, config.missing)
+    kinds = {name: column_kind(frame[name]) for name in frame.columns}
+    problems += table_problems(frame, kinds, config.missing)
     raise_problems(path, problems)
     gaps = unlabelled.to_numpy()
     if config.missing == "drop":
@@ -362,7 +363,7 @@ def load_table(
     layout = TableLayout(
         columns=tuple(
             TableColumn(str(name))
-            if column_kind(frame[name]) == "number"
+            if kinds[name] == "number"
             else TableColumn(str(name), tuple(sorted(set(category_text(frame[name]).dropna()))))
             for name in frame.columns
         ),
