@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.core.decisions import Opinion, select
 from pipeline.core.trials import read_trials
-from pipeline.report import SweepData, build_report
+from pipeline.report import SweepData, Winner, build_report
 from pipeline.report.figures import MISSING, axis_positions
 from pipeline.report.importance import importances, permutation_drops
 
@@ -35,7 +36,7 @@ def sweep(
     states[-1], states[-2] = "diverged", "errored"
     table = pd.DataFrame(
         {
-            "trial_id": [f"t{i:02d}" for i in range(trials)],
+            "trial_id": [f"{i:04x}ab" for i in range(trials)],
             "state": states,
             "lr": lr,
             "optimizer": optimizer,
@@ -60,7 +61,19 @@ def sweep(
     histories = pd.DataFrame(epochs, columns=["trial_id", "epoch", "val_acc", "val_loss"])
     mode = "max" if metric == "val_acc" else "min"
     ranked = table[table["valid"]].sort_values(metric, ascending=mode == "min")
-    winners = read_trials(ranked.drop(columns=["number", "end_seconds", "valid"]))
+    winners = read_trials(ranked.drop(columns=["end_seconds", "valid"]))
+    winner = None
+    if len(winners) > 1:  # the runner-up's second opinion overruled the sweep
+        first, second = winners[0], winners[1]
+        opinions = [
+            Opinion(r.trial_id, 4, r.scores[metric], opinion, label=r.label)
+            for r, opinion in ((first, 0.90), (second, 0.93))
+        ]
+        chosen = select(opinions, metric, "max" if metric == "val_acc" else "min")
+        registered = second if chosen.chosen.trial_id == second.trial_id else first
+        winner = Winner(
+            row=registered, model_version="smoke-digits-mlp version 3", selection=chosen
+        )
     return SweepData(
         experiment="smoke",
         run_name=run_name,
@@ -75,7 +88,7 @@ def sweep(
         trials=table,
         histories=histories,
         best=winners[0] if winners else None,
-        model_version="smoke-digits-mlp version 3",
+        winner=winner,
     )
 
 
@@ -103,20 +116,33 @@ def test_the_page_opens_offline() -> None:
     assert "@import" not in page and "url(" not in page
 
 
-def test_the_header_names_the_sweep_and_its_winner() -> None:
+def test_the_header_names_the_registered_trial_as_the_winner_and_says_why() -> None:
     data = sweep()
     page = build_report(data).html
-    assert data.best is not None
+    assert data.best is not None and data.winner is not None
+    registered, best = data.winner.row, data.best
+    assert registered.trial_id != best.trial_id  # the second opinion overruled the sweep
     for fact in ("smoke", "smoke-1", "0123456789abcdef", "smoke-digits-mlp version 3"):
         assert fact in page
-    assert f"{data.best.scores['val_acc']:.4f}: trial {data.best.trial_id}, epoch 4" in page
-    assert "12 (6 completed, 4 stopped, 1 diverged, 1 errored)" in page
+    header = page.split("<h2>")[0]
+    assert f"{registered.name}: smoke-digits-mlp version 3" in header
+    assert f"{registered.scores['val_acc']:.4f} at epoch 4 ({registered.label})" in header
+    # The sweep's own best is named too, as such, not as the winner.
+    assert f"sweep&#x27;s best val_acc</th><td>{best.scores['val_acc']:.4f}" in header
+    assert "12 (6 completed, 4 stopped, 1 diverged, 1 errored)" in header
+    # The candidates side by side, and the one sentence that says why.
+    chosen = page.split("How the winner was chosen")[1].split("</table>")[0]
+    assert "had the best second opinion on fresh folds" in chosen
+    assert f"sweep&#x27;s leader {best.label}" in chosen
+    assert f"<td>{registered.label}</td><td>2</td>" in chosen and "registered" in chosen
+    assert "<td>0.9300</td>" in chosen and "<td>0.9000</td>" in chosen
     winner = page.split("The winner's hyperparameters")[1].split("</table>")[0]
-    assert f"<code>{data.best.params['optimizer']}</code>" in winner
+    assert winner.startswith(f" ({registered.label})")
+    assert f"<code>{registered.params['optimizer']}</code>" in winner
     # A parameter the winner never sampled (another optimizer's) is not listed for it.
-    assert ("momentum" in winner) == (data.best.params["optimizer"] == "momentum")
-    # One sentence per picture saying what it answers.
-    assert page.count('<p class="question">') == len(SECTIONS)
+    assert ("momentum" in winner) == (registered.params["optimizer"] == "momentum")
+    # One sentence per picture saying what it answers, and the winner's.
+    assert page.count('<p class="question">') == len(SECTIONS) + 1
 
 
 def test_text_from_the_store_is_escaped() -> None:
@@ -156,7 +182,7 @@ def test_permutation_drops_agree_with_scikit_learns_permutation_importance() -> 
 def test_too_few_trials_for_importance_says_so_instead_of_a_plot(trials: int) -> None:
     report = build_report(sweep(trials=trials))
     assert "importance.png" not in report.pngs
-    assert "too few trials" in report.html
+    assert "Too few trials" in report.html
     assert set(report.pngs) == {f"{name}.png" for name in SECTIONS if name != "importance"}
 
 
@@ -174,7 +200,10 @@ def test_a_loss_metric_is_minimised() -> None:
     page = build_report(data).html
     assert data.best is not None
     assert data.best.scores["val_loss"] == data.trials.loc[data.trials["valid"], "val_loss"].min()
-    assert f"best val_loss</th><td>{data.best.scores['val_loss']:.4f}" in page
+    # The sweep's best (the lowest) had the best second opinion too: it is the winner, once.
+    assert data.winner is not None and data.winner.row == data.best
+    assert f"winner&#x27;s val_loss</th><td>{data.best.scores['val_loss']:.4f}" in page
+    assert "sweep&#x27;s best" not in page and "led the sweep" in page
 
 
 def test_parallel_axes_space_categories_evenly_and_log_scale_numbers() -> None:

@@ -25,19 +25,20 @@ class Score:
     tasks: tuple[Task, ...]
     label: str  # what a person reads on an axis
     worst: float  # a diverged run's stand-in: finite (ASHA's and TPE's arithmetic stays sane)
+    perfect: float | None = None  # the best value there is (a report plots the distance to it)
 
 
 LOSS_WORST = 1e30
 SCORES: dict[str, Score] = {
     score.name: score
     for score in (
-        Score("loss", "min", TASKS, "loss (the training objective, unsmoothed)", LOSS_WORST),
-        Score("acc", "max", ("classification",), "accuracy", 0.0),
-        Score("macro_f1", "max", ("classification",), "macro-averaged F1", 0.0),
-        Score("auc", "max", ("classification",), "ROC AUC (one-vs-rest, macro)", 0.0),
-        Score("rmse", "min", ("regression",), "root mean squared error", LOSS_WORST),
-        Score("mae", "min", ("regression",), "mean absolute error", LOSS_WORST),
-        Score("r2", "max", ("regression",), "R² (explained variance)", -LOSS_WORST),
+        Score("loss", "min", TASKS, "loss (the training objective, unsmoothed)", LOSS_WORST, 0.0),
+        Score("acc", "max", ("classification",), "accuracy", 0.0, 1.0),
+        Score("macro_f1", "max", ("classification",), "macro-averaged F1", 0.0, 1.0),
+        Score("auc", "max", ("classification",), "ROC AUC (one-vs-rest, macro)", 0.0, 1.0),
+        Score("rmse", "min", ("regression",), "root mean squared error", LOSS_WORST, 0.0),
+        Score("mae", "min", ("regression",), "mean absolute error", LOSS_WORST, 0.0),
+        Score("r2", "max", ("regression",), "R² (explained variance)", -LOSS_WORST, 1.0),
     )
 }
 VAL_PREFIX, TEST_PREFIX = "val_", "test_"

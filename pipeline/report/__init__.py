@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from pipeline.report.emphasis import broke
 from pipeline.report.figures import (
     curves_figure,
     history_figure,
@@ -14,11 +15,11 @@ from pipeline.report.figures import (
     png,
     states_figure,
 )
-from pipeline.report.importance import importance_note, importances
+from pipeline.report.importance import importance_note, importances, trained, what_breaks
 from pipeline.report.page import page
-from pipeline.report.sweep import Report, Section, SweepData
+from pipeline.report.sweep import Report, Section, SweepData, Winner
 
-__all__ = ["Report", "Section", "SweepData", "build_report"]
+__all__ = ["Report", "Section", "SweepData", "Winner", "build_report"]
 
 
 def build_report(data: SweepData) -> Report:
@@ -47,14 +48,20 @@ def build_report(data: SweepData) -> Report:
             png=png(importance_figure(importance, data))
             if isinstance(importance, pd.DataFrame)
             else None,
-            note=importance if isinstance(importance, str) else importance_note(data),
+            note=" ".join(
+                [
+                    importance if isinstance(importance, str) else importance_note(data),
+                    *breaking_note(data),
+                ]
+            ),
         ),
         Section(
             name="curves",
             title="Learning curves",
-            question="How did each trial learn epoch by epoch, and where did ASHA stop the weak "
-            "ones?",
+            question="How did each trial learn epoch by epoch, where did ASHA stop the weak "
+            "ones, and have the best levelled off?",
             png=png(curves_figure(data)),
+            note=loss_note(data),
         ),
         Section(
             name="states",
@@ -64,3 +71,32 @@ def build_report(data: SweepData) -> Report:
         ),
     )
     return Report(page(data, sections), sections)
+
+
+def breaking_note(data: SweepData) -> list[str]:
+    """What breaks training, apart from the importance of what to narrow next."""
+    broken = broke(data)
+    if not broken:
+        return []
+    lines = what_breaks(data) or ["no one value or range they share"]
+    return [
+        f"Left out of it: {len(broken)} trial(s) that scored far below the "
+        f"{len(trained(data))} others (they failed to learn, or ASHA stopped them before they "
+        f"did). What they share: {'; '.join(lines)}."
+    ]
+
+
+def loss_note(data: SweepData) -> str:
+    """Whether the validation losses compare across trials that trained on different losses."""
+    varied = [
+        name
+        for name in ("label_smoothing", "loss")
+        if name in data.trials and data.trials[name].nunique(dropna=True) > 1
+    ]
+    if not varied:
+        return ""
+    return (
+        f"The trials trained with different {' and '.join(varied)}; val_loss is the same plain "
+        "loss for every trial (cross-entropy without smoothing, or squared error in the "
+        "target's units), so its curves compare, but the trials' own training losses do not."
+    )

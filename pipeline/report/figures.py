@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import io
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from pipeline.config.metrics import score_of
+from pipeline.report.emphasis import (
+    REGISTERED_COLOUR,
+    Emphasis,
+    emphasis,
+    ranked_ids,
+    score_scale,
+)
+from pipeline.report.importance import trained
 from pipeline.report.sweep import SweepData, order_of
 
 if TYPE_CHECKING:
@@ -32,7 +40,6 @@ END_MARKERS = {
     "errored": ("s", "errored"),
     "interrupted": ("o", "interrupted"),
 }
-BEST_COLOUR = "#2ca02c"
 MISSING = -0.12  # where a trial without the hyperparameter sits on a parallel axis
 
 
@@ -67,45 +74,69 @@ def best_so_far(scores: pd.Series, higher_is_better: bool) -> pd.Series:
 
 def history_figure(data: SweepData) -> Figure:
     """The score of each trial as a dot and the best valid score so far as a step line, against
-    the trial number and against the time the trial ended."""
+    the trial number and against the time the trial ended; drawn on the sweep's score scale
+    (`emphasis.score_scale`), the top trials in their colours, the registered one starred."""
     from matplotlib.ticker import MaxNLocator
 
-    figure, (by_number, by_time) = new_figure(11, 4.2, 2)
+    figure, (by_number, by_time) = new_figure(11, 4.4, 2)
     trials = scored(data)
+    scale, marked = score_scale(data), emphasis(data)
+    drawn = scale.drawn(trials[data.metric])
     seconds, unit = time_unit(trials["end_seconds"])
     for axes, x, label in (
         (by_number, trials["number"], "trial number (order the searcher suggested)"),
         (by_time, trials["end_seconds"] / seconds, f"when the trial ended ({unit} into the sweep)"),
     ):
-        for state, group in trials.groupby("state"):
+        plain = trials[~trials["trial_id"].isin(marked.colours)]
+        for state, group in plain.groupby("state"):
             axes.scatter(
                 x[group.index],
-                group[data.metric],
-                s=28,
+                drawn[group.index],
+                s=24,
                 color=state_colour(str(state)),
+                alpha=0.7,
                 label=f"trial ({state})",
                 zorder=3,
+            )
+        for trial_id, colour in marked.colours.items():
+            row = trials.index[trials["trial_id"] == trial_id]
+            registered = trial_id == marked.registered
+            axes.scatter(
+                x[row],
+                drawn[row],
+                s=150 if registered else 60,
+                marker="*" if registered else "o",
+                color=colour,
+                edgecolors=REGISTERED_COLOUR if registered else "white",
+                linewidths=1.2,
+                label=marked.legend_label(trial_id),
+                zorder=5,
             )
         valid = trials[trials["valid"] & x.notna()]
         order = x[valid.index].sort_values(kind="stable").index
         if len(order):
+            best = best_so_far(valid.loc[order, data.metric], data.higher_is_better)
             axes.step(
                 x[order],
-                best_so_far(valid.loc[order, data.metric], data.higher_is_better),
+                scale.drawn(best),
                 where="post",
-                color=BEST_COLOUR,
-                linewidth=2,
+                color="#444444",
+                linewidth=1.5,
                 label="best so far",
                 zorder=2,
             )
         axes.set_xlabel(label)
-        axes.set_ylabel(f"{data.metric} (best epoch)")
-        axes.grid(alpha=0.3)
+        axes.set_ylabel(f"{scale.label}, best epoch")
+        if scale.log and len(trials):
+            axes.set_yscale("log")
+        axes.grid(alpha=0.3, which="both")
     by_number.xaxis.set_major_locator(MaxNLocator(integer=True))
     by_number.set_title("by trial")
     by_time.set_title("by wall time")
     if len(trials):
-        by_number.legend(fontsize=8, loc="best")
+        figure.legend(
+            handles=by_number.get_legend_handles_labels()[0], loc="outside right upper", fontsize=8
+        )
     else:
         for axes in (by_number, by_time):
             axes.text(0.5, 0.5, "no trial has a score", ha="center", transform=axes.transAxes)
@@ -158,19 +189,19 @@ def axis_positions(values: pd.Series, log: bool) -> tuple[pd.Series, list[tuple[
 
 
 def parallel_figure(data: SweepData) -> Figure:
-    """One vertical axis per hyperparameter, plus the score; a line per trial, coloured by its
-    score (trials without one in grey), the best trial drawn thick."""
-    from matplotlib import colormaps
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-    from matplotlib.patheffects import withStroke
-
+    """One vertical axis per hyperparameter, plus the score (on the sweep's score scale); a line
+    per trial, grey by its rank, the top trials each in their colour, the registered one outlined
+    in black."""
     trials = data.trials.reset_index(drop=True)
-    columns = [*data.params, data.metric]
+    scale, marked = score_scale(data), emphasis(data)
+    score_axis = scale.label.replace(" (log scale; lower is better)", "")
+    values = trials.assign(**{score_axis: scale.drawn(trials[data.metric])})
+    columns = [*data.params, score_axis]
     figure, (axes,) = new_figure(min(max(8.0, 1.15 * len(columns) + 2), 13.0), 5.0)
+    logged = {n for n in columns if n in data.log_params or (n == score_axis and scale.log)}
     placed = {}
     for x, name in enumerate(columns):
-        placed[name], ticks = axis_positions(trials[name], name in data.log_params)
+        placed[name], ticks = axis_positions(values[name], name in logged)
         axes.axvline(x, color="#555555", linewidth=1)
         for y, label in ticks:
             axes.text(
@@ -183,40 +214,40 @@ def parallel_figure(data: SweepData) -> Figure:
                 zorder=6,
                 bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
             )
-    scores = trials[data.metric]
-    colour_map = colormaps["viridis" if data.higher_is_better else "viridis_r"]
-    norm = Normalize(scores.min(), scores.max()) if scores.notna().any() else Normalize(0, 1)
-    best_id = data.best.trial_id if data.best else None
-    for row in trials.index:
-        ys = [placed[name][row] for name in columns]
-        score = scores[row]
-        is_best = trials.at[row, "trial_id"] == best_id
+    # The rest in greys by rank: the darker, the better; trials without a score the palest.
+    ranks = values[score_axis].rank(ascending=True, pct=True)
+    rows = {str(values.at[row, "trial_id"]): row for row in values.index}
+    for trial_id, row in rows.items():
+        if trial_id not in marked.colours:
+            shade = 0.85 if pd.isna(ranks[row]) else 0.35 + 0.45 * float(ranks[row])
+            ys = [placed[name][row] for name in columns]
+            axes.plot(range(len(columns)), ys, color=str(shade), linewidth=1.0, zorder=2)
+    for trial_id, colour in marked.colours.items():  # best first: the legend's order
+        registered = trial_id == marked.registered
         axes.plot(
             range(len(columns)),
-            ys,
-            color=colour_map(norm(score)) if pd.notna(score) else "#bbbbbb",
-            linewidth=3 if is_best else 1.3,
-            alpha=1.0 if is_best else 0.75,
-            zorder=3 if is_best else 2,
-            path_effects=[withStroke(linewidth=5, foreground="black")] if is_best else None,
+            [placed[name][rows[trial_id]] for name in columns],
+            color=colour,
+            linewidth=3 if registered else 2.2,
+            zorder=5 if registered else 4,
+            label=marked.legend_label(trial_id),
+            path_effects=registered_edge(registered),
         )
-    axes.set_xticks(range(len(columns)), [label_of(n, data) for n in columns], fontsize=9)
+    names = [f"{n}\n(log scale)" if n in logged else n for n in columns]
+    axes.set_xticks(range(len(columns)), names, fontsize=9)
     axes.set_yticks([])
     axes.set_xlim(-0.6, len(columns) - 0.8)
     axes.set_ylim(MISSING - 0.06, 1.06)
     for side in ("left", "right", "top"):
         axes.spines[side].set_visible(False)
-    colour_bar = figure.colorbar(ScalarMappable(norm, colour_map), ax=axes, pad=0.01)
-    colour_bar.set_label(
-        f"{data.metric} ({'higher' if data.higher_is_better else 'lower'} is better)"
+    if marked.colours:
+        axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    axes.set_title(
+        f"one line per trial; the best {len(marked.colours)} in colour, the rest grey (darker: "
+        f"better){'; the registered trial outlined in black' if marked.registered else ''}",
+        fontsize=10,
     )
-    outlined = f"; the best trial ({best_id}) outlined in black" if best_id is not None else ""
-    axes.set_title(f"one line per trial, coloured by {data.metric}{outlined}", fontsize=10)
     return figure
-
-
-def label_of(name: str, data: SweepData) -> str:
-    return f"{name}\n(log scale)" if name in data.log_params else name
 
 
 def importance_figure(table: pd.DataFrame, data: SweepData) -> Figure:
@@ -226,69 +257,59 @@ def importance_figure(table: pd.DataFrame, data: SweepData) -> Figure:
     axes.axvline(0, color="#555555", linewidth=0.8)
     axes.set_xlabel(f"drop in R² of the forest's fit of {data.metric} when shuffled")
     axes.grid(axis="x", alpha=0.3)
-    valid = int(data.trials["valid"].sum())
-    axes.set_title(f"permutation importance, random forest on {valid} valid trials", fontsize=10)
+    count = len(trained(data))
+    axes.set_title(
+        f"permutation importance, random forest on {count} trials that trained", fontsize=10
+    )
     return figure
 
 
 def curves_figure(data: SweepData) -> Figure:
-    """The sweep's metric and the validation loss per epoch of every trial, coloured by state;
-    each trial's last epoch marked by how it ended, the best trial drawn thick."""
+    """Per epoch of every trial: the sweep's metric (on its score scale), the same for the top
+    ten trials on a panel of their own, and the validation loss; each trial's last epoch marked
+    by how it ended, the top trials in their colours, the registered one edged in black."""
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
-    drawn = [c for c in data.histories.columns if c not in ("trial_id", "epoch")]
-    figure, panels = new_figure(5.5 * len(drawn), 4.5, len(drawn))
-    states = dict(zip(data.trials["trial_id"], data.trials["state"], strict=True))
-    best_id = data.best.trial_id if data.best else None
+    scale, marked = score_scale(data), emphasis(data)
+    top_ten = ranked_ids(data)[:TOP_CURVES]
     histories = data.histories.sort_values(["trial_id", "epoch"])
-    for axes, metric in zip(panels, drawn, strict=True):
-        for trial_id, history in histories.groupby("trial_id"):
-            finite = history[np.isfinite(history[metric])]
-            if finite.empty:
-                continue
-            state = states.get(str(trial_id), "")
-            is_best = trial_id == best_id
-            axes.plot(
-                finite["epoch"],
-                finite[metric],
-                color=BEST_COLOUR if is_best else state_colour(state),
-                linewidth=3 if is_best else 1,
-                alpha=1.0 if is_best else 0.55,
-                zorder=4 if is_best else 2,
-            )
-            if state in END_MARKERS:
-                last = finite.iloc[-1]
-                axes.scatter(
-                    last["epoch"],
-                    last[metric],
-                    marker=END_MARKERS[state][0],
-                    s=45,
-                    color=state_colour(state),
-                    edgecolors="white",
-                    linewidths=0.5,
-                    zorder=5,
-                )
-        values = histories[metric][np.isfinite(histories[metric])]
-        # A diverging trial's loss dwarfs the others': a log axis keeps them all readable.
-        if (
-            (data.mode if metric == data.metric else score_of(metric).mode) == "min"
-            and len(values)
-            and values.min() > 0
-            and values.max() / values.min() > 20
-        ):
+    histories = histories.assign(trial_id=histories["trial_id"].astype(str))
+    panels_of: list[tuple[str, list[str] | None, str]] = [
+        (data.metric, None, f"{data.metric}: every trial")
+    ]
+    panels_of.append((data.metric, top_ten, f"{data.metric}: the best {len(top_ten)} trials"))
+    panels_of += [
+        (n, None, n) for n in histories.columns if n not in ("trial_id", "epoch", data.metric)
+    ]
+    figure, panels = new_figure(5.0 * len(panels_of), 4.5, len(panels_of))
+    states = dict(zip(data.trials["trial_id"].astype(str), data.trials["state"], strict=True))
+    for axes, (metric, only, title) in zip(panels, panels_of, strict=True):
+        shown = histories if only is None else histories[histories["trial_id"].isin(only)]
+        values = shown[metric].astype(float)
+        drawn = scale.drawn(values) if metric == data.metric else values
+        shown = shown.assign(drawn=drawn)[np.isfinite(drawn)]
+        draw_curves(axes, shown, states, marked, dim=only is None)
+        log = scale.log if metric == data.metric else loss_needs_log(shown["drawn"], data, metric)
+        if log and len(shown):
             axes.set_yscale("log")
         axes.set_xlabel("epoch")
-        axes.set_ylabel(metric)
-        axes.set_title(metric)
+        axes.set_ylabel(scale.label if metric == data.metric else metric)
+        axes.set_title(title, fontsize=10)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axes.grid(alpha=0.3)
+        axes.grid(alpha=0.3, which="both")
     present = set(states.values())
-    handles = (
-        [Line2D([], [], color=BEST_COLOUR, linewidth=3, label=f"best trial ({best_id})")]
-        if best_id
-        else []
-    )
+    handles = [
+        Line2D(
+            [],
+            [],
+            color=colour,
+            linewidth=2.5,
+            label=marked.legend_label(trial_id),
+            path_effects=registered_edge(trial_id == marked.registered),
+        )
+        for trial_id, colour in marked.colours.items()
+    ]
     handles += [
         Line2D([], [], color=state_colour(s), linewidth=1, label=s)
         for s in sorted(present, key=order_of(data))
@@ -300,6 +321,55 @@ def curves_figure(data: SweepData) -> Figure:
     ]
     figure.legend(handles=handles, loc="outside right upper", fontsize=8)
     return figure
+
+
+TOP_CURVES = 10  # trials on the learning curves' own panel of the best
+
+
+def draw_curves(
+    axes: Axes, shown: pd.DataFrame, states: dict[str, str], marked: Emphasis, *, dim: bool
+) -> None:
+    """One line per trial of `shown` (its `drawn` column per epoch); the rest dimmed where
+    `dim`, the marked trials on top."""
+    for trial_id, history in shown.groupby("trial_id"):
+        state = states.get(str(trial_id), "")
+        colour = marked.colours.get(str(trial_id))
+        registered = trial_id == marked.registered
+        axes.plot(
+            history["epoch"],
+            history["drawn"],
+            color=colour or state_colour(state),
+            linewidth=2.2 if colour else 1,
+            alpha=1.0 if colour or not dim else 0.45,
+            zorder=4 if colour else 2,
+            path_effects=registered_edge(registered),
+        )
+        if state in END_MARKERS:
+            last = history.iloc[-1]
+            axes.scatter(
+                last["epoch"],
+                last["drawn"],
+                marker=END_MARKERS[state][0],
+                s=40,
+                color=state_colour(state),
+                edgecolors="white",
+                linewidths=0.5,
+                zorder=5,
+            )
+
+
+def registered_edge(registered: bool) -> list[Any] | None:
+    from matplotlib.patheffects import withStroke
+
+    return [withStroke(linewidth=4.5, foreground=REGISTERED_COLOUR)] if registered else None
+
+
+def loss_needs_log(values: pd.Series, data: SweepData, metric: str) -> bool:
+    """A diverging trial's loss dwarfs the others': a log axis keeps them all readable."""
+    lower_is_better = (data.mode if metric == data.metric else score_of(metric).mode) == "min"
+    return bool(
+        lower_is_better and len(values) and values.min() > 0 and values.max() / values.min() > 20
+    )
 
 
 def states_figure(data: SweepData) -> Figure:

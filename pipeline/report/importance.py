@@ -1,5 +1,6 @@
-"""Which hyperparameters matter: a random forest fitted to the valid trials' scores, and how much
-its fit drops when each hyperparameter's values are shuffled."""
+"""Which hyperparameters matter: a random forest fitted to the scores of the trials that trained,
+and how much its fit drops when each hyperparameter's values are shuffled; and, apart, what the
+trials that broke (`emphasis.broke`) had in common."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+from pipeline.report.emphasis import broke
 from pipeline.report.sweep import SweepData
 
 MIN_IMPORTANCE_TRIALS = 4  # below this a forest fitted to the trials says nothing
 IMPORTANCE_REPEATS = 20  # shuffles per hyperparameter in the permutation test
+BROKE_SHARE = 0.75  # a value is said to break training when this share of its trials broke
 
 
 def encoded(data: SweepData, valid: pd.DataFrame) -> pd.DataFrame:
@@ -33,22 +36,33 @@ def encoded(data: SweepData, valid: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(columns, index=valid.index)
 
 
+def trained(data: SweepData) -> pd.DataFrame:
+    """The valid trials that trained: all but those that broke (`emphasis.broke`)."""
+    valid = data.trials[data.trials["valid"]]
+    return valid[~valid["trial_id"].astype(str).isin(broke(data))]
+
+
 def importances(data: SweepData) -> pd.DataFrame | str:
-    """Permutation importance of each hyperparameter for a random forest fitted to the valid
-    trials' scores (scikit-learn's, seeded), most important first; or why there is none."""
+    """Permutation importance of each hyperparameter for a random forest fitted to the scores
+    of the trials that trained (scikit-learn's, seeded), most important first; or why there is
+    none. Trials that broke would make it answer "what breaks training" instead of "what to
+    narrow next" (`what_breaks` answers that)."""
     from sklearn.ensemble import RandomForestRegressor
 
-    valid = data.trials[data.trials["valid"]]
+    valid = trained(data)
     if len(valid) < MIN_IMPORTANCE_TRIALS:
         return (
-            f"too few trials: {len(valid)} valid trial(s), at least {MIN_IMPORTANCE_TRIALS} "
-            "are needed to estimate importance"
+            f"Too few trials: {len(valid)} trial(s) trained, at least {MIN_IMPORTANCE_TRIALS} "
+            "are needed to estimate importance."
         )
     features = encoded(data, valid)
     features = features.loc[:, features.nunique(dropna=False) > 1]  # a constant explains nothing
     scores = valid[data.metric].astype(float)
     if features.empty or scores.nunique() < 2:
-        return "every valid trial scored the same or sampled the same values: nothing to explain"
+        return (
+            "Every trial that trained scored the same or sampled the same values: nothing to "
+            "explain."
+        )
     forest = RandomForestRegressor(n_estimators=200, random_state=data.seed, min_samples_leaf=1)
     forest.fit(features.to_numpy(), scores.to_numpy())
     drops = permutation_drops(
@@ -92,9 +106,33 @@ def permutation_drops(
 
 
 def importance_note(data: SweepData) -> str:
-    valid = int(data.trials["valid"].sum())
+    count = len(trained(data))
     return (
-        f"A random forest fitted to {valid} valid trials; each bar is how much its fit (R²) "
-        f"drops when that hyperparameter's values are shuffled ({IMPORTANCE_REPEATS} shuffles, "
-        "line: their spread). With few trials, read it as a hint, not a measurement."
+        f"A random forest fitted to the {count} trials that trained; each bar is how much its "
+        f"fit (R²) drops when that hyperparameter's values are shuffled ({IMPORTANCE_REPEATS} "
+        "shuffles, line: their spread). With few trials, read it as a hint, not a measurement."
     )
+
+
+def what_breaks(data: SweepData) -> list[str]:
+    """What the trials that broke had in common, a line each: a value most of the trials that
+    took it broke with, or a range of a number outside every trained trial's."""
+    broken = broke(data)
+    if not broken:
+        return []
+    valid = data.trials[data.trials["valid"]]
+    failed = valid["trial_id"].astype(str).isin(broken)
+    lines = []
+    for name in data.params:
+        values = valid[name]
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            bad, good = values[failed].dropna(), values[~failed].dropna()
+            if len(bad) and len(good) and bad.min() > good.max():
+                lines.append(f"{name} above {good.max():.3g}: {len(bad)} broke, none trained")
+            elif len(bad) and len(good) and bad.max() < good.min():
+                lines.append(f"{name} below {good.min():.3g}: {len(bad)} broke, none trained")
+            continue
+        for value, group in failed.groupby(values.astype("string")):
+            if group.sum() >= 2 and group.mean() >= BROKE_SHARE:
+                lines.append(f"{name}={value}: {int(group.sum())} of {len(group)} trials broke")
+    return lines

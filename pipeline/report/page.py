@@ -1,5 +1,6 @@
-"""The report's HTML page: a header of facts and the winner's hyperparameters, then each section
-with its picture embedded; one self-contained file."""
+"""The report's HTML page: a header of facts, the registered trial (the winner) and how it was
+chosen, its hyperparameters, then each section with its picture embedded; one self-contained
+file."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core.decisions import Selection
+from pipeline.core.trials import TrialRow
 from pipeline.report.sweep import Section, SweepData, order_of
 
 STYLE = """
@@ -38,18 +41,7 @@ def page(data: SweepData, sections: tuple[Section, ...]) -> str:
         ("trials", summary_of_states(data)),
         ("metric", f"{data.metric} ({data.mode})"),
     ]
-    if data.best is not None:
-        facts.append(
-            (
-                f"best {data.metric}",
-                f"{data.best.score(data.metric):.4f}: trial {data.best.trial_id}, "
-                f"epoch {data.best.epoch}",
-            )
-        )
-    else:
-        facts.append((f"best {data.metric}", "no trial completed or stopped without failing"))
-    if data.model_version is not None:
-        facts.append(("registered", data.model_version))
+    facts += outcome_facts(data)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -58,14 +50,24 @@ def page(data: SweepData, sections: tuple[Section, ...]) -> str:
         f"<h1>Sweep report: {escape(data.run_name)}</h1>",
         rows_table(facts),
     ]
-    if data.best is not None:
+    if data.winner is not None and data.winner.selection is not None:
+        parts += [
+            "<h2>How the winner was chosen</h2>",
+            f'<p class="question">{escape(data.winner.selection.reason())}</p>',
+            candidates_table(data.winner.selection, data.winner.row.trial_id),
+        ]
+    chosen = data.chosen
+    if chosen is not None:
         # A parameter the winner did not sample (another optimizer's) is left out.
         winner = [
-            (name, format_value(data.best.params[name]))
+            (name, format_value(chosen.params[name]))
             for name in data.params
-            if name in data.best.params
+            if name in chosen.params
         ]
-        parts += ["<h2>The winner's hyperparameters</h2>", rows_table(winner, code=True)]
+        parts += [
+            f"<h2>The winner's hyperparameters ({escape(chosen.label)})</h2>",
+            rows_table(winner, code=True),
+        ]
     for section in sections:
         parts.append(f'<section id="{section.name}"><h2>{escape(section.title)}</h2>')
         parts.append(f'<p class="question">{escape(section.question)}</p>')
@@ -81,6 +83,41 @@ def page(data: SweepData, sections: tuple[Section, ...]) -> str:
         parts.append("</section>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def outcome_facts(data: SweepData) -> list[tuple[str, str]]:
+    """What the sweep produced: the registered trial (the winner) and the sweep's best by its
+    sweep score, which differ when a second opinion overruled the sweep."""
+    metric, best, facts = data.metric, data.best, []
+    if best is None:
+        return [(f"best {metric}", "no trial completed or stopped without failing")]
+    if data.winner is not None:
+        row = data.winner.row
+        facts.append(("winner (registered)", f"{row.name}: {data.winner.model_version}"))
+        facts.append((f"winner's {metric}", describe_score(row, metric)))
+    else:
+        facts.append(("winner", f"{best.name}: not retrained or registered yet"))
+    if data.winner is None or data.winner.row.trial_id != best.trial_id:
+        facts.append((f"sweep's best {metric}", f"{describe_score(best, metric)} ({best.name})"))
+    return facts
+
+
+def describe_score(row: TrialRow, metric: str) -> str:
+    return f"{row.score(metric):.4f} at epoch {row.epoch} ({row.label})"
+
+
+def candidates_table(selection: Selection, registered: str) -> str:
+    """The sweep's top few side by side: their sweep score and their second opinion."""
+    metric = selection.metric
+    head = ["trial", "rank in the sweep", f"sweep {metric}", f"second opinion {metric}", ""]
+    rows = []
+    for o in sorted(selection.opinions, key=lambda o: o.rank):
+        mark = "registered" if o.trial_id == registered else ""
+        cells = [o.name, str(o.rank), f"{o.sweep_score:.4f}", f"{o.second_opinion:.4f}", mark]
+        rows.append("".join(f"<td>{escape(c)}</td>" for c in cells))
+    header = "".join(f"<th>{escape(h)}</th>" for h in head)
+    body = "".join(f"<tr>{r}</tr>" for r in rows)
+    return f"<table><tr>{header}</tr>{body}</table>"
 
 
 def summary_of_states(data: SweepData) -> str:

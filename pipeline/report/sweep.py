@@ -9,7 +9,17 @@ from datetime import datetime
 
 import pandas as pd
 
+from pipeline.core.decisions import Selection
 from pipeline.core.trials import TrialRow
+
+
+@dataclass(frozen=True, kw_only=True)
+class Winner:
+    """The trial the sweep registered, and how it was chosen among the sweep's top few."""
+
+    row: TrialRow
+    model_version: str  # e.g. `digits-mlp version 3`
+    selection: Selection | None  # None: not recorded (a retrain older than the record)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,12 +46,18 @@ class SweepData:
     states: tuple[str, ...]  # every state a trial can end in: counted even when none did
     trials: pd.DataFrame
     histories: pd.DataFrame
-    best: TrialRow | None  # the best valid trial
-    model_version: str | None = None  # the registered model version the sweep produced
+    best: TrialRow | None  # the best valid trial by its sweep score
+    winner: Winner | None = None  # the trial registered from the sweep, once one is
 
     @property
     def higher_is_better(self) -> bool:
         return self.mode == "max"
+
+    @property
+    def chosen(self) -> TrialRow | None:
+        """The trial the report presents as the sweep's outcome: the registered one, else
+        (before a retrain) the best by its sweep score."""
+        return self.winner.row if self.winner is not None else self.best
 
 
 @dataclass(frozen=True, kw_only=True)
