@@ -1,6 +1,7 @@
 """The images' package sets as fresh venvs (there is no Docker engine here): `ray-node`, as
 deploy/Dockerfile installs it (the pinned torch, then the project with its `cluster` extra), and
-`mlflow-server`, as deploy/mlflow/Dockerfile does (the `server` extra).
+`mlflow-server`, as deploy/mlflow/Dockerfile does (the `server` extra, then its UI page
+written to open on runs tables).
 
 Each is built once into .venv-images/NAME and rebuilt only when what it installs changes: its
 own requirement lists, not any other edit of pyproject.toml. `make image-envs` (which `make
@@ -10,6 +11,7 @@ test` runs first) builds both side by side: `python -m tests.image_envs [NAME ..
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import re
 import shutil
@@ -58,12 +60,20 @@ def extra_requirements(extra: str) -> list[str]:
     return done.stdout.split()
 
 
+# What deploy/mlflow/Dockerfile runs after its install: MLflow's UI page opening on runs.
+UI_PAGE = REPO / "pipeline" / "tracking" / "ui_page.py"
+
+
 def requirements(name: str) -> dict[str, object]:
     """Everything an image's venv depends on: what it installs, the requirement lists of the
-    project and extras it installs, and the Python that runs it."""
+    project and extras it installs, the Python that runs it (and the UI page script run after
+    the server's install)."""
     lists = project()
     needs = {"": lists[""], "cluster": lists["cluster"]} if name == "ray-node" else {}
-    return {"installs": installs(name), "lists": needs, "python": sys.version.split()[0]}
+    wanted: dict[str, object] = {"installs": installs(name), "lists": needs}
+    if name == "mlflow-server":
+        wanted["ui_page"] = hashlib.sha256(UI_PAGE.read_bytes()).hexdigest()
+    return {**wanted, "python": sys.version.split()[0]}
 
 
 def build(name: str) -> Path:
@@ -84,6 +94,8 @@ def build(name: str) -> Path:
                     check=True,
                     timeout=1800,
                 )
+            if name == "mlflow-server":
+                subprocess.run([str(folder / "bin" / "python"), str(UI_PAGE)], check=True)
             stamp.write_text(wanted)
     return folder / "bin"
 

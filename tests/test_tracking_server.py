@@ -23,6 +23,7 @@ import psycopg
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipeline.tracking.ui_page import preference_script
 from tests import image_envs
 from tests.conftest import (
     ADMIN_URL,
@@ -69,6 +70,14 @@ def database() -> Iterator[str]:
 
 def get(url: str, host: str | None = None, login: tuple[str, str] | None = None) -> int:
     """The HTTP status of GET `url`, with a Host header and basic-auth login if given."""
+    return fetch(url, host, login)[0]
+
+
+def fetch(
+    url: str, host: str | None = None, login: tuple[str, str] | None = None
+) -> tuple[int, str]:
+    """The HTTP status and body of GET `url`, with a Host header and basic-auth login if
+    given (0 and no body when nothing answered)."""
     headers = {"Host": host} if host else {}
     if login:
         token = base64.b64encode(":".join(login).encode()).decode()
@@ -77,11 +86,18 @@ def get(url: str, host: str | None = None, login: tuple[str, str] | None = None)
         # Generous: a login's first request hashes the password and opens the store, which
         # took over 10 s on a loaded 2-core machine.
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60) as r:
-            return int(r.status)
+            return int(r.status), r.read().decode(errors="replace")
     except urllib.error.HTTPError as exc:
-        return exc.code
+        return exc.code, ""
     except OSError:
-        return 0
+        return 0, ""
+
+
+def opens_on_runs(page: str) -> bool:
+    """Whether a served UI page sets MLflow's view to model training before its app starts
+    (tests/test_ui.py shows what that does in a browser)."""
+    script = preference_script()
+    return script in page and page.index(script) < page.index("static/js/main.")
 
 
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
@@ -171,6 +187,8 @@ def test_the_host_headers_users_send_are_answered_and_others_refused(
 
 def test_basic_auth_takes_the_configured_admin_only(deployment: Deployment) -> None:
     uri = deployment.replicas[1]
+    status, page = fetch(f"{uri}/", login=(ADMIN, ADMIN_PASSWORD))
+    assert status == 200 and opens_on_runs(page), "the image's UI page opens on runs tables"
     assert get(f"{uri}{SEARCH}") == 401
     assert get(f"{uri}{SEARCH}", login=(ADMIN, ADMIN_PASSWORD)) == 200
     assert get(f"{uri}{SEARCH}", login=(ADMIN, "password1234")) == 401, "MLflow's old default"
@@ -265,7 +283,7 @@ def test_runs_are_readable_through_the_server(tracking: MlflowClient, cycle: Pat
         assert [m.step for m in history] == list(range(1, len(history) + 1))
     assert retrain.data.tags["mlflow.parentRunId"] == parent.info.run_id
     local = tracking.download_artifacts(parent.info.run_id, "trials.csv", str(cycle))
-    assert Path(local).read_text().startswith("trial_id,")
+    assert Path(local).read_text().startswith("number,name,state,val_acc,epoch,trial_id,")
     assert not list(cycle.rglob("mlflow.db")) and not (cycle / "mlruns").exists()
 
 
@@ -321,6 +339,8 @@ def test_make_mlflow_server_with_basic_auth(database: str, tmp_path: Path) -> No
     log = tmp_path / "server.log"
     with background(command, env, tmp_path, log) as server:
         wait_until(lambda: get(f"{uri}/health") == 200, 120, "mlflow-server", log, server)
+        status, page = fetch(f"{uri}/#/experiments/0", login=(ADMIN, ADMIN_PASSWORD))
+        assert status == 200 and opens_on_runs(page)
         assert get(f"{uri}{SEARCH}") == 401
         for host in (f"localhost:{port}", "mlflow.example.org", "10.0.0.7:5000"):
             assert get(f"{uri}{SEARCH}", host, (ADMIN, ADMIN_PASSWORD)) == 200, host

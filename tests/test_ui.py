@@ -1,7 +1,9 @@
-"""The MLflow UI in a real browser (Debian's headless Chromium) over a store holding a smoke sweep
-and its promoted model: the experiment opens on its runs table with the trials nested under the
-sweep's run, sorting by best_val_acc ranks the registered trial among the candidates given a
-second opinion, the winner's run page and the model page (with its `champion` alias) render.
+"""The MLflow UI in a real browser (Debian's headless Chromium, a fresh profile) over a store
+holding a smoke sweep and its promoted model: a plain experiment URL opens on its runs table
+(not MLflow's GenAI overview, no assistant panel) with the trials nested under the sweep's run,
+and stays there after a click into a run; a user's own choice of view is kept; sorting by
+best_val_acc ranks the registered trial among the candidates given a second opinion; the
+winner's run page links the version it became, and the model page shows its `champion` alias.
 Screenshots are kept as test artifacts."""
 
 from __future__ import annotations
@@ -36,10 +38,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 MODEL = "smoke-digits-mlp"
 PAGE_TIMEOUT_S = 60  # a first page load compiles MLflow's JS bundle on two busy cores
-# MLflow 3.17.2's UI picks an experiment's landing tab from its GenAI / Model-training switch,
-# carried in this URL parameter (or the browser's local storage), not from the
-# `mlflow.experimentKind` tag; without it an experiment opens on the GenAI overview.
-MODEL_TRAINING = "workflowType=machine_learning"
+# MLflow 3.17.2's GenAI / Model-training switch, as the browser keeps it (pipeline.tracking.ui_page)
+WORKFLOW = "mlflow.workflowType_v1"
 # The runs table's URL state (its JS bundle's searchFacets: orderByKey, orderByAsc, ...).
 BY_BEST_VAL_ACC = "orderByKey=metrics.%60best_val_acc%60&orderByAsc=false"
 RUN_NAME_CELL = "[col-id='attributes.`Run Name`']"
@@ -190,17 +190,8 @@ class Browser:
 
 @pytest.fixture(scope="module")
 def browser(ui: Ui, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
-    browser = Browser(tmp_path_factory.mktemp("screenshots"))
+    browser = Browser(tmp_path_factory.mktemp("screenshots"))  # a fresh profile: nothing chosen
     try:
-        # MLflow's assistant panel opens itself on a first visit, over the runs table: mark it
-        # opened once already, and closed, then reload (the pages after differ by their #hash
-        # only, so the app stays loaded).
-        browser.open(ui.url, lambda: "MLflow" in browser.text())
-        browser.driver.execute_script(
-            "localStorage['mlflow.assistant.fab.autoOpenedOnFirstLoad_v1'] = 'true';"
-            "localStorage['mlflow.assistant.panelOpen_v1'] = 'false';"
-        )
-        browser.driver.refresh()
         yield browser
     finally:
         browser.driver.quit()
@@ -223,11 +214,15 @@ def test_the_experiment_opens_on_its_runs_table_with_the_trials_nested_under_the
     tags = store.client.get_experiment(store.experiment_id).tags
     assert tags.get("mlflow.experimentKind") == "custom_model_development"
     runs_page = f"/experiments/{store.experiment_id}/runs"
+    # The plain URL `tune` prints, in a browser that never chose a view.
     browser.open(
-        f"{ui.url}/#/experiments/{store.experiment_id}?{MODEL_TRAINING}",
+        f"{ui.url}/#/experiments/{store.experiment_id}",
         lambda: runs_page in browser.driver.current_url and browser.rows(),
     )
     assert "overview" not in browser.driver.current_url
+    assert browser.driver.execute_script(f"return localStorage['{WORKFLOW}']") == (
+        '"machine_learning"'
+    )
     # Collapsed, the sweep's run is the one row; its trials and retrain run open beneath it.
     assert browser.rows() == [store.parent_id]
     browser.shot("experiment-collapsed")
@@ -239,6 +234,29 @@ def test_the_experiment_opens_on_its_runs_table_with_the_trials_nested_under_the
     assert rows[0] == store.parent_id
     assert set(rows[1:]) == store.children
     assert f"{len(store.children) + 1} matching runs" in browser.text()
+    # Into a run and back by the breadcrumb: still the runs table, nothing labelled "Eval".
+    name = store.client.get_run(store.winner).info.run_name
+    browser.driver.find_element(By.LINK_TEXT, name).click()
+    browser.wait(lambda: f"/runs/{store.winner}" in browser.driver.current_url)
+    browser.wait(lambda: name in browser.text())
+    assert "Evaluations" not in browser.text()
+    browser.driver.find_element(By.LINK_TEXT, "Runs").click()
+    browser.wait(lambda: browser.driver.current_url.split("?")[0].endswith(runs_page))
+    browser.wait(lambda: browser.rows())
+    browser.shot("experiment-after-a-run")
+    assert "Evaluations" not in browser.text() and "Eval\n" not in browser.text()
+
+
+def test_a_view_the_user_chose_is_kept(store: Store, ui: Ui, browser: Browser) -> None:
+    browser.driver.execute_script(f"localStorage['{WORKFLOW}'] = JSON.stringify('genai')")
+    browser.driver.get("about:blank")  # then a new page load: the preference script runs again
+    browser.open(
+        f"{ui.url}/#/experiments/{store.experiment_id}",
+        lambda: "/overview" in browser.driver.current_url,
+    )
+    assert browser.driver.execute_script(f"return localStorage['{WORKFLOW}']") == '"genai"'
+    browser.shot("genai-kept")
+    browser.driver.execute_script(f"localStorage.removeItem('{WORKFLOW}')")  # chosen no more
 
 
 def test_sorting_by_best_val_acc_ranks_the_registered_trial_among_the_candidates(
@@ -248,7 +266,7 @@ def test_sorting_by_best_val_acc_ranks_the_registered_trial_among_the_candidates
     from selenium.webdriver.common.keys import Keys
 
     browser.open(
-        f"{ui.url}/#/experiments/{store.experiment_id}/runs?{MODEL_TRAINING}&{BY_BEST_VAL_ACC}",
+        f"{ui.url}/#/experiments/{store.experiment_id}/runs?{BY_BEST_VAL_ACC}",
         lambda: len(browser.rows()) > 1,
     )
     assert "Sort: best_val_acc" in browser.text()
@@ -281,9 +299,11 @@ def test_sorting_by_best_val_acc_ranks_the_registered_trial_among_the_candidates
 def test_the_registered_trials_run_page_shows_its_scores_and_its_sweep(
     store: Store, ui: Ui, browser: Browser
 ) -> None:
+    from selenium.webdriver.common.by import By
+
     winner = store.client.get_run(store.winner)
     parent = store.client.get_run(store.parent_id)
-    page = f"{ui.url}/#/experiments/{store.experiment_id}/runs/{store.winner}?{MODEL_TRAINING}"
+    page = f"{ui.url}/#/experiments/{store.experiment_id}/runs/{store.winner}"
     browser.open(page, lambda: "best_val_acc" in browser.text())
     text = browser.text()
     browser.shot("winner-run")
@@ -291,6 +311,20 @@ def test_the_registered_trials_run_page_shows_its_scores_and_its_sweep(
     assert f"Parent run\n{parent.info.run_name}" in text
     assert f"best_val_acc\n{winner.data.metrics['best_val_acc']}" in text
     assert winner.data.tags["trial_id"] in text
+    # Its description links the version it became: one click away.
+    assert f"Registered as {MODEL} version 1" in text
+    driver = browser.driver
+    here = driver.current_window_handle
+    driver.find_element(By.LINK_TEXT, f"{MODEL} version 1").click()  # MLflow: a new tab
+    tab = browser.wait(lambda: next((h for h in driver.window_handles if h != here), None))
+    driver.switch_to.window(tab)
+    try:
+        browser.wait(lambda: f"/models/{MODEL}/versions/1" in driver.current_url)
+        browser.wait(lambda: "Version 1" in browser.text())
+        browser.shot("winner-version")
+    finally:
+        driver.close()
+        driver.switch_to.window(here)
 
 
 def test_the_model_page_shows_the_champion_alias(store: Store, ui: Ui, browser: Browser) -> None:

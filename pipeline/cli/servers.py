@@ -47,7 +47,7 @@ def mlflow_server_cli(
         ),
     ] = "",
     basic_auth: Annotated[
-        bool, typer.Option(help="Require MLflow's basic authentication (--app-name basic-auth).")
+        bool, typer.Option(help="Require MLflow's basic authentication.")
     ] = False,
 ) -> None:
     """Run an MLflow tracking server: database backend, artifacts served through the server."""

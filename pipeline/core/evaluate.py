@@ -9,7 +9,6 @@ the others.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -77,16 +76,12 @@ class TestReport:
 
     def metrics(self) -> dict[str, float]:
         """Flat MLflow metrics: test_<score> of every score (the metric's 95% interval as
-        test_<metric>_low and test_<metric>_high) and, for classification,
-        test_<precision|recall|f1>/<class>."""
+        test_<metric>_low and test_<metric>_high). Per-class scores go to a JSON artifact
+        (`per_class`): as metrics, each name would open a chart section of its own in MLflow's
+        UI, empty while the retrain run sits folded under its sweep."""
         low, high = self.interval
         flat = {TEST_PREFIX + name: value for name, value in self.scores.items()}
         flat[f"{self.name}_low"], flat[f"{self.name}_high"] = low, high
-        for i, name in enumerate(self.class_names):
-            key = metric_safe(name)
-            flat[f"test_precision/{key}"] = self.precision[i]
-            flat[f"test_recall/{key}"] = self.recall[i]
-            flat[f"test_f1/{key}"] = self.f1[i]
         return flat
 
     def per_class(self) -> dict[str, dict[str, float]]:
@@ -122,11 +117,6 @@ def mcnemar_p(only_first: int, only_second: int) -> float:
         return 1.0
     tail = sum(math.comb(differ, k) for k in range(min(only_first, only_second) + 1))
     return min(1.0, 2 * tail / (1 << differ))  # exact integers: no overflow at many rows
-
-
-def metric_safe(name: str) -> str:
-    """A class name as MLflow accepts it in a metric key."""
-    return re.sub(r"[^A-Za-z0-9_.\- ]", "_", name) or "_"
 
 
 def score(

@@ -12,6 +12,7 @@ from pipeline.errors import PipelineError
 from pipeline.tracking.preflight import STORE_TIMEOUT_S, check_database
 
 MODEL_URI_VARIABLE = "PIPELINE_SERVE_MODEL_URI"  # the version `pipeline.tracking.scoring` serves
+UI_APP = "hpo-pipeline"  # our MLflow server app (pyproject.toml's mlflow.app entry points)
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,8 @@ def server_launch(options: ServerOptions) -> Launch:
         arguments += ["--allowed-hosts", with_default_hosts(options.allowed_hosts)]
     if options.cors_allowed_origins:
         arguments += ["--cors-allowed-origins", options.cors_allowed_origins]
-    if options.basic_auth:
-        arguments += ["--app-name", "basic-auth"]
+    # MLflow's server app with its UI opening on the runs table (tracking/ui_page.py).
+    arguments += ["--app-name", UI_APP + ("-basic-auth" if options.basic_auth else "")]
     banner = (
         f"MLflow tracking server on http://{options.host}:{options.port} (artifacts: {destination})"
     )
@@ -103,16 +104,11 @@ def ui_launch(tracking_uri: str, port: int) -> Launch:
     arguments = ["ui", "--backend-store-uri", tracking_uri]
     arguments += ["--host", "127.0.0.1", "--port", str(port)]
     # One browser needs one web worker; MLflow's default starts 4 (`--workers`, else 4).
-    arguments += ["--workers", "1"]
+    arguments += ["--workers", "1", "--app-name", UI_APP]
     # Browsing runs and models needs no server jobs (see WITHOUT_JOBS); off, the UI answers in
     # seconds.
     env = WITHOUT_JOBS
-    # MLflow 3.17 opens experiments on a GenAI overview unless its switch says otherwise (the
-    # browser remembers it; a link can carry ?workflowType=machine_learning).
-    banner = (
-        f"MLflow UI over {tracking_uri} on http://127.0.0.1:{port}\n"
-        "runs tables: set its switch (top left) to 'Model training'"
-    )
+    banner = f"MLflow UI over {tracking_uri} on http://127.0.0.1:{port}"
     return Launch(banner, arguments, env)
 
 

@@ -113,9 +113,8 @@ def use_tracking_uri(tracking_uri: str) -> Iterator[None]:
 
 
 # The kind MLflow's UI files this experiment under, "Machine learning" (its JS bundle's
-# CUSTOM_MODEL_DEVELOPMENT), not GenAI. MLflow 3.17's UI still opens experiments on its GenAI
-# overview unless its switch or a link's `?workflowType=machine_learning` says otherwise (see
-# `display.print_sweep`).
+# CUSTOM_MODEL_DEVELOPMENT), not GenAI. MLflow 3.17's UI ignores it and follows a preference its
+# page keeps in the browser: see `ui_page`, which sets that.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
