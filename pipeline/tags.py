@@ -13,6 +13,7 @@ SWEEP_PATH = "sweep_path"  # marks a parent run as a sweep: where Ray keeps its 
 SWEEP_ABANDONED = "sweep.abandoned"  # an interrupted sweep that will not be resumed: when
 DATA_FINGERPRINT = "data_fingerprint"  # the split's fingerprint (parent, retrain run, version)
 TRIAL_COUNT = "trials."  # + a trial state: how many of the sweep's trials ended in it
+SELECTION_REASON = "selection.reason"  # why the registered trial was chosen (one sentence)
 
 # --- a trial's run -----------------------------------------------------------------------------
 
@@ -20,6 +21,7 @@ TRIAL_ID = "trial_id"  # Ray's id of the trial; marks a run as a trial's
 TRIAL_NUMBER = "trial_number"  # its place in the searcher's order, from 1
 TRIAL_STATE = "trial_state"  # completed, stopped, diverged, errored, interrupted, lost
 TRIAL_ERROR = "trial_error"  # the last line of a failed trial's traceback
+REGISTERED_AS = "registered_as"  # the model version it became: `name/version`
 WARM_START = "warm_start"  # where a warm-start configuration came from: champion, ...
 HOST = "host"  # the machine it ran on (also a lock holder's)
 NODE_IP = "node_ip"
@@ -29,6 +31,8 @@ DEVICE = "device"  # cpu, cuda:0, ... (also the retrain run's)
 # --- the retrain run ---------------------------------------------------------------------------
 
 SOURCE_TRIAL_ID = "source_trial_id"  # the trial it retrained (not TRIAL_ID: not a trial's run)
+SOURCE_TRIAL = "source_trial"  # that trial's run name: t07 adam 2x256 ...
+SOURCE_TRIAL_RUN_ID = "source_trial_run_id"
 TEST_ROWS_SEEN = "test_rows_seen"  # `once`: the test split is touched by the final model only
 
 # --- a model version ---------------------------------------------------------------------------
@@ -115,4 +119,11 @@ LOCK_HEARTBEAT = "heartbeat"
 
 # --- params of a sweep's parent run (names, like tags, that queries use) ----------------------
 
-BEST_PARAM = "best."  # + a hyperparameter: the best trial's value; best.trial_id: which trial
+# The winner: the trial retrained and registered (the best second opinion of the sweep's top
+# few), once it is. + a hyperparameter: its value; + number, name, trial_id, epoch, the metric,
+# selection_<metric>: which trial, and its scores.
+BEST_PARAM = "best."
+# The sweep's own top trial by its sweep score, recorded as the sweep ends: + number, name,
+# trial_id, epoch and each validation score. Params, not metrics: the parent run does not
+# compete with its trials when the UI sorts them.
+SWEEP_BEST = "sweep_best."

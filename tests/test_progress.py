@@ -34,7 +34,7 @@ def test_status_counts_states_running_best_and_eta() -> None:
     progress.end("c", "diverged", None)
     line = progress.status_line()
     assert line.startswith("trials 2/4 ended (1 completed, 1 diverged) · 1 running · ")
-    assert "best val_acc 0.9000 (trial 2, epoch 1)" in line
+    assert "best val_acc 0.9000 (t02, epoch 1)" in line
     assert "ETA " in line
     progress.close()
 
@@ -48,7 +48,7 @@ def test_lower_is_better_when_the_metric_is_a_loss() -> None:
     progress.result("a", {"epoch": 2, "val_loss": 0.6})
     progress.start("b", 2, {})
     progress.result("b", {"epoch": 1, "val_loss": 0.45})
-    assert "best val_loss 0.4500 (trial 2, epoch 1)" in progress.status_line()  # a's: 0.5
+    assert "best val_loss 0.4500 (t02, epoch 1)" in progress.status_line()  # a's: 0.5
     progress.close()
 
 
@@ -68,9 +68,9 @@ def test_an_ended_trial_is_one_line_with_its_best_and_last_epoch() -> None:
     progress.end("c", "errored", "OSError: [Errno 28] No space left on device")
     lines = out.getvalue().splitlines()
     assert lines == [
-        "trial  7 (a) completed: best val_acc 0.8500 at epoch 5 (last 0.8000 at epoch 7)",
-        "trial  8 (b) stopped: best val_acc 0.3000 at epoch 1",
-        "trial  9 (c) errored: OSError: [Errno 28] No space left on device",
+        "t07 completed: best val_acc 0.8500 at epoch 5 (last 0.8000 at epoch 7)",
+        "t08 stopped: best val_acc 0.3000 at epoch 1",
+        "t09 errored: OSError: [Errno 28] No space left on device",
     ]
     progress.close()
 

@@ -130,7 +130,14 @@ def test_tune_registers_version_1_as_challenger_with_its_provenance(cycle: Cycle
     experiment = cycle.client.get_experiment(parent.info.experiment_id).name
     model = cycle.client.get_registered_model(MODEL)
     assert f"experiment '{experiment}'" in model.description
-    assert f"Trial {tags['trial_id']} of sweep {parent.info.run_name}" in version.description
+    # ... and the trial by its run's name, each a link to its run's page.
+    trial = cycle.client.get_run(retrain.data.tags["source_trial_run_id"])
+    assert trial.data.tags["trial_id"] == tags["trial_id"]
+    assert trial.data.tags["trial_number"] == tags["trial_number"]
+    link = f"[{trial.info.run_name}](#/experiments/{parent.info.experiment_id}/runs/"
+    assert f"Trial {link}{trial.info.run_id}) of sweep [{parent.info.run_name}]" in (
+        version.description
+    )
 
 
 def test_first_promotion_makes_the_challenger_champion(cycle: Cycle) -> None:

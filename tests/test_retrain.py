@@ -86,7 +86,9 @@ def record_sweep(
         params={},
         data=data.as_input(),
     )
-    finish_parent_run(client, run_id, rows, best=None, status=status, scores=SCORES)
+    finish_parent_run(
+        client, run_id, rows, best=None, status=status, scores=SCORES, metric="val_acc"
+    )
     return run_id
 
 
@@ -205,7 +207,7 @@ def test_logged_model_loads_pickle_free_in_a_fresh_process_and_predicts_the_same
     assert run.data.tags["mlflow.parentRunId"] == sweep.parent_run_id
     assert run.data.tags["mlflow.runName"] == "retrain"
     assert run.data.metrics["test_acc"] == pytest.approx(record.report.value)
-    assert "test_f1/9" in run.data.metrics and run.data.params["epochs"] == "3"
+    assert "test_macro_f1" in run.data.metrics and run.data.params["epochs"] == "3"
     assert len(client.get_metric_history(record.run_id, "train_loss")) == 3
     artifacts = {a.path for a in client.list_artifacts(record.run_id)}
     assert {"confusion_matrix.png", "classification_report.json", "selection.json"} <= artifacts

@@ -151,7 +151,7 @@ def test_trial_runs_carry_their_best_epoch_and_sorting_on_it_ranks_the_winner_fi
         filter_string=f"tags.`mlflow.parentRunId` = '{sweep.parent.info.run_id}'",
         order_by=["metrics.best_val_acc DESC", "metrics.best_val_loss ASC"],
     )
-    assert ranked[0].data.tags["trial_id"] == sweep.parent.data.params["best.trial_id"]
+    assert ranked[0].data.tags["trial_id"] == sweep.parent.data.params["sweep_best.trial_id"]
 
 
 def test_trial_runs_have_readable_names_and_keep_the_trial_id_as_a_tag(sweep: Sweep) -> None:
@@ -200,9 +200,9 @@ def test_progress_replaces_rays_output(sweep: Sweep) -> None:
     output = " ".join(sweep.output.split())
     total = SMOKE["budget"]["num_samples"]
     assert f"trials {total}/{total} ended" in output
-    assert output.count(") completed: best val_acc") + output.count(") stopped: best val_acc") == (
-        total
-    )
+    # Each trial by the number a person reads everywhere (t03), not Ray's id.
+    ended = re.findall(r"\bt(\d\d) (?:completed|stopped): best val_acc", output)
+    assert sorted(int(n) for n in ended) == list(range(1, total + 1))
     for chatter in ("Configuration for experiment", "TensorBoard", "Token authentication"):
         assert chatter not in output
 
@@ -250,12 +250,21 @@ def test_parent_run_records_the_sweep(sweep: Sweep) -> None:
     )
     table = pd.read_csv(local, dtype={"trial_id": str})
     assert len(table) == len(sweep.children)
+    # What a person reads first: the number, the run's name, the state, the score, its epoch.
+    head = ["number", "name", "state", "val_acc", "epoch", "trial_id"]
+    assert list(table.columns[: len(head)]) == head
+    assert list(table["number"]) == list(range(1, len(table) + 1))
+    names = {c.data.tags["trial_id"]: c.info.run_name for c in sweep.children}
+    assert list(table["name"]) == [names[t] for t in table["trial_id"]]
     best = table[table["state"].isin(["completed", "stopped"])]["val_acc"].max()
-    assert parent.data.metrics["best_val_acc"] == pytest.approx(best)
+    # The sweep's figures are params: the parent run does not compete with its trials' metrics.
+    assert parent.data.metrics == {}
+    assert float(parent.data.params["sweep_best.val_acc"]) == pytest.approx(best)
     valid = table[table["state"].isin(["completed", "stopped"])]
     # Ties on val_acc go to the lower val_loss.
     best_row = valid.sort_values(["val_acc", "val_loss"], ascending=[False, True]).iloc[0]
-    assert parent.data.params["best.trial_id"] == best_row["trial_id"]
+    assert parent.data.params["sweep_best.trial_id"] == best_row["trial_id"]
+    assert parent.data.params["sweep_best.name"] == best_row["name"]
     # Artifacts of the embedded store live under mlruns/, not in the working directory.
     assert (sweep.folder / "mlruns" / "artifacts").is_dir()
     # The code's commit is the checkout's the package runs from, not the working directory's
@@ -276,11 +285,11 @@ def test_the_best_record_is_the_best_epoch_of_the_trials_own_histories(sweep: Sw
             acc, loss, epoch = smoothed_best(results)
             trials.append((acc, -loss, epoch, trial_id))
     val_acc, minus_loss, epoch, trial_id = max(trials)  # ties to the lower loss
-    metrics, params = sweep.parent.data.metrics, sweep.parent.data.params
-    assert params["best.trial_id"] == trial_id
-    assert metrics["best_epoch"] == epoch
-    assert metrics["best_val_acc"] == pytest.approx(val_acc)
-    assert metrics["best_val_loss"] == pytest.approx(-minus_loss)
+    params = sweep.parent.data.params
+    assert params["sweep_best.trial_id"] == trial_id
+    assert params["sweep_best.epoch"] == str(epoch)
+    assert float(params["sweep_best.val_acc"]) == pytest.approx(val_acc)
+    assert float(params["sweep_best.val_loss"]) == pytest.approx(-minus_loss)
 
 
 def test_tune_ends_by_retraining_the_best_trial_and_registering_it(
@@ -301,7 +310,11 @@ def test_tune_ends_by_retraining_the_best_trial_and_registering_it(
     )
     candidates = selection["candidates"]
     assert {c["trial_id"] for c in candidates} == {t.data.tags["trial_id"] for t in ranked[:3]}
-    assert ranked[0].data.tags["trial_id"] == sweep.parent.data.params["best.trial_id"]
+    assert ranked[0].data.tags["trial_id"] == sweep.parent.data.params["sweep_best.trial_id"]
+    # Listed best second opinion first, each with its place in the sweep's own ranking.
+    assert sorted(c["sweep_rank"] for c in candidates) == [1, 2, 3]
+    leader = next(c for c in candidates if c["sweep_rank"] == 1)
+    assert leader["trial_id"] == ranked[0].data.tags["trial_id"]
     opinions = [c["second_opinion_val_acc"] for c in candidates]
     assert opinions[0] == max(opinions) and 0.5 < opinions[0] <= 1.0
     chosen = trials[selection["chosen"]]
@@ -316,7 +329,30 @@ def test_tune_ends_by_retraining_the_best_trial_and_registering_it(
     assert low < retrain.data.metrics["test_acc"] < high
     version = sweep.client.get_model_version("smoke-digits-mlp", "1")
     assert version.run_id == retrain.info.run_id
-    assert "registered smoke-digits-mlp version 1 as 'challenger'" in " ".join(sweep.output.split())
+    output = " ".join(sweep.output.split())
+    assert "registered smoke-digits-mlp version 1 as 'challenger'" in output
+    # One winner: the parent run, the version and the output name the registered trial, by its
+    # run's name, and say why it was chosen.
+    parent = sweep.client.get_run(sweep.parent.info.run_id).data
+    assert parent.params["best.trial_id"] == selection["chosen"]
+    assert parent.params["best.name"] == chosen.info.run_name
+    assert candidates[0]["trial"] == chosen.info.run_name.split()[0]  # t03
+    assert float(parent.params["best.selection_val_acc"]) == pytest.approx(opinions[0])
+    assert parent.params["best.lr"] == chosen.data.params["lr"]
+    assert parent.tags["selection.reason"] == selection["reason"]
+    assert f"winner: {selection['reason']}" in output
+    assert f"retrained {chosen.info.run_name}: test_acc" in output
+    assert version.tags["trial_number"] == chosen.data.tags["trial_number"]
+    assert (
+        chosen.info.run_name in version.description and selection["reason"] in version.description
+    )
+    # Links a person can follow: version -> retrain run -> trial run -> version.
+    assert retrain.data.tags["source_trial"] == chosen.info.run_name
+    assert retrain.data.tags["source_trial_run_id"] == chosen.info.run_id
+    assert f"runs/{chosen.info.run_id})" in retrain.data.tags["mlflow.note.content"]
+    became = sweep.client.get_run(chosen.info.run_id).data.tags
+    assert became["registered_as"] == "smoke-digits-mlp/1"
+    assert "(#/models/smoke-digits-mlp/versions/1)" in became["mlflow.note.content"]
     # After the sweep, the version was the challenger; the store's promotion made it champion.
     assert smoke_store.registry["tune"]["aliases"] == {"challenger": "1"}
     assert smoke_store.registry["promote"]["aliases"] == {"champion": "1"}
@@ -392,7 +428,7 @@ def test_sweeps_lists_the_sweep_its_version_and_then_the_promotion(
     assert record["status"] == "FINISHED"
     assert record["trials"] == SMOKE["budget"]["num_samples"]
     assert record["metric"] == "val_acc"
-    assert record["best_score"] == pytest.approx(parent.data.metrics["best_val_acc"])
+    assert record["best_score"] == pytest.approx(float(parent.data.params["best.val_acc"]))
     assert record["best_trial_id"] == parent.data.params["best.trial_id"]
     params = record["params"]
     assert isinstance(params, dict)

@@ -43,15 +43,16 @@ def format_cell(value: object) -> str:
 
 def print_sweep(result: SweepResult, top: int = 5) -> None:
     """The best trials, the trial states, timings and where the runs are."""
-    from pipeline.core.decisions import rank_trials  # loaded already: the sweep ranked its trials
+    # Loaded already: the sweep ranked its trials.
+    from pipeline.core.decisions import CANDIDATES, rank_trials
 
     trials, metric = result.trials, result.metric
     out = results()
     ranked = rank_trials(trials, metric, result.mode)[:top]
     if ranked:
         shown = Table(
-            title=f"best {len(ranked)} of {len(trials)} trials, ranked on {metric} at their best "
-            "epoch"
+            title=f"best {len(ranked)} of {len(trials)} trials by their sweep score ({metric} at "
+            f"their best epoch); the top {CANDIDATES} get a second opinion before one is retrained"
         )
         headers = {
             "hidden_layers": "layers",
@@ -66,7 +67,7 @@ def print_sweep(result: SweepResult, top: int = 5) -> None:
             shown.add_column(headers.get(header, header), no_wrap=True)
         for row in ranked:
             shown.add_row(
-                row.trial_id,
+                row.label,
                 row.state,
                 f"{row.score(metric):.4f}",
                 f"{row.epoch} of {row.epochs_trained}",
@@ -81,10 +82,9 @@ def print_sweep(result: SweepResult, top: int = 5) -> None:
     if result.best is None:
         out.print("[red]no trial finished without diverging or failing[/red]")
     out.print(f"experiment: {result.experiment_name}   parent run: {result.parent_run_id}")
-    # The link opens the runs table, not MLflow 3.17's GenAI overview (see tracking.store).
     out.print(
         "browse the runs: make ui, then open http://127.0.0.1:5000/#/experiments/"
-        f"{result.experiment_id}?workflowType=machine_learning",
+        f"{result.experiment_id}",
         highlight=False,
         soft_wrap=True,
     )
@@ -104,13 +104,24 @@ def print_registration(registration: Registration) -> None:
     out = results()
     report = registration.report
     metric = registration.metric
+    selection = registration.selection
+    shown = Table(title=f"second opinions: {metric} on fresh folds, from a fresh seed")
+    for header in ("trial", "rank in the sweep", f"sweep {metric}", "second opinion", ""):
+        shown.add_column(header, no_wrap=True)
+    for o in sorted(selection.opinions, key=lambda o: o.rank):
+        chosen = "registered" if o is selection.chosen else ""
+        shown.add_row(
+            o.name, str(o.rank), f"{o.sweep_score:.4f}", f"{o.second_opinion:.4f}", chosen
+        )
+    out.print(shown)
+    out.print(f"winner: {selection.reason()}", highlight=False, soft_wrap=True)
     low, high = report.interval
     loss = f", test_loss {report.loss:.4f}" if report.metric != "loss" else ""
     out.print(
-        f"retrained trial {registration.trial_id}: {metric} {registration.trial_score:.4f} in "
-        f"the sweep, {registration.selection_score:.4f} on fresh folds (its selection score); "
-        f"{report.name} {report.value:.4f} (95% interval {low:.4f}-{high:.4f}){loss} on "
-        f"{registration.test_rows} held-out rows"
+        f"retrained {registration.trial}: {report.name} {report.value:.4f} (95% interval "
+        f"{low:.4f}-{high:.4f}){loss} on {registration.test_rows} held-out rows",
+        highlight=False,
+        soft_wrap=True,
     )
     out.print(
         f"registered {registration.model_name} version {registration.version} as "

@@ -19,6 +19,7 @@ from rich.text import Text
 
 from pipeline.config import Scalar
 from pipeline.core.decisions import best_epoch
+from pipeline.core.trials import trial_label
 
 STATE_ORDER = ("completed", "stopped", "diverged", "errored")
 
@@ -114,7 +115,7 @@ class SweepProgress:
             self.ended[trial_id] = state
             trial = self.trials.setdefault(trial_id, TrialProgress(number=0))
         self.console.print(
-            self.describe_trial(trial_id, trial, state, error), highlight=False, soft_wrap=True
+            self.describe_trial(trial, state, error), highlight=False, soft_wrap=True
         )
 
     def close(self) -> None:
@@ -132,11 +133,9 @@ class SweepProgress:
 
     # --- what is shown ------------------------------------------------------------------------
 
-    def describe_trial(
-        self, trial_id: str, trial: TrialProgress, state: str, error: str | None
-    ) -> str:
+    def describe_trial(self, trial: TrialProgress, state: str, error: str | None) -> str:
         """One line for an ended trial: its best epoch and, if later, its last one."""
-        head = f"trial {trial.number:>2} ({trial_id}) {state}"
+        head = f"{trial_label(trial.number)} {state}"
         if error is not None:
             return f"{head}: {error}"
         if math.isnan(trial.best_score):
@@ -162,7 +161,8 @@ class SweepProgress:
         parts = [f"trials {ended}/{self.total} ended" + (f" ({states})" if states else "")]
         parts.append(f"{running} running")
         if best is not None:
-            parts.append(f"best {self.metric} {best[0]:.4f} (trial {number}, epoch {best[2]})")
+            label = trial_label(number)
+            parts.append(f"best {self.metric} {best[0]:.4f} ({label}, epoch {best[2]})")
         parts.append(f"{format_duration(elapsed)} elapsed")
         if now > 0 and ended < self.total:  # at this run's own pace
             parts.append(f"ETA {format_duration(elapsed / now * (self.total - ended))}")

@@ -85,6 +85,8 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
 # The columns of a sweep's trial table besides its hyperparameters and its scores (core.trials):
 # names no builder argument may take (nor a score's, train_loss and val_*).
 TRIAL_COLUMNS = (
+    "number",
+    "name",
     "trial_id",
     "state",
     "epoch",

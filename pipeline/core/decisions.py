@@ -123,6 +123,15 @@ class Opinion:
     epoch: int
     sweep_score: float
     second_opinion: float
+    label: str = ""  # what a person calls the trial: t07 (the trial id where none is known)
+    rank: int = 0  # its place in the sweep's ranking, from 1 (set by `select`)
+
+    @property
+    def name(self) -> str:
+        return self.label or self.trial_id
+
+
+ORDINALS = ("first", "second", "third", "fourth", "fifth")
 
 
 @dataclass(frozen=True)
@@ -140,6 +149,35 @@ class Selection:
     def score(self) -> float:
         return self.chosen.second_opinion
 
+    @property
+    def leader(self) -> Opinion:
+        """The candidate the sweep itself ranked first."""
+        return min(self.opinions, key=lambda o: o.rank)
+
+    def reason(self) -> str:
+        """Why the chosen candidate was retrained, in one sentence."""
+        chosen, leader, metric = self.chosen, self.leader, self.metric
+        count = len(self.opinions)
+        if count == 1:
+            return (
+                f"{chosen.name} was the one valid trial; its second opinion on fresh folds: "
+                f"{metric} {chosen.second_opinion:.4f}."
+            )
+        if chosen is leader:
+            return (
+                f"{chosen.name} led the sweep ({metric} {chosen.sweep_score:.4f}) and its second "
+                f"opinion on fresh folds ({chosen.second_opinion:.4f}) was also the best of the "
+                f"top {count}."
+            )
+        place = ORDINALS[chosen.rank - 1] if chosen.rank <= len(ORDINALS) else f"#{chosen.rank}"
+        return (
+            f"{chosen.name} had the best second opinion on fresh folds of the sweep's top "
+            f"{count} ({metric} {chosen.second_opinion:.4f} against "
+            f"{leader.second_opinion:.4f} for the sweep's leader {leader.name}), though the "
+            f"sweep ranked it {place} ({chosen.sweep_score:.4f} against "
+            f"{leader.sweep_score:.4f})."
+        )
+
 
 def select(candidates: list[Opinion], metric: str, mode: str) -> Selection:
     """The candidate with the best second opinion (ties to the better sweep rank, the order
@@ -147,9 +185,10 @@ def select(candidates: list[Opinion], metric: str, mode: str) -> Selection:
     a few candidates is nearly an honest estimate of how the configuration does on new rows."""
     if not candidates:
         raise ValueError("no candidates to select from")
+    ranked_in_sweep = [replace(c, rank=i + 1) for i, c in enumerate(candidates)]
     sign = 1.0 if mode == "min" else -1.0
     ranked = sorted(range(len(candidates)), key=lambda i: (sign * candidates[i].second_opinion, i))
-    return Selection(metric, tuple(candidates[i] for i in ranked))
+    return Selection(metric, tuple(ranked_in_sweep[i] for i in ranked))
 
 
 def wins(candidate: TestReport, champion: TestReport, min_delta: float) -> bool:

@@ -20,8 +20,9 @@ from pipeline.config.metrics import is_score_column
 class TrialRow:
     """One trial of a sweep, as the sweep's table records it."""
 
-    trial_id: str
+    trial_id: str  # Ray's, for machines (tags, folders)
     state: str  # see decisions.TRIAL_STATES
+    number: int | None = None  # its place in the searcher's order; None in an older trials.csv
     params: dict[str, Scalar] = field(default_factory=dict)  # what its configuration sampled
     epoch: int | None = None  # its best epoch; None: no score (none reported, or diverged)
     # The scores at that epoch (train_loss, val_<score>s), smoothed as the sweep ranks them.
@@ -30,6 +31,16 @@ class TrialRow:
     train_seconds: float = 0.0
     host: str | None = None  # where it ran
     device: str | None = None
+
+    @property
+    def label(self) -> str:
+        """What a person reads: `t07` (`trial_label`), or the trial id where it has no number."""
+        return self.trial_id if self.number is None else trial_label(self.number)
+
+    @property
+    def name(self) -> str:
+        """Its run's name, e.g. `t07 adam 2x256 lr=3.2e-03` (`trial_run_name`)."""
+        return self.trial_id if self.number is None else trial_run_name(self.number, self.params)
 
     def score(self, metric: str) -> float | None:
         """Its score on `metric` (`val_acc`, ...) at its best epoch, if it has one."""
@@ -42,13 +53,19 @@ class TrialRow:
             raise ValueError(f"trial {self.trial_id} has no score on {metric}")
         return self.epoch, score
 
-    def record(self) -> dict[str, Any]:
-        """The row as trials.csv holds it: id, state, hyperparameters, then the summary."""
+    def record(self, metric: str | None = None) -> dict[str, Any]:
+        """The row as trials.csv holds it: what a person reads first (number, name, state, the
+        score on `metric` and the epoch of it), then the trial id, the hyperparameters and the
+        rest of the summary."""
+        scores = {metric: self.scores.get(metric)} if metric else {}
         return {
-            "trial_id": self.trial_id,
+            "number": self.number,
+            "name": self.name,
             "state": self.state,
-            **self.params,
+            **scores,
             "epoch": self.epoch,
+            "trial_id": self.trial_id,
+            **self.params,
             **self.scores,
             "epochs_trained": self.epochs_trained,
             "train_seconds": self.train_seconds,
@@ -66,10 +83,11 @@ class TrialRow:
             for name, value in values.items()
             if is_score_column(name) and value is not None
         }
-        epoch = values.get("epoch")
+        epoch, number = values.get("epoch"), values.get("number")
         return cls(
             trial_id=str(values["trial_id"]),
             state=str(values.get("state") or ""),
+            number=None if number is None else int(number),
             params=hyperparameters_of(values),
             epoch=None if epoch is None else int(epoch),
             scores=scores,
@@ -78,6 +96,27 @@ class TrialRow:
             host=None if values.get("host") is None else str(values["host"]),
             device=None if values.get("device") is None else str(values["device"]),
         )
+
+
+def trial_label(number: int) -> str:
+    """A trial as a person names it: `t07`, its number in the searcher's order."""
+    return f"t{number:02d}"
+
+
+def trial_run_name(number: int, params: Mapping[str, Scalar]) -> str:
+    """A readable name for a trial's run, e.g. `t07 adam 2x256 lr=3.2e-03` (the trial id stays
+    a tag)."""
+    parts = [trial_label(number)]
+    if "optimizer" in params:
+        parts.append(str(params["optimizer"]))
+    if "hidden_layers" in params or "hidden_units" in params:
+        parts.append(f"{params.get('hidden_layers', '?')}x{params.get('hidden_units', '?')}")
+    if "conv_layers" in params:
+        parts.append(f"conv{params['conv_layers']}")
+    lr = params.get("lr")
+    if isinstance(lr, (int, float)):
+        parts.append(f"lr={lr:.1e}")
+    return " ".join(parts)
 
 
 def plain(value: Any) -> Any:
@@ -115,16 +154,18 @@ def parse_value(text: str) -> Scalar:
     return {"True": True, "False": False}.get(text, text)
 
 
-def trial_frame(rows: Sequence[TrialRow], scores: Sequence[str]) -> pd.DataFrame:
+def trial_frame(rows: Sequence[TrialRow], scores: Sequence[str], metric: str) -> pd.DataFrame:
     """The trials as a table, one row each (trials.csv), with their `scores`
-    (`Experiment.trial_scores`).
-    Integer hyperparameters stay integers where some trials lack them (a conditional option not
-    chosen)."""
+    (`Experiment.trial_scores`), the sweep's `metric` up front (`TrialRow.record`), in the
+    searcher's order. Integer hyperparameters stay integers where some trials lack them (a
+    conditional option not chosen)."""
     params = list(dict.fromkeys(name for row in rows for name in row.params))
     template = TrialRow(trial_id="", state="", scores=dict.fromkeys(scores, 0.0))
-    summary = list(template.record())[2:]
+    head = list(template.record(metric))
+    at = head.index("trial_id") + 1
+    ordered = sorted(rows, key=lambda row: (row.number is None, row.number or 0))
     table = pd.DataFrame(
-        [row.record() for row in rows], columns=["trial_id", "state", *params, *summary]
+        [row.record(metric) for row in ordered], columns=[*head[:at], *params, *head[at:]]
     )
     for name in table.columns:
         integral = name in params and all(
@@ -132,7 +173,7 @@ def trial_frame(rows: Sequence[TrialRow], scores: Sequence[str]) -> pd.DataFrame
             and not isinstance(row.params.get(name), bool)
             for row in rows
         )
-        if name == "epoch" or integral:
+        if name in ("number", "epoch") or integral:
             table[name] = table[name].astype("Int64")
     return table
 
@@ -149,7 +190,7 @@ def read_trials_csv(path: str | Path) -> list[TrialRow]:
     # column with gaps (pandas makes such a column float).
     table = pd.read_csv(path, dtype=str)
     for name in table.columns:
-        if name in ("epoch", "epochs_trained", "train_seconds") or is_score_column(name):
+        if name in ("number", "epoch", "epochs_trained", "train_seconds") or is_score_column(name):
             table[name] = pd.to_numeric(table[name])
         elif not is_summary(name):
             table[name] = table[name].map(parse_value, na_action="ignore")

@@ -35,6 +35,22 @@ def trial_id_of(result: Any) -> str:
     return str((result.metrics or {}).get("trial_id") or Path(result.path).name)
 
 
+def trial_number_of(result: Any, trial_id: str) -> int | None:
+    """A trial's number in the searcher's order, from the tag at the head of its experiment tag
+    (in its results, or else in its folder's name: `<trainable>_<trial id>_<tag>`)."""
+    tag = (result.metrics or {}).get("experiment_tag")
+    if tag is None:
+        _, found, tag = Path(result.path).name.partition(f"{trial_id}_")
+        if not found:
+            return None
+    return tag_number(str(tag))
+
+
+def tag_number(experiment_tag: str) -> int:
+    """The number at the head of a trial's experiment tag (the searcher writes it there)."""
+    return int(experiment_tag.split("_", 1)[0] or 0)
+
+
 def epoch_histories(grid: ResultGrid, scores: tuple[str, ...]) -> dict[str, list[dict[str, float]]]:
     """Each trial's reported epochs as Ray recorded them: epoch, when (seconds since the epoch),
     and its `scores` (`Experiment.trial_scores`)."""
@@ -75,6 +91,7 @@ def trial_rows(
             TrialRow(
                 trial_id=trial_id,
                 state=state,
+                number=trial_number_of(result, trial_id),
                 params=hyperparameters_of({k: plain(v) for k, v in flatten_sample(config).items()}),
                 epoch=int(best["epoch"]) if best and scored else None,
                 scores={n: float(best[n]) for n in experiment.trial_scores}

@@ -29,6 +29,7 @@ from pipeline.distributed.results import (
     LOST_CHECKPOINT,
     TunerResults,
     epoch_histories,
+    tag_number,
     trial_id_of,
     trial_rows,
 )
@@ -314,11 +315,6 @@ def trial_number(trial: Any) -> int:
     """A trial's place in the searcher's order, from 1 (warm-start points first), as the
     searcher wrote it at the head of the trial's tag."""
     return tag_number(str(trial.experiment_tag))
-
-
-def tag_number(experiment_tag: str) -> int:
-    """The number at the head of a trial's tag (`trial_number`)."""
-    return int(experiment_tag.split("_", 1)[0] or 0)
 
 
 def error_line(error_file: str | None) -> str:

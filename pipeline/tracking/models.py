@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 
 from pipeline import tags
 from pipeline.config import Scalar
-from pipeline.core.decisions import Selection
+from pipeline.core.decisions import Opinion, Selection
 from pipeline.core.evaluate import TestReport, confusion_figure, residual_figure
-from pipeline.tracking.runs import LoggedData
+from pipeline.tracking.runs import LoggedData, run_link, trial_run_id
 from pipeline.tracking.store import open_client, use_tracking_uri
 from pipeline.tracking.sweeps import SweepRecord
 
@@ -61,19 +61,28 @@ class RetrainRecord:
     model_uri: str  # runs:/... or models:/m-... URI of the logged model
     report: TestReport
     origin: dict[str, str]  # tags.MODEL_ORIGIN: what built the model, from its metadata
+    trial_run_id: str | None  # the run of the trial it retrained (None: deleted)
 
 
 def log_retrain_run(tracking_uri: str, sweep: SweepRecord, model: RetrainedModel) -> RetrainRecord:
     """Log the retrain under the sweep's parent run: params, history, test scores and the model."""
     client = open_client(tracking_uri)
     report = model.report
+    trial = sweep.best
+    trial_run = trial_run_id(client, sweep.experiment_id, sweep.parent_run_id, trial.trial_id)
     marks = {
         MLFLOW_RUN_NAME: RETRAIN_RUN_NAME,
         MLFLOW_PARENT_RUN_ID: sweep.parent_run_id,
-        tags.SOURCE_TRIAL_ID: sweep.best.trial_id,
+        tags.SOURCE_TRIAL_ID: trial.trial_id,
+        tags.SOURCE_TRIAL: trial.name,
         tags.DATA_FINGERPRINT: model.data_fingerprint,
         tags.DEVICE: model.device,
+        MLFLOW_RUN_NOTE: f"Trial {run_link(sweep.experiment_id, trial_run, trial.name)} of "
+        f"sweep {sweep.run_name}, retrained on train + validation for {sweep.epochs} epochs "
+        f"and tested once. Why this trial: {model.selection.reason()}",
     }
+    if trial_run is not None:
+        marks[tags.SOURCE_TRIAL_RUN_ID] = trial_run
     run = client.create_run(sweep.experiment_id, run_name=RETRAIN_RUN_NAME, tags=marks)
     run_id = run.info.run_id
     status = "FAILED"
@@ -106,7 +115,7 @@ def log_retrain_run(tracking_uri: str, sweep: SweepRecord, model: RetrainedModel
     finally:
         client.set_terminated(run_id, status)
     origin = {key: as_tag(model.metadata.get(key)) for key in tags.MODEL_ORIGIN}
-    return RetrainRecord(run_id, model_uri, report, origin)
+    return RetrainRecord(run_id, model_uri, report, origin, trial_run)
 
 
 def as_tag(value: Any) -> str:
@@ -120,11 +129,14 @@ def selection_record(selection: Selection) -> dict[str, Any]:
     return {
         "chosen": selection.chosen.trial_id,
         f"selection_{metric}": selection.score,
+        "reason": selection.reason(),
         "rule": f"the best second opinion on {metric}: cross-validated again on fresh folds "
         "from a fresh seed, averaged over the epochs centred on the trial's best one",
         "candidates": [
             {
                 "trial_id": o.trial_id,
+                "trial": o.label,
+                "sweep_rank": o.rank,
                 "epoch": o.epoch,
                 f"sweep_{metric}": o.sweep_score,
                 f"second_opinion_{metric}": o.second_opinion,
@@ -132,6 +144,32 @@ def selection_record(selection: Selection) -> dict[str, Any]:
             for o in selection.opinions
         ],
     }
+
+
+def read_selection(record: dict[str, Any], mode: str) -> Selection:
+    """A retrain run's selection.json as the selection it records (see `selection_record`); one
+    written before it held each candidate's sweep rank is ranked again on its sweep scores, in
+    the metric's direction `mode`."""
+    metric = str(next(k for k in record if k.startswith("selection_"))).removeprefix("selection_")
+    candidates = record["candidates"]
+    if not all("sweep_rank" in c for c in candidates):
+        sign = -1.0 if mode == "max" else 1.0
+        order = sorted(candidates, key=lambda c: sign * float(c[f"sweep_{metric}"]))
+        candidates = [{**c, "sweep_rank": order.index(c) + 1} for c in candidates]
+    return Selection(
+        metric,
+        tuple(
+            Opinion(
+                str(c["trial_id"]),
+                int(c["epoch"]),
+                float(c[f"sweep_{metric}"]),
+                float(c[f"second_opinion_{metric}"]),
+                label=str(c.get("trial") or ""),
+                rank=int(c["sweep_rank"]),
+            )
+            for c in candidates
+        ),
+    )
 
 
 def log_network(tracking_uri: str, run_id: str, model: RetrainedModel) -> str:

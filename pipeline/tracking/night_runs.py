@@ -16,7 +16,7 @@ class NightRecord:
     run_id: str
     status: str  # the run's: RUNNING, FINISHED, KILLED, FAILED
     tags: dict[str, str]
-    metrics: dict[str, float]
+    params: dict[str, str]  # a sweep's settings and its best (`runs.recorded_best`)
     start_time: int  # ms since the epoch
 
     @property
@@ -47,7 +47,7 @@ def night_records(
             run_id=r.info.run_id,
             status=r.info.status,
             tags=dict(r.data.tags),
-            metrics=dict(r.data.metrics),
+            params=dict(r.data.params),
             start_time=r.info.start_time,
         )
         for r in found

@@ -7,23 +7,28 @@ Aliases: `challenger` (the newest registered candidate), `champion` (the model i
 
 from __future__ import annotations
 
+import json
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 from pipeline import tags
 from pipeline.core.data import Split
 from pipeline.core.decisions import Selection
 from pipeline.errors import PipelineError
 from pipeline.tracking.locks import LOCK_PREFIX, LockHeld, StoreLock
-from pipeline.tracking.models import RetrainRecord
+from pipeline.tracking.models import RetrainRecord, read_selection
+from pipeline.tracking.runs import run_link, set_run_tags
 from pipeline.tracking.store import Client, use_tracking_uri
 from pipeline.tracking.sweeps import SweepRecord
 
@@ -72,12 +77,14 @@ def register_challenger(
             "retrained on train + validation and tested once on the held-out test split.",
         )
     report = record.report
-    trial_id = sweep.best.trial_id
+    trial = sweep.best
     interval = "[{:.4f}, {:.4f}]".format(*report.interval)
+    numbered = {} if trial.number is None else {tags.TRIAL_NUMBER: str(trial.number)}
     marks = {
         tags.PARENT_RUN_ID: sweep.parent_run_id,
         tags.RETRAIN_RUN_ID: record.run_id,
-        tags.TRIAL_ID: trial_id,
+        tags.TRIAL_ID: trial.trial_id,
+        **numbered,
         tags.DATA_FINGERPRINT: split.fingerprint,
         tags.RETRAINED_EPOCHS: str(sweep.epochs),
         tags.trial_score(sweep.experiment.metric): f"{sweep.score:.6f}",
@@ -94,13 +101,30 @@ def register_challenger(
             run_id=record.run_id,
             tags=marks,
             model_id=model_id,
-            description=f"Trial {trial_id} of sweep {sweep.run_name} (experiment "
-            f"'{experiment}'), retrained for {sweep.epochs} epochs: {report.name} "
-            f"{report.value:.4f} (95% interval {interval}) on {split.test.size} "
-            f"held-out rows; {sweep.experiment.metric} {selection.score:.4f} when selected.",
+            description=f"Trial {run_link(sweep.experiment_id, record.trial_run_id, trial.name)}"
+            f" of sweep {run_link(sweep.experiment_id, sweep.parent_run_id, sweep.run_name)} "
+            f"(experiment '{experiment}'), "
+            f"{run_link(sweep.experiment_id, record.run_id, 'retrained')} for {sweep.epochs} "
+            f"epochs: {report.name} {report.value:.4f} (95% interval {interval}) on "
+            f"{split.test.size} held-out rows; {sweep.experiment.metric} {selection.score:.4f} "
+            f"when selected. {selection.reason()}",
         )
     client.set_registered_model_alias(name, CHALLENGER, version.version)
-    return str(version.version)
+    number = str(version.version)
+    # The trial's run points at the version it became (MLflow lists a version only on its
+    # source run, the retrain).
+    link = version_link(name, number)
+    retrain = run_link(sweep.experiment_id, record.run_id, "retrain run")
+    note = f"Registered as {link}: retrained on train + validation in the {retrain}."
+    if record.trial_run_id is not None:
+        marks = {tags.REGISTERED_AS: f"{name}/{number}", MLFLOW_RUN_NOTE: note}
+        set_run_tags(client, record.trial_run_id, marks)
+    return number
+
+
+def version_link(name: str, version: str) -> str:
+    """A Markdown link to a model version's page in MLflow's UI."""
+    return f"[{name} version {version}](#/models/{name}/versions/{version})"
 
 
 def check_model(client: Client, name: str) -> dict[str, str]:
@@ -152,6 +176,34 @@ def version_of_sweep(client: Client, name: str, parent_run_id: str) -> str | Non
         f"name = '{name}' and tags.{tags.PARENT_RUN_ID} = '{parent_run_id}'"
     )
     return str(max(int(v.version) for v in found)) if found else None
+
+
+@dataclass(frozen=True)
+class RegisteredWinner:
+    """The version a sweep produced, with the trial it was retrained from and why."""
+
+    version: str
+    trial_id: str
+    selection: Selection | None  # None: its retrain run recorded no selection.json
+
+
+def winner_of_sweep(
+    client: Client, name: str, parent_run_id: str, mode: str
+) -> RegisteredWinner | None:
+    """The newest version registered from this sweep (`version_of_sweep`), if one was, with
+    its retrain run's selection (`mode`: the metric's direction, see `read_selection`)."""
+    number = version_of_sweep(client, name, parent_run_id)
+    if number is None:
+        return None
+    version = client.get_model_version(name, number)
+    selection = None
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            path = client.download_artifacts(str(version.run_id), "selection.json", folder)
+            selection = read_selection(json.loads(Path(path).read_text()), mode)
+        except (MlflowException, OSError, KeyError, ValueError):
+            pass
+    return RegisteredWinner(number, version.tags.get(tags.TRIAL_ID, ""), selection)
 
 
 def prune_versions(client: Client, tracking_uri: str, name: str, keep: int) -> list[str]:

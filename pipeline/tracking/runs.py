@@ -17,12 +17,13 @@ from mlflow.utils.mlflow_tags import (
     MLFLOW_GIT_COMMIT,
     MLFLOW_PARENT_RUN_ID,
     MLFLOW_RUN_NAME,
+    MLFLOW_RUN_NOTE,
 )
 
 from pipeline import tags
 from pipeline.config import Experiment, Scalar
 from pipeline.config.metrics import VAL_PREFIX
-from pipeline.core.decisions import TRIAL_STATES, best_epoch
+from pipeline.core.decisions import TRIAL_STATES, Selection, best_epoch
 from pipeline.core.trials import TrialRow, trial_frame
 from pipeline.tracking.store import Client
 
@@ -135,24 +136,98 @@ def finish_parent_run(
     best: TrialRow | None,
     status: str,
     scores: tuple[str, ...],
+    metric: str,
 ) -> None:
-    """Record the best trial and the trial table on the parent run and end it with `status`."""
-    params: list[Param] = []
-    metrics: list[Metric] = []
-    if best is not None:
-        params = [Param(f"{tags.BEST_PARAM}{n}", str(v)) for n, v in best.params.items()]
-        params.append(Param(tags.BEST_PARAM + tags.TRIAL_ID, best.trial_id))
-        metrics = summary_metrics(best.record(), step=0)
+    """Record the sweep's top trial by its sweep score, the trial counts and the trial table
+    on the parent run and end it with `status`."""
+    params = [] if best is None else trial_params(tags.SWEEP_BEST, best)
     counts = Counter(row.state for row in trials)
     counted = [RunTag(f"{tags.TRIAL_COUNT}{state}", str(counts[state])) for state in TRIAL_STATES]
-    client.log_batch(run_id, metrics=metrics, params=params, tags=counted)
-    client.log_text(run_id, trial_frame(trials, scores).to_csv(index=False), "trials.csv")
+    note = sweep_note(len(trials), metric, best, status)
+    client.log_batch(run_id, params=params, tags=[*counted, RunTag(MLFLOW_RUN_NOTE, note)])
+    table = trial_frame(trials, scores, metric)
+    client.log_text(run_id, table.to_csv(index=False), "trials.csv")
     client.set_terminated(run_id, status)
+
+
+def sweep_note(trials: int, metric: str, best: TrialRow | None, status: str) -> str:
+    """The parent run's description as the sweep ends (the winner is added once registered)."""
+    if status != "FINISHED":
+        return f"A sweep interrupted after {trials} trials: continue it with `tune --resume`."
+    if best is None:
+        return f"A sweep of {trials} trials: none finished without diverging or failing."
+    return (
+        f"A sweep of {trials} trials ranked on {metric}; its top trial by sweep score: {best.name}."
+    )
+
+
+def trial_params(prefix: str, trial: TrialRow) -> list[Param]:
+    """Which trial (number, name, id), its best epoch and its scores there, as params under
+    `prefix`."""
+    named: dict[str, Any] = {"name": trial.name, "trial_id": trial.trial_id, "epoch": trial.epoch}
+    if trial.number is not None:
+        named["number"] = trial.number
+    named.update(trial.scores)
+    return [Param(f"{prefix}{key}", str(value)) for key, value in named.items()]
+
+
+def record_winner(
+    client: Client, parent_run_id: str, winner: TrialRow, selection: Selection, *, links: str
+) -> str:
+    """Name the registered trial on the sweep's parent run: `best.*` (its hyperparameters,
+    which trial, its scores in the sweep and its selection score), why it was chosen, and in
+    its description `links` (Markdown: the trial's run, the version). Params are written once:
+    a sweep retrained again keeps the first winner's, and a different one is said in the
+    warning returned (else "")."""
+    parent = client.get_run(parent_run_id).data
+    recorded = parent.params.get(tags.BEST_PARAM + "trial_id")
+    if recorded is not None:
+        if recorded == winner.trial_id:
+            return ""
+        return (
+            f"the sweep's parent run already names trial {recorded} as its registered winner "
+            f"(best.*); this retrain chose {winner.label}, whose version's tags say so"
+        )
+    params = [Param(f"{tags.BEST_PARAM}{k}", str(v)) for k, v in winner.params.items()]
+    params += trial_params(tags.BEST_PARAM, winner)
+    chosen_by = tags.BEST_PARAM + tags.selection_score(selection.metric)
+    params.append(Param(chosen_by, str(selection.score)))
+    reason = selection.reason()
+    note = f"{parent.tags.get(MLFLOW_RUN_NOTE, '')}\n\nRegistered: {links}. {reason}".strip()
+    marks = [RunTag(tags.SELECTION_REASON, reason), RunTag(MLFLOW_RUN_NOTE, note)]
+    client.log_batch(parent_run_id, params=params, tags=marks)
+    return ""
+
+
+def recorded_best(params: Mapping[str, str], metric: str) -> float | None:
+    """A sweep's best score on `metric` as its parent run records it: the registered trial's
+    (`best.*`), else the sweep's top trial's (`sweep_best.*`); None before either."""
+    for prefix in (tags.BEST_PARAM, tags.SWEEP_BEST):
+        value = params.get(prefix + metric)
+        if value is not None and value != "None":
+            return float(value)
+    return None
 
 
 def child_runs(client: Client, experiment_id: str, parent_run_id: str) -> list[Run]:
     """Every run nested under the parent run."""
     return search_all(client, experiment_id, f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'")
+
+
+def trial_run_id(
+    client: Client, experiment_id: str, parent_run_id: str, trial_id: str
+) -> str | None:
+    """The run of one of the sweep's trials (None if someone deleted it)."""
+    parent = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'"
+    query = f"{parent} and tags.{tags.TRIAL_ID} = '{trial_id}'"
+    found = client.search_runs([experiment_id], filter_string=query, max_results=1)
+    return str(found[0].info.run_id) if found else None
+
+
+def run_link(experiment_id: str, run_id: str | None, text: str) -> str:
+    """A Markdown link to a run's page in MLflow's UI (for a run's or a version's note); the
+    text alone where the run is unknown."""
+    return text if run_id is None else f"[{text}](#/experiments/{experiment_id}/runs/{run_id})"
 
 
 def search_all(
@@ -195,9 +270,9 @@ def close_open_runs(client: Client, experiment_id: str, parent_run_id: str, stat
 
 
 def summary_metrics(best: Mapping[str, Any], step: int) -> list[Metric]:
-    """A trial's summary, on its run and (the best trial's) on the sweep's parent run: its best
-    epoch and that epoch's validation scores, each logged as best_<name> (`best_val_acc`,
-    `best_val_loss`, `best_epoch`) at `step`; the UI sorts trials on them."""
+    """A trial's summary on its run: its best epoch and that epoch's validation scores, each
+    logged as best_<name> (`best_val_acc`, `best_val_loss`, `best_epoch`) at `step`; the UI
+    sorts trials on them."""
     now = int(time.time() * 1000)
     names = [n for n in best if n.startswith(VAL_PREFIX) and best[n] is not None]
     return [Metric(f"best_{name}", float(best[name]), now, step) for name in [*names, "epoch"]]

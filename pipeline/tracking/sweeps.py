@@ -235,15 +235,14 @@ class ModelVersionRecord:
 
 @dataclass(frozen=True, kw_only=True)
 class SweepListing:
-    """A sweep's parent run as recorded: params (settings, best.*), metrics, tags, and the model
-    versions registered from it."""
+    """A sweep's parent run as recorded: params (settings, sweep_best.*, best.*), tags, and the
+    model versions registered from it."""
 
     run_id: str
     run_name: str
     status: str
     start_time: int  # ms since the epoch
     params: dict[str, str]
-    metrics: dict[str, float]
     tags: dict[str, str]
     trial_runs: int  # child runs of trials: the count while the sweep has no trials.* tags
     versions: list[ModelVersionRecord]
@@ -267,7 +266,6 @@ def list_sweeps(client: Client, experiment_name: str) -> list[SweepListing]:
                 status=run.info.status,
                 start_time=run.info.start_time,
                 params=dict(run.data.params),
-                metrics=dict(run.data.metrics),
                 tags=marks,
                 trial_runs=0 if counted else trial_run_count(client, experiment, run.info.run_id),
                 versions=sweep_versions(client, run.info.run_id, aliases),

@@ -21,6 +21,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from pipeline import tags
 from pipeline.config import Scalar
 from pipeline.core.decisions import VALID_STATES
+from pipeline.core.trials import trial_run_name
 from pipeline.tracking.runs import best_metrics, child_runs, logged_epochs
 from pipeline.tracking.store import Client, open_client
 
@@ -253,22 +254,6 @@ class TrialRecorder:
             self._submit(
                 functools.partial(self._write_metrics, trial_id, metrics, all_tags, epochs)
             )
-
-
-def trial_run_name(number: int, params: dict[str, Scalar]) -> str:
-    """A readable name for a trial's run, e.g. `t07 adam 2x256 lr=3.2e-03` (the trial id stays
-    a tag)."""
-    parts = [f"t{number:02d}"]
-    if "optimizer" in params:
-        parts.append(str(params["optimizer"]))
-    if "hidden_layers" in params or "hidden_units" in params:
-        parts.append(f"{params.get('hidden_layers', '?')}x{params.get('hidden_units', '?')}")
-    if "conv_layers" in params:
-        parts.append(f"conv{params['conv_layers']}")
-    lr = params.get("lr")
-    if isinstance(lr, (int, float)):
-        parts.append(f"lr={lr:.1e}")
-    return " ".join(parts)
 
 
 def at_point(params: dict[str, Scalar], point: dict[str, Scalar]) -> bool:

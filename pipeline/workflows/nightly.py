@@ -166,7 +166,7 @@ class NightJob:
         record = self.record()
         # The sweep is over: nothing to resume from its trial state.
         storage.remove(record.sweep_path, self.settings.storage_endpoint)
-        if f"best_{self.experiment.metric}" not in record.metrics:
+        if runs.recorded_best(record.params, self.experiment.metric) is None:
             return self.finish({tags.NIGHT_OUTCOME: "no-valid-trial"}, warnings)
         version = self.register(record)
         outcome = self.gate(version, min_delta)
@@ -296,7 +296,7 @@ class NightJob:
             int(v) for k, v in record.tags.items() if k.startswith(tags.TRIAL_COUNT) and v.isdigit()
         )
         marks = {**outcome, tags.NIGHT_TRIALS: str(trials)}
-        best = record.metrics.get(f"best_{self.experiment.metric}")
+        best = runs.recorded_best(record.params, self.experiment.metric)
         if best is not None:
             marks[tags.NIGHT_BEST] = f"{best:.6f}"
         runs.set_run_tags(self.client, self.run_id, marks)

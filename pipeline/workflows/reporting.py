@@ -15,13 +15,13 @@ import pandas as pd
 from pipeline import tags
 from pipeline.config import Scalar, log_scaled, walk
 from pipeline.core.decisions import TRIAL_STATES, best_trial, rank_trials
-from pipeline.core.trials import trial_frame
+from pipeline.core.trials import TrialRow, is_summary, trial_frame
 from pipeline.errors import PipelineError
-from pipeline.report import SweepData, build_report
+from pipeline.report import SweepData, Winner, build_report
 from pipeline.settings import Settings
-from pipeline.tracking import sweeps
+from pipeline.tracking import runs, sweeps
 from pipeline.tracking.preflight import check_tracking_store, store_exists
-from pipeline.tracking.registry import version_of_sweep
+from pipeline.tracking.registry import RegisteredWinner, winner_of_sweep
 from pipeline.tracking.store import Client, open_client
 
 REPORT_PAGE = "report.html"
@@ -52,8 +52,11 @@ def write_sweep_report(
     write the page there."""
     client = connect(settings, experiment_name)
     recorded = sweeps.read_sweep(client, experiment_name, parent_run_id)
-    version = version_of_sweep(client, recorded.experiment.model_name, recorded.parent_run_id)
-    data = sweep_data(recorded, experiment_name, version)
+    experiment = recorded.experiment
+    registered = winner_of_sweep(
+        client, experiment.model_name, recorded.parent_run_id, experiment.mode
+    )
+    data = sweep_data(recorded, experiment_name, registered)
     report = build_report(data)
     files: dict[str, bytes | str] = {REPORT_PAGE: report.html, **report.pngs}
     if output is not None:
@@ -83,13 +86,14 @@ def connect(settings: Settings, experiment_name: str) -> Client:
 
 
 def sweep_data(
-    recorded: sweeps.RecordedSweep, experiment_name: str, model_version: str | None
+    recorded: sweeps.RecordedSweep, experiment_name: str, registered: RegisteredWinner | None
 ) -> SweepData:
-    """The report's input: the trial table joined with each trial run's number and end time,
-    and which trials may be best by the pipeline's own rule (`decisions.rank_trials`)."""
+    """The report's input: the trial table joined with each trial run's end time (and number,
+    for a trial table older than its numbers), which trials may be best by the pipeline's own
+    rule (`decisions.rank_trials`), and the trial registered from the sweep."""
     experiment = recorded.experiment
     metric, mode = experiment.metric, experiment.mode
-    table = trial_frame(recorded.rows, experiment.trial_scores)
+    table = trial_frame(recorded.rows, experiment.trial_scores, metric)
     valid = {row.trial_id for row in rank_trials(recorded.rows, metric, mode)}
     numbers = {t.trial_id: t.number for t in recorded.trials}
     ended = {
@@ -99,7 +103,7 @@ def sweep_data(
     }
     order = pd.Series(range(1, len(table) + 1), index=table.index)
     table = table.assign(
-        number=table["trial_id"].map(numbers).fillna(order).astype(int),
+        number=table["number"].fillna(table["trial_id"].map(numbers)).fillna(order).astype(int),
         end_seconds=table["trial_id"].map(ended).astype(float),
         valid=table["trial_id"].isin(valid),
     )
@@ -118,9 +122,23 @@ def sweep_data(
         trials=table,
         histories=histories,
         best=best_trial(recorded.rows, metric, mode),
-        model_version=(
-            f"{experiment.model_name} version {model_version}" if model_version else None
-        ),
+        winner=winner_of(recorded.rows, experiment.model_name, registered),
+    )
+
+
+def winner_of(
+    rows: list[TrialRow], model_name: str, registered: RegisteredWinner | None
+) -> Winner | None:
+    """The registered trial's row and selection, if the sweep registered one of its trials."""
+    if registered is None:
+        return None
+    row = next((r for r in rows if r.trial_id == registered.trial_id), None)
+    if row is None:
+        return None
+    return Winner(
+        row=row,
+        model_version=f"{model_name} version {registered.version}",
+        selection=registered.selection,
     )
 
 
@@ -167,7 +185,7 @@ def list_sweeps(settings: Settings, experiment_name: str) -> list[SweepSummary]:
 def summary_of(listing: sweeps.SweepListing) -> SweepSummary:
     metric = listing.params.get("metric", "val_acc")
     counts = [int(v) for k, v in listing.tags.items() if k.startswith(tags.TRIAL_COUNT)]
-    best = listing.metrics.get(f"best_{metric}")
+    best = runs.recorded_best(listing.params, metric)
     version = listing.versions[-1] if listing.versions else None
     decision = version.tags.get(tags.PROMOTION + tags.DECISION) if version else None
     # A night records its gate's outcome on its sweep: the decision even if the tag is missing.
@@ -182,17 +200,29 @@ def summary_of(listing: sweeps.SweepListing) -> SweepSummary:
         trials=sum(counts) if counts else listing.trial_runs,
         metric=metric,
         best_score=best if best is not None and math.isfinite(best) else None,
-        best_trial_id=listing.params.get(BEST_TRIAL_ID),
-        params={
-            name.removeprefix(tags.BEST_PARAM): scalar(value)
-            for name, value in listing.params.items()
-            if name.startswith(tags.BEST_PARAM) and name != BEST_TRIAL_ID
-        },
+        best_trial_id=listing.params.get(BEST_TRIAL_ID)
+        or listing.params.get(tags.SWEEP_BEST + tags.TRIAL_ID),
+        params=winner_params(listing.params),
         model=version.name if version else None,
         version=version.version if version else None,
         aliases=version.aliases if version else (),
         decision=decision,
     )
+
+
+def winner_params(params: dict[str, str]) -> dict[str, Scalar]:
+    """The registered trial's hyperparameters among a parent run's params (`best.*`, less
+    which trial it was and its scores)."""
+    named = {
+        name.removeprefix(tags.BEST_PARAM): value
+        for name, value in params.items()
+        if name.startswith(tags.BEST_PARAM)
+    }
+    return {
+        name: scalar(value)
+        for name, value in named.items()
+        if not is_summary(name) and not name.startswith(tags.selection_score(""))
+    }
 
 
 def scalar(text: str) -> Scalar:

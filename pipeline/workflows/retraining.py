@@ -16,7 +16,8 @@ from pipeline.distributed import cluster
 from pipeline.retrain import check_same_data, log_retrain, second_opinion, train_and_test
 from pipeline.settings import Settings
 from pipeline.stopwatch import Stopwatch
-from pipeline.tracking.registry import register_challenger
+from pipeline.tracking.registry import register_challenger, version_link
+from pipeline.tracking.runs import record_winner, run_link
 from pipeline.tracking.store import open_client
 from pipeline.tracking.sweeps import SweepRecord, find_sweep
 
@@ -28,9 +29,11 @@ class Registration:
     """A retrained best trial, tested once and registered as the challenger."""
 
     trial_id: str
+    trial: str  # its run's name: t07 adam 2x256 ...
     metric: str
     trial_score: float  # on `metric`, in the sweep
     selection_score: float  # on `metric`, its second opinion (fresh folds, fresh seed)
+    selection: Selection  # every candidate's sweep score and second opinion, and why
     report: TestReport
     test_rows: int
     model_name: str
@@ -65,8 +68,8 @@ def retrain_and_register(
     sweep = replace(sweep, best=chosen)
     hp = Hyperparameters.from_params(chosen.params)
     log.info(
-        "retraining trial %s on %d rows for %d epochs",
-        chosen.trial_id,
+        "retraining %s on %d rows for %d epochs",
+        chosen.name,
         len(split.tuning_rows),
         sweep.epochs,
     )
@@ -87,9 +90,15 @@ def retrain_and_register(
     version = register_challenger(
         client, uri, name, sweep=sweep, record=record, split=split, selection=selection
     )
+    trial = run_link(sweep.experiment_id, record.trial_run_id, chosen.name)
+    links = f"{trial} as {version_link(name, version)}"
+    if warning := record_winner(client, sweep.parent_run_id, chosen, selection, links=links):
+        log.warning("%s", warning)
     watch.lap("registration")
     return Registration(
         trial_id=chosen.trial_id,
+        trial=chosen.name,
+        selection=selection,
         metric=experiment.metric,
         trial_score=sweep.score,
         selection_score=selection.score,
@@ -124,7 +133,7 @@ def select_candidate(
     else:
         scores = [second_opinion(experiment, hp, data, epochs=e) for hp, e in configurations]
     opinions = [
-        Opinion(c.trial_id, epoch, score, opinion)
+        Opinion(c.trial_id, epoch, score, opinion, label=c.label)
         for c, (epoch, score), opinion in zip(sweep.candidates, scored, scores, strict=True)
     ]
     return select(opinions, experiment.metric, experiment.mode)

@@ -381,6 +381,7 @@ def record_outcome(
         best=best,
         status=status,
         scores=experiment.trial_scores,
+        metric=experiment.metric,
     )
     return trials
 
