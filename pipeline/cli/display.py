@@ -51,8 +51,9 @@ def print_sweep(result: SweepResult, top: int = 5) -> None:
     ranked = rank_trials(trials, metric, result.mode)[:top]
     if ranked:
         shown = Table(
-            title=f"best {len(ranked)} of {len(trials)} trials by their sweep score ({metric} at "
-            f"their best epoch); the top {CANDIDATES} get a second opinion before one is retrained"
+            title=f"best {len(ranked)} of {len(trials)} trials, ranked on {metric} at their best "
+            f"epoch (the sweep score); the top {CANDIDATES} get a second opinion before one is "
+            "retrained"
         )
         headers = {
             "hidden_layers": "layers",
@@ -283,6 +284,14 @@ def print_report(report: ReportFiles) -> None:
         out.print(f"  {note}", highlight=False)
 
 
+def best_cell(summary: SweepSummary) -> str:
+    """The sweep's best score, and under it the trial that has it (t07)."""
+    if summary.best_score is None:
+        return ""
+    trial = f"\n{summary.best_trial.split()[0]}" if summary.best_trial else ""
+    return f"{summary.best_score:.4f}{trial}"
+
+
 def print_sweeps(summaries: list[SweepSummary], experiment: str, format_: str) -> None:
     """The experiment's sweeps, newest first: a table, or one CSV row / JSON object each."""
     import csv
@@ -325,7 +334,9 @@ def print_sweeps(summaries: list[SweepSummary], experiment: str, format_: str) -
             f"{s.run_name}\n{started}",
             s.status,
             str(s.trials),
-            f"{s.best_score:.4f}" if s.best_score is not None else "",
+            f"{s.best_score:.4f}\n{s.best_trial.split()[0]}"
+            if s.best_score is not None and s.best_trial
+            else "",
             s.compact_params,
             version if s.version else "",
             ", ".join(x for x in (s.decision, *s.aliases) if x),

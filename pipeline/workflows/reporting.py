@@ -25,7 +25,6 @@ from pipeline.tracking.registry import RegisteredWinner, winner_of_sweep
 from pipeline.tracking.store import Client, open_client
 
 REPORT_PAGE = "report.html"
-BEST_TRIAL_ID = tags.BEST_PARAM + tags.TRIAL_ID  # the param naming a sweep's best trial
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,7 +155,8 @@ class SweepSummary:
     trials: int
     metric: str
     best_score: float | None  # None until the sweep finished with a valid trial
-    best_trial_id: str | None
+    best_trial_id: str | None  # the registered trial's (else the sweep's top trial's)
+    best_trial: str | None  # its run's name: t07 adam 2x256 ...
     params: dict[str, Scalar] = field(default_factory=dict)  # the winner's hyperparameters
     model: str | None = None
     version: str | None = None  # the newest version registered from the sweep
@@ -200,14 +200,19 @@ def summary_of(listing: sweeps.SweepListing) -> SweepSummary:
         trials=sum(counts) if counts else listing.trial_runs,
         metric=metric,
         best_score=best if best is not None and math.isfinite(best) else None,
-        best_trial_id=listing.params.get(BEST_TRIAL_ID)
-        or listing.params.get(tags.SWEEP_BEST + tags.TRIAL_ID),
+        best_trial_id=recorded(listing.params, tags.TRIAL_ID),
+        best_trial=recorded(listing.params, "name"),
         params=winner_params(listing.params),
         model=version.name if version else None,
         version=version.version if version else None,
         aliases=version.aliases if version else (),
         decision=decision,
     )
+
+
+def recorded(params: dict[str, str], field: str) -> str | None:
+    """A field of the registered trial (`best.*`), else of the sweep's top trial."""
+    return params.get(tags.BEST_PARAM + field) or params.get(tags.SWEEP_BEST + field)
 
 
 def winner_params(params: dict[str, str]) -> dict[str, Scalar]:
