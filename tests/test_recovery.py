@@ -1,8 +1,10 @@
 """A sweep stopped every way a driver can be stopped, then resumed to its end through the real
-CLI: Ctrl-C (SIGINT), SIGTERM as a scheduler sends it, and SIGKILL of the driver with its local
-Ray (a lost machine). A new sweep is refused while one is interrupted; `--abandon` gives one up.
-Two sweeps started in the same second on a fresh store share nothing. Everything is read back
-from the MLflow store and from Ray's own trial records."""
+CLI: Ctrl-C (SIGINT), SIGTERM as a scheduler sends it (to the driver, and to its whole process
+group, Ray's local processes included, as systemd, `timeout` and scancel do), and SIGKILL of
+the driver with its local Ray (a lost machine). A new sweep is refused while one is
+interrupted; `--abandon` gives one up. Two sweeps started in the same second on a fresh store
+share nothing. Everything is read back from the MLflow store and from Ray's own trial
+records."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 from ray import cloudpickle
 
+from pipeline.distributed.tuner import STOP_GRACE_S
 from tests.conftest import (
     SPACES,
     cli_env,
@@ -55,7 +58,13 @@ def start(folder: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def stop_after(process: subprocess.Popen[str], db: Path, trials: int, how: signal.Signals) -> str:
+def stop_after(
+    process: subprocess.Popen[str],
+    db: Path,
+    trials: int,
+    how: signal.Signals,
+    group: bool = False,
+) -> str:
     """Once `trials` trial runs have finished, send `how` (SIGKILL: to the driver and its local
     Ray, as when the machine dies); the process's output."""
     deadline = time.monotonic() + 300
@@ -68,8 +77,8 @@ def stop_after(process: subprocess.Popen[str], db: Path, trials: int, how: signa
         raise AssertionError(
             f"the sweep ended ({process.returncode}) before it could be stopped:\n{ended}"
         )
-    if how == signal.SIGKILL:
-        os.killpg(process.pid, signal.SIGKILL)
+    if how == signal.SIGKILL or group:
+        os.killpg(process.pid, how)
     else:
         process.send_signal(how)
     output, _ = process.communicate(timeout=180)
@@ -82,6 +91,7 @@ class Recovery:
     client: MlflowClient
     outputs: dict[str, str]
     codes: dict[str, int]
+    left: dict[str, tuple[int, int]]  # after a step: runs still RUNNING, locks still held
 
     def sweeps(self) -> list[Run]:
         experiment = self.client.get_experiment_by_name("smoke")
@@ -116,6 +126,15 @@ def recovery(tmp_path_factory: pytest.TempPathFactory) -> Recovery:
     process = start(folder, *TUNE, "--resume")
     step("sigterm", process, stop_after(process, db, finished_trial_runs(db) + 2, signal.SIGTERM))
     process = start(folder, *TUNE, "--resume")
+    stopped = stop_after(process, db, finished_trial_runs(db) + 2, signal.SIGTERM, group=True)
+    step("sigterm-group", process, stopped)
+    client = MlflowClient(f"sqlite:///{db}")
+    running = client.search_runs(
+        [client.get_experiment_by_name("smoke").experiment_id], "attributes.status = 'RUNNING'"
+    )
+    locks = client.search_registered_models("name LIKE 'pipeline-lock.%'")
+    left = {"sigterm-group": (len(running), len(locks))}
+    process = start(folder, *TUNE, "--resume")
     step("sigkill", process, stop_after(process, db, finished_trial_runs(db) + 2, signal.SIGKILL))
     done = run_in_process(folder, *TUNE)
     outputs["refused-after-kill"] = done.stdout + done.stderr
@@ -135,7 +154,7 @@ def recovery(tmp_path_factory: pytest.TempPathFactory) -> Recovery:
         "--abandon",
     )
     outputs["abandon"], codes["abandon"] = done.stdout + done.stderr, done.returncode
-    return Recovery(folder, MlflowClient(f"sqlite:///{db}"), outputs, codes)
+    return Recovery(folder, client, outputs, codes, left)
 
 
 def test_ctrl_c_and_sigterm_stop_gracefully_with_a_resume_hint(recovery: Recovery) -> None:
@@ -146,6 +165,23 @@ def test_ctrl_c_and_sigterm_stop_gracefully_with_a_resume_hint(recovery: Recover
         assert "--resume" in output
         assert "SIGTERM received" not in output and "Aborted" not in output
         assert "Traceback" not in output
+
+
+def test_sigterm_to_the_process_group_ends_the_sweep_in_seconds_resumable(
+    recovery: Recovery,
+) -> None:
+    """Ray's local processes got SIGTERM with the driver, so Tune cannot stop its trials; the
+    driver ends the sweep itself once the grace period has passed (its warning says so), with
+    143, no run RUNNING and the lock released; the resume after it finishes the sweep (see
+    test_the_resumed_sweep_ends_truthful_one_run_per_trial)."""
+    output = recovery.outputs["sigterm-group"]
+    assert recovery.codes["sigterm-group"] == 143, output[-3000:]
+    assert f"could not stop within {STOP_GRACE_S:.0f} s; its runs end KILLED" in " ".join(
+        output.split()
+    )
+    assert "tune --resume" in output and "Traceback" not in output
+    assert "Failed to connect to GCS" not in output  # Ray's own 60 s wait, cut short
+    assert recovery.left["sigterm-group"] == (0, 0)
 
 
 def test_a_new_sweep_is_refused_while_one_is_interrupted(recovery: Recovery) -> None:

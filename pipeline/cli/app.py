@@ -3,8 +3,6 @@ every command gets (logging, MLflow's client defaults)."""
 
 from __future__ import annotations
 
-import logging
-import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -17,7 +15,7 @@ import typer
 from rich.console import Console
 
 from pipeline.cli.environment import configure
-from pipeline.errors import PipelineError, Terminated
+from pipeline.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, PipelineError, Terminated
 
 if TYPE_CHECKING:
     from pipeline.tracking.server import Launch
@@ -45,10 +43,10 @@ def guarded() -> Iterator[None]:
         yield
     except Terminated:
         console.print("terminated")
-        sys.exit(143)
+        sys.exit(EXIT_TERMINATED)
     except KeyboardInterrupt:
         console.print("interrupted")
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except PipelineError as exc:
         if debugging():
             raise
@@ -68,13 +66,9 @@ def exit_promptly() -> NoReturn:
     interpreter's teardown: after `tune`, freeing torch, Ray, MLflow, scikit-learn and
     matplotlib took 4 s past the last line (2 cores), and it does nothing the command needs.
     Output is flushed and the SQLite store closed first; Ray has been left already."""
-    from pipeline.tracking.store import close_stores  # loaded already: the command used it
+    from pipeline.tracking.store import exit_now  # loaded already: the command used it
 
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    close_stores()
-    os._exit(0)
+    exit_now(0)
 
 
 def start(launch: Launch) -> None:

@@ -10,6 +10,7 @@ from pipeline.cli import display
 from pipeline.cli.app import DEFAULT_SPACE, Space, app, console, exit_promptly, guarded
 from pipeline.cli.environment import settings
 from pipeline.cli.progress import SweepProgress
+from pipeline.errors import EXIT_INTERRUPTED, EXIT_TERMINATED
 from pipeline.stopwatch import Stopwatch
 
 
@@ -64,7 +65,7 @@ def tune(
         )
     if outcome.sweep.interrupted:
         display.print_resume_hint(space, outcome.sweep.experiment_name)
-        raise typer.Exit(143 if outcome.sweep.terminated else 130)
+        raise typer.Exit(EXIT_TERMINATED if outcome.sweep.terminated else EXIT_INTERRUPTED)
     if outcome.registration is not None:
         display.print_registration(outcome.registration)
     if outcome.report is not None:
