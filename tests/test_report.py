@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import re
+from dataclasses import replace
 from datetime import datetime, timezone
 
 import numpy as np
@@ -14,8 +15,9 @@ import pytest
 from pipeline.core.decisions import Opinion, select
 from pipeline.core.trials import read_trials
 from pipeline.report import SweepData, Winner, build_report
+from pipeline.report.emphasis import broke
 from pipeline.report.figures import MISSING, axis_positions
-from pipeline.report.importance import importances, permutation_drops
+from pipeline.report.importance import importances, permutation_drops, what_breaks
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SECTIONS = ("history", "parallel", "importance", "curves", "states")
@@ -215,3 +217,30 @@ def test_parallel_axes_space_categories_evenly_and_log_scale_numbers() -> None:
     assert ticks == [(0.0, "0.0001"), (0.5, "0.001"), (1.0, "0.01"), (MISSING, "n/a")]
     positions, ticks = axis_positions(pd.Series([16, 32, 64]), log=False)
     assert [label for _, label in ticks] == ["16", "32", "64"]  # each integer, none between
+
+
+def test_trials_that_did_not_train_are_told_apart_from_what_to_narrow_next() -> None:
+    """Half the trials used an optimizer that never learns (chance, 0.1): they are left out of
+    the importance, which then finds lr among those that trained, and named apart."""
+    data = sweep(trials=30)
+    trials = data.trials.copy()
+    # The others all learned: 0.95 to 0.97, by how far lr is from 1e-2.
+    trials["val_acc"] = 0.97 - 0.01 * np.abs(np.log10(trials["lr"]) + 2).clip(upper=2)
+    stuck = trials.index[::2]
+    trials.loc[stuck, "optimizer"] = "gd"
+    trials.loc[trials.index[1::2], "optimizer"] = "adam"
+    trials.loc[stuck[trials.loc[stuck, "valid"]], "val_acc"] = 0.1
+    data = replace(data, trials=trials)
+    broken = broke(data)
+    valid_stuck = set(trials.loc[stuck][trials.loc[stuck, "valid"]]["trial_id"])
+    assert broken == valid_stuck
+    assert "optimizer=gd" in " ".join(what_breaks(data))
+    found = importances(data)
+    assert isinstance(found, pd.DataFrame) and found.index[0] == "lr"
+    assert f"Left out of it: {len(valid_stuck)} trial(s)" in build_report(data).html
+
+
+def test_a_sweep_whose_trials_all_trained_leaves_none_out() -> None:
+    data = sweep(trials=30)
+    trials = data.trials.assign(val_acc=lambda t: 0.95 + 0.02 * (t["val_acc"] - 0.5))
+    assert broke(replace(data, trials=trials)) == frozenset()

@@ -17,6 +17,7 @@ from pipeline.report.sweep import SweepData
 # The top trials' colours, the same in every picture; none is a trial state's (figures).
 TOP_COLOURS = ("#2ca02c", "#9467bd", "#e377c2", "#17becf", "#bcbd22")
 REGISTERED_COLOUR = "#000000"  # the outline or edge that marks the registered trial
+BROKE_DECADES = 1.0  # errors spread over this many decades: the far half did not train
 BROKE_GAP = 1 / 3  # a gap in the scores this share of their span splits off trials that broke
 
 
@@ -90,23 +91,34 @@ def emphasis(data: SweepData, top: int = len(TOP_COLOURS)) -> Emphasis:
     return Emphasis(dict(zip(ids, TOP_COLOURS, strict=False)), labels, registered)
 
 
-def broke(data: SweepData) -> frozenset[str]:
-    """The valid trials that did not train: those below the widest gap in the scores (drawn as
-    `score_scale` draws them), when that gap spans at least `BROKE_GAP` of all of them; none
-    when the scores have no such gap."""
-    valid = data.trials[data.trials["valid"]]
+def ranked_values(data: SweepData, trials: pd.DataFrame) -> pd.Series:
+    """The trials' scores where the report ranks and compares them, lower is better: decades of
+    the distance from perfect (log10) where there is one, else the metric in its direction."""
     scale = score_scale(data)
-    drawn = scale.drawn(valid[data.metric])
-    values = np.log10(drawn) if scale.log else drawn
-    # Lower is better once drawn as a distance; as it is, in the metric's own direction.
-    if not scale.log and data.higher_is_better:
-        values = -values
-    ordered = values.sort_values()
-    if len(ordered) < 3 or not ordered.iloc[-1] > ordered.iloc[0]:
+    drawn = scale.drawn(trials[data.metric])
+    if scale.log:
+        return pd.Series(np.log10(drawn), index=trials.index)
+    return -drawn if data.higher_is_better else drawn
+
+
+def broke(data: SweepData) -> frozenset[str]:
+    """The valid trials that did not train. Where the distance from perfect spans at least
+    `BROKE_DECADES` (the best trial's error a tenth of the worst's, or less): those nearer the
+    worst than the best, in decades. Otherwise those below the widest gap in the scores, if that
+    gap is at least `BROKE_GAP` of their span. None when the trials scored alike."""
+    valid = data.trials[data.trials["valid"]]
+    values = ranked_values(data, valid).sort_values()
+    if len(values) < 3 or not values.iloc[-1] > values.iloc[0]:
         return frozenset()
-    gaps = ordered.diff().iloc[1:]
-    widest = int(np.argmax(gaps.to_numpy())) + 1
-    if gaps.iloc[widest - 1] < BROKE_GAP * (ordered.iloc[-1] - ordered.iloc[0]):
-        return frozenset()
-    below = ordered.index[widest:]
+    low, high = values.iloc[0], values.iloc[-1]
+    if score_scale(data).log:
+        if high - low < BROKE_DECADES:
+            return frozenset()
+        below = values.index[values > (low + high) / 2]
+    else:
+        gaps = values.diff().iloc[1:]
+        widest = int(np.argmax(gaps.to_numpy())) + 1
+        if gaps.iloc[widest - 1] < BROKE_GAP * (high - low):
+            return frozenset()
+        below = values.index[widest:]
     return frozenset(str(t) for t in valid.loc[below, "trial_id"])

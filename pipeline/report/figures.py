@@ -255,7 +255,9 @@ def importance_figure(table: pd.DataFrame, data: SweepData) -> Figure:
     shown = table.iloc[::-1]  # the most important on top
     axes.barh(shown.index, shown["importance"], xerr=shown["std"], color="#4c72b0", capsize=3)
     axes.axvline(0, color="#555555", linewidth=0.8)
-    axes.set_xlabel(f"drop in R² of the forest's fit of {data.metric} when shuffled")
+    scale = score_scale(data)
+    target = f"log10({scale.label.split(' (')[0]})" if scale.log else data.metric
+    axes.set_xlabel(f"drop in R² of the forest's fit of {target} when shuffled")
     axes.grid(axis="x", alpha=0.3)
     count = len(trained(data))
     axes.set_title(

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from pipeline.report.emphasis import broke
+from pipeline.report.emphasis import broke, ranked_values
 from pipeline.report.sweep import SweepData
 
 MIN_IMPORTANCE_TRIALS = 4  # below this a forest fitted to the trials says nothing
@@ -44,9 +44,10 @@ def trained(data: SweepData) -> pd.DataFrame:
 
 def importances(data: SweepData) -> pd.DataFrame | str:
     """Permutation importance of each hyperparameter for a random forest fitted to the scores
-    of the trials that trained (scikit-learn's, seeded), most important first; or why there is
-    none. Trials that broke would make it answer "what breaks training" instead of "what to
-    narrow next" (`what_breaks` answers that)."""
+    of the trials that trained (as `emphasis.ranked_values` has them: decades of error, where
+    0.99 and 0.999 differ as much as 0.9 and 0.99), scikit-learn's, seeded; most important
+    first; or why there is none. Trials that broke would make it answer "what breaks
+    training" instead of "what to narrow next" (`what_breaks` answers that)."""
     from sklearn.ensemble import RandomForestRegressor
 
     valid = trained(data)
@@ -57,7 +58,7 @@ def importances(data: SweepData) -> pd.DataFrame | str:
         )
     features = encoded(data, valid)
     features = features.loc[:, features.nunique(dropna=False) > 1]  # a constant explains nothing
-    scores = valid[data.metric].astype(float)
+    scores = ranked_values(data, valid).astype(float)
     if features.empty or scores.nunique() < 2:
         return (
             "Every trial that trained scored the same or sampled the same values: nothing to "
