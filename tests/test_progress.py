@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import time
 
+import pytest
 from rich.console import Console
 
 from pipeline.cli.progress import SweepProgress, format_duration
+from tests.conftest import cli_env, free_port
 
 
 def log_console() -> tuple[Console, io.StringIO]:
@@ -136,3 +140,31 @@ def test_a_resumed_run_counts_the_sweeps_trials_each_once() -> None:
     progress.end("d", "completed", None)  # told twice, counted once
     assert progress.status_line().startswith("trials 4/4 ended (3 completed, 1 stopped) · ")
     progress.close()
+
+
+# A request to a port nothing listens on, retried as MLflow's client retries a tracking server.
+RETRIED_REQUEST = """
+import sys
+from rich.console import Console
+from pipeline.cli.environment import configure
+configure(Console(stderr=True, width=200), debug=False, verbose=sys.argv[1] == "verbose")
+import urllib3
+pool = urllib3.PoolManager(retries=urllib3.Retry(total=2, backoff_factor=0))
+try:
+    pool.request("GET", f"http://127.0.0.1:{sys.argv[2]}/api/2.0/mlflow/runs/log-batch")
+except urllib3.exceptions.MaxRetryError:
+    print("gave up after its retries")
+"""
+
+
+@pytest.mark.parametrize("mode", ["quiet", "verbose"])
+def test_retries_of_an_unreachable_server_print_nothing_unless_verbose(mode: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", RETRIED_REQUEST, mode, str(free_port())],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stdout.strip() == "gave up after its retries", done.stderr
+    assert done.stderr.count("Retrying (Retry(total=") == (2 if mode == "verbose" else 0)

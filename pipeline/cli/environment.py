@@ -28,6 +28,9 @@ CHATTER = {
     # "Creating initial MLflow database tables..." on every new SQLite store.
     "mlflow.store.db.utils": logging.WARNING,
     "alembic": logging.WARNING,
+    # A nine-line "Retrying (Retry(total=4, ...))" per retry of a request to a tracking server
+    # that is away; a request that still fails after its retries is an error of its own.
+    "urllib3.connectionpool": logging.ERROR,
 }
 
 
