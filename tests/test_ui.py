@@ -188,6 +188,11 @@ class Browser:
         return values
 
 
+def scored(cells: dict[str, str]) -> dict[str, str]:
+    """The cells of a score column that hold a score (MLflow shows "-" for none)."""
+    return {run: text for run, text in cells.items() if text and text != "-"}
+
+
 @pytest.fixture(scope="module")
 def browser(ui: Ui, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
     browser = Browser(tmp_path_factory.mktemp("screenshots"))  # a fresh profile: nothing chosen
@@ -234,6 +239,11 @@ def test_the_experiment_opens_on_its_runs_table_with_the_trials_nested_under_the
     assert rows[0] == store.parent_id
     assert set(rows[1:]) == store.children
     assert f"{len(store.children) + 1} matching runs" in browser.text()
+    # Each trial's best score, best epoch and state beside its name, none of them chosen by hand.
+    scores = scored(browser.column(BEST_CELL))
+    assert set(scores) == store.trials, scores
+    states = browser.column("[col-id='tags.`trial_state`']")
+    assert {states[run] for run in store.trials} <= {"completed", "stopped"}
     # Into a run and back by the breadcrumb: still the runs table, nothing labelled "Eval".
     name = store.client.get_run(store.winner).info.run_name
     browser.driver.find_element(By.LINK_TEXT, name).click()
@@ -257,35 +267,26 @@ def test_a_view_the_user_chose_is_kept(store: Store, ui: Ui, browser: Browser) -
     assert browser.driver.execute_script(f"return localStorage['{WORKFLOW}']") == '"genai"'
     browser.shot("genai-kept")
     browser.driver.execute_script(f"localStorage.removeItem('{WORKFLOW}')")  # chosen no more
+    browser.driver.get("about:blank")  # the next page loads afresh, with no choice held
 
 
 def test_sorting_by_best_val_acc_ranks_the_registered_trial_among_the_candidates(
     store: Store, ui: Ui, browser: Browser
 ) -> None:
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
-
     browser.open(
         f"{ui.url}/#/experiments/{store.experiment_id}/runs?{BY_BEST_VAL_ACC}",
         lambda: len(browser.rows()) > 1,
     )
     assert "Sort: best_val_acc" in browser.text()
-    # Show the score beside the names: Columns, search, tick it.
-    driver = browser.driver
-    driver.find_element(By.XPATH, "//button[normalize-space(.)='Columns']").click()
-    search = browser.wait(
-        lambda: driver.find_element(By.CSS_SELECTOR, "[placeholder='Search columns']")
-    )
-    search.send_keys("best_val_acc")
-    tick = "//*[@data-testid='column-selector-tree']//*[contains(@class, 'tree-title')]"
-    browser.wait(
-        lambda: driver.find_element(By.XPATH, f"{tick}[normalize-space(.)='best_val_acc']")
-    ).click()
-    driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
-    scores = browser.wait(lambda: {k: v for k, v in browser.column(BEST_CELL).items() if v})
+    # The score is beside the names already (the page's default layout, tracking/ui_page.py);
+    # the sweep's run has none of its trials' metrics, so it does not rank among them.
+    scores = browser.wait(lambda: scored(browser.column(BEST_CELL)))
     browser.shot("runs-by-best-val-acc")
+    assert store.parent_id not in scores
+    assert "Training runs" not in browser.text()  # GenAI's name for this page: not its view
     ranked = [run for run in browser.rows() if run in store.trials]
     assert set(ranked) == store.trials
+    assert browser.rows().index(store.parent_id) > max(browser.rows().index(r) for r in ranked)
     values = [float(scores[run]) for run in ranked]
     assert values == sorted(values, reverse=True)
     # The registered trial is one of the CANDIDATES best, which got a second opinion (the best
@@ -325,6 +326,15 @@ def test_the_registered_trials_run_page_shows_its_scores_and_its_sweep(
     finally:
         driver.close()
         driver.switch_to.window(here)
+
+
+def test_the_default_columns_are_the_scores_the_pipeline_reports() -> None:
+    """The page script spells the catalogue's scores out (the server image has no pipeline)."""
+    from pipeline.config.metrics import SCORES
+    from pipeline.tracking.ui_page import TRIAL_COLUMNS
+
+    expected = {f"metrics.`best_val_{name}`" for name in SCORES}
+    assert {c for c in TRIAL_COLUMNS if c.startswith("metrics.`best_val_")} == expected
 
 
 def test_the_model_page_shows_the_champion_alias(store: Store, ui: Ui, browser: Browser) -> None:

@@ -3,8 +3,9 @@
 MLflow 3.17's UI ignores an experiment's `mlflow.experimentKind` tag: its sidebar follows a
 preference the browser keeps in local storage (`mlflow.workflowType_v1`, default GenAI), so a
 plain experiment URL opens a Traces overview, and a first visit opens its assistant panel over
-the page. A short script put before MLflow's own sets both preferences, only where the browser
-holds none: a user who chose otherwise keeps the choice.
+the page; its runs table opens with no score column. A short script put before MLflow's own
+sets both preferences and the table's columns, only where the browser holds none: a user who
+chose otherwise keeps the choice.
 
 Used two ways, the same script each time: `create_app` is an MLflow app (`mlflow server
 --app-name hpo-pipeline`, and `hpo-pipeline-basic-auth` with MLflow's basic auth) that adds it
@@ -27,13 +28,34 @@ PREFERENCES = {
     "mlflow.assistant.fab.autoOpenedOnFirstLoad_v1": True,  # the assistant stays closed
 }
 MARK = "hpo-pipeline-preferences"  # the script's id: the page is rewritten once
+# An experiment's runs table, until the user arranges it: each trial's best-epoch scores (every
+# score of config/metrics.py that a task reports; columns an experiment lacks are not shown), its
+# best epoch and its state beside its name. (Spelled out here: the image copies this file alone;
+# tests/test_ui.py holds it to the catalogue.)
+TRIAL_COLUMNS = [
+    *(f"metrics.`best_val_{score}`" for score in ("acc", "macro_f1", "auc", "rmse", "mae", "r2")),
+    "metrics.`best_val_loss`",
+    "metrics.`best_epoch`",
+    "tags.`trial_state`",
+]
+TABLE = {"selectedColumns": TRIAL_COLUMNS}
+# Where MLflow's runs table keeps an experiment's layout (its ExperimentPage component state).
+TABLE_KEY = 'MLflowLocalStorage-1.1-ExperimentPage-["%s"]-ReactComponentState'
 
 
 def preference_script() -> str:
+    """Sets `PREFERENCES`, and an experiment's table layout when the page opens on it or moves
+    to it (before MLflow's router sees the move: this listener is the first), where the browser
+    holds none."""
     settings = json.dumps({key: json.dumps(value) for key, value in PREFERENCES.items()})
+    table, key = json.dumps(json.dumps(TABLE)), json.dumps(TABLE_KEY)
     return (
         f'<script id="{MARK}">try{{var p={settings};for(var k in p)'
-        "if(localStorage.getItem(k)===null)localStorage.setItem(k,p[k]);}catch(e){}</script>"
+        "if(localStorage.getItem(k)===null)localStorage.setItem(k,p[k]);"
+        "var layout=function(){var m=/^#\\/experiments\\/(\\d+)/.exec(location.hash);"
+        f"if(!m)return;var k={key}.replace('%s',m[1]);"
+        f"if(localStorage.getItem(k)===null)localStorage.setItem(k,{table});}};"
+        'layout();addEventListener("hashchange",layout);}catch(e){}</script>'
     )
 
 
