@@ -126,7 +126,7 @@ def recovery(tmp_path_factory: pytest.TempPathFactory) -> Recovery:
     process = start(folder, *TUNE, "--resume")
     step("sigterm", process, stop_after(process, db, finished_trial_runs(db) + 2, signal.SIGTERM))
     process = start(folder, *TUNE, "--resume")
-    stopped = stop_after(process, db, finished_trial_runs(db) + 2, signal.SIGTERM, group=True)
+    stopped = stop_after(process, db, finished_trial_runs(db) + 1, signal.SIGTERM, group=True)
     step("sigterm-group", process, stopped)
     client = MlflowClient(f"sqlite:///{db}")
     running = client.search_runs(

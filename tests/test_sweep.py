@@ -392,6 +392,10 @@ def test_report_writes_a_self_contained_page_and_logs_it_to_the_parent_run(sweep
     assert f"{SMOKE['budget']['num_samples']} (" in page  # the trial count and its states
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.I)
     assert f"{MODEL} version 1" in page  # tune registered it before the report was drawn
+    # The report's winner is the registered trial, by its run's name.
+    [retrain] = sweep.retrains
+    registered = retrain.data.tags["source_trial"]
+    assert f"<th>winner (registered)</th><td>{registered}: {MODEL} version 1</td>" in page
     listed = sweep.client.list_artifacts(sweep.parent.info.run_id, "report")
     logged = {a.path.removeprefix("report/") for a in listed}
     # Every picture, but importance where too few trials trained to fit a forest: then the page

@@ -239,11 +239,11 @@ def test_the_experiment_opens_on_its_runs_table_with_the_trials_nested_under_the
     assert rows[0] == store.parent_id
     assert set(rows[1:]) == store.children
     assert f"{len(store.children) + 1} matching runs" in browser.text()
-    # Each trial's best score, best epoch and state beside its name, none of them chosen by hand.
+    # Each trial's best score and best epoch beside its name, none of them chosen by hand.
     scores = scored(browser.column(BEST_CELL))
     assert set(scores) == store.trials, scores
-    states = browser.column("[col-id='tags.`trial_state`']")
-    assert {states[run] for run in store.trials} <= {"completed", "stopped"}
+    epochs = scored(browser.column("[col-id='metrics.`best_epoch`']"))
+    assert set(epochs) == store.trials, epochs
     # Into a run and back by the breadcrumb: still the runs table, nothing labelled "Eval".
     name = store.client.get_run(store.winner).info.run_name
     browser.driver.find_element(By.LINK_TEXT, name).click()
@@ -323,6 +323,9 @@ def test_the_registered_trials_run_page_shows_its_scores_and_its_sweep(
         browser.wait(lambda: f"/models/{MODEL}/versions/1" in driver.current_url)
         browser.wait(lambda: "Version 1" in browser.text())
         browser.shot("winner-version")
+        # ... and back: the version's description links the trial's run.
+        back = driver.find_element(By.LINK_TEXT, winner.info.run_name)
+        assert str(back.get_attribute("href")).endswith(f"/runs/{store.winner}")
     finally:
         driver.close()
         driver.switch_to.window(here)

@@ -360,9 +360,9 @@ def tune_settings() -> Iterator[None]:
             os.environ.pop(name, None)
 
 
-# After SIGTERM, how long Tune may take to stop its trials and save its state (a few seconds
+# After SIGTERM, how long Tune may take to stop its trials and save its state (a second or two
 # when the signal reached this process alone) before `fit`'s `on_stuck` ends the command.
-STOP_GRACE_S = 15.0
+STOP_GRACE_S = 8.0
 
 
 def fit(

@@ -29,14 +29,13 @@ PREFERENCES = {
 }
 MARK = "hpo-pipeline-preferences"  # the script's id: the page is rewritten once
 # An experiment's runs table, until the user arranges it: each trial's best-epoch scores (every
-# score of config/metrics.py that a task reports; columns an experiment lacks are not shown), its
-# best epoch and its state beside its name. (Spelled out here: the image copies this file alone;
+# score of config/metrics.py that a task reports; columns an experiment lacks are not shown) and
+# its best epoch beside its name. (Spelled out here: the image copies this file alone;
 # tests/test_ui.py holds it to the catalogue.)
 TRIAL_COLUMNS = [
     *(f"metrics.`best_val_{score}`" for score in ("acc", "macro_f1", "auc", "rmse", "mae", "r2")),
     "metrics.`best_val_loss`",
     "metrics.`best_epoch`",
-    "tags.`trial_state`",
 ]
 TABLE = {"selectedColumns": TRIAL_COLUMNS}
 # Where MLflow's runs table keeps an experiment's layout (its ExperimentPage component state).
