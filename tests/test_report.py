@@ -128,9 +128,12 @@ def test_the_header_names_the_registered_trial_as_the_winner_and_says_why() -> N
         assert fact in page
     header = page.split("<h2>")[0]
     assert f"{registered.name}: smoke-digits-mlp version 3" in header
-    assert f"{registered.scores['val_acc']:.4f} at epoch 4 ({registered.label})" in header
+    assert f"{registered.scores['val_acc']:.4f} at epoch 4</td>" in header
     # The sweep's own best is named too, as such, not as the winner.
-    assert f"sweep&#x27;s best val_acc</th><td>{best.scores['val_acc']:.4f}" in header
+    assert (
+        f"sweep&#x27;s best val_acc</th><td>{best.scores['val_acc']:.4f} at epoch 4: {best.name}"
+        in header
+    )
     assert "12 (6 completed, 4 stopped, 1 diverged, 1 errored)" in header
     # The candidates side by side, and the one sentence that says why.
     chosen = page.split("How the winner was chosen")[1].split("</table>")[0]

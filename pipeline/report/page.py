@@ -98,12 +98,12 @@ def outcome_facts(data: SweepData) -> list[tuple[str, str]]:
     else:
         facts.append(("winner", f"{best.name}: not retrained or registered yet"))
     if data.winner is None or data.winner.row.trial_id != best.trial_id:
-        facts.append((f"sweep's best {metric}", f"{describe_score(best, metric)} ({best.name})"))
+        facts.append((f"sweep's best {metric}", f"{describe_score(best, metric)}: {best.name}"))
     return facts
 
 
 def describe_score(row: TrialRow, metric: str) -> str:
-    return f"{row.score(metric):.4f} at epoch {row.epoch} ({row.label})"
+    return f"{row.score(metric):.4f} at epoch {row.epoch}"
 
 
 def candidates_table(selection: Selection, registered: str) -> str:
