@@ -314,10 +314,10 @@ def test_a_resume_whose_checkpoints_are_gone_restarts_those_trials(tmp_path: Pat
     all finished.
     """
     db = tmp_path / "mlruns" / "mlflow.db"
-    # Trials of 30 epochs (no early stop), checkpointing every epoch: the ones under way at the
+    # Trials of 20 epochs (no early stop), checkpointing every epoch: the ones under way at the
     # kill have checkpointed. Six of them: two end before the kill, two are under way, two wait.
     samples = 6
-    tune = [*TUNE, "--set", "scheduler.name=fifo", "--set", "budget.max_epochs=30"]
+    tune = [*TUNE, "--set", "scheduler.name=fifo", "--set", "budget.max_epochs=20"]
     tune += ["--set", "budget.checkpoint_seconds=0", "--set", f"budget.num_samples={samples}"]
     process = start(tmp_path, *tune)
     stop_after(process, db, 2, signal.SIGKILL)
