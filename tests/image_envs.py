@@ -89,11 +89,8 @@ def build(name: str) -> Path:
             shutil.rmtree(folder, ignore_errors=True)
             subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
             for arguments in installs(name):
-                # No byte-compiling of every installed file (torch alone has thousands): the
-                # tests import a few, compiled as they are. The same packages as the images'.
-                pip = ["-m", "pip", "install", "-q", "--no-compile"]
                 subprocess.run(
-                    [str(folder / "bin" / "python"), *pip, *arguments],
+                    [str(folder / "bin" / "python"), "-m", "pip", "install", "-q", *arguments],
                     check=True,
                     timeout=1800,
                 )
