@@ -8,13 +8,16 @@ import signal
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, cast
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import ray
+from ray._private import services
+from ray._private.utils import detect_fate_sharing_support
 from ray.exceptions import AuthenticationError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -79,12 +82,13 @@ def connect(address: str | None, code_paths: Sequence[str] = ()) -> None:
         runtime_env["py_modules"] = modules
     on_sigterm = signal.getsignal(signal.SIGTERM)
     try:
-        ray.init(
-            address=address or "local",
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            runtime_env=runtime_env or None,
-        )
+        with nullcontext() if address else processes_of_their_own():
+            ray.init(
+                address=address or "local",
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                runtime_env=runtime_env or None,
+            )
         # Ray's driver takes SIGTERM over (a core dump, exit 134); the caller's handler stays.
         if on_sigterm is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, on_sigterm)
@@ -105,6 +109,34 @@ def connect(address: str | None, code_paths: Sequence[str] = ()) -> None:
         raise PipelineError(f"cannot connect to Ray at {address or 'local'}: {exc}{hint}") from None
     except (RuntimeError, ValueError) as exc:
         raise PipelineError(f"cannot connect to Ray at {address or 'local'}: {exc}") from None
+
+
+@contextmanager
+def processes_of_their_own() -> Iterator[None]:
+    """Start the local Ray's processes (and so its workers, theirs) in a session of their own
+    while the block runs.
+
+    A stop sent to the driver's whole process group (`timeout`, Slurm's scancel, `kill -TERM --
+    -PGID`, a terminal's Ctrl-C) then reaches the driver alone, which stops the sweep
+    gracefully; sent to Ray's processes too, it killed them under the stopping sweep (Ray blocks
+    only SIGINT in them). They still end with the driver: Ray starts them fate-sharing (the
+    kernel kills them when it dies), which is also why this is done only where the kernel
+    can, as Ray itself gives its processes a group of their own on Windows."""
+    if not detect_fate_sharing_support():  # type: ignore[no-untyped-call]
+        yield
+        return
+    shared = services.ConsolePopen
+
+    class OwnSession(shared):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("start_new_session", True)
+            super().__init__(*args, **kwargs)
+
+    services.ConsolePopen = OwnSession  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        services.ConsolePopen = shared  # type: ignore[misc]
 
 
 def disconnect_in_background() -> threading.Thread:

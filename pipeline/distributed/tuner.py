@@ -9,7 +9,7 @@ import os
 import signal
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -317,12 +317,6 @@ def trial_number(trial: Any) -> int:
     return tag_number(str(trial.experiment_tag))
 
 
-def unless_stopped(stopped: threading.Event, on_stuck: Callable[[], None]) -> None:
-    """Run `on_stuck` unless `stopped` is set within `STOP_GRACE_S`."""
-    if not stopped.wait(STOP_GRACE_S):
-        on_stuck()
-
-
 def error_line(error_file: str | None) -> str:
     """The last line of a failed trial's traceback (the exception), as Ray saved it."""
     lines: list[str] = []
@@ -360,35 +354,19 @@ def tune_settings() -> Iterator[None]:
             os.environ.pop(name, None)
 
 
-# After SIGTERM, how long Tune may take to stop its trials and save its state (a second or two
-# when the signal reached this process alone) before `fit`'s `on_stuck` ends the command.
-STOP_GRACE_S = 8.0
-
-
 def fit(
     tuner: tune.Tuner,
     experiment: Experiment,
     watcher: SweepWatcher | None = None,
-    *,
-    on_stuck: Callable[[], None] | None = None,
 ) -> TunerResults:
     """Run the sweep to its end, or until Ctrl-C or SIGTERM stops it gracefully (trials stopped,
     Tune's state saved for a resume), and tabulate its trials; `watcher` sees the trial events
-    (and is closed at the end).
-
-    A SIGTERM sent to the whole process group (systemd's stop, `timeout`, Slurm's scancel)
-    reaches Ray's local processes too; they exit, and Tune then waits a minute for them before
-    Ray ends the process with status 1. If Tune has not stopped `STOP_GRACE_S` after SIGTERM,
-    `on_stuck` runs on a thread of its own: it is to end the command (its runs, its lock)."""
+    (and is closed at the end). A local Ray's processes are not in the driver's process group
+    (`cluster.processes_of_their_own`): a stop sent to the group is the driver's alone."""
     terminated = False
-    stopped = threading.Event()
 
     def stop(signum: int, frame: FrameType | None) -> None:
         nonlocal terminated
-        if not terminated and on_stuck is not None:
-            threading.Thread(
-                target=unless_stopped, args=(stopped, on_stuck), name="stop-watchdog", daemon=True
-            ).start()
         terminated = True
         # Tune stops gracefully on SIGUSR1 (its handler, once `fit` has installed it).
         graceful = signal.getsignal(signal.SIGUSR1)
@@ -407,7 +385,6 @@ def fit(
         with tune_settings():
             grid = tuner.fit()
     finally:
-        stopped.set()
         if in_main:
             signal.signal(signal.SIGTERM, previous)
         if watcher is not None:

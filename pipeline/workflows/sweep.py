@@ -5,13 +5,11 @@ experiment's interrupted sweeps."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from secrets import token_hex
-from typing import NoReturn
 
 from pipeline import storage
 from pipeline.config import Experiment, Scalar
@@ -25,14 +23,13 @@ from pipeline.distributed import cluster
 from pipeline.distributed.results import TunerResults
 from pipeline.distributed.search import WarmStart
 from pipeline.distributed.tuner import (
-    STOP_GRACE_S,
     SweepWatcher,
     Tuner,
     fit,
     make_tuner,
     restore_tuner,
 )
-from pipeline.errors import EXIT_TERMINATED, PipelineError
+from pipeline.errors import PipelineError
 from pipeline.settings import Settings
 from pipeline.stopwatch import Stopwatch
 from pipeline.tracking import runs
@@ -42,7 +39,7 @@ from pipeline.tracking.resume import (
     reconcile_trial_runs,
     sweep_lock,
 )
-from pipeline.tracking.store import Client, ensure_experiment, exit_now, open_client
+from pipeline.tracking.store import Client, ensure_experiment, open_client
 from pipeline.tracking.trials import TrialRecorder
 
 log = logging.getLogger(__name__)
@@ -304,9 +301,8 @@ def tune_to_end(
     storage is said as such. The results, and the ids of the trials so restarted; the sweep's
     trial writer has written everything when this returns."""
     restarted: list[str] = []
-    on_stuck = functools.partial(end_stuck_sweep, sweep)
     try:
-        results = fit(tuner, experiment, watcher, on_stuck=on_stuck)
+        results = fit(tuner, experiment, watcher)
         if sweep.recorder is None and results.lost_checkpoints:
             restarted = results.lost_checkpoints
             log.warning(
@@ -322,7 +318,7 @@ def tune_to_end(
                 endpoint=settings.storage_endpoint,
                 restart_errored=True,
             )
-            results = fit(tuner, experiment, watcher, on_stuck=on_stuck)
+            results = fit(tuner, experiment, watcher)
     except Exception:
         # A full disk surfaces as whatever Ray failed to write or read back last.
         reason = storage.full(settings.storage)
@@ -394,27 +390,6 @@ def record_outcome(
         metric=experiment.metric,
     )
     return trials
-
-
-def end_stuck_sweep(sweep: OpenSweep) -> NoReturn:
-    """End the command whose sweep SIGTERM could not stop: Ray's local processes got the signal
-    too (sent to the whole process group) and Tune waits for them in vain. Its trial runs are
-    written as far as this driver got them and ended KILLED with the parent, the lock released,
-    exit 143; `tune --resume` (or the same night again) continues from the state Ray saved, as
-    after a crash."""
-    log.warning(
-        "SIGTERM reached Ray's local processes too (a stop sent to the whole process group): "
-        "the sweep could not stop within %.0f s; its runs end KILLED; continue it with "
-        "`tune --resume`",
-        STOP_GRACE_S,
-    )
-    try:
-        if sweep.recorder is not None:
-            sweep.recorder.close()
-        runs.close_open_runs(sweep.client, sweep.experiment_id, sweep.parent_run_id, "KILLED")
-    finally:
-        sweep.lock.release()
-        exit_now(EXIT_TERMINATED)
 
 
 def hold_sweep_lock(client: Client, run_name: str) -> StoreLock:
