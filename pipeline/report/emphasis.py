@@ -34,12 +34,18 @@ class ScoreScale:
         return self.perfect is not None
 
     @property
+    def quantity(self) -> str:
+        """What is drawn: the metric, or its distance from the perfect score (`1 - val_acc`)."""
+        if self.perfect is None or self.perfect == 0:
+            return self.metric
+        return f"{self.perfect:g} - {self.metric}"
+
+    @property
     def label(self) -> str:
+        """The score axis's label."""
         if self.perfect is None:
             return self.metric
-        if self.perfect == 0:
-            return f"{self.metric} (log scale; lower is better)"
-        return f"{self.perfect:g} - {self.metric} (log scale; lower is better)"
+        return f"{self.quantity} (log scale; lower is better)"
 
     def drawn(self, scores: pd.Series) -> pd.Series:
         """The scores as drawn: distances from the perfect score, a perfect one (zero) put at

@@ -194,7 +194,7 @@ def parallel_figure(data: SweepData) -> Figure:
     in black."""
     trials = data.trials.reset_index(drop=True)
     scale, marked = score_scale(data), emphasis(data)
-    score_axis = scale.label.replace(" (log scale; lower is better)", "")
+    score_axis = scale.quantity
     values = trials.assign(**{score_axis: scale.drawn(trials[data.metric])})
     columns = [*data.params, score_axis]
     figure, (axes,) = new_figure(min(max(8.0, 1.15 * len(columns) + 2), 13.0), 5.0)
@@ -256,7 +256,7 @@ def importance_figure(table: pd.DataFrame, data: SweepData) -> Figure:
     axes.barh(shown.index, shown["importance"], xerr=shown["std"], color="#4c72b0", capsize=3)
     axes.axvline(0, color="#555555", linewidth=0.8)
     scale = score_scale(data)
-    target = f"log10({scale.label.split(' (')[0]})" if scale.log else data.metric
+    target = f"log10({scale.quantity})" if scale.log else data.metric
     axes.set_xlabel(f"drop in R² of the forest's fit of {target} when shuffled")
     axes.grid(axis="x", alpha=0.3)
     count = len(trained(data))

@@ -199,14 +199,20 @@ def record_winner(
     return ""
 
 
-def recorded_best(params: Mapping[str, str], metric: str) -> float | None:
-    """A sweep's best score on `metric` as its parent run records it: the registered trial's
+def recorded(params: Mapping[str, str], field: str) -> str | None:
+    """A field of a sweep's winner as its parent run records it: the registered trial's
     (`best.*`), else the sweep's top trial's (`sweep_best.*`); None before either."""
     for prefix in (tags.BEST_PARAM, tags.SWEEP_BEST):
-        value = params.get(prefix + metric)
+        value = params.get(prefix + field)
         if value is not None and value != "None":
-            return float(value)
+            return value
     return None
+
+
+def recorded_best(params: Mapping[str, str], metric: str) -> float | None:
+    """A sweep's best score on `metric` as its parent run records it (see `recorded`)."""
+    value = recorded(params, metric)
+    return None if value is None else float(value)
 
 
 def child_runs(client: Client, experiment_id: str, parent_run_id: str) -> list[Run]:

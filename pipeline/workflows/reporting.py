@@ -200,19 +200,14 @@ def summary_of(listing: sweeps.SweepListing) -> SweepSummary:
         trials=sum(counts) if counts else listing.trial_runs,
         metric=metric,
         best_score=best if best is not None and math.isfinite(best) else None,
-        best_trial_id=recorded(listing.params, tags.TRIAL_ID),
-        best_trial=recorded(listing.params, "name"),
+        best_trial_id=runs.recorded(listing.params, tags.TRIAL_ID),
+        best_trial=runs.recorded(listing.params, "name"),
         params=winner_params(listing.params),
         model=version.name if version else None,
         version=version.version if version else None,
         aliases=version.aliases if version else (),
         decision=decision,
     )
-
-
-def recorded(params: dict[str, str], field: str) -> str | None:
-    """A field of the registered trial (`best.*`), else of the sweep's top trial."""
-    return params.get(tags.BEST_PARAM + field) or params.get(tags.SWEEP_BEST + field)
 
 
 def winner_params(params: dict[str, str]) -> dict[str, Scalar]:
