@@ -18,3 +18,5 @@ class Settings:
     ray_address: str | None = None  # None: a local Ray
     code_version: str | None = None  # git commit of the code that runs
     storage_endpoint: str | None = None  # an S3-compatible store's URL, for s3:// storage
+    spool_dir: Path = Path("mlruns/spool")  # tracking writes kept until the store accepts them
+    outage_timeout: float = 600.0  # seconds to wait for a tracking store that is away

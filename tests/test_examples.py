@@ -25,6 +25,7 @@ from PIL import Image
 from pipeline import tags
 from tests.conftest import (
     REPO,
+    answers,
     background,
     cli_env,
     free_port,
@@ -33,7 +34,6 @@ from tests.conftest import (
     run_in_process,
     wait_until,
 )
-from tests.test_registry import pings
 
 pytestmark = [pytest.mark.slow, one_worker("examples")]
 EXAMPLE_FOLDERS = REPO / "examples"
@@ -137,7 +137,7 @@ def test_an_example_through_its_whole_lifecycle(
         log = tmp_path / "serve.log"
         env = cli_env(MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false")
         with background([*command, "--port", str(port)], env, tmp_path, log) as server:
-            wait_until(lambda: pings(url), 120, "model server", log, server)
+            wait_until(lambda: answers(f"{url}/ping"), 120, "model server", log, server)
             if rows is None:  # the first images, as predict read them (8x8, 0-255)
                 names = pd.read_csv(predictions)["id"].head(3)
                 rows = [pixels(inputs / name) for name in names]
@@ -212,7 +212,7 @@ def test_a_table_regression_through_its_whole_lifecycle_in_the_targets_units(
     first.loc[1, "bp"] = None  # a gap
     body = json.loads(first.to_json(orient="split", index=False))
     with background(command, env, tmp_path, log) as server:
-        wait_until(lambda: pings(url), 120, "model server", log, server)
+        wait_until(lambda: answers(f"{url}/ping"), 120, "model server", log, server)
         request = urllib.request.Request(
             f"{url}/invocations",
             json.dumps({"dataframe_split": body}).encode(),

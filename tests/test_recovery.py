@@ -166,7 +166,7 @@ def test_ctrl_c_and_sigterm_to_the_process_group_stop_gracefully_with_a_resume_h
     assert recovery.codes["sigterm-group"] == 143, recovery.outputs["sigterm-group"][-3000:]
     for name in ("sigint", "sigterm-group"):
         output = recovery.outputs[name]
-        assert "tune --resume" in " ".join(output.split())
+        assert "--resume" in output
         assert "Experiment has been interrupted, but the most recent state was saved" in output
         assert "SIGTERM received" not in output and "Aborted" not in output
         assert "Traceback" not in output

@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import (
     SPACES,
+    answers,
     background,
     cli_env,
     free_port,
@@ -241,14 +242,6 @@ def test_commands_on_real_models_load_torch_but_never_ray(
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def pings(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/ping", timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 def test_served_champion_answers_invocations_with_the_same_predictions(
     cycle: Cycle, predicted: Predicted
 ) -> None:
@@ -259,7 +252,7 @@ def test_served_champion_answers_invocations_with_the_same_predictions(
     command = [sys.executable, "-m", "pipeline", "serve", "--model", MODEL, "--port", str(port)]
     log = cycle.folder / "serve.log"
     with background(command, cli_env(), cycle.folder, log) as server:
-        wait_until(lambda: pings(url), 120, "model server", log, server)
+        wait_until(lambda: answers(f"{url}/ping"), 120, "model server", log, server)
         body = json.dumps({"inputs": features.to_numpy().tolist()}).encode()
         request = urllib.request.Request(
             f"{url}/invocations", body, {"Content-Type": "application/json"}

@@ -42,6 +42,8 @@ def recorder_on(tmp_path: Path) -> tuple[TrialRecorder, MlflowClient, str, str]:
         metric="val_acc",
         mode="max",
         scores=SCORES,
+        spool_dir=tmp_path / "spool",
+        outage_timeout=60,
         flush_seconds=0,
     )
     return recorder, client, experiment_id, parent

@@ -15,7 +15,14 @@ import typer
 from rich.console import Console
 
 from pipeline.cli.environment import configure
-from pipeline.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, PipelineError, Terminated
+from pipeline.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_STORE_AWAY,
+    EXIT_TERMINATED,
+    PipelineError,
+    StoreAway,
+    Terminated,
+)
 
 if TYPE_CHECKING:
     from pipeline.tracking.server import Launch
@@ -37,8 +44,8 @@ Port = Annotated[int, typer.Option(help="Port to listen on.")]
 
 @contextmanager
 def guarded() -> Iterator[None]:
-    """A PipelineError becomes one line on stderr and exit status 1; Ctrl-C exits 130, SIGTERM
-    143."""
+    """A PipelineError becomes one line on stderr and exit status 1 (69 for a tracking store
+    that stayed away); Ctrl-C exits 130, SIGTERM 143."""
     try:
         yield
     except Terminated:
@@ -51,7 +58,7 @@ def guarded() -> Iterator[None]:
         if debugging():
             raise
         console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        sys.exit(EXIT_STORE_AWAY if isinstance(exc, StoreAway) else 1)
 
 
 def debugging() -> bool:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from pipeline.core.evaluate import TestReport
     from pipeline.stopwatch import Stopwatch
+    from pipeline.tracking.delivery import Delivered
     from pipeline.tracking.promotion import Decision
     from pipeline.workflows.nights import Night
     from pipeline.workflows.reporting import ReportFiles, SweepSummary
@@ -96,6 +97,17 @@ def print_resume_hint(space: Path, experiment_name: str) -> None:
     Console(stderr=True).print(
         f"sweep interrupted; continue it with: python -m pipeline tune --space {space} "
         f"--experiment {experiment_name} --resume"
+    )
+
+
+def print_delivered(delivered: Delivered) -> None:
+    """What `sync` delivered."""
+    if not delivered.writes:
+        results().print(f"nothing kept for {delivered.store}: every tracking write was delivered")
+        return
+    results().print(
+        f"delivered {delivered.writes} kept tracking writes of {delivered.spools} sweep(s) to "
+        f"{delivered.store}"
     )
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.logging import RichHandler
 
+from pipeline.errors import PipelineError
 from pipeline.settings import Settings
 
 LOCAL_STORE = Path("mlruns")
@@ -104,7 +105,25 @@ def settings(address: str | None = None) -> Settings:
         code_version=git_commit(),
         # The one setting boto3, the aws CLI and MLflow's S3 artifacts read too.
         storage_endpoint=os.environ.get("AWS_ENDPOINT_URL") or None,
+        spool_dir=Path(os.environ.get("PIPELINE_SPOOL_DIR") or local / "spool"),
+        outage_timeout=outage_timeout(),
     )
+
+
+def outage_timeout() -> float:
+    """How long to wait for a tracking store that is away (seconds; 600 unless
+    PIPELINE_TRACKING_OUTAGE_TIMEOUT says otherwise): a server restart or a database failover
+    takes a minute or two."""
+    given = os.environ.get("PIPELINE_TRACKING_OUTAGE_TIMEOUT") or "600"
+    try:
+        seconds = float(given)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise PipelineError(
+            f"PIPELINE_TRACKING_OUTAGE_TIMEOUT={given!r}: expected seconds, a number >= 0"
+        )
+    return seconds
 
 
 def artifact_root(tracking_uri: str | None) -> Path | None:

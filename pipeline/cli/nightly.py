@@ -29,8 +29,10 @@ def nightly(
 ) -> None:
     """One night: retune, retrain, register; promote only if better.
 
-    Exit status: 0 done (or already done), 1 failed, 3 no valid trial, 75 another night of the
-    space is running (try later), 130 / 143 interrupted by Ctrl-C / SIGTERM (rerun to resume).
+    Exit status: 0 done (or already done), 1 failed, 3 no valid trial, 69 the tracking store
+    stayed away (its writes are kept: rerun once it is back to deliver them and resume), 75
+    another night of the space is running (try later), 130 / 143 interrupted by Ctrl-C /
+    SIGTERM (rerun to resume).
     """
     with guarded():
         from pipeline.workflows.nightly import run_night

@@ -74,6 +74,20 @@ def tune(
     exit_promptly()
 
 
+@app.command("sync")
+def sync_cli() -> None:
+    """Deliver the tracking writes kept while the tracking store was away (or its driver was
+    killed) to the store (MLFLOW_TRACKING_URI); a second sync finds nothing to do.
+
+    Exit status: 0 delivered (or nothing kept), 1 the store refused some, 69 the store is still
+    away (the writes stay kept).
+    """
+    with guarded():
+        from pipeline.tracking.delivery import deliver_kept_writes
+
+        display.print_delivered(deliver_kept_writes(settings()))
+
+
 @app.command("retrain")
 def retrain_cli(
     experiment: Annotated[str, typer.Option(help="MLflow experiment of the sweep.")],

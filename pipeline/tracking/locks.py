@@ -28,7 +28,7 @@ from mlflow.exceptions import MlflowException
 
 from pipeline import tags
 from pipeline.errors import PipelineError
-from pipeline.tracking.store import Client
+from pipeline.tracking.store import Client, unreachable
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,9 @@ class StoreLock:
                     self.name, tags.LOCK_HEARTBEAT, f"{time.time():.3f}"
                 )
             except Exception as exc:  # a store that is busy or down for a moment: next beat
-                log.warning("lock heartbeat on %s failed: %s", self.key, exc)
+                # (an outage is told once, by the sweep's tracking writes)
+                level = logging.DEBUG if unreachable(exc) else logging.WARNING
+                log.log(level, "lock heartbeat on %s failed: %s", self.key, exc)
 
     def release(self) -> None:
         """Stop the heartbeat and delete the lock, if it is still this process's."""

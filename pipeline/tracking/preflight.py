@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, StoreUnreachable
 
 STORE_TIMEOUT_S = 8.0  # an unreachable tracking store fails the command within this
 
@@ -63,7 +63,7 @@ def check_server(uri: str, timeout_s: float) -> None:
             reason = getattr(exc, "reason", exc)
             problem = "timed out" if isinstance(reason, TimeoutError) else str(reason)
         if deadline - time.monotonic() < 1.0:
-            raise PipelineError(
+            raise StoreUnreachable(
                 f"MLflow tracking server {uri} cannot be reached ({problem}); start it "
                 "(make mlflow-server) or unset MLFLOW_TRACKING_URI to use the local store"
             )
@@ -123,7 +123,7 @@ def check_database(uri: str, timeout_s: float, role: str = "tracking store") -> 
             pass
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise PipelineError(
+        raise StoreUnreachable(
             f"{role} {shown} cannot be used (within {timeout_s:.0f} s): {reason}"
         ) from None
     finally:

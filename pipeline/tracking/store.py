@@ -8,20 +8,24 @@ import logging
 import os
 import sqlite3
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
-from sqlalchemy import event
+from sqlalchemy import event, exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, StoreAway, StoreUnreachable
 from pipeline.tracking.preflight import check_tracking_store
+
+log = logging.getLogger(__name__)
 
 Client = MlflowClient  # what the functions of this package take; callers never build one
 
@@ -41,6 +45,39 @@ def open_client(tracking_uri: str) -> Client:
         client = MlflowClient(tracking_uri)
         client.search_registered_models(max_results=1)  # opens the registry's side too
     return client
+
+
+# MLflow's error codes for a store that is away or overloaded, not for what was asked of it.
+AWAY_CODES = frozenset(
+    {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"}
+)
+
+
+def unreachable(error: BaseException) -> bool:
+    """Whether a store call failed for want of the store (a server restarting or overloaded, its
+    database away), so that the same call may work later; not for what it asked."""
+    if isinstance(error, MlflowException):
+        if error.error_code in AWAY_CODES:  # a database store's lost connection, a 503, a 429
+            return True
+        # A server that never answered, after MLflow's own retries (refused, reset, timed out,
+        # or 5xx every time).
+        said = str(error.message)
+        return said.startswith("API request to") and "failed with" in said and "exception" in said
+    return isinstance(error, (OSError, exc.OperationalError))
+
+
+def open_client_waiting(tracking_uri: str, timeout: float) -> Client:
+    """`open_client`, waiting up to `timeout` seconds for a store that does not answer (see
+    `StoreUnreachable`); still unreachable then, it says so (`StoreAway`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return open_client(tracking_uri)
+        except StoreUnreachable as exc:
+            if time.monotonic() >= deadline:
+                raise StoreAway(f"{exc}; waited {timeout:.0f} s for it") from None
+            log.info("tracking store unreachable; waiting up to %.0f s for it", timeout)
+            time.sleep(min(5.0, max(deadline - time.monotonic(), 0.0)))
 
 
 class OpenSqlite:

@@ -1,33 +1,118 @@
 """The sweep's trial runs: one nested child run per trial, written by one batched writer.
 
-All writes happen in the driver, on one background thread, batched: trials never reach the
-tracking server, SQLite has a single writer, and Ray's event loop never waits on a write.
+All writes happen in the driver, on one background thread, batched, through the sweep's spool:
+trials never reach the tracking server, SQLite has a single writer, Ray's event loop never
+waits on a write, and a store that is away loses nothing.
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import logging
 import math
-import queue
-import threading
 import time
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from mlflow.entities import DatasetInput, Metric, Param, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from pipeline import tags
 from pipeline.config import Scalar
 from pipeline.core.decisions import VALID_STATES
 from pipeline.core.trials import trial_run_name
+from pipeline.tracking import runs
 from pipeline.tracking.runs import best_metrics, child_runs, logged_epochs
+from pipeline.tracking.spool import Sender, Spool, Write, store_folder
 from pipeline.tracking.store import Client, open_client
 
 log = logging.getLogger(__name__)
 
 MLFLOW_BATCH = 1000  # MLflow's limit on metrics per log_batch call
+
+
+class TrialWriter:
+    """Sends one sweep's trial writes (see `Spool`) to the store, each idempotent: sent again
+    after a lost answer or a killed driver, it changes nothing more.
+
+    - `start` finds the trial's run by `trial_id` (a resumed trial, or a start already
+      delivered) or creates it, with its tags and hyperparameters (params, write-once);
+    - `log` sends epochs past those the run holds (each metric keeps the timestamp it was
+      given, so a repeat is dropped by the store), the tags, and, once the trial has ended, its
+      best epoch among all it logged;
+    - `end` ends the run.
+    """
+
+    def __init__(self, client: Client, header: dict[str, Any]) -> None:
+        self.client = client
+        self.experiment_id = str(header["experiment_id"])
+        self.parent_run_id = str(header["parent_run_id"])
+        self.metric = str(header["metric"])
+        self.mode = str(header["mode"])
+        self.scores = tuple(header["scores"])
+        data = header.get("data")
+        self.data = None if data is None else runs.LoggedData(**data).as_input()
+        self._run_ids: dict[str, str] | None = None  # trial id -> run id, read on first need
+        self._logged: dict[str, list[dict[str, float]]] = {}  # epochs a run held when reopened
+
+    def deliver(self, write: Write) -> None:
+        """Send one write; an error from the store propagates (see `store.unreachable`)."""
+        op = write["op"]
+        if op == "start":
+            self._start(write)
+        elif op == "log":
+            self._log(write)
+        elif op == "end":
+            self.client.set_terminated(self._run_id(write["trial"]), write["status"])
+        else:
+            raise ValueError(f"unknown tracking write {op!r}")
+
+    def _runs(self) -> dict[str, str]:
+        if self._run_ids is None:
+            self._run_ids = {}
+            for run in child_runs(self.client, self.experiment_id, self.parent_run_id):
+                trial_id = run.data.tags.get(tags.TRIAL_ID)
+                if trial_id:
+                    self._run_ids[trial_id] = run.info.run_id
+        return self._run_ids
+
+    def _run_id(self, trial_id: str) -> str:
+        return self._runs()[trial_id]
+
+    def _start(self, write: Write) -> None:
+        trial_id = write["trial"]
+        run_id = self._runs().get(trial_id)
+        if run_id is not None:  # resumed, or started before: keep its run and what it logged
+            self.client.update_run(run_id, status="RUNNING")
+            self._logged[trial_id] = logged_epochs(self.client, run_id, self.scores)
+            return
+        run = self.client.create_run(
+            self.experiment_id, run_name=write["name"], tags=write["marks"]
+        )
+        self._runs()[trial_id] = run.info.run_id
+        self.client.log_batch(
+            run.info.run_id, params=[Param(k, v) for k, v in write["params"].items()]
+        )
+        if self.data is not None:
+            self.client.log_inputs(run.info.run_id, [self.data])
+
+    def _log(self, write: Write) -> None:
+        trial_id = write["trial"]
+        logged = self._logged.get(trial_id, [])
+        floor = max((int(e["epoch"]) for e in logged), default=0)
+        metrics = [Metric(k, v, ts, step) for k, v, ts, step in write["metrics"] if step > floor]
+        epochs = write.get("epochs")
+        if epochs is not None:  # the trial ended: its best epoch among every one it logged
+            earlier = [e for e in logged if e["epoch"] not in {x["epoch"] for x in epochs}]
+            metrics += best_metrics(earlier + epochs, self.metric, self.mode)
+        marks = [RunTag(k, v) for k, v in write["tags"].items()]
+        run_id = self._run_id(trial_id)
+        for start in range(0, max(len(metrics), 1), MLFLOW_BATCH):
+            self.client.log_batch(
+                run_id,
+                metrics=metrics[start : start + MLFLOW_BATCH],
+                tags=marks if start == 0 else [],
+            )
 
 
 class TrialRecorder:
@@ -38,6 +123,12 @@ class TrialRecorder:
     trial that ends completed or stopped also gets its best epoch on `metric` (`best_val_acc`,
     `best_val_loss`, ..., `best_epoch`), so that the UI sorts trials the way the sweep ranks
     them. A resumed sweep finds its runs by `trial_id`.
+
+    Every write is kept in the sweep's spool (under `spool_dir`) before it is sent, and sent by
+    one background thread, in order. While the store is unreachable the thread retries with
+    backoff, and the sweep goes on (one line says when the outage began, one when it ended);
+    `close` waits for the store up to `outage_timeout` seconds, then leaves what is undelivered
+    in the spool (`undelivered`) for `tune --resume` or `python -m pipeline sync`.
     """
 
     def __init__(
@@ -49,7 +140,9 @@ class TrialRecorder:
         metric: str,
         mode: str,
         scores: tuple[str, ...],
-        data: DatasetInput | None = None,
+        spool_dir: Path,
+        outage_timeout: float,
+        data: runs.LoggedData | None = None,
         warm_points: list[tuple[dict[str, Scalar], str]] | None = None,
         flush_seconds: float = 10.0,
     ) -> None:
@@ -59,25 +152,24 @@ class TrialRecorder:
         self.metric = metric
         self.mode = mode
         self.scores = scores
+        self.spool_dir = spool_dir
+        self.outage_timeout = outage_timeout
         self.data = data  # the rows trials see, for each trial run's Dataset column
         self.warm_points = warm_points or []  # (point, source): trials at them are tagged so
         self.flush_seconds = flush_seconds
         self._reset()
 
     def _reset(self) -> None:
-        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._client: Client | None = None
-        self._run_ids: dict[str, str] = {}  # trial id -> run id; touched by the writer thread only
-        self._earlier_epochs: dict[str, list[dict[str, float]]] = {}  # resumed trials' (writer)
-        self._logged_epoch: dict[str, int] = {}
-        self._pending: dict[str, list[Metric]] = {}
-        self._pending_tags: dict[str, list[RunTag]] = {}
+        self._spool: Spool | None = None
+        self._sender: Sender | None = None
+        self._pending: dict[str, list[list[Any]]] = {}
+        self._pending_tags: dict[str, dict[str, str]] = {}
         self._epochs: dict[str, list[dict[str, float]]] = {}  # trial id -> each epoch's metrics
         self._last_flush: dict[str, float] = {}
         self._open: set[str] = set()
         self.errors: list[str] = []
         self.busy_seconds = 0.0  # time spent inside MLflow calls
+        self.undelivered = 0  # writes left in the spool at `close` (the store stayed away)
 
     # Ray pickles the sweep's callbacks (and so this recorder) with the sweep state, for resuming.
     def __getstate__(self) -> dict[str, Any]:
@@ -88,6 +180,8 @@ class TrialRecorder:
             "metric",
             "mode",
             "scores",
+            "spool_dir",
+            "outage_timeout",
             "data",
             "warm_points",
             "flush_seconds",
@@ -98,57 +192,49 @@ class TrialRecorder:
         self.__dict__.update(state)
         self._reset()
 
-    # --- the writer thread --------------------------------------------------------------------
+    @property
+    def spool_path(self) -> Path:
+        return store_folder(self.spool_dir, self.tracking_uri) / f"{self.parent_run_id}.jsonl"
 
-    def _submit(self, write: Callable[[], None]) -> None:
-        if self._thread is None:
-            self._client = open_client(self.tracking_uri)
-            self._thread = threading.Thread(target=self._drain, name="mlflow-writer", daemon=True)
-            self._thread.start()
-            self._submit(self._load_existing_runs)
-        self._queue.put(write)
-
-    def _drain(self) -> None:
-        while (write := self._queue.get()) is not None:
-            started = time.perf_counter()
-            try:
-                write()
-            except Exception as exc:
-                self.errors.append(f"{type(exc).__name__}: {exc}")
-                log.warning("MLflow write failed: %s", exc)
-            self.busy_seconds += time.perf_counter() - started
-
-    def _load_existing_runs(self) -> None:
-        assert self._client is not None
-        for run in child_runs(self._client, self.experiment_id, self.parent_run_id):
-            trial_id = run.data.tags.get(tags.TRIAL_ID)
-            if trial_id:
-                self._run_ids[trial_id] = run.info.run_id
+    def _send(self, *writes: Write) -> None:
+        """Keep `writes` in the spool, then queue them for the sender (started on first use:
+        a resumed sweep's first writes come after what a killed driver left undelivered)."""
+        if self._sender is None:
+            header = {
+                "kind": "trials",
+                "experiment_id": self.experiment_id,
+                "parent_run_id": self.parent_run_id,
+                "metric": self.metric,
+                "mode": self.mode,
+                "scores": list(self.scores),
+                "data": None if self.data is None else dataclasses.asdict(self.data),
+            }
+            self._spool = Spool.open(self.spool_dir, self.tracking_uri, self.parent_run_id, header)
+            writer = TrialWriter(open_client(self.tracking_uri), header)
+            self._sender = Sender(self._spool, writer.deliver, self.errors)
+        assert self._spool is not None
+        self._sender.send(list(writes))
 
     def close(self) -> None:
-        """Flush everything, end runs of trials that never ended as interrupted, stop the writer."""
-        if self._thread is None:
+        """Flush everything, end runs of trials that never ended as interrupted, and wait for
+        the store to accept every write (up to `outage_timeout` while it is unreachable)."""
+        if self._sender is None:
             return
         for trial_id in list(self._open):
-            self._flush(trial_id, [RunTag(tags.TRIAL_STATE, "interrupted")])
-            self._submit(functools.partial(self._terminate, trial_id, "KILLED"))
+            self._flush(trial_id, {tags.TRIAL_STATE: "interrupted"})
+            self._send({"op": "end", "trial": trial_id, "status": "KILLED"})
         self._open.clear()
-        self._queue.put(None)
-        self._thread.join()
-        self._thread = None
+        self.undelivered = self._sender.finish(self.outage_timeout)
+        self.busy_seconds = self._sender.busy_seconds
+        self._sender = None
 
-    # --- writes (run on the writer thread, in submission order) -------------------------------
+    # --- trial events (the driver's thread) ---------------------------------------------------
 
-    def _start_run(self, trial_id: str, number: int, params: dict[str, Scalar]) -> None:
-        assert self._client is not None
-        run_id = self._run_ids.get(trial_id)
-        if run_id is not None:  # a resumed trial: keep its run, skip epochs it already logged
-            self._client.update_run(run_id, status="RUNNING")
-            self._earlier_epochs[trial_id] = logged_epochs(self._client, run_id, self.scores)
-            self._logged_epoch[trial_id] = max(
-                (int(e["epoch"]) for e in self._earlier_epochs[trial_id]), default=0
-            )
-            return
+    def start(self, trial_id: str, number: int, params: dict[str, Scalar]) -> None:
+        """Trial `number` (in the order the searcher suggested it) started, or resumed, with
+        these sampled hyperparameters."""
+        self._last_flush[trial_id] = time.monotonic()
+        self._open.add(trial_id)
         name = trial_run_name(number, params)
         marks = {
             MLFLOW_PARENT_RUN_ID: self.parent_run_id,
@@ -160,46 +246,10 @@ class TrialRecorder:
         source = next((s for p, s in self.warm_points if at_point(params, p)), None)
         if source is not None:
             marks[tags.WARM_START] = source
-        run = self._client.create_run(self.experiment_id, run_name=name, tags=marks)
-        self._run_ids[trial_id] = run.info.run_id
-        self._client.log_batch(
-            run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()]
+        shown = {k: str(v) for k, v in params.items()}
+        self._send(
+            {"op": "start", "trial": trial_id, "name": name, "marks": marks, "params": shown}
         )
-        if self.data is not None:
-            self._client.log_inputs(run.info.run_id, [self.data])
-
-    def _write_metrics(
-        self,
-        trial_id: str,
-        metrics: list[Metric],
-        tags: list[RunTag],
-        epochs: list[dict[str, float]] | None = None,
-    ) -> None:
-        assert self._client is not None
-        floor = self._logged_epoch.get(trial_id, 0)
-        metrics = [m for m in metrics if m.step > floor]
-        if epochs is not None:
-            earlier = self._earlier_epochs.pop(trial_id, [])
-            metrics += best_metrics(earlier + epochs, self.metric, self.mode)
-        for start in range(0, max(len(metrics), 1), MLFLOW_BATCH):
-            self._client.log_batch(
-                self._run_ids[trial_id],
-                metrics=metrics[start : start + MLFLOW_BATCH],
-                tags=tags if start == 0 else [],
-            )
-
-    def _terminate(self, trial_id: str, status: str) -> None:
-        assert self._client is not None
-        self._client.set_terminated(self._run_ids[trial_id], status)
-
-    # --- trial events (the driver's thread) ---------------------------------------------------
-
-    def start(self, trial_id: str, number: int, params: dict[str, Scalar]) -> None:
-        """Trial `number` (in the order the searcher suggested it) started, or resumed, with
-        these sampled hyperparameters."""
-        self._last_flush[trial_id] = time.monotonic()
-        self._open.add(trial_id)
-        self._submit(lambda: self._start_run(trial_id, number, params))
 
     def result(self, trial_id: str, result: dict[str, Any]) -> None:
         """One epoch's result: its metrics are buffered, and flushed every `flush_seconds`."""
@@ -212,14 +262,14 @@ class TrialRecorder:
         if reported and step <= reported[-1]["epoch"]:
             return
         if trial_id not in self._pending_tags:  # where it runs: known from its first result
-            self._pending_tags[trial_id] = [
-                RunTag(tags.HOST, str(result.get("hostname", ""))),
-                RunTag(tags.NODE_IP, str(result.get("node_ip", ""))),
-                RunTag(tags.NODE_ID, str(result.get("node_id", ""))),
-                RunTag(tags.DEVICE, str(result.get("device", ""))),
-            ]
+            self._pending_tags[trial_id] = {
+                tags.HOST: str(result.get("hostname", "")),
+                tags.NODE_IP: str(result.get("node_ip", "")),
+                tags.NODE_ID: str(result.get("node_id", "")),
+                tags.DEVICE: str(result.get("device", "")),
+            }
         self._pending.setdefault(trial_id, []).extend(
-            Metric(name, float(result[name]), now, step) for name in self.scores
+            [name, float(result[name]), now, step] for name in self.scores
         )
         epoch = {"epoch": float(step), **{name: float(result[name]) for name in self.scores}}
         self._epochs.setdefault(trial_id, []).append(epoch)
@@ -229,31 +279,30 @@ class TrialRecorder:
     def end(self, trial_id: str, state: str, error: str | None) -> None:
         """The trial ended in `state` (with `error`, if it failed): flush it with its best epoch,
         tag the state and end its run."""
-        ending = [RunTag(tags.TRIAL_STATE, state)]
+        ending = {tags.TRIAL_STATE: state}
         if error is not None:
-            ending.append(RunTag(tags.TRIAL_ERROR, error[:5000]))  # MLflow's limit on a tag value
+            ending[tags.TRIAL_ERROR] = error[:5000]  # MLflow's limit on a tag value
         epochs = self._epochs.pop(trial_id, [])
         self._flush(trial_id, ending, epochs if state in VALID_STATES else None)
         status = "FAILED" if error is not None else "FINISHED"
-        self._submit(lambda: self._terminate(trial_id, status))
+        self._send({"op": "end", "trial": trial_id, "status": status})
         self._open.discard(trial_id)
 
     def _flush(
         self,
         trial_id: str,
-        tags: list[RunTag] | None = None,
+        marks: dict[str, str] | None = None,
         epochs: list[dict[str, float]] | None = None,
     ) -> None:
-        """Hand the trial's buffered metrics and tags to the writer as one batch (with its best
+        """Hand the trial's buffered metrics and tags to the sender as one write (with its best
         epoch among `epochs` and those logged before a resume, if given)."""
         metrics = self._pending.pop(trial_id, [])
-        all_tags = self._pending_tags.get(trial_id, []) + (tags or [])
-        self._pending_tags[trial_id] = []
+        all_tags = {**self._pending_tags.get(trial_id, {}), **(marks or {})}
+        self._pending_tags[trial_id] = {}
         self._last_flush[trial_id] = time.monotonic()
         if metrics or all_tags or epochs:
-            self._submit(
-                functools.partial(self._write_metrics, trial_id, metrics, all_tags, epochs)
-            )
+            write = {"op": "log", "trial": trial_id, "metrics": metrics, "tags": all_tags}
+            self._send({**write, "epochs": epochs})
 
 
 def at_point(params: dict[str, Scalar], point: dict[str, Scalar]) -> bool:

@@ -18,7 +18,7 @@ from pathlib import Path
 from pipeline import storage, tags
 from pipeline.config import Experiment, load_experiment
 from pipeline.distributed.tuner import SweepWatcher, can_resume
-from pipeline.errors import PipelineError, Terminated
+from pipeline.errors import PipelineError, StoreAway, Terminated
 from pipeline.notify import post_json
 from pipeline.settings import Settings
 from pipeline.tracking import night_runs, promotion, registry, runs
@@ -57,6 +57,17 @@ def check_date(text: str) -> str:
         raise PipelineError(f"--date {text!r}: expected a date as YYYY-MM-DD") from None
 
 
+def unrecorded_failure(date: str, experiment: Experiment, error: Exception) -> Night:
+    """A failed night the tracking store cannot hear of (it is away): for the webhook alone."""
+    return Night(
+        date=date,
+        model=experiment.model_name,
+        outcome="failed",
+        run_id=None,
+        tags={tags.NIGHT_ERROR: str(error)},
+    )
+
+
 def run_night(
     space: Path,
     settings: Settings,
@@ -85,18 +96,7 @@ def run_night(
             client, experiment.name, settings.artifact_root, runs.describe_experiment(experiment)
         )
     except PipelineError as exc:  # nowhere to record it: the webhook still hears of it
-        notify(
-            webhook_url,
-            settings,
-            None,
-            Night(
-                date=date,
-                model=experiment.model_name,
-                outcome="failed",
-                run_id=None,
-                tags={tags.NIGHT_ERROR: str(exc)},
-            ),
-        )
+        notify(webhook_url, settings, None, unrecorded_failure(date, experiment, exc))
         raise
     job = NightJob(
         client=client,
@@ -115,13 +115,19 @@ def run_night(
         night = job.record_skipped(held)
         notify(webhook_url, settings, experiment_id, night)
         return night
+    store_away = False
     try:
         night = job.run(min_delta, keep, lock.taken_over)
+    except StoreAway as exc:  # nothing can be recorded or released: the same night resumes
+        store_away = True
+        notify(webhook_url, settings, experiment_id, unrecorded_failure(date, experiment, exc))
+        raise
     except Exception as exc:  # whatever failed, the night says so before the error surfaces
         notify(webhook_url, settings, experiment_id, job.record_failure(exc))
         raise
     finally:
-        lock.release()
+        if not store_away:
+            lock.release()
     if not night.already_done:
         notify(webhook_url, settings, experiment_id, night)
     return night

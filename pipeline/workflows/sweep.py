@@ -29,16 +29,18 @@ from pipeline.distributed.tuner import (
     make_tuner,
     restore_tuner,
 )
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, StoreAway
 from pipeline.settings import Settings
 from pipeline.stopwatch import Stopwatch
 from pipeline.tracking import runs
+from pipeline.tracking.delivery import deliver_kept_writes
 from pipeline.tracking.locks import LockHeld, StoreLock
 from pipeline.tracking.resume import (
     find_unfinished_sweep,
     reconcile_trial_runs,
     sweep_lock,
 )
+from pipeline.tracking.spool import store_name
 from pipeline.tracking.store import Client, ensure_experiment, open_client
 from pipeline.tracking.trials import TrialRecorder
 
@@ -139,7 +141,7 @@ def run_sweep(
     )
     data = tuning_data(job.dataset, job.split, shared_scale=job.experiment.data.shared_scale)
     if resume_run is not None:
-        sweep = reopen_sweep(client, experiment_id, resume_run)
+        sweep = reopen_sweep(client, experiment_id, resume_run, settings)
     else:
         sweep = open_sweep(job, settings, client, experiment_id, data=data, warm=warm, marks=marks)
     log.info(
@@ -149,6 +151,7 @@ def run_sweep(
         sweep.parent_run_id,
     )
     status = "KILLED"  # unless it fails, or ends
+    store_away = False
     try:
         if resume_run is not None:
             tuner = restore_tuner(
@@ -170,6 +173,14 @@ def run_sweep(
             tuner, sweep, settings, experiment=job.experiment, data=data, watcher=watcher
         )
         watch.lap("sweep")
+        if sweep.recorder is not None and sweep.recorder.undelivered:
+            store_away = True  # nothing more can be written: the sweep stays resumable
+            raise StoreAway(
+                f"tracking store {store_name(settings.tracking_uri)} is unreachable: "
+                f"{sweep.recorder.undelivered} writes kept in {sweep.recorder.spool_path}; once "
+                "it is back, `tune --resume` delivers them and finishes the sweep (`python -m "
+                "pipeline sync` delivers them alone)"
+            )
         interrupted = results.ended < job.experiment.budget.num_samples
         trials = record_outcome(
             sweep, job.experiment, results, complete=not interrupted, restarted=restarted
@@ -180,8 +191,9 @@ def run_sweep(
         status = "FAILED"
         raise
     finally:
-        runs.close_open_runs(client, experiment_id, sweep.parent_run_id, status)
-        sweep.lock.release()
+        if not store_away:
+            runs.close_open_runs(client, experiment_id, sweep.parent_run_id, status)
+            sweep.lock.release()
     recorder = sweep.recorder
     if recorder is not None and recorder.errors:
         raise PipelineError(
@@ -232,7 +244,7 @@ def open_sweep(
         rows=len(data.labels),
         input_shape=data.spec.input_shape,
         context="training",
-    ).as_input()
+    )
     try:
         parent_run_id = runs.start_parent_run(
             client,
@@ -245,7 +257,7 @@ def open_sweep(
                 **(marks or {}),
             },
             params=sizes,
-            data=logged,
+            data=logged.as_input(),
         )
     except BaseException:
         lock.release()
@@ -257,6 +269,8 @@ def open_sweep(
         metric=experiment.metric,
         mode=experiment.mode,
         scores=experiment.trial_scores,
+        spool_dir=settings.spool_dir,
+        outage_timeout=settings.outage_timeout,
         data=logged,
         warm_points=warm.points if warm else None,
     )
@@ -271,10 +285,20 @@ def open_sweep(
     )
 
 
-def reopen_sweep(client: Client, experiment_id: str, parent_run_id: str) -> OpenSweep:
-    """An interrupted sweep, its lock taken and its parent run running again."""
+def reopen_sweep(
+    client: Client, experiment_id: str, parent_run_id: str, settings: Settings
+) -> OpenSweep:
+    """An interrupted sweep, its lock taken, the tracking writes its last driver could not
+    deliver delivered, and its parent run running again."""
     parent_run_id, run_name, path = find_unfinished_sweep(client, experiment_id, parent_run_id)
     lock = hold_sweep_lock(client, run_name)
+    try:
+        delivered = deliver_kept_writes(settings, parent_run_id)
+        if delivered.writes:
+            log.info("delivered %d tracking writes its last driver kept", delivered.writes)
+    except BaseException:
+        lock.release()
+        raise
     runs.reopen_run(client, parent_run_id)
     return OpenSweep(
         client=client,

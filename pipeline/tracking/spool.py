@@ -1,0 +1,263 @@
+"""The spool: tracking writes kept on local disk until the store has accepted them.
+
+A writer appends each batch of writes here (fsynced) before it sends any of them, sends them in
+order, and marks each accepted one delivered; what a store outage, or a killed driver, left
+undelivered is sent again by the next writer of the same sweep (`tune --resume`) or by
+`python -m pipeline sync`. Sending a write twice is harmless: the writes are idempotent (see
+`tracking.trials.TrialWriter`).
+
+Layout: `<spool folder>/<store>/<key>.jsonl`, one file per sweep (`key`: its parent run's id),
+under a folder per tracking store (`store_folder`) whose `store` file names the store. A file's
+first line is its header (what a writer needs besides the writes); every later line one write,
+numbered from 1 (`seq`); `<key>.delivered` holds the number of the last write the store
+accepted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pipeline.tracking.store import unreachable
+
+log = logging.getLogger(__name__)
+
+Write = dict[str, Any]  # one write: "op" and its fields, JSON-serializable
+
+
+def store_name(tracking_uri: str) -> str:
+    """The store's URI as said to a person: without a password."""
+    parts = urlsplit(tracking_uri)
+    if parts.password is None:
+        return tracking_uri
+    host = parts.hostname or ""
+    user = f"{parts.username}@" if parts.username else ""
+    netloc = f"{user}{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def store_folder(spool_dir: Path, tracking_uri: str) -> Path:
+    """Where the spools of the store at `tracking_uri` are kept."""
+    return spool_dir / hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
+
+
+class Spool:
+    """One sweep's writes to one store, kept until the store has accepted them."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.delivered_path = path.with_suffix(".delivered")
+
+    @classmethod
+    def open(cls, spool_dir: Path, tracking_uri: str, key: str, header: dict[str, Any]) -> Spool:
+        """The spool of sweep `key` at the store, made with `header` if it has none yet."""
+        folder = store_folder(spool_dir, tracking_uri)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "store").write_text(store_name(tracking_uri) + "\n")
+        spool = cls(folder / f"{key}.jsonl")
+        if not spool.path.exists() or spool.path.stat().st_size == 0:
+            spool._append_lines([header])
+        else:
+            spool._cut_torn_tail()
+        return spool
+
+    def header(self) -> dict[str, Any]:
+        with self.path.open() as lines:
+            first: dict[str, Any] = json.loads(lines.readline())
+        return first
+
+    def last_seq(self) -> int:
+        """The number of the last write appended (0: none)."""
+        return max((write["seq"] for write in self._writes()), default=0)
+
+    def append(self, writes: list[Write]) -> None:
+        """Keep `writes` (each with its `seq`) on disk, synced, before any is sent."""
+        if writes:
+            self._append_lines(writes)
+
+    def pending(self) -> list[Write]:
+        """The writes the store has not accepted yet, in order."""
+        done = self.delivered()
+        return [write for write in self._writes() if write["seq"] > done]
+
+    def delivered(self) -> int:
+        try:
+            return int(self.delivered_path.read_text())
+        except (OSError, ValueError):
+            return 0
+
+    def mark_delivered(self, seq: int) -> None:
+        """Write `seq` and those before it were accepted (replaced whole: a kill leaves the old
+        mark or the new one, and at worst one write is sent again)."""
+        partial = self.delivered_path.with_suffix(".partial")
+        partial.write_text(str(seq))
+        partial.replace(self.delivered_path)
+
+    def remove(self) -> None:
+        """Forget the spool: everything in it was delivered."""
+        self.delivered_path.unlink(missing_ok=True)
+        self.path.unlink(missing_ok=True)
+
+    def _append_lines(self, records: list[dict[str, Any]]) -> None:
+        text = "".join(json.dumps(record, separators=(",", ":")) + "\n" for record in records)
+        with self.path.open("a") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+
+    def _cut_torn_tail(self) -> None:
+        """Drop a last line a kill cut off mid-append (never sent), so that writes appended
+        after it are read."""
+        text = self.path.read_bytes()
+        if text and not text.endswith(b"\n"):
+            with self.path.open("r+b") as out:
+                out.truncate(text.rfind(b"\n") + 1)
+
+    def _writes(self) -> Iterator[Write]:
+        try:
+            with self.path.open() as lines:
+                lines.readline()  # the header
+                for line in lines:
+                    try:
+                        write = json.loads(line)
+                    except ValueError:  # the last line, cut off by a kill mid-append: never sent
+                        return
+                    yield write
+        except FileNotFoundError:
+            return
+
+
+MAX_BACKOFF_S = 30.0  # the longest wait between two tries of a write while the store is away
+CLOSING_BACKOFF_S = 5.0  # the same once the command waits for the store at its end
+
+
+class Sender:
+    """Sends a spool's writes with `deliver`, in order, on a thread of its own.
+
+    A write that fails for want of the store (`store.unreachable`) is tried again, with backoff,
+    until it is accepted: the sweep never waits for the store. A write the store refuses for
+    what it asks is not retried: its error joins `errors`. One line says when the store went
+    away, and one when it came back.
+    """
+
+    def __init__(self, spool: Spool, deliver: Callable[[Write], None], errors: list[str]) -> None:
+        self.spool = spool
+        self.deliver = deliver
+        self.errors = errors
+        self.busy_seconds = 0.0  # time spent sending
+        self.outage_since: float | None = None  # when the write that found the store away began
+        self._backlog: deque[Write] = deque(spool.pending())  # what a killed driver left first
+        self._seq = spool.last_seq()
+        self._changed = threading.Condition()
+        self._closing = False
+        self._wake = threading.Event()  # cuts a wait between tries short (closing, giving up)
+        self._abandon = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tracking-sender", daemon=True)
+        self._thread.start()
+
+    def send(self, writes: list[Write]) -> None:
+        """Number `writes`, keep them in the spool, and queue them."""
+        with self._changed:
+            for write in writes:
+                self._seq += 1
+                write["seq"] = self._seq
+            self.spool.append(writes)
+            self._backlog.extend(writes)
+            self._changed.notify()
+
+    def finish(self, outage_timeout: float) -> int:
+        """Send everything queued, waiting for a store that is away up to `outage_timeout`
+        seconds (from now, or from when it went away if later); the number of writes left
+        undelivered in the spool (none: the spool is removed)."""
+        closing = time.time()
+        with self._changed:
+            self._closing = True
+            self._changed.notify()
+        self._wake.set()  # a store away may be back: try now, then more often
+        while self._thread.is_alive():
+            self._thread.join(0.5)
+            away = self.outage_since
+            if away is not None and time.time() - max(away, closing) > outage_timeout:
+                self._abandon.set()
+                self._wake.set()
+                self._thread.join()
+        left = len(self._backlog)
+        if left == 0:
+            self.spool.remove()
+        elif self.outage_since is not None:
+            log.warning(
+                "tracking store still unreachable after %.0f s: %d writes kept in %s",
+                time.time() - self.outage_since,
+                left,
+                self.spool.path,
+            )
+        return left
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._backlog and not self._closing:
+                    self._changed.wait()
+                if not self._backlog:
+                    return
+                write = self._backlog[0]
+            if not self._deliver(write):
+                return
+            with self._changed:
+                self._backlog.popleft()
+                self.spool.mark_delivered(write["seq"])
+
+    def _deliver(self, write: Write) -> bool:
+        """Send `write` until the store accepts or refuses it; False if given up meanwhile."""
+        attempt = 0
+        while True:
+            began, started = time.time(), time.perf_counter()
+            try:
+                self.deliver(write)
+            except Exception as error:
+                self.busy_seconds += time.perf_counter() - started
+                if not unreachable(error):
+                    self.errors.append(f"{type(error).__name__}: {error}")
+                    log.warning("MLflow write failed: %s", error)
+                    break
+                if self.outage_since is None:
+                    self.outage_since = began
+                    log.warning(
+                        "tracking store unreachable since %s, %d writes queued",
+                        datetime.fromtimestamp(began).strftime("%H:%M:%S"),
+                        len(self._backlog),
+                    )
+                longest = CLOSING_BACKOFF_S if self._closing else MAX_BACKOFF_S
+                self._wake.wait(min(2.0**attempt, longest))
+                self._wake.clear()
+                if self._abandon.is_set():
+                    return False
+                attempt += 1
+                continue
+            self.busy_seconds += time.perf_counter() - started
+            break
+        if self.outage_since is not None:
+            log.warning(
+                "tracking store back after %.0f s; sending the %d queued writes",
+                time.time() - self.outage_since,
+                len(self._backlog),
+            )
+            self.outage_since = None
+        return True
+
+
+def spools_of(spool_dir: Path, tracking_uri: str) -> list[Spool]:
+    """The spools kept for the store at `tracking_uri`, oldest first."""
+    folder = store_folder(spool_dir, tracking_uri)
+    found = sorted(folder.glob("*.jsonl"), key=lambda path: path.stat().st_mtime)
+    return [Spool(path) for path in found]
