@@ -284,7 +284,10 @@ def test_runs_are_readable_through_the_server(tracking: MlflowClient, cycle: Pat
     assert retrain.data.tags["mlflow.parentRunId"] == parent.info.run_id
     local = tracking.download_artifacts(parent.info.run_id, "trials.csv", str(cycle))
     assert Path(local).read_text().startswith("number,name,state,val_acc,epoch,trial_id,")
-    assert not list(cycle.rglob("mlflow.db")) and not (cycle / "mlruns").exists()
+    # Nothing local but the spool of tracking writes, all of them delivered (an empty folder).
+    assert not list(cycle.rglob("mlflow.db"))
+    assert [p.name for p in (cycle / "mlruns").iterdir()] == ["spool"]
+    assert not list((cycle / "mlruns" / "spool").rglob("*.jsonl"))
 
 
 def test_artifacts_and_trial_state_live_on_the_s3_store(

@@ -57,6 +57,15 @@ def deliver_kept(
     return Delivered(store_name(tracking_uri), len(spools), delivered, left, errors, kept)
 
 
+def kept_writes(settings: Settings, key: str) -> tuple[int, Path | None]:
+    """How many writes of sweep `key` its spool still keeps (a store that stayed away), and
+    the spool."""
+    for spool in spools_of(settings.spool_dir, settings.tracking_uri):
+        if spool.path.stem == key:
+            return len(spool.pending()), spool.path
+    return 0, None
+
+
 def deliver_kept_writes(settings: Settings, key: str | None = None) -> Delivered:
     """`deliver_kept` for the settings' store and spool folder: writes the store refused are an
     error, and so (`StoreAway`) is a store still away after `settings.outage_timeout`."""

@@ -33,7 +33,7 @@ from pipeline.errors import PipelineError, StoreAway
 from pipeline.settings import Settings
 from pipeline.stopwatch import Stopwatch
 from pipeline.tracking import runs
-from pipeline.tracking.delivery import deliver_kept_writes
+from pipeline.tracking.delivery import deliver_kept_writes, kept_writes
 from pipeline.tracking.locks import LockHeld, StoreLock
 from pipeline.tracking.resume import (
     find_unfinished_sweep,
@@ -173,13 +173,15 @@ def run_sweep(
             tuner, sweep, settings, experiment=job.experiment, data=data, watcher=watcher
         )
         watch.lap("sweep")
-        if sweep.recorder is not None and sweep.recorder.undelivered:
-            store_away = True  # nothing more can be written: the sweep stays resumable
+        # The trial writer (this driver's, or the one Ray restored for a resume) gave up on a
+        # store that stayed away: nothing more can be written, and the sweep stays resumable.
+        kept, spool = kept_writes(settings, sweep.parent_run_id)
+        if kept:
+            store_away = True
             raise StoreAway(
-                f"tracking store {store_name(settings.tracking_uri)} is unreachable: "
-                f"{sweep.recorder.undelivered} writes kept in {sweep.recorder.spool_path}; once "
-                "it is back, `tune --resume` delivers them and finishes the sweep (`python -m "
-                "pipeline sync` delivers them alone)"
+                f"tracking store {store_name(settings.tracking_uri)} is unreachable: {kept} "
+                f"writes kept in {spool}; once it is back, `tune --resume` delivers them and "
+                "finishes the sweep (`python -m pipeline sync` delivers them alone)"
             )
         interrupted = results.ended < job.experiment.budget.num_samples
         trials = record_outcome(
