@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pipeline.errors import PipelineError, StoreAway
 from pipeline.settings import Settings
-from pipeline.tracking.spool import Sender, spools_of, store_name
+from pipeline.tracking.spool import Sender, Spool, spool_file, spools_of, store_name
 from pipeline.tracking.store import open_client_waiting
 from pipeline.tracking.trials import TrialWriter
 
@@ -60,10 +60,9 @@ def deliver_kept(
 def kept_writes(settings: Settings, key: str) -> tuple[int, Path | None]:
     """How many writes of sweep `key` its spool still keeps (a store that stayed away), and
     the spool."""
-    for spool in spools_of(settings.spool_dir, settings.tracking_uri):
-        if spool.path.stem == key:
-            return len(spool.pending()), spool.path
-    return 0, None
+    spool = Spool(spool_file(settings.spool_dir, settings.tracking_uri, key))
+    kept = len(spool.pending())
+    return kept, spool.path if kept else None
 
 
 def deliver_kept_writes(settings: Settings, key: str | None = None) -> Delivered:

@@ -51,6 +51,11 @@ def store_folder(spool_dir: Path, tracking_uri: str) -> Path:
     return spool_dir / hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
 
 
+def spool_file(spool_dir: Path, tracking_uri: str, key: str) -> Path:
+    """The spool of sweep `key` (its parent run's id) at the store."""
+    return store_folder(spool_dir, tracking_uri) / f"{key}.jsonl"
+
+
 class Spool:
     """One sweep's writes to one store, kept until the store has accepted them."""
 
@@ -61,10 +66,9 @@ class Spool:
     @classmethod
     def open(cls, spool_dir: Path, tracking_uri: str, key: str, header: dict[str, Any]) -> Spool:
         """The spool of sweep `key` at the store, made with `header` if it has none yet."""
-        folder = store_folder(spool_dir, tracking_uri)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "store").write_text(store_name(tracking_uri) + "\n")
-        spool = cls(folder / f"{key}.jsonl")
+        spool = cls(spool_file(spool_dir, tracking_uri, key))
+        spool.path.parent.mkdir(parents=True, exist_ok=True)
+        (spool.path.parent / "store").write_text(store_name(tracking_uri) + "\n")
         if not spool.path.exists() or spool.path.stat().st_size == 0:
             spool._append_lines([header])
         else:

@@ -23,7 +23,7 @@ from pipeline.core.decisions import VALID_STATES
 from pipeline.core.trials import trial_run_name
 from pipeline.tracking import runs
 from pipeline.tracking.runs import best_metrics, child_runs, logged_epochs
-from pipeline.tracking.spool import Sender, Spool, Write, store_folder
+from pipeline.tracking.spool import Sender, Spool, Write, spool_file
 from pipeline.tracking.store import Client, open_client
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,8 @@ class TrialWriter:
         metrics = [Metric(k, v, ts, step) for k, v, ts, step in write["metrics"] if step > floor]
         epochs = write.get("epochs")
         if epochs is not None:  # the trial ended: its best epoch among every one it logged
-            earlier = [e for e in logged if e["epoch"] not in {x["epoch"] for x in epochs}]
+            given = {e["epoch"] for e in epochs}
+            earlier = [e for e in logged if e["epoch"] not in given]
             metrics += best_metrics(earlier + epochs, self.metric, self.mode)
         marks = [RunTag(k, v) for k, v in write["tags"].items()]
         run_id = self._run_id(trial_id)
@@ -194,7 +195,7 @@ class TrialRecorder:
 
     @property
     def spool_path(self) -> Path:
-        return store_folder(self.spool_dir, self.tracking_uri) / f"{self.parent_run_id}.jsonl"
+        return spool_file(self.spool_dir, self.tracking_uri, self.parent_run_id)
 
     def _send(self, *writes: Write) -> None:
         """Keep `writes` in the spool, then queue them for the sender (started on first use:
