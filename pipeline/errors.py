@@ -11,8 +11,9 @@ class StoreUnreachable(PipelineError):
 
 
 class StoreAway(PipelineError):
-    """The tracking store stayed unreachable past `tracking.outage_timeout`: the writes it did
-    not get are kept in the spool, for `python -m pipeline sync` or `tune --resume`."""
+    """The tracking store stayed unreachable past `tracking.outage_timeout`: what needed it was
+    not done, and the writes it did not get are kept in the spool, for `python -m pipeline sync`
+    or `tune --resume`."""
 
 
 class Terminated(KeyboardInterrupt):
@@ -23,3 +24,11 @@ class Terminated(KeyboardInterrupt):
 EXIT_TERMINATED = 143  # stopped by SIGTERM (128 + 15)
 EXIT_INTERRUPTED = 130  # stopped by Ctrl-C, SIGINT (128 + 2)
 EXIT_STORE_AWAY = 69  # the tracking store stayed away; its writes are kept (EX_UNAVAILABLE)
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an error's message, at most `limit` characters: what a
+    one-line error quotes of a library's (often long) message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -16,14 +16,13 @@ from torch import nn
 
 from pipeline.config import Experiment, Hyperparameters
 from pipeline.config.door import code_fingerprint, import_callable
-from pipeline.core.checks import first_line
 from pipeline.core.data import Dataset, Split, TuningData, stats_sample
 from pipeline.core.decisions import SCORE_WINDOW, Selection, score_at
 from pipeline.core.evaluate import score
 from pipeline.core.metrics import UserScores
 from pipeline.core.model import Builder, export_network, load_exported, servable
 from pipeline.core.train import EVAL_BATCH, READ_BATCH, fit, fit_final
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, first_line
 from pipeline.tracking.models import RetrainedModel, RetrainRecord, log_retrain_run
 from pipeline.tracking.runs import LoggedData
 from pipeline.tracking.sweeps import SweepRecord

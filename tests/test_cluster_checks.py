@@ -16,7 +16,7 @@ import pytest
 
 from pipeline.distributed import cluster
 from pipeline.errors import PipelineError
-from tests.conftest import cli_env, free_port, listens, refused_tune
+from tests.conftest import SPACES, cli_env, free_port, listens, refused_tune, run_in_process
 
 
 def test_an_unreachable_head_is_refused_within_the_reach_timeout(
@@ -69,11 +69,14 @@ def test_unreachable_cluster_or_tracking_server_fails_fast_and_writes_nothing(
     tmp_path: Path, settings: dict[str, str], message: str
 ) -> None:
     # How quickly they give up is the deadlines' business (tests/test_tracking_preflight.py and
-    # the reach test above); here: one clear line, nothing written.
+    # the reach test above); here: one clear line, nothing written. In this process: each is
+    # refused before Ray is started or joined.
     port = closed_port()
     settings = {k: v.format(port=port) for k, v in settings.items()}
-    said = refused_tune(tmp_path, **settings)
-    assert message.format(port=port) in said
+    done = run_in_process(tmp_path, "tune", "--space", str(SPACES / "smoke.yaml"), **settings)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 1 and "Traceback" not in done.stderr, said
+    assert said.startswith("error: ") and message.format(port=port) in said
     assert not list(tmp_path.rglob("mlflow.db")) and not (tmp_path / "mlruns" / "ray").exists()
 
 

@@ -1,10 +1,10 @@
 """A sweep stopped every way a driver can be stopped, then resumed to its end through the real
 CLI: Ctrl-C (SIGINT), SIGTERM as a scheduler sends it (to the driver, and to its whole process
 group, Ray's local processes included, as systemd, `timeout` and scancel do), and SIGKILL of
-the driver with its local Ray (a lost machine). A new sweep is refused while one is
-interrupted; `--abandon` gives one up. Two sweeps started in the same second on a fresh store
-share nothing. Everything is read back from the MLflow store and from Ray's own trial
-records."""
+the driver with its local Ray (a lost machine), its saved state then damaged as a kill in the
+middle of Ray's writes leaves it. A new sweep is refused while one is interrupted; `--abandon`
+gives one up. Two sweeps started in the same second on a fresh store share nothing. Everything
+is read back from the MLflow store and from Ray's own trial records."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,8 +41,10 @@ TOTAL = 12  # trials: enough that three interruptions land mid-sweep
 # Every trial trains 12 epochs (no early stop): a few seconds each, so that the sweep is still
 # under way when a signal lands, however far the MLflow writer lags behind Ray on a busy machine.
 SWEEP = ["tune", "--space", str(SPACES / "smoke.yaml"), "--no-retrain"]
-SWEEP += ["--set", "budget.max_epochs=12", "--set", "scheduler.name=fifo"]
-TUNE = [*SWEEP, "--set", f"budget.num_samples={TOTAL}"]
+EPOCHS = 12
+SWEEP += ["--set", f"budget.max_epochs={EPOCHS}", "--set", "scheduler.name=fifo"]
+# Checkpointing every epoch: the trials under way at the SIGKILL have checkpointed.
+TUNE = [*SWEEP, "--set", f"budget.num_samples={TOTAL}", "--set", "budget.checkpoint_seconds=0"]
 
 
 def start(folder: Path, *args: str) -> subprocess.Popen[str]:
@@ -63,11 +66,12 @@ def stop_after(
     trials: int,
     how: signal.Signals,
     group: bool = False,
+    also: Callable[[], bool] = lambda: True,
 ) -> str:
-    """Once `trials` trial runs have finished, send `how` (SIGKILL: to the driver and its local
-    Ray, as when the machine dies); the process's output."""
+    """Once `trials` trial runs have finished (and `also()` holds), send `how` (SIGKILL: to the
+    driver and its local Ray, as when the machine dies); the process's output."""
     deadline = time.monotonic() + 300
-    while finished_trial_runs(db) < trials and process.poll() is None:
+    while (finished_trial_runs(db) < trials or not also()) and process.poll() is None:
         assert time.monotonic() < deadline, "the sweep made no progress"
         time.sleep(0.3)
     if process.poll() is not None:
@@ -91,6 +95,7 @@ class Recovery:
     outputs: dict[str, str]
     codes: dict[str, int]
     left: dict[str, tuple[int, int]]  # after a step: runs still RUNNING, locks still held
+    checkpoints_removed: int  # after the SIGKILL, before the resume
 
     def sweeps(self) -> list[Run]:
         experiment = self.client.get_experiment_by_name("smoke")
@@ -132,7 +137,14 @@ def recovery(tmp_path_factory: pytest.TempPathFactory) -> Recovery:
     locks = client.search_registered_models("name LIKE 'pipeline-lock.%'")
     left = {"sigterm-group": (len(running), len(locks))}
     process = start(folder, *TUNE, "--resume")
-    step("sigkill", process, stop_after(process, db, finished_trial_runs(db) + 2, signal.SIGKILL))
+    more = finished_trial_runs(db) + 2
+    ray = folder / "mlruns" / "ray"
+    step(
+        "sigkill",
+        process,
+        stop_after(process, db, more, signal.SIGKILL, also=lambda: trial_under_way(ray)),
+    )
+    checkpoints_removed = damage_saved_state(ray)
     done = run_in_process(folder, *TUNE)
     outputs["refused-after-kill"] = done.stdout + done.stderr
     codes["refused-after-kill"] = done.returncode
@@ -151,7 +163,7 @@ def recovery(tmp_path_factory: pytest.TempPathFactory) -> Recovery:
         "--abandon",
     )
     outputs["abandon"], codes["abandon"] = done.stdout + done.stderr, done.returncode
-    return Recovery(folder, client, outputs, codes, left)
+    return Recovery(folder, client, outputs, codes, left, checkpoints_removed)
 
 
 def test_ctrl_c_and_sigterm_to_the_process_group_stop_gracefully_with_a_resume_hint(
@@ -191,22 +203,25 @@ def test_the_resumed_sweep_ends_truthful_one_run_per_trial(recovery: Recovery) -
     children = recovery.trial_runs(first)
     trial_ids = [c.data.tags["trial_id"] for c in children]
     assert len(trial_ids) == len(set(trial_ids)) == TOTAL, "one run per trial, none phantom"
-    # Ray's own record of the sweep names the same trials.
+    # Ray's own record of the sweep names the same trials, and those it restarted under new ids
+    # (their runs deleted, see test_a_resume_whose_saved_state_is_damaged_restarts_those_trials).
     ray_ids = {
         json.loads(line)["trial_id"]
         for result in Path(first.data.tags["sweep_path"]).glob("*/result.json")
         for line in result.read_text().splitlines()[:1]
     }
-    assert ray_ids == set(trial_ids)
+    gone = recovery.trial_runs(first, ViewType.DELETED_ONLY)
+    restarted = {r.data.tags["trial_id"] for r in gone if r.data.tags["trial_state"] == "restarted"}
+    assert ray_ids == set(trial_ids) | restarted
     for child in children:
         assert child.info.status == "FINISHED"
         assert child.data.tags["trial_state"] in ("completed", "stopped")
         steps = [m.step for m in recovery.client.get_metric_history(child.info.run_id, "val_acc")]
         assert sorted(steps) == list(range(1, len(steps) + 1)), "every epoch logged, once"
     # Runs of trials Ray never saved (started just before the kill) are deleted, not left.
-    for lost in recovery.trial_runs(first, ViewType.DELETED_ONLY):
-        assert lost.data.tags["trial_state"] == "lost"
-        assert lost.data.tags["trial_id"] not in ray_ids
+    for lost in gone:
+        assert lost.data.tags["trial_state"] in ("lost", "restarted")
+        assert (lost.data.tags["trial_id"] in ray_ids) == (lost.data.tags["trial_state"] != "lost")
 
 
 def test_abandon_ends_the_killed_sweep_and_starts_anew(recovery: Recovery) -> None:
@@ -280,69 +295,53 @@ def test_a_full_trial_storage_is_named_in_a_few_lines_and_leaves_no_run_running(
     assert runs and not [r for r in runs if r.info.status == "RUNNING"]
 
 
-def put_search_state_ahead(storage: Path) -> None:
-    """Make Ray's saved search state one trial ahead of its saved trial list, as a driver killed
-    while Tune copied the two to storage leaves them: its counter one more, and a live trial
-    the list does not hold."""
-    (saved,) = storage.glob("smoke-*/search_gen_state-*.json")
-    state = cloudpickle.loads(saved.read_bytes())
+def trial_under_way(storage: Path) -> bool:
+    """Whether a trial has reported (and so checkpointed) 2 epochs or more, but not all yet."""
+    results = storage.glob("smoke-*/run_trial_*/result.json")
+    return any(2 <= len(r.read_text().splitlines()) < EPOCHS for r in results)
+
+
+def damage_saved_state(storage: Path) -> int:
+    """Damage the killed sweep's saved state as a driver killed in the middle of Ray's writes
+    leaves it: every checkpoint deleted (killed as Ray replaced one: seen in CI, the saved state
+    then names a deleted one), the search state one trial ahead of the trial list (killed as Tune
+    copied the two to storage), and the trial list in storage empty (a copy cut off at its
+    start; the killed driver's own copy, in Ray's staging folder, is whole). The checkpoints
+    deleted."""
+    checkpoints = list(storage.glob("smoke-*/run_trial_*/checkpoint_*"))
+    for folder in checkpoints:
+        shutil.rmtree(folder)
+    newest = max(storage.glob("smoke-*/search_gen_state-*.json"))
+    state = cloudpickle.loads(newest.read_bytes())
     state["counter"] += 1
     state["name:ConcurrencyLimiter"]["live_trials"].add("00000000")
     state["name:ConcurrencyLimiter"]["num_unfinished_live_trials"] += 1
-    saved.write_bytes(cloudpickle.dumps(state))
+    newest.write_bytes(cloudpickle.dumps(state))
+    max(storage.glob("smoke-*/experiment_state-*.json")).write_bytes(b"")
+    return len(checkpoints)
 
 
-def test_a_resume_whose_checkpoints_are_gone_restarts_those_trials(tmp_path: Path) -> None:
-    """A driver killed just as Ray replaced a checkpoint leaves a saved state naming a deleted
-    one (seen in CI), and one killed as Ray copied its state files to storage leaves a search
-    state from a later snapshot than the trial list (seen in CI: the resume ended short). Both
-    are made here after a SIGKILL, every checkpoint deleted, the search state put one trial
-    ahead and the trial list in storage emptied, as a copy cut off at its start leaves it (the
-    killed driver's own copy, in Ray's staging folder, is whole): the resume restarts the trials
-    that cannot continue from their first epoch (Ray gives them new trial ids; the runs of the old
-    ones are deleted), runs the trials the list lacks, and still ends truthful: one run per trial,
-    all finished.
-    """
-    db = tmp_path / "mlruns" / "mlflow.db"
-    # Trials of 20 epochs (no early stop), checkpointing every epoch: the ones under way at the
-    # kill have checkpointed. Six of them: two end before the kill, two are under way, two wait.
-    samples = 6
-    tune = [*TUNE, "--set", "scheduler.name=fifo", "--set", "budget.max_epochs=20"]
-    tune += ["--set", "budget.checkpoint_seconds=0", "--set", f"budget.num_samples={samples}"]
-    process = start(tmp_path, *tune)
-    stop_after(process, db, 2, signal.SIGKILL)
-    checkpoints = list((tmp_path / "mlruns" / "ray").glob("smoke-*/run_trial_*/checkpoint_*"))
-    assert checkpoints, "no trial had checkpointed"
-    for folder in checkpoints:
-        shutil.rmtree(folder)
-    put_search_state_ahead(tmp_path / "mlruns" / "ray")
-    (trial_list,) = (tmp_path / "mlruns" / "ray").glob("smoke-*/experiment_state-*.json")
-    trial_list.write_bytes(b"")  # cut off as the copy began (seen in CI: the resume crashed)
-    done = run_cli(tmp_path, *tune, "--resume", timeout=600)
-    output = " ".join((done.stdout + done.stderr).split())
-    assert done.returncode == 0, output[-3000:]
-    client = MlflowClient(f"sqlite:///{db}")
-    experiment = client.get_experiment_by_name("smoke")
-    runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    trials = [r for r in runs if "trial_id" in r.data.tags]
-    assert len(trials) == len({t.data.tags["trial_id"] for t in trials}) == samples
-    for trial in trials:
-        assert trial.info.status == "FINISHED", trial.data.tags
-        assert trial.data.tags["trial_state"] in ("completed", "stopped"), trial.data.tags
-        steps = [m.step for m in client.get_metric_history(trial.info.run_id, "val_acc")]
-        assert steps == list(range(1, len(steps) + 1)), "every epoch once, in order"
-    # What the resume said agrees with the store: the trials it restarted are the runs it
-    # deleted as restarted, the runs it deleted as never saved are those tagged lost, and its
-    # last line counts every trial of the sweep once.
-    deleted = client.search_runs(
-        [experiment.experiment_id], run_view_type=ViewType.DELETED_ONLY, max_results=1000
+def test_a_resume_whose_saved_state_is_damaged_restarts_those_trials(
+    recovery: Recovery,
+) -> None:
+    """The resume after the SIGKILL (its state damaged, `damage_saved_state`) restarts the trials
+    that cannot continue from their first epoch (Ray gives them new trial ids; the runs of the
+    old ones are deleted), runs the trials the list lacks, and still ends truthful (see
+    test_the_resumed_sweep_ends_truthful_one_run_per_trial); what it says agrees with the
+    store: the trials it restarted are the runs it deleted as restarted, the runs it deleted as
+    never saved are those tagged lost, and its last line counts every trial of the sweep once."""
+    assert recovery.checkpoints_removed, "no trial had checkpointed before the kill"
+    output = " ".join(recovery.outputs["resumed"].split())
+    assert recovery.codes["resumed"] == 0, output[-3000:]
+    first = min(recovery.sweeps(), key=lambda r: r.info.start_time)
+    gone = Counter(
+        r.data.tags["trial_state"] for r in recovery.trial_runs(first, ViewType.DELETED_ONLY)
     )
-    gone = Counter(r.data.tags["trial_state"] for r in deleted if "trial_id" in r.data.tags)
     assert set(gone) <= {"restarted", "lost"}, gone
     said = re.search(r"(\d+) trial\(s\) could not resume: the checkpoint Ray's saved", output)
     assert said and int(said[1]) == gone["restarted"] > 0, output[-3000:]
     never = re.search(r"deleted (\d+) run\(s\) of trials the interrupted sweep never", output)
     assert (int(never[1]) if never else 0) == gone["lost"], output[-3000:]
-    states = Counter(t.data.tags["trial_state"] for t in trials)
+    states = Counter(t.data.tags["trial_state"] for t in recovery.trial_runs(first))
     counted = ", ".join(f"{states[s]} {s}" for s in ("completed", "stopped") if states[s])
-    assert f"trials {samples}/{samples} ended ({counted})" in output, output[-3000:]
+    assert f"trials {TOTAL}/{TOTAL} ended ({counted})" in output, output[-3000:]

@@ -2,13 +2,15 @@
 mlflow-server` over a SQLite database, stopped (SIGTERM, as a restart or a rolling deploy stops
 it) while the trial recorder writes, and started again on the same port and database. What the
 recorder was given is all in the store afterwards, once: no metric step twice, nothing lost;
-what it could not deliver stays in its spool, which `python -m pipeline sync` delivers."""
+what it could not deliver stays in its spool, which `python -m pipeline sync` delivers. What
+must see the store (here: a lock) waits for it up to its patience, then fails in one line."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipeline.errors import StoreAway
+from pipeline.tracking.locks import StoreLock
 from pipeline.tracking.spool import spools_of
+from pipeline.tracking.store import open_client
 from pipeline.tracking.trials import TrialRecorder
 from tests.conftest import answers, background, cli_env, free_port, run_cli, wait_until
 from tests.test_tracking_trials import SCORES, epoch
@@ -105,7 +110,8 @@ def test_a_server_away_mid_sweep_gets_every_write_once_when_back_or_by_sync(
     outage timeout is long): the server comes back and gets everything, the outage told in two
     lines. The second gives up at once (a timeout of 0.5 s): its writes stay in its spool,
     `sync` says the server is away (69), then, the server back, delivers them; a second `sync`
-    finds nothing to do."""
+    finds nothing to do. A lock taken during the outage waits for the server and is taken once
+    it is back; a client of little patience gives up with one line."""
     caplog.set_level(logging.INFO, logger="pipeline")
     spool = tmp_path / "spool"
     with server.running():
@@ -114,6 +120,17 @@ def test_a_server_away_mid_sweep_gets_every_write_once_when_back_or_by_sync(
         for recorder in (waits, gives_up):
             recorder.start("a", 1, {"optimizer": "adam"})
             train(recorder, "a", range(1, 4))
+        patient = open_client(server.uri, patience=120)
+        hasty = open_client(server.uri, patience=0.5)
+    # Taken while the server is away: the lock waits for it.
+    lock = StoreLock(patient, "outage")
+    taking = threading.Thread(target=lock.acquire)
+    taking.start()
+    with pytest.raises(StoreAway) as hurried:
+        hasty.search_experiments()
+    said = str(hurried.value)
+    assert said.startswith("tracking store unreachable for ") and "\n" not in said
+    assert "(PIPELINE_TRACKING_OUTAGE_TIMEOUT 0 s): search_experiments failed: " in said
     # The server is away: the trials go on, their writes queue.
     for recorder in (waits, gives_up):
         train(recorder, "a", range(4, EPOCHS + 1))
@@ -130,6 +147,15 @@ def test_a_server_away_mid_sweep_gets_every_write_once_when_back_or_by_sync(
     said = " ".join(away.stderr.replace(" \n", "").split())
     assert "tracking writes stay kept in" in said and str(gives_up.spool_path) in said
     with server.running():
+        taking.join(timeout=120)
+        holder = lock.read()
+        assert holder is not None and holder.id == lock.holder.id, "taken once the store is back"
+        lock.release()
+        told = [r.getMessage() for r in caplog.records if r.name.endswith("store")]
+        assert [line.split(" (")[0] for line in told if "create_registered_model" in line] == [
+            "tracking store unreachable"
+        ], told
+        assert [line for line in told if line.startswith("tracking store back after")], told
         waits.close()  # waits for the store: it is back
         assert waits.undelivered == 0 and not waits.errors
         client = MlflowClient(server.uri)

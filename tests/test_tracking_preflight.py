@@ -1,6 +1,8 @@
 """The tracking-store preflight: a server must answer as MLflow, a database must connect within
 the deadline given to its driver, a SQLite file must be writable; each refusal is one line. The
-server check's deadline is tested on a virtual clock, the database's by what its driver is told."""
+server check's deadline is tested on a virtual clock, the database's by what its driver is told.
+Later, a call that failed for want of the store may be made again once it is back, but one that
+creates something only when its request never reached the store."""
 
 from __future__ import annotations
 
@@ -16,10 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 from sqlalchemy.engine import make_url
 
 from pipeline.errors import PipelineError
 from pipeline.tracking import preflight
+from pipeline.tracking.store import may_wait_for
 from tests.conftest import free_port
 
 
@@ -179,3 +184,24 @@ def test_bad_tracking_uris_are_one_line(uri: str, message: str) -> None:
     with pytest.raises(PipelineError, match=re.escape(message)) as raised:
         preflight.check_tracking_store(uri)
     assert "\n" not in str(raised.value) and "pw" not in str(raised.value)
+
+
+def test_a_call_that_creates_is_made_again_only_if_it_never_reached_the_store(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """MLflow's own errors: a refused connection (the request never left) against one that
+    was accepted and never answered (the run may have been made)."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
+    with pytest.raises(MlflowException) as refused:
+        MlflowClient(f"http://127.0.0.1:{free_port()}").create_run("0")
+    assert may_wait_for("create_run", refused.value) and may_wait_for("get_run", refused.value)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        with pytest.raises(MlflowException) as unanswered:
+            MlflowClient(f"http://127.0.0.1:{silent.getsockname()[1]}").create_run("0")
+    assert not may_wait_for("create_run", unanswered.value)
+    assert may_wait_for("get_run", unanswered.value)
+    gone = MlflowException("Run 'x' not found", error_code="RESOURCE_DOES_NOT_EXIST")
+    assert not may_wait_for("get_run", gone), "what the store answered is no outage"

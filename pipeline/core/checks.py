@@ -24,7 +24,7 @@ from pipeline.config.metrics import SCORES
 from pipeline.core.data import Dataset, Split, column_stats, fit_table
 from pipeline.core.metrics import user_scores
 from pipeline.core.model import build_network, export_network, servable
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, first_line
 
 
 def first_configuration(params: dict[str, ParamSpec]) -> dict[str, Scalar]:
@@ -91,13 +91,6 @@ def check_model(experiment: Experiment, dataset: Dataset, split: Split) -> None:
             f"registered model needs ({first_line(exc)}); avoid Python control flow on tensor "
             "values and shapes fixed to the batch (e.g. x.view(2, -1); use x.flatten(1))"
         ) from None
-
-
-def first_line(exc: BaseException) -> str:
-    """The first non-empty line of an error's message, at most 300 characters."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = lines[0] if lines else type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def check_metrics(experiment: Experiment, dataset: Dataset, split: Split) -> None:

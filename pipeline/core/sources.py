@@ -25,7 +25,7 @@ from pipeline.config.metrics import Task
 from pipeline.core.data import Dataset, Split, TableColumn, TableLayout, split_dataset, subset
 from pipeline.core.loaders import load_with, regression_targets
 from pipeline.core.table_encoding import category_text, encode_frame
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -266,10 +266,6 @@ def read_rows(path: Path, source: str) -> pd.DataFrame:
         raise PipelineError(f"{path}: no such Parquet file") from None
     except (OSError, ValueError) as exc:  # pyarrow's errors derive from these
         raise PipelineError(f"{path}: cannot read as Parquet: {first_line(exc)}") from None
-
-
-def first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def column_kind(values: pd.Series) -> str:

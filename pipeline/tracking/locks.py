@@ -28,7 +28,7 @@ from mlflow.exceptions import MlflowException
 
 from pipeline import tags
 from pipeline.errors import PipelineError
-from pipeline.tracking.store import Client, unreachable
+from pipeline.tracking.store import Client, impatient, unreachable
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +173,8 @@ class StoreLock:
             current = self.read()
             if current is None:  # released meanwhile: try again
                 continue
+            if current.id == self.holder.id:  # made by a try whose answer the outage lost
+                break
             reason = why_stale(current, time.time(), self.stale_after_s)
             if reason is None:
                 raise LockHeld(self.key, current)
@@ -223,13 +225,14 @@ class StoreLock:
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             try:
-                current = self.read()
-                if current is None or current.id != self.holder.id:
-                    log.error("lost the lock on %s: another run took it over", self.key)
-                    return
-                self.client.set_registered_model_tag(
-                    self.name, tags.LOCK_HEARTBEAT, f"{time.time():.3f}"
-                )
+                with impatient():  # a store that is away: the next beat tries again
+                    current = self.read()
+                    if current is None or current.id != self.holder.id:
+                        log.error("lost the lock on %s: another run took it over", self.key)
+                        return
+                    self.client.set_registered_model_tag(
+                        self.name, tags.LOCK_HEARTBEAT, f"{time.time():.3f}"
+                    )
             except Exception as exc:  # a store that is busy or down for a moment: next beat
                 # (an outage is told once, by the sweep's tracking writes)
                 level = logging.DEBUG if unreachable(exc) else logging.WARNING

@@ -4,12 +4,14 @@ finds or creates an experiment."""
 from __future__ import annotations
 
 import fcntl
+import functools
 import logging
 import os
 import sqlite3
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
@@ -22,7 +24,7 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
 
-from pipeline.errors import PipelineError, StoreAway, StoreUnreachable
+from pipeline.errors import PipelineError, StoreAway, StoreUnreachable, first_line
 from pipeline.tracking.preflight import check_tracking_store
 
 log = logging.getLogger(__name__)
@@ -30,19 +32,20 @@ log = logging.getLogger(__name__)
 Client = MlflowClient  # what the functions of this package take; callers never build one
 
 
-def open_client(tracking_uri: str) -> Client:
+def open_client(tracking_uri: str, *, patience: float = 0.0) -> Client:
     """A client of the tracking store (and its model registry) at `tracking_uri`, checked first
-    (see `check_tracking_store`)."""
+    (see `check_tracking_store`). With `patience`, each of its calls waits that many seconds
+    for a store that goes away meanwhile (see `PatientClient`)."""
     check_tracking_store(tracking_uri)
     database = make_local_store(tracking_uri)
     if database is None:
-        return MlflowClient(tracking_uri)
+        return PatientClient(tracking_uri, patience)
     OPEN_SQLITE.install()
     # Two commands opening a new SQLite store at once would both create (or migrate) its tables
     # and fail; one at a time, the second finds them made.
     with (database.parent / f".{database.name}.lock").open("w") as guard:
         fcntl.flock(guard, fcntl.LOCK_EX)
-        client = MlflowClient(tracking_uri)
+        client = PatientClient(tracking_uri, patience)
         client.search_registered_models(max_results=1)  # opens the registry's side too
     return client
 
@@ -64,6 +67,110 @@ def unreachable(error: BaseException) -> bool:
         said = str(error.message)
         return said.startswith("API request to") and "failed with" in said and "exception" in said
     return isinstance(error, (OSError, exc.OperationalError))
+
+
+# Words of a failure to reach the store at all: the request never left, so even a call that
+# creates something may be sent again (MLflow's "Max retries exceeded ... NewConnectionError",
+# a database that refused the connection or is starting up).
+NEVER_SENT = (
+    "NewConnectionError",
+    "Connection refused",
+    "Failed to establish a new connection",
+    "could not connect",
+    "the database system is starting up",
+    "the database system is shutting down",
+)
+
+
+def may_wait_for(method: str, error: BaseException) -> bool:
+    """Whether a call of `method` that failed with `error` may be made again once the store is
+    back: any call that failed for want of the store (`unreachable`), except that one that
+    creates something (a run, a version, a lock) only when its request never reached the
+    store, lest it be made twice."""
+    if not unreachable(error):
+        return False
+    return not method.startswith("create_") or any(words in str(error) for words in NEVER_SENT)
+
+
+class PatientClient(MlflowClient):
+    """MLflow's client, each of whose calls waits for a store that is away (a server restarting,
+    its database failing over) up to `patience` seconds: tried again with backoff, one line when
+    the outage starts and one when it ends; still away then, `StoreAway` (one line, exit 69).
+
+    For what must see the store: the sweep's lock and parent run, registration, aliases, the
+    promotion gate. A client without patience (0) fails as MLflow's does. Artifact calls are
+    not waited for: they go to the artifact store, whose errors are not the tracking store's."""
+
+    def __init__(self, tracking_uri: str, patience: float = 0.0) -> None:
+        self.patience = patience  # first: MLflow's own set-up may call a method
+        super().__init__(tracking_uri)
+
+    def __getattribute__(self, name: str) -> Any:
+        found = super().__getattribute__(name)
+        if name.startswith("_") or "artifact" in name or not callable(found):
+            return found
+        patience = super().__getattribute__("patience")
+        if patience <= 0:
+            return found
+        return functools.partial(wait_for_store, found, name, patience)
+
+
+class _Waiting(threading.local):
+    inside = False  # a patient call runs on this thread: the calls it makes wait through it
+
+
+WAITING = _Waiting()
+
+
+@contextmanager
+def impatient() -> Iterator[None]:
+    """The block's store calls on this thread fail as MLflow's do, without waiting (a heartbeat
+    that will beat again, a writer with retries of its own)."""
+    before = WAITING.inside
+    WAITING.inside = True
+    try:
+        yield
+    finally:
+        WAITING.inside = before
+
+
+def wait_for_store(
+    method: Callable[..., Any], name: str, patience: float, *args: Any, **kwargs: Any
+) -> Any:
+    """`method(*args, **kwargs)`, made again while the store is away (`may_wait_for`), for up to
+    `patience` seconds from the first failure."""
+    if WAITING.inside:
+        return method(*args, **kwargs)
+    away: float | None = None
+    delay = 1.0
+    with impatient():
+        while True:
+            try:
+                result = method(*args, **kwargs)
+            except Exception as exc:
+                if not may_wait_for(name, exc):
+                    raise
+                now = time.monotonic()
+                if away is None:
+                    away = now
+                    log.warning(
+                        "tracking store unreachable (%s: %s); waiting up to %.0f s for it",
+                        name,
+                        first_line(exc),
+                        patience,
+                    )
+                if now - away >= patience:
+                    raise StoreAway(
+                        f"tracking store unreachable for {now - away:.0f} s "
+                        f"(PIPELINE_TRACKING_OUTAGE_TIMEOUT {patience:.0f} s): {name} failed: "
+                        f"{first_line(exc)}"
+                    ) from None
+                time.sleep(min(delay, patience - (now - away)))
+                delay = min(delay * 2, 30.0)
+                continue
+            if away is not None:
+                log.warning("tracking store back after %.0f s", time.monotonic() - away)
+            return result
 
 
 def open_client_waiting(tracking_uri: str, timeout: float) -> Client:

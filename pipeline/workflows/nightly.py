@@ -91,7 +91,7 @@ def run_night(
     experiment = load_experiment(space)
     try:
         check_tracking_store(settings.tracking_uri)
-        client = open_client(settings.tracking_uri)
+        client = open_client(settings.tracking_uri, patience=settings.outage_timeout)
         experiment_id = ensure_experiment(
             client, experiment.name, settings.artifact_root, runs.describe_experiment(experiment)
         )

@@ -55,7 +55,7 @@ def retrain_and_register(
     """
     watch = stopwatch or Stopwatch()
     uri = settings.tracking_uri
-    client = open_client(uri)
+    client = open_client(uri, patience=settings.outage_timeout)
     sweep = find_sweep(client, experiment_name, parent_run_id)
     experiment = sweep.experiment
     dataset, split = experiment_split(experiment, settings.data_dir)

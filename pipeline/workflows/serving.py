@@ -37,7 +37,7 @@ def promote(
     min_delta: float = 0.0,
 ) -> Decision:
     """Make the challenger (or `version`) champion if it beats the champion on the test split."""
-    client = open_client(settings.tracking_uri)
+    client = open_client(settings.tracking_uri, patience=settings.outage_timeout)
     return promotion.promote(
         client,
         settings.tracking_uri,
@@ -52,7 +52,8 @@ def promote(
 
 def rollback(settings: Settings, model: str, actor: str) -> Decision:
     """Give `champion` back to the previous champion."""
-    return promotion.rollback(open_client(settings.tracking_uri), model, actor)
+    client = open_client(settings.tracking_uri, patience=settings.outage_timeout)
+    return promotion.rollback(client, model, actor)
 
 
 def chosen_version(client: Client, model: str, alias: str, version: int | None) -> str:

@@ -132,7 +132,7 @@ def run_sweep(
         dataset.num_classes,
     )
     watch.lap("ray start")
-    client = open_client(settings.tracking_uri)
+    client = open_client(settings.tracking_uri, patience=settings.outage_timeout)
     experiment_id = ensure_experiment(
         client,
         job.experiment_name,
