@@ -1,7 +1,8 @@
-"""Nightly reruns through the real CLI on a CSV data set that grows: three nights (the third
-started by the crontab line `make schedule` installed, run by hand), the same night twice, two
-nights at once, and a night whose driver is killed mid-sweep. Everything is read back from the
-MLflow store, the crontab and a local webhook."""
+"""Nightly reruns through the real CLI on a CSV data set that grows: three nights (the first
+stopped mid-sweep by SIGTERM to its process group, as systemd, `timeout` and scancel stop it,
+then run again; the third started by the crontab line `make schedule` installed, run by hand),
+the same night twice, two nights at once, and a night whose driver is killed mid-sweep.
+Everything is read back from the MLflow store, the crontab and a local webhook."""
 
 from __future__ import annotations
 
@@ -114,6 +115,7 @@ class Nights:
     hook: Hook
     cron_lines: dict[str, list[str]]  # the crontab after each step
     registry: dict[str, dict[str, Any]]  # aliases and version tags after a step
+    stopped: tuple[int, str, int, int]  # the night stopped: status, output, runs RUNNING, locks
 
     def runs(self) -> list[Run]:
         experiment = self.client.get_experiment_by_name(EXPERIMENT)
@@ -136,6 +138,28 @@ class Nights:
         ]
 
 
+def stopped_night(folder: Path, args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """A night started in a session of its own and sent SIGTERM, to its whole process group,
+    once a trial of its sweep has finished; its status and output."""
+    night = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    db = folder / "mlruns" / "mlflow.db"
+    deadline = time.monotonic() + 300
+    while finished_trial_runs(db) < 1 and night.poll() is None:
+        assert time.monotonic() < deadline, "the night made no progress"
+        time.sleep(0.3)
+    os.killpg(night.pid, signal.SIGTERM)
+    output, _ = night.communicate(timeout=120)
+    return night.returncode, output
+
+
 @pytest.fixture(scope="module")
 def nights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nights]:
     folder = tmp_path_factory.mktemp("nightly")
@@ -152,10 +176,18 @@ def nights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nights]:
     crontab = private_crontab(folder / "crontabs")
     crontab.write(["17 4 * * * /usr/bin/true  # someone else's line"])
     try:
+        first = ["nightly", "--space", str(space), "--date", "2026-11-01"]
+        status, said = stopped_night(folder, first, cli_env(NIGHTLY_WEBHOOK_URL=hook.url))
+        client = MlflowClient(f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}")
+        running = client.search_runs(
+            [client.get_experiment_by_name(EXPERIMENT).experiment_id],
+            "attributes.status = 'RUNNING'",
+        )
+        locks = client.search_registered_models("name LIKE 'pipeline-lock.%'")
+        stopped = (status, said, len(running), len(locks))
         for date in ("2026-11-01", "2026-11-02"):
             args = ["nightly", "--space", str(space), "--date", date]
             step(date, run_cli(folder, *args, NIGHTLY_WEBHOOK_URL=hook.url))
-        client = MlflowClient(f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}")
         registry = {"2026-11-02": registry_state(client, MODEL)}
         # The third night: the data grew, the space gained a parameter, and cron starts it. Its
         # learning rate is now a constant too small to learn anything in three epochs: its
@@ -178,7 +210,7 @@ def nights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nights]:
         step("history", run_cli(folder, "history", "--model", MODEL))
         step("unschedule", make(folder, crontab, "unschedule", f"SPACE={space}"))
         cron_lines["unscheduled"] = crontab.lines()
-        yield Nights(folder, client, outputs, codes, hook, cron_lines, registry)
+        yield Nights(folder, client, outputs, codes, hook, cron_lines, registry, stopped)
     finally:
         hook.close()
 
@@ -186,6 +218,21 @@ def nights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nights]:
 def test_every_step_succeeded(nights: Nights) -> None:
     for name, code in nights.codes.items():
         assert code == 0, f"{name}: {nights.outputs[name][-3000:]}"
+
+
+def test_a_night_stopped_by_sigterm_to_its_group_stops_gracefully_and_resumes(
+    nights: Nights,
+) -> None:
+    """SIGTERM to the night's whole process group (a local Ray's processes run in a session of
+    their own) reaches the driver alone: 143 after Tune saved its state, no run RUNNING, the
+    lock released; the same night run again resumes that sweep (night 1's tests below check
+    what it made)."""
+    status, said, running, locks = nights.stopped
+    assert status == 143, said[-3000:]
+    assert "Experiment has been interrupted, but the most recent state was saved" in said
+    assert "Traceback" not in said and "Failed to connect to GCS" not in said
+    assert (running, locks) == (0, 0)
+    assert "resuming its sweep" in nights.outputs["2026-11-01"]
 
 
 def test_night_1_registers_version_1_and_promotes_it(nights: Nights) -> None:

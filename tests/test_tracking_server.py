@@ -2,15 +2,19 @@
 from the `server` extra, as deploy/mlflow/Dockerfile installs it) running
 deploy/mlflow/entrypoint.sh; two replicas started at once on one empty PostgreSQL database;
 MLflow's basic auth; artifacts on an S3-compatible store (moto's server). A sweep (trial state
-on that store too), its retrain, promote and predict go through it. Then `python -m pipeline
-mlflow-server` (make mlflow-server) with basic auth."""
+on that store too), its retrain, promote and predict go through it; mid-sweep, the database
+goes away for longer than MLflow's own retries last (its connections cut and new ones refused,
+as a restart or failover does to its clients) and comes back: nothing is lost. Then `python -m
+pipeline mlflow-server` (make mlflow-server) with basic auth."""
 
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -37,6 +41,7 @@ from tests.conftest import (
     free_port,
     one_worker,
     run_cli,
+    s3_client,
     s3_keys,
     wait_until,
 )
@@ -45,6 +50,9 @@ pytestmark = [pytest.mark.slow, one_worker("servers")]
 ENTRYPOINT = REPO / "deploy" / "mlflow" / "entrypoint.sh"
 MODEL = "smoke-digits-mlp"
 TRIALS = 3  # of the sweep run through the server
+# How long its database is away mid-sweep: past MLflow's own retries of a request (about 31 s),
+# so that the pipeline's queue and waits carry the sweep through.
+OUTAGE_S = 45
 ADMIN, ADMIN_PASSWORD = "admin", "c0rrect%horse:battery"  # % and : on purpose
 DB_PASSWORD = "p@ss:w/rd%#?&"  # every character a URL must encode
 # The Host headers users send: a pod's IP, the Service's names, a port-forward.
@@ -235,20 +243,54 @@ def test_the_admin_password_rotates_when_the_environment_says_so(
     assert get(f"{uri}{SEARCH}", login=(ADMIN, ADMIN_PASSWORD)) == 200
 
 
+def finished_trials(database_url: str) -> int:
+    """Trial runs the server's database holds FINISHED."""
+    with psycopg.connect(database_url, connect_timeout=5) as connection:
+        [(count,)] = connection.execute(
+            "SELECT count(*) FROM runs WHERE status = 'FINISHED' AND run_uuid IN "
+            "(SELECT run_uuid FROM tags WHERE key = 'trial_id')"
+        ).fetchall()
+    return int(count)
+
+
+def database_away(database_url: str, seconds: float) -> None:
+    """The database refuses new connections and its open ones are cut, for `seconds`: what the
+    server sees of a database restart or failover (the PostgreSQL that other tests share keeps
+    running)."""
+    name = database_url.rsplit("/", 1)[1]
+    with admin_connection() as admin:
+        admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+        try:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (name,),
+            )
+            time.sleep(seconds)
+        finally:
+            admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+
+
 @pytest.fixture(scope="module")
 def cycle(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tune (trial state on the S3 store) and promote through one replica; export and predict
-    through the other."""
+    """tune (trial state on the S3 store; its database away for OUTAGE_S mid-sweep) and promote
+    through one replica; export and predict through the other."""
     folder = tmp_path_factory.mktemp("client")
     settings = {**deployment.client_env, "PIPELINE_STORAGE": "s3://trials/hpo"}
     # A few trials (the point is where things go, not what they learn), checkpointing every
     # epoch, so that trial state on S3 includes checkpoints.
     tune = ["tune", "--space", str(SPACES / "smoke.yaml"), "--set", "budget.checkpoint_seconds=0"]
     tune += ["--set", f"budget.num_samples={TRIALS}", "--set", "search.n_initial_points=1"]
-    for command in (tune, ["promote", "--model", MODEL]):
-        done = run_cli(folder, *command, **settings)
-        assert done.returncode == 0, done.stderr[-3000:]
-        (folder / f"{command[0]}.out").write_text(done.stdout + done.stderr)
+    command = [sys.executable, "-m", "pipeline", *tune]
+    log = folder / "tune.out"
+    with background(command, cli_env(**settings), folder, log) as sweep:
+        wait_until(
+            lambda: finished_trials(deployment.database_url) >= 1, 300, "a trial", log, sweep
+        )
+        database_away(deployment.database_url, OUTAGE_S)
+        assert sweep.wait(timeout=600) == 0, log.read_text()[-3000:]
+    done = run_cli(folder, "promote", "--model", MODEL, **settings)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (folder / "promote.out").write_text(done.stdout + done.stderr)
     rows, output = folder / "rows.csv", folder / "predictions.csv"
     other = {**settings, "MLFLOW_TRACKING_URI": deployment.replicas[1]}
     for command in (
@@ -279,6 +321,7 @@ def test_runs_are_readable_through_the_server(tracking: MlflowClient, cycle: Pat
     assert parent.data.tags["sweep_path"].startswith("s3://trials/hpo/")
     for trial in trials:
         assert trial.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert trial.info.status == "FINISHED" and trial.data.params
         history = tracking.get_metric_history(trial.info.run_id, "val_acc")
         assert [m.step for m in history] == list(range(1, len(history) + 1))
     assert retrain.data.tags["mlflow.parentRunId"] == parent.info.run_id
@@ -288,6 +331,33 @@ def test_runs_are_readable_through_the_server(tracking: MlflowClient, cycle: Pat
     assert not list(cycle.rglob("mlflow.db"))
     assert [p.name for p in (cycle / "mlruns").iterdir()] == ["spool"]
     assert not list((cycle / "mlruns" / "spool").rglob("*.jsonl"))
+
+
+def test_a_database_away_mid_sweep_loses_nothing_and_is_told_in_two_lines(
+    tracking: MlflowClient, deployment: Deployment, cycle: Path
+) -> None:
+    """The sweep went on through the outage and ended 0 (see `cycle`): each trial run holds
+    every epoch Ray recorded for it in its result.json on S3, once; the console told the
+    outage once when it began and once when it ended, without MLflow's retry warnings."""
+    said = (cycle / "tune.out").read_text()
+    began = [line for line in said.splitlines() if "tracking store unreachable since" in line]
+    ended = [line for line in said.splitlines() if "tracking store back after" in line]
+    assert len(began) == 1 and len(ended) == 1, said[-3000:]
+    assert "Retrying (" not in said and "Traceback" not in said
+    experiment = tracking.get_experiment_by_name("smoke")
+    runs = tracking.search_runs([experiment.experiment_id], max_results=1000)
+    s3 = s3_client(deployment.s3)
+    recorded = {}
+    for key in s3_keys(deployment.s3, "trials", "hpo/"):
+        if key.endswith("/result.json"):
+            body = s3.get_object(Bucket="trials", Key=key)["Body"].read().decode()
+            lines = [json.loads(line) for line in body.splitlines()]
+            recorded[lines[0]["trial_id"]] = len({line["epoch"] for line in lines})
+    trials = {r.data.tags["trial_id"]: r for r in runs if "trial_id" in r.data.tags}
+    assert set(trials) == set(recorded)
+    for trial_id, run in trials.items():
+        steps = [m.step for m in tracking.get_metric_history(run.info.run_id, "val_acc")]
+        assert steps == list(range(1, recorded[trial_id] + 1)), (trial_id, steps)
 
 
 def test_artifacts_and_trial_state_live_on_the_s3_store(

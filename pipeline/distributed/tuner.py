@@ -30,6 +30,7 @@ from pipeline.distributed.results import (
     TunerResults,
     epoch_histories,
     tag_number,
+    trial_ended,
     trial_id_of,
     trial_rows,
 )
@@ -393,7 +394,7 @@ def fit(
     histories = epoch_histories(grid, experiment.trial_scores)
     return TunerResults(
         rows=trial_rows(grid, experiment, histories),
-        ended=grid.num_terminated + grid.num_errors,
+        ended=sum(trial_ended(grid[i]) for i in range(len(grid))),
         terminated=terminated,
         histories=histories,
         lost_checkpoints=[
