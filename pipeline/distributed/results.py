@@ -19,7 +19,8 @@ class TunerResults:
     """What a finished (or interrupted) `Tuner.fit` leaves, as plain values."""
 
     rows: list[TrialRow]  # one per trial, see `trial_rows`
-    ended: int  # trials that ended (see `ended`)
+    ended: int  # trials that terminated or errored
+    interrupted: bool  # Ctrl-C or SIGTERM stopped it (Tune saved its state for a resume)
     terminated: bool  # SIGTERM stopped it (as Ctrl-C does)
     histories: dict[str, list[dict[str, float]]]  # trial id -> each epoch's reported metrics
     lost_checkpoints: list[str]  # trials that errored because their checkpoint was gone
@@ -28,13 +29,6 @@ class TunerResults:
 # Ray's error when a resumed sweep's saved state names a checkpoint that Ray had already deleted
 # (num_to_keep): a driver killed between that deletion and the next snapshot of its state.
 LOST_CHECKPOINT = "Could not recover from checkpoint as it does not exist on storage anymore"
-
-
-def trial_ended(result: Any) -> bool:
-    """Whether a trial of a ResultGrid ended: it errored, or its last result is marked done (its
-    function returned, or the scheduler stopped it). A sweep stopped by Ctrl-C or SIGTERM leaves
-    the trials it stopped TERMINATED too, but not done: they continue on a resume."""
-    return result.error is not None or bool((result.metrics or {}).get("done"))
 
 
 def trial_id_of(result: Any) -> str:

@@ -30,7 +30,6 @@ from pipeline.distributed.results import (
     TunerResults,
     epoch_histories,
     tag_number,
-    trial_ended,
     trial_id_of,
     trial_rows,
 )
@@ -379,6 +378,8 @@ def fit(
         watcher.begin(experiment.budget.num_samples, experiment.metric, experiment.mode)
     watching = running_watcher.set(watcher)
     in_main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGINT)
+    stopped = False
     if in_main:
         previous = signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGUSR1, signal.SIG_DFL)  # not an earlier sweep's handler
@@ -388,13 +389,22 @@ def fit(
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)
+            # Tune's Ctrl-C handler stays installed after a sweep that ran to its end, and puts
+            # back the one it found when it catches a stop (Ctrl-C, or `stop`'s SIGUSR1): it
+            # still there tells that the sweep was not stopped. Counting ended trials cannot:
+            # Tune leaves the trials it stops TERMINATED too.
+            tune_handles_sigint = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") == "0"
+            stopped = tune_handles_sigint and signal.getsignal(signal.SIGINT) is before
+            if before is not None:  # None: a handler not set from Python, which Tune kept
+                signal.signal(signal.SIGINT, before)
         if watcher is not None:
             watcher.close()
         running_watcher.reset(watching)
     histories = epoch_histories(grid, experiment.trial_scores)
     return TunerResults(
         rows=trial_rows(grid, experiment, histories),
-        ended=sum(trial_ended(grid[i]) for i in range(len(grid))),
+        ended=grid.num_terminated + grid.num_errors,
+        interrupted=stopped or terminated,
         terminated=terminated,
         histories=histories,
         lost_checkpoints=[

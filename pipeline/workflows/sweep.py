@@ -183,7 +183,7 @@ def run_sweep(
                 f"writes kept in {spool}; once it is back, `tune --resume` delivers them and "
                 "finishes the sweep (`python -m pipeline sync` delivers them alone)"
             )
-        interrupted = results.ended < job.experiment.budget.num_samples
+        interrupted = results.interrupted or results.ended < job.experiment.budget.num_samples
         trials = record_outcome(
             sweep, job.experiment, results, complete=not interrupted, restarted=restarted
         )
