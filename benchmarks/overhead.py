@@ -57,6 +57,7 @@ from pipeline.core.data import Dataset, split_dataset
 from pipeline.core.sources import load_dataset
 from pipeline.distributed import cluster
 from pipeline.settings import Settings
+from pipeline.tracking.spool import SENDER_THREAD
 from pipeline.tracking.store import open_client
 from pipeline.workflows.sweep import SweepJob, SweepResult, run_sweep
 
@@ -137,9 +138,9 @@ class Figures:
 
 
 class DriverMlflowClock:
-    """Seconds the driver's threads other than the trial writer (which counts its own) spend
-    inside MlflowClient calls, outermost calls only; every public method is timed while the
-    block runs."""
+    """Seconds the driver's threads other than the trial writer's sender (which counts its own)
+    spend inside MlflowClient calls, outermost calls only; every public method is timed while
+    the block runs."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
@@ -149,7 +150,7 @@ class DriverMlflowClock:
     def _timed(self, method: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(method)
         def timed(*args: Any, **kwargs: Any) -> Any:
-            if threading.current_thread().name == "mlflow-writer":
+            if threading.current_thread().name == SENDER_THREAD:
                 return method(*args, **kwargs)
             depth = getattr(self._depth, "value", 0)
             self._depth.value = depth + 1

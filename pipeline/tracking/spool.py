@@ -145,6 +145,10 @@ MAX_BACKOFF_S = 30.0  # the longest wait between two tries of a write while the 
 CLOSING_BACKOFF_S = 5.0  # the same once the command waits for the store at its end
 
 
+# The name of a sender's thread (benchmarks/overhead.py tells its MLflow calls from the driver's).
+SENDER_THREAD = "tracking-sender"
+
+
 class Sender:
     """Sends a spool's writes with `deliver`, in order, on a thread of its own.
 
@@ -166,7 +170,7 @@ class Sender:
         self._closing = False
         self._wake = threading.Event()  # cuts a wait between tries short (closing, giving up)
         self._abandon = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="tracking-sender", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=SENDER_THREAD, daemon=True)
         self._thread.start()
 
     def send(self, writes: list[Write]) -> None:
