@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pipeline.tracking.store import unreachable
+from pipeline.tracking.store import MAX_BACKOFF_S, unreachable
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,6 @@ class Spool:
             return
 
 
-MAX_BACKOFF_S = 30.0  # the longest wait between two tries of a write while the store is away
 CLOSING_BACKOFF_S = 5.0  # the same once the command waits for the store at its end
 
 

@@ -69,6 +69,8 @@ def unreachable(error: BaseException) -> bool:
     return isinstance(error, (OSError, exc.OperationalError))
 
 
+MAX_BACKOFF_S = 30.0  # the longest wait between two tries of a call while the store is away
+
 # Words of a failure to reach the store at all: the request never left, so even a call that
 # creates something may be sent again (MLflow's "Max retries exceeded ... NewConnectionError",
 # a database that refused the connection or is starting up).
@@ -166,7 +168,7 @@ def wait_for_store(
                         f"{first_line(exc)}"
                     ) from None
                 time.sleep(min(delay, patience - (now - away)))
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, MAX_BACKOFF_S)
                 continue
             if away is not None:
                 log.warning("tracking store back after %.0f s", time.monotonic() - away)
