@@ -1,7 +1,8 @@
 """The spool: tracking writes kept on local disk until the store has accepted them.
 
-A writer appends each batch of writes here (fsynced) before it sends any of them, sends them in
-order, and marks each accepted one delivered; what a store outage, or a killed driver, left
+A writer appends each batch of writes here before it sends any of them (the sender syncs the
+file to disk before it sends what was appended), sends them in order, and marks each accepted
+one delivered; what a store outage, or a killed driver, left
 undelivered is sent again by the next writer of the same sweep (`tune --resume`) or by
 `python -m pipeline sync`. Sending a write twice is harmless: the writes are idempotent (see
 `tracking.trials.TrialWriter`).
@@ -62,6 +63,7 @@ class Spool:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.delivered_path = path.with_suffix(".delivered")
+        self._fd: int | None = None  # opened for appending on first need
 
     @classmethod
     def open(cls, spool_dir: Path, tracking_uri: str, key: str, header: dict[str, Any]) -> Spool:
@@ -71,6 +73,7 @@ class Spool:
         (spool.path.parent / "store").write_text(store_name(tracking_uri) + "\n")
         if not spool.path.exists() or spool.path.stat().st_size == 0:
             spool._append_lines([header])
+            spool.sync()
         else:
             spool._cut_torn_tail()
         return spool
@@ -85,9 +88,16 @@ class Spool:
         return max((write["seq"] for write in self._writes()), default=0)
 
     def append(self, writes: list[Write]) -> None:
-        """Keep `writes` (each with its `seq`) on disk, synced, before any is sent."""
+        """Keep `writes` (each with its `seq`) in the file: a killed process loses none of
+        them; `sync` makes them survive the machine too, before any is sent."""
         if writes:
             self._append_lines(writes)
+
+    def sync(self) -> None:
+        """Put what was appended on disk (fsync): off the caller of `append`, which is the
+        driver's event loop."""
+        if self._fd is not None:
+            os.fsync(self._fd)
 
     def pending(self) -> list[Write]:
         """The writes the store has not accepted yet, in order."""
@@ -107,17 +117,25 @@ class Spool:
         partial.write_text(str(seq))
         partial.replace(self.delivered_path)
 
+    def close(self) -> None:
+        """Stop appending (the file stays)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
     def remove(self) -> None:
         """Forget the spool: everything in it was delivered."""
+        self.close()
         self.delivered_path.unlink(missing_ok=True)
         self.path.unlink(missing_ok=True)
 
     def _append_lines(self, records: list[dict[str, Any]]) -> None:
         text = "".join(json.dumps(record, separators=(",", ":")) + "\n" for record in records)
-        with self.path.open("a") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        data = text.encode()
+        while data:  # one write call, unless the kernel takes less
+            data = data[os.write(self._fd, data) :]
 
     def _cut_torn_tail(self) -> None:
         """Drop a last line a kill cut off mid-append (never sent), so that writes appended
@@ -141,6 +159,7 @@ class Spool:
             return
 
 
+MARK_EVERY_S = 1.0  # how often a sender that is behind marks what was delivered
 CLOSING_BACKOFF_S = 5.0  # the same once the command waits for the store at its end
 
 
@@ -164,7 +183,9 @@ class Sender:
         self.busy_seconds = 0.0  # time spent sending
         self.outage_since: float | None = None  # when the write that found the store away began
         self._backlog: deque[Write] = deque(spool.pending())  # what a killed driver left first
-        self._seq = spool.last_seq()
+        self._seq = spool.last_seq()  # the last write numbered (by the thread that sends)
+        self._synced = 0  # the last write known to be on disk
+        self._accepted = 0  # the last write the store accepted (marked at the latest at the end)
         self._changed = threading.Condition()
         self._closing = False
         self._wake = threading.Event()  # cuts a wait between tries short (closing, giving up)
@@ -173,12 +194,13 @@ class Sender:
         self._thread.start()
 
     def send(self, writes: list[Write]) -> None:
-        """Number `writes`, keep them in the spool, and queue them."""
+        """Number `writes`, keep them in the spool, and queue them (from one thread: the
+        driver's)."""
+        for write in writes:
+            self._seq += 1
+            write["seq"] = self._seq
+        self.spool.append(writes)  # outside the lock: the sender never waits on this file
         with self._changed:
-            for write in writes:
-                self._seq += 1
-                write["seq"] = self._seq
-            self.spool.append(writes)
             self._backlog.extend(writes)
             self._changed.notify()
 
@@ -199,9 +221,13 @@ class Sender:
                 self._wake.set()
                 self._thread.join()
         left = len(self._backlog)
+        self.spool.close()
         if left == 0:
             self.spool.remove()
-        elif self.outage_since is not None:
+            return 0
+        if self._accepted > self.spool.delivered():
+            self.spool.mark_delivered(self._accepted)
+        if self.outage_since is not None:
             log.warning(
                 "tracking store still unreachable after %.0f s: %d writes kept in %s",
                 time.time() - self.outage_since,
@@ -211,18 +237,29 @@ class Sender:
         return left
 
     def _run(self) -> None:
+        marked = time.monotonic()
         while True:
             with self._changed:
                 while not self._backlog and not self._closing:
                     self._changed.wait()
                 if not self._backlog:
                     return
-                write = self._backlog[0]
+                write, newest = self._backlog[0], self._backlog[-1]["seq"]
+            if write["seq"] > self._synced:  # on disk before it is sent: queued ones with it
+                self.spool.sync()
+                self._synced = newest
             if not self._deliver(write):
                 return
             with self._changed:
                 self._backlog.popleft()
+                caught_up = not self._backlog
+            self._accepted = write["seq"]
+            # Marked once the queue is empty, or every MARK_EVERY_S (a kill makes the writes
+            # since the last mark be sent again, which changes nothing): fewer file writes on
+            # a thread that shares the driver's interpreter lock.
+            if caught_up or time.monotonic() - marked > MARK_EVERY_S:
                 self.spool.mark_delivered(write["seq"])
+                marked = time.monotonic()
 
     def _deliver(self, write: Write) -> bool:
         """Send `write` until the store accepts or refuses it; False if given up meanwhile."""

@@ -200,6 +200,8 @@ class TrialRecorder:
     def _send(self, *writes: Write) -> None:
         """Keep `writes` in the spool, then queue them for the sender (started on first use:
         a resumed sweep's first writes come after what a killed driver left undelivered)."""
+        if not writes:
+            return
         if self._sender is None:
             header = {
                 "kind": "trials",
@@ -222,8 +224,8 @@ class TrialRecorder:
         if self._sender is None:
             return
         for trial_id in list(self._open):
-            self._flush(trial_id, {tags.TRIAL_STATE: "interrupted"})
-            self._send({"op": "end", "trial": trial_id, "status": "KILLED"})
+            ending = self._buffered(trial_id, {tags.TRIAL_STATE: "interrupted"})
+            self._send(*ending, {"op": "end", "trial": trial_id, "status": "KILLED"})
         self._open.clear()
         self.undelivered = self._sender.finish(self.outage_timeout)
         self.busy_seconds = self._sender.busy_seconds
@@ -275,7 +277,7 @@ class TrialRecorder:
         epoch = {"epoch": float(step), **{name: float(result[name]) for name in self.scores}}
         self._epochs.setdefault(trial_id, []).append(epoch)
         if time.monotonic() - self._last_flush.get(trial_id, 0.0) >= self.flush_seconds:
-            self._flush(trial_id)
+            self._send(*self._buffered(trial_id))
 
     def end(self, trial_id: str, state: str, error: str | None) -> None:
         """The trial ended in `state` (with `error`, if it failed): flush it with its best epoch,
@@ -284,26 +286,30 @@ class TrialRecorder:
         if error is not None:
             ending[tags.TRIAL_ERROR] = error[:5000]  # MLflow's limit on a tag value
         epochs = self._epochs.pop(trial_id, [])
-        self._flush(trial_id, ending, epochs if state in VALID_STATES else None)
+        logged = self._buffered(trial_id, ending, epochs if state in VALID_STATES else None)
         status = "FAILED" if error is not None else "FINISHED"
-        self._send({"op": "end", "trial": trial_id, "status": status})
+        # One batch (one append to the spool) for the trial's last epochs and its end.
+        self._send(*logged, {"op": "end", "trial": trial_id, "status": status})
         self._open.discard(trial_id)
 
-    def _flush(
+    def _buffered(
         self,
         trial_id: str,
         marks: dict[str, str] | None = None,
         epochs: list[dict[str, float]] | None = None,
-    ) -> None:
-        """Hand the trial's buffered metrics and tags to the sender as one write (with its best
-        epoch among `epochs` and those logged before a resume, if given)."""
+    ) -> list[Write]:
+        """The trial's buffered metrics and tags (and `marks`) as one write, taken from the
+        buffer (with its best epoch among `epochs` and those logged before a resume, if
+        given); none if nothing was buffered."""
         metrics = self._pending.pop(trial_id, [])
         all_tags = {**self._pending_tags.get(trial_id, {}), **(marks or {})}
         self._pending_tags[trial_id] = {}
         self._last_flush[trial_id] = time.monotonic()
-        if metrics or all_tags or epochs:
-            write = {"op": "log", "trial": trial_id, "metrics": metrics, "tags": all_tags}
-            self._send({**write, "epochs": epochs})
+        if not (metrics or all_tags or epochs):
+            return []
+        return [
+            {"op": "log", "trial": trial_id, "metrics": metrics, "tags": all_tags, "epochs": epochs}
+        ]
 
 
 def at_point(params: dict[str, Scalar], point: dict[str, Scalar]) -> bool:
