@@ -50,7 +50,7 @@ pytestmark = [pytest.mark.slow, one_worker("servers")]
 ENTRYPOINT = REPO / "deploy" / "mlflow" / "entrypoint.sh"
 MODEL = "smoke-digits-mlp"
 TRIALS = 3  # of the sweep run through the server
-# How long its database is away mid-sweep: past MLflow's own retries of a request (about 31 s),
+# How long its database is away mid-sweep: past MLflow's own retries of a request (about 7 s),
 # so that the pipeline's queue and waits carry the sweep through.
 OUTAGE_S = 45
 ADMIN, ADMIN_PASSWORD = "admin", "c0rrect%horse:battery"  # % and : on purpose

@@ -80,9 +80,11 @@ def configure(console: Console, debug: bool, verbose: bool = False) -> None:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     # MLflow's usage telemetry is a queue and a sender thread in the driver, beside the trials.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    # Transient tracking-server errors are retried: 5 times with backoff 1, 2, 4, 8, 16 s (MLflow's
-    # own default, 7 retries at factor 2, can hold a command for minutes).
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
+    # A request MLflow cannot get answered is tried 3 times more, 1, 2 and 4 s apart (its own
+    # default, 7 retries at factor 2, holds a call for minutes): a longer outage is the
+    # pipeline's to ride out (its spool and its waits, up to PIPELINE_TRACKING_OUTAGE_TIMEOUT),
+    # and is told within seconds of its start.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     # Model loading never unpickles: pt2 models need no pickle, and refuse it.
     os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
