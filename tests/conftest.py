@@ -380,6 +380,7 @@ GROUPS_LONGEST_FIRST = (
     "cluster",
     "recovery",
     "servers",
+    "outages",
     "registry",
     "nightly",
     "examples",

@@ -314,7 +314,8 @@ def test_promote_with_no_challenger_is_a_quiet_no_op(cycle: Cycle) -> None:
 
 
 def test_a_challenger_trained_on_another_data_set_is_refused(cycle: Cycle) -> None:
-    wine = ["--set", "name=smoke-wine", "--set", "data.source=wine", *SINGLE_CONFIG]
+    wine = ["--set", "name=smoke-wine", "--set", "data.source=wine", *SINGLE_CONFIG, *ONE_EPOCH]
+    wine += ["--set", "budget.num_samples=1"]  # one trial: what counts is the data it saw
     ok(cycle.folder, "tune", "--space", SMOKE, *wine)
     before = registry_state(cycle.client, MODEL)
     assert before["aliases"]["challenger"] == "4"

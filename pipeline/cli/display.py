@@ -77,7 +77,8 @@ def print_sweep(result: SweepResult, top: int = 5) -> None:
             )
         out.print(shown)
     states = Counter(row.state for row in trials).most_common()
-    out.print(f"trials: {', '.join(f'{n} {s}' for s, n in states)}")
+    epochs = sum(row.epochs_trained for row in trials)
+    out.print(f"trials: {', '.join(f'{n} {s}' for s, n in states)}; {epochs} epochs trained")
     out.print(
         f"wall time {result.wall_seconds:.1f} s; MLflow writes {result.tracking_seconds:.2f} s"
     )
