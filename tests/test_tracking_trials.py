@@ -3,13 +3,17 @@ them over (no Ray needed to produce them)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipeline.tracking.runs import LoggedData
 from pipeline.tracking.store import open_client
-from pipeline.tracking.trials import TrialRecorder
+from pipeline.tracking.trials import TrialRecorder, TrialWriter
 
 # A classification trial's scores, as `Experiment.trial_scores` names them.
 SCORES = ("train_loss", "val_loss", "val_acc", "val_macro_f1", "val_auc")
@@ -96,3 +100,59 @@ def test_a_restarted_trial_repeats_no_epoch_and_records_its_best_one(tmp_path: P
     assert run.data.metrics["best_val_acc"] == pytest.approx((0.9 + 0.7 + 0.8) / 3)
     assert run.info.run_name == "t03 adam 2x64"
     assert run.data.tags["trial_state"] == "completed" and run.info.status == "FINISHED"
+
+
+class CutOnce:
+    """A real client of the store whose `method` is cut once: the call reaches the store (done
+    before the cut, as when the answer is lost with the connection) or not at all."""
+
+    def __init__(self, client: MlflowClient, method: str, *, reached: bool) -> None:
+        self.client, self.method, self.reached = client, method, reached
+        self.cut = False
+
+    def __getattr__(self, name: str) -> Any:
+        call = getattr(self.client, name)
+        if name != self.method or self.cut:
+            return call
+
+        def cut(*args: Any, **kwargs: Any) -> Any:
+            self.cut = True
+            if self.reached:
+                call(*args, **kwargs)
+            raise MlflowException("connection reset by peer")
+
+        return cut
+
+
+@pytest.mark.parametrize(
+    ("method", "reached"),
+    [("create_run", True), ("log_batch", False), ("log_batch", True), ("log_inputs", False)],
+)
+def test_a_start_sent_again_after_a_cut_makes_one_complete_run(
+    tmp_path: Path, method: str, reached: bool
+) -> None:
+    """The sender sends a trial's start again when a call of it failed for want of the store.
+    Whichever call was cut, and whether it reached the store or not, the trial ends with one
+    run holding its params and its data: never a second run, never a run without params."""
+    _, client, experiment_id, parent = recorder_on(tmp_path)
+    data = LoggedData(
+        name="digits",
+        source="sklearn:digits",
+        fingerprint="abc123",
+        rows=600,
+        input_shape=(64,),
+        context="training",
+    )
+    header = {"experiment_id": experiment_id, "parent_run_id": parent, "metric": "val_acc"}
+    header |= {"mode": "max", "scores": list(SCORES), "data": dataclasses.asdict(data)}
+    writer = TrialWriter(CutOnce(client, method, reached=reached), header)  # type: ignore[arg-type]
+    start = {"op": "start", "trial": "t1", "name": "t01 adam", "params": {"lr": "0.01"}}
+    start["marks"] = {"mlflow.parentRunId": parent, "trial_id": "t1"}
+    with pytest.raises(MlflowException):
+        writer.deliver(start)
+    writer.deliver(start)
+    runs = [r for r in client.search_runs([experiment_id]) if r.info.run_id != parent]
+    assert len(runs) == 1
+    [run] = runs
+    assert run.data.params == {"lr": "0.01"}
+    assert [d.dataset.digest for d in run.inputs.dataset_inputs] == ["abc123"]

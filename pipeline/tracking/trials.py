@@ -36,7 +36,8 @@ class TrialWriter:
     after a lost answer or a killed driver, it changes nothing more.
 
     - `start` finds the trial's run by `trial_id` (a resumed trial, or a start already
-      delivered) or creates it, with its tags and hyperparameters (params, write-once);
+      delivered, in full or in part) or creates it, with its tags, hyperparameters (params,
+      write-once) and data, whichever of those it lacks;
     - `log` sends epochs past those the run holds (each metric keeps the timestamp it was
       given, so a repeat is dropped by the store), the tags, and, once the trial has ended, its
       best epoch among all it logged;
@@ -54,6 +55,7 @@ class TrialWriter:
         self.data = None if data is None else runs.LoggedData(**data).as_input()
         self._run_ids: dict[str, str] | None = None  # trial id -> run id, read on first need
         self._logged: dict[str, list[dict[str, float]]] = {}  # epochs a run held when reopened
+        self._tried: set[str] = set()  # trials whose start was sent at least once
 
     def deliver(self, write: Write) -> None:
         """Send one write; an error from the store propagates (see `store.unreachable`)."""
@@ -81,20 +83,33 @@ class TrialWriter:
 
     def _start(self, write: Write) -> None:
         trial_id = write["trial"]
+        if trial_id in self._tried and trial_id not in self._runs():
+            self._run_ids = None  # a try whose answer was lost may have made the run: look again
+        self._tried.add(trial_id)
         run_id = self._runs().get(trial_id)
-        if run_id is not None:  # resumed, or started before: keep its run and what it logged
-            self.client.update_run(run_id, status="RUNNING")
-            self._logged[trial_id] = logged_epochs(self.client, run_id, self.scores)
+        if run_id is None:
+            run = self.client.create_run(
+                self.experiment_id, run_name=write["name"], tags=write["marks"]
+            )
+            self._runs()[trial_id] = run_id = run.info.run_id
+            self._describe(run_id, write["params"], has_data=False)
             return
-        run = self.client.create_run(
-            self.experiment_id, run_name=write["name"], tags=write["marks"]
-        )
-        self._runs()[trial_id] = run.info.run_id
-        self.client.log_batch(
-            run.info.run_id, params=[Param(k, v) for k, v in write["params"].items()]
-        )
-        if self.data is not None:
-            self.client.log_inputs(run.info.run_id, [self.data])
+        # Resumed, started before, or a start cut short after its run was made: complete it,
+        # keeping what it logged.
+        run = self.client.get_run(run_id)
+        missing = {k: v for k, v in write["params"].items() if k not in run.data.params}
+        has_data = run.inputs is not None and bool(run.inputs.dataset_inputs)
+        self._describe(run_id, missing, has_data=has_data)
+        self.client.update_run(run_id, status="RUNNING")
+        self._logged[trial_id] = logged_epochs(self.client, run_id, self.scores)
+
+    def _describe(self, run_id: str, params: dict[str, str], *, has_data: bool) -> None:
+        """Give a trial's run its hyperparameters (write-once) and, unless it `has_data`, the
+        rows its trial sees."""
+        if params:
+            self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+        if self.data is not None and not has_data:
+            self.client.log_inputs(run_id, [self.data])
 
     def _log(self, write: Write) -> None:
         trial_id = write["trial"]
