@@ -270,6 +270,11 @@ def finished_trial_runs(db: Path) -> int:
     return int(rows[0])
 
 
+def ray_results(storage: Path) -> int:
+    """Results Ray has recorded so far in the trial folders of the sweeps under `storage`."""
+    return sum(len(f.read_text().splitlines()) for f in storage.glob("*/*/result.json"))
+
+
 MOTO = str(Path(sys.executable).parent / "moto_server")
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
 S3_CREDENTIALS |= {"AWS_DEFAULT_REGION": "us-east-1"}

@@ -140,24 +140,26 @@ class Nights:
 
 def stopped_night(folder: Path, args: list[str], env: dict[str, str]) -> tuple[int, str]:
     """A night started in a session of its own and sent SIGTERM, to its whole process group,
-    once a trial of its sweep has finished; its status and output."""
+    as soon as it says a trial of its sweep ended (the others still to run); its status and
+    output."""
     night = subprocess.Popen(
         [sys.executable, "-m", "pipeline", *args],
         cwd=folder,
-        env=env,
+        env={**env, "PYTHONUNBUFFERED": "1"},  # each line as it is said
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
     )
-    db = folder / "mlruns" / "mlflow.db"
-    deadline = time.monotonic() + 300
-    while finished_trial_runs(db) < 1 and night.poll() is None:
-        assert time.monotonic() < deadline, "the night made no progress"
-        time.sleep(0.3)
-    os.killpg(night.pid, signal.SIGTERM)
-    output, _ = night.communicate(timeout=120)
-    return night.returncode, output
+    assert night.stdout is not None
+    said = []
+    for line in night.stdout:  # until a trial ended, or the night did
+        said.append(line)
+        if re.match(r"t\d+ (completed|stopped)", line):
+            os.killpg(night.pid, signal.SIGTERM)
+            break
+    rest, _ = night.communicate(timeout=120)
+    return night.returncode, "".join(said) + rest
 
 
 @pytest.fixture(scope="module")
