@@ -88,13 +88,9 @@ def build(name: str) -> Path:
         if not stamp.exists() or stamp.read_text() != wanted:
             shutil.rmtree(folder, ignore_errors=True)
             subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
-            # --no-compile: the same packages, their bytecode compiled when first imported
-            # (a small part of them) instead of all at install (half pip's time: the server's
-            # set took 60 s of CPU, 32 s without).
-            pip = [str(folder / "bin" / "python"), "-m", "pip", "install", "-q", "--no-compile"]
             for arguments in installs(name):
                 subprocess.run(
-                    [*pip, *arguments],
+                    [str(folder / "bin" / "python"), "-m", "pip", "install", "-q", *arguments],
                     check=True,
                     timeout=1800,
                 )
