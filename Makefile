@@ -133,12 +133,16 @@ serve: install ## Serve the champion ($(MODEL)@$(ALIAS)) on http://127.0.0.1:$(P
 # work (four workers slowed every test by a quarter: 17:08 against 15:45). The groups go out
 # longest first (tests/conftest.py's order, which --no-loadscope-reorder keeps). The images'
 # venvs (make image-envs) are built by the tests that run them, once, while the other modules
-# run: built first, they held a fresh clone's test run 100 s longer.
+# run: built first, they held a fresh clone's test run 100 s longer. One torch thread per test
+# process and per command it starts (Ray gives each trial its own CPUs' worth anyway): with
+# torch's default, one per core, the workers' threads fought over the two cores
+# (tests/test_train.py on three workers: 37 s of CPU, 22 s with one thread).
+TEST_ENV = OMP_NUM_THREADS=1
 test: install-dev install-browser install-cron ## Run the whole test suite (end-to-end tests included) on 3 workers
-	$(PY) -m pytest -q -n 3 --dist loadgroup --no-loadscope-reorder --durations=25 $(ARGS)
+	$(TEST_ENV) $(PY) -m pytest -q -n 3 --dist loadgroup --no-loadscope-reorder --durations=25 $(ARGS)
 
 test-fast: install-dev ## Run the tests that need no end-to-end sweep (under 4 minutes)
-	$(PY) -m pytest -q -n 2 -m "not slow" --durations=10 $(ARGS)
+	$(TEST_ENV) $(PY) -m pytest -q -n 2 -m "not slow" --durations=10 $(ARGS)
 
 lint: install-dev ## ruff, mypy and the import contracts (layers, one door per outside system)
 	$(VENV)/bin/ruff check pipeline tests benchmarks deploy examples
