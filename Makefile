@@ -159,7 +159,7 @@ bench-data: install ## Benchmark: peak RSS of the driver and a trial worker tuni
 bench-overhead: install ## Benchmark: sweep efficiency and MLflow share, realistic and tiny sweeps
 	$(PY) benchmarks/overhead.py $(ARGS)
 
-bench-peer: install ## Benchmark: tune against a plain in-process Optuna script on the same job (median of 3)
+bench-peer: install ## Benchmark: tune against a plain in-process Optuna script on the same job (5 interleaved pairs, medians)
 	$(PY) -m pip install -q -e '$(ROOT)[bench]'
 	$(PY) benchmarks/peer.py $(ARGS)
 

@@ -19,15 +19,11 @@ from pipeline.core.data import Dataset, Split, refolded, tuning_data
 from pipeline.core.decisions import Opinion, select
 from pipeline.core.model import load_exported
 from pipeline.core.networks import mlp
+from pipeline.core.refit import second_opinion, train_and_test
 from pipeline.core.train import fit
 from pipeline.core.trials import TrialRow
 from pipeline.errors import PipelineError
-from pipeline.retrain import (
-    check_same_data,
-    log_retrain,
-    second_opinion,
-    train_and_test,
-)
+from pipeline.retrain import check_same_data, log_retrain
 from pipeline.tracking.runs import LoggedData, finish_parent_run, start_parent_run
 from pipeline.tracking.store import ensure_experiment
 from pipeline.tracking.sweeps import SweepRecord, find_sweep

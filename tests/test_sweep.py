@@ -330,6 +330,8 @@ def test_tune_ends_by_retraining_the_best_trial_and_registering_it(
     version = sweep.client.get_model_version("smoke-digits-mlp", "1")
     assert version.run_id == retrain.info.run_id
     output = " ".join(sweep.output.split())
+    # On the local Ray the sweep started, before it stops.
+    assert "second opinions on the sweep's best 3 trials, side by side as Ray tasks" in output
     assert "registered smoke-digits-mlp version 1 as 'challenger'" in output
     # One winner: the parent run, the version and the output name the registered trial, by its
     # run's name, and say why it was chosen.

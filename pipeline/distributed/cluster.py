@@ -68,6 +68,7 @@ def connect(address: str | None, code_paths: Sequence[str] = ()) -> None:
     Ray's: the token comes from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, and
     it is never switched off here.
     """
+    wait_disconnected()  # a Ray being left is not joined again
     if ray.is_initialized():
         return
     if address:
@@ -139,16 +140,33 @@ def processes_of_their_own() -> Iterator[None]:
         services.ConsolePopen = shared  # type: ignore[misc]
 
 
-def disconnect_in_background() -> threading.Thread:
-    """Leave Ray on a background thread, and return it to join before the process exits.
+def connected() -> bool:
+    """Whether this process is joined to a Ray: a cluster, or the local Ray it started."""
+    return bool(ray.is_initialized()) and not leaving
+
+
+# The thread leaving Ray, while one runs (see `disconnect_in_background`).
+leaving: list[threading.Thread] = []
+
+
+def disconnect_in_background() -> None:
+    """Leave Ray on a background thread (once; `wait_disconnected` waits for it).
 
     Stopping a local Ray takes seconds (each of its processes is given up to a second to exit,
     and the interpreter's own exit hook sleeps half a second more); work that needs no Ray, the
     retrain and the model's logging, goes on meanwhile.
     """
-    thread = threading.Thread(target=ray.shutdown, name="ray-shutdown")
-    thread.start()
-    return thread
+    if connected():
+        thread = threading.Thread(target=ray.shutdown, name="ray-shutdown")
+        thread.start()
+        leaving.append(thread)
+
+
+def wait_disconnected() -> None:
+    """Wait until the Ray that `disconnect_in_background` leaves is left."""
+    while leaving:
+        leaving[0].join()
+        leaving.pop()
 
 
 def check_storage(storage: str, endpoint: str | None = None) -> None:

@@ -11,9 +11,10 @@ from pipeline.config import Hyperparameters
 from pipeline.core.data import Dataset, Split, refolded
 from pipeline.core.decisions import Opinion, Selection, select
 from pipeline.core.evaluate import TestReport
+from pipeline.core.refit import second_opinion, train_and_test
 from pipeline.core.sources import experiment_split, source_uri
 from pipeline.distributed import cluster
-from pipeline.retrain import check_same_data, log_retrain, second_opinion, train_and_test
+from pipeline.retrain import check_same_data, log_retrain
 from pipeline.settings import Settings
 from pipeline.stopwatch import Stopwatch
 from pipeline.tracking.registry import register_challenger, version_link
@@ -49,9 +50,11 @@ def retrain_and_register(
     """Retrain a sweep's best trial (the latest finished sweep's without `parent_run_id`) on
     train + validation, test it once, log it and register it as the challenger.
 
-    On a cluster (a Ray address set) the second opinions and the refit run there as Ray tasks
-    (on a GPU node if the space gives trials GPUs), else in this process (on its GPU, if it has
-    one); the model comes back here to be logged. `stopwatch` books each phase.
+    The second opinions run side by side as Ray tasks wherever this process is joined to a Ray
+    (on a GPU node if the space gives trials GPUs): a cluster, or the local Ray its sweep
+    started, which it then leaves in the background. The refit runs on the cluster, else in
+    this process (on its GPU, if it has one); the model comes back here to be logged.
+    Without a Ray, all runs here, one after another. `stopwatch` books each phase.
     """
     watch = stopwatch or Stopwatch()
     uri = settings.tracking_uri
@@ -62,7 +65,9 @@ def retrain_and_register(
     check_same_data(sweep, split)
     if settings.ray_address:
         cluster.connect(settings.ray_address, experiment.code.paths)
-    selection = select_candidate(sweep, dataset, split, on_cluster=bool(settings.ray_address))
+    selection = select_candidate(sweep, dataset, split, on_ray=cluster.connected())
+    if not settings.ray_address:  # the local Ray's work is done: it stops while the refit runs
+        cluster.disconnect_in_background()
     watch.lap("second opinions")
     chosen = next(c for c in sweep.candidates if c.trial_id == selection.chosen.trial_id)
     sweep = replace(sweep, best=chosen)
@@ -110,11 +115,11 @@ def retrain_and_register(
 
 
 def select_candidate(
-    sweep: SweepRecord, dataset: Dataset, split: Split, *, on_cluster: bool
+    sweep: SweepRecord, dataset: Dataset, split: Split, *, on_ray: bool
 ) -> Selection:
     """The sweep's best few trials each cross-validated again on fresh folds from a fresh seed
-    (`retrain.second_opinion`), side by side as Ray tasks on a cluster, else one after another
-    here; the best second opinion is retrained. The test rows take no part."""
+    (`refit.second_opinion`), side by side as Ray tasks `on_ray`, else one after another here;
+    the best second opinion is retrained. The test rows take no part."""
     experiment = sweep.experiment
     data = refolded(dataset, split, experiment.data, experiment.seed + 1)
     scored = [c.scored(experiment.metric) for c in sweep.candidates]
@@ -122,8 +127,9 @@ def select_candidate(
         (Hyperparameters.from_params(c.params), epoch)
         for c, (epoch, _) in zip(sweep.candidates, scored, strict=True)
     ]
-    log.info("second opinions on the sweep's best %d trials", len(configurations))
-    if on_cluster:
+    where = "side by side as Ray tasks" if on_ray else "one after another here"
+    log.info("second opinions on the sweep's best %d trials, %s", len(configurations), where)
+    if on_ray:
         calls: list[dict[str, Any]] = [
             {"experiment": experiment, "hp": hp, "data": data, "epochs": epochs}
             for hp, epochs in configurations

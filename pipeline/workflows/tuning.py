@@ -82,17 +82,15 @@ def tune_and_register(
         return TuneOutcome(result, None)
     if result.best is None:
         raise PipelineError("no trial finished without diverging or failing; nothing registered")
-    # A local Ray is done with: it stops while the retrain runs here (on a cluster, the retrain
-    # runs there, on Ray).
-    stopping = None if settings.ray_address else cluster.disconnect_in_background()
     registration = None
-    if retrain:
+    if retrain:  # a local Ray serves its second opinions, then stops while the refit runs
         registration = retrain_and_register(settings, name, result.parent_run_id, watch)
-    if stopping is None:  # the cluster's retrain is done: leave it while the report is drawn
-        stopping = cluster.disconnect_in_background()
+    # A cluster's work is done (or a local Ray's, without a retrain): leave it while the report
+    # is drawn.
+    cluster.disconnect_in_background()
     report = report_on(settings, name, result.parent_run_id)
     watch.lap("report")
-    stopping.join()
+    cluster.wait_disconnected()
     watch.lap("ray stop")
     return TuneOutcome(result, registration, report)
 
