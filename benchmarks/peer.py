@@ -19,7 +19,9 @@ the same data, split, model and seed), so only the orchestration differs:
 (b) `python -m pipeline tune`: Ray Tune, HyperOpt TPE, ASHA, every trial tracked in MLflow
     (SQLite); then the best few trials given a second opinion, the best of them retrained on
     train + validation, tested once and registered, and the sweep's report drawn. Its sweep
-    seconds are the `wall time X s` it prints (from Ray's start to the sweep's runs closed).
+    seconds are the `sweep` phase of the timings line it ends with: `Tuner.fit`, from the first
+    trial's start (its worker's start-up included) to the last trial's end, as `optimize` is
+    Optuna's; starting Ray and the sweep's runs come before it (in the whole seconds).
 
 The two run as pairs, interleaved (ours, Optuna, ours, Optuna, ...), REPEAT times (default 5),
 every run a fresh process, so that a slow spell of the machine falls on both alike. Ours runs in
@@ -30,7 +32,7 @@ trials trained, and its throughput (epochs per second of sweep), so that a verdi
 on which configurations a run happened to draw (pruned early, or trained to the end). The best
 val_acc follows our rule for both: the best trial, completed or stopped early, at its best epoch
 of the smoothed score (`decisions.best_epoch`: the mean of the five epochs centred on it), which
-is `best_val_acc` of our parent run and, for Optuna, the best such score of any trial, pruned
+is `sweep_best.val_acc` of our parent run and, for Optuna, the best such score of any trial, pruned
 ones included. Optuna's TPE learns that score from the trials that complete, as ours learns it
 from every trial; a pruned trial is known to it by the raw val_acc it last reported (Optuna's
 own rule). Printed: each figure's median and spread (lowest..highest), the ratios of the
@@ -217,7 +219,7 @@ def run_optuna(trials: int, concurrent: int) -> None:
             best = best_epoch(history, "val_acc", "max")
             scores[trial.number] = (best["val_acc"], int(best["epoch"])) if best else (0.0, 1)
             trained[trial.number] = len(history)
-        # The trial's best smoothed score, as our TPE learns it (`best_val_acc`); a pruned trial
+        # The trial's best smoothed score, as our TPE learns it; a pruned trial
         # never gets here.
         return scores[trial.number][0]
 
@@ -297,6 +299,7 @@ def timed_phases(output: str, seconds: float) -> dict[str, float]:
 def time_ours(trials: int, concurrent: int, keep: bool, runs: Runs) -> None:
     """One run of `tune` in a fresh folder; the scores come from its store."""
     # MLflow loads only here, in the benchmark's own process, never in the Optuna side's.
+    from pipeline import tags
     from pipeline.tracking.registry import logged_test_score, version_of_sweep
     from pipeline.tracking.store import open_client
 
@@ -305,21 +308,22 @@ def time_ours(trials: int, concurrent: int, keep: bool, runs: Runs) -> None:
         sets = [arg for o in job_overrides(trials, concurrent) for arg in ("--set", o)]
         command = [sys.executable, "-m", "pipeline", "tune", "--space", str(DEFAULT_SPACE), *sets]
         output, seconds = run_timed(command, folder, user_env(folder))
-        wall = re.search(r"wall time ([\d.]+) s", output)
         parent = re.search(r"parent run: ([0-9a-f]+)", output)
         epochs = re.search(r"(\d+) epochs trained", output)
-        if wall is None or parent is None or epochs is None:
+        if parent is None or epochs is None:
             sys.exit(f"no sweep summary in the output of tune:\n{output[-4000:]}")
         client = open_client(f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}")
-        best = client.get_run(parent[1]).data.metrics["best_val_acc"]
+        # The sweep's top trial's smoothed score at its best epoch, as the sweep ranked it.
+        best = float(client.get_run(parent[1]).data.params[f"{tags.SWEEP_BEST}val_acc"])
         model = "digits-mlp"  # default.yaml's registered_model
         version = version_of_sweep(client, model, parent[1])
         test_acc = logged_test_score(client, model, version, "acc") if version else None
         if test_acc is None:
             sys.exit(f"tune registered no {model} version for its sweep:\n{output[-4000:]}")
-        sweep = float(wall[1])
+        phases = timed_phases(output, seconds)
+        sweep = phases["sweep"]
         runs.add(sweep=sweep, whole=seconds, epochs=int(epochs[1]), best=best, test_acc=test_acc)
-        for phase, spent in timed_phases(output, seconds).items():
+        for phase, spent in phases.items():
             runs.phases.setdefault(phase, []).append(spent)
         print(f"  tune: sweep {sweep:.1f} s, whole {seconds:.1f} s, {epochs[1]} epochs, best "
               f"val_acc {best:.4f}, test_acc {test_acc:.4f}", flush=True)  # fmt: skip

@@ -273,9 +273,16 @@ def run_remote(
 
 
 def run_remote_each(
-    function: Callable[..., T], cpus: float, gpus: float, calls: list[dict[str, Any]]
+    function: Callable[..., T],
+    cpus: float,
+    gpus: float,
+    calls: list[dict[str, Any]],
+    *,
+    shared: dict[str, Any] | None = None,
 ) -> list[T]:
-    """Run `function(**arguments)` for the arguments of each of `calls` as Ray tasks side by
-    side, each with these resources, and hand their results back in the order of `calls`."""
+    """Run `function(**arguments, **shared)` for the arguments of each of `calls` as Ray tasks
+    side by side, in that order, each with these resources, and hand their results back in the
+    order of `calls`. The `shared` arguments (the data) go to the object store once."""
     task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(function)
-    return cast(list[T], ray.get([task.remote(**arguments) for arguments in calls]))
+    stored = {name: ray.put(value) for name, value in (shared or {}).items()}
+    return cast(list[T], ray.get([task.remote(**arguments, **stored) for arguments in calls]))

@@ -130,12 +130,20 @@ def select_candidate(
     where = "side by side as Ray tasks" if on_ray else "one after another here"
     log.info("second opinions on the sweep's best %d trials, %s", len(configurations), where)
     if on_ray:
+        # The longest first (by epochs): the one that starts last, when a slot frees, is short.
+        order = sorted(range(len(configurations)), key=lambda i: -configurations[i][1])
         calls: list[dict[str, Any]] = [
-            {"experiment": experiment, "hp": hp, "data": data, "epochs": epochs}
-            for hp, epochs in configurations
+            {"hp": configurations[i][0], "epochs": configurations[i][1]} for i in order
         ]
         resources = experiment.resources
-        scores = cluster.run_remote_each(second_opinion, resources.cpus, resources.gpus, calls)
+        ordered = cluster.run_remote_each(
+            second_opinion,
+            resources.cpus,
+            resources.gpus,
+            calls,
+            shared={"experiment": experiment, "data": data},
+        )
+        scores = [ordered[order.index(i)] for i in range(len(configurations))]
     else:
         scores = [second_opinion(experiment, hp, data, epochs=e) for hp, e in configurations]
     opinions = [
