@@ -6,6 +6,8 @@ change."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -24,6 +26,7 @@ from pipeline.config.metrics import SCORES
 from pipeline.core.data import Dataset, Split, column_stats, fit_table
 from pipeline.core.metrics import user_scores
 from pipeline.core.model import build_network, export_network, servable
+from pipeline.core.sources import experiment_split
 from pipeline.errors import PipelineError, first_line
 
 
@@ -44,6 +47,16 @@ def first_configuration(params: dict[str, ParamSpec]) -> dict[str, Scalar]:
         else:
             point[name] = spec
     return point
+
+
+def checked_split(experiment: Experiment, data_dir: Path) -> tuple[Dataset, Split]:
+    """The experiment's data and split (`data_dir` caches what it downloads), with its model's
+    and metrics' pre-flight on them: what a sweep needs before Ray starts or anything is
+    written."""
+    dataset, split = experiment_split(experiment, data_dir)
+    check_model(experiment, dataset, split)
+    check_metrics(experiment, dataset, split)
+    return dataset, split
 
 
 def check_model(experiment: Experiment, dataset: Dataset, split: Split) -> None:

@@ -10,6 +10,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -58,7 +59,80 @@ def check_ray_address(address: str) -> None:
         ) from None
 
 
+@dataclass
+class BackgroundStart:
+    """A join of Ray begun on a thread of its own (`connecting_in_background`)."""
+
+    ended: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)  # the thread may end
+    failure: Exception | None = None
+
+
+# A join begun in the background, until `connect` takes it over.
+starting: list[BackgroundStart] = []
+# The threads that started the local Ray, each waiting to be released once that Ray is left: Ray
+# starts its processes fate-sharing with the thread that starts them (Linux's parent-death
+# signal follows the thread, not the process), so that thread lives as long as they do.
+holding: list[threading.Event] = []
+
+
+class NoMainThreadWarning(logging.Filter):
+    """Drops Ray's warning that a driver joining from a thread has no SIGTERM handler of Ray's:
+    the command's own handler is the one that stays (see `join`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("SIGTERM handler is not set")
+
+
+@contextmanager
+def connecting_in_background(address: str | None, code_paths: Sequence[str] = ()) -> Iterator[None]:
+    """Begin `join` on a background thread while the block runs: a local Ray's start (seconds of
+    starting its processes and waiting for them) overlaps what the driver does before its sweep,
+    its remaining imports and its tracking set-up. The next `connect` waits for it and raises
+    what it raised. A block left by an exception waits for the start to end, so that a command
+    never exits half way through starting a Ray (whose exit hook then stops it)."""
+    if connected() or starting:
+        yield
+        return
+    start = BackgroundStart()
+
+    def join_and_hold() -> None:
+        ray_worker_log = logging.getLogger("ray._private.worker")
+        quiet = NoMainThreadWarning()
+        ray_worker_log.addFilter(quiet)
+        try:
+            join(address, code_paths)
+        except Exception as exc:
+            start.failure = exc
+            return
+        finally:
+            ray_worker_log.removeFilter(quiet)
+            start.ended.set()
+        start.release.wait()
+
+    threading.Thread(target=join_and_hold, name="ray-start", daemon=True).start()
+    starting.append(start)
+    try:
+        yield
+    except BaseException:
+        start.ended.wait()
+        raise
+
+
 def connect(address: str | None, code_paths: Sequence[str] = ()) -> None:
+    """`join` the cluster at `address`, or a local Ray, once a join begun in the background
+    (`connecting_in_background`) has ended; its error, if it failed, is raised here."""
+    wait_disconnected()  # a Ray being left is not joined again
+    while starting:
+        start = starting.pop()
+        start.ended.wait()
+        if start.failure is not None:
+            raise start.failure
+        holding.append(start.release)
+    join(address, code_paths)
+
+
+def join(address: str | None, code_paths: Sequence[str] = ()) -> None:
     """Join the cluster at `address`, or start a local Ray; errors say which address failed.
 
     The user's code (each package and module in `code_paths`) is uploaded with the job, so that
@@ -68,7 +142,6 @@ def connect(address: str | None, code_paths: Sequence[str] = ()) -> None:
     Ray's: the token comes from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, and
     it is never switched off here.
     """
-    wait_disconnected()  # a Ray being left is not joined again
     if ray.is_initialized():
         return
     if address:
@@ -157,9 +230,16 @@ def disconnect_in_background() -> None:
     retrain and the model's logging, goes on meanwhile.
     """
     if connected():
-        thread = threading.Thread(target=ray.shutdown, name="ray-shutdown")
+        thread = threading.Thread(target=leave, name="ray-shutdown")
         thread.start()
         leaving.append(thread)
+
+
+def leave() -> None:
+    """Leave Ray, and release the thread that started it, if one waits (see `holding`)."""
+    ray.shutdown()
+    while holding:
+        holding.pop().set()
 
 
 def wait_disconnected() -> None:

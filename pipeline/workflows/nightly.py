@@ -17,6 +17,8 @@ from pathlib import Path
 
 from pipeline import storage, tags
 from pipeline.config import Experiment, load_experiment
+from pipeline.core.checks import checked_split
+from pipeline.distributed import cluster
 from pipeline.distributed.tuner import SweepWatcher, can_resume
 from pipeline.errors import PipelineError, StoreAway, Terminated
 from pipeline.notify import post_json
@@ -28,7 +30,7 @@ from pipeline.tracking.preflight import check_tracking_store
 from pipeline.tracking.store import Client, ensure_experiment, open_client
 from pipeline.workflows.nights import FINAL_OUTCOMES, Night, night_of
 from pipeline.workflows.retraining import retrain_and_register
-from pipeline.workflows.sweep import SweepJob, SweepResult, run_sweep, sweep_data
+from pipeline.workflows.sweep import SweepJob, SweepResult, run_sweep
 from pipeline.workflows.warm_start import warm_start
 
 log = logging.getLogger(__name__)
@@ -187,51 +189,53 @@ class NightJob:
             self.run_id = tonight.run_id
             return []
         experiment = self.experiment
-        dataset, split = sweep_data(experiment, self.settings)
-        job = SweepJob(
-            experiment=experiment,
-            experiment_name=experiment.name,
-            dataset=dataset,
-            split=split,
-            space_text=self.space.read_text(),
-        )
-        if tonight is not None and tonight.status != "FAILED":
-            if can_resume(tonight.sweep_path, self.settings.storage_endpoint):
-                self.run_id = tonight.run_id
-                log.info("night %s: resuming its sweep %s", self.date, tonight.run_id)
-                result = run_sweep(
-                    job, self.settings, resume_run=tonight.run_id, watcher=self.watcher
-                )
-                return self.after_sweep(result)
-            # Killed before Ray saved anything: that sweep ran no trial; start the night anew.
-            runs.close_open_runs(self.client, self.experiment_id, tonight.run_id, "FAILED")
-            runs.set_run_tags(
-                self.client,
-                tonight.run_id,
-                {
-                    tags.NIGHT_OUTCOME: "failed",
-                    tags.NIGHT_ERROR: "interrupted before its sweep saved any state",
-                },
+        dataset, split = checked_split(experiment, self.settings.data_dir)
+        # Ray starts while the night reads what its sweep starts from (see `run_sweep`).
+        with cluster.connecting_in_background(self.settings.ray_address, experiment.code.paths):
+            job = SweepJob(
+                experiment=experiment,
+                experiment_name=experiment.name,
+                dataset=dataset,
+                split=split,
+                space_text=self.space.read_text(),
             )
-        previous_fingerprint = previous.tags.get(tags.NIGHT_FINGERPRINT) if previous else None
-        changed = (
-            "first"
-            if previous_fingerprint is None
-            else ("no" if previous_fingerprint == split.fingerprint else "yes")
-        )
-        champion = registry.model_aliases(self.client, self.model).get(registry.CHAMPION)
-        warm, warnings = warm_start(self.client, experiment, champion, previous)
-        warmed = f"{len(warm.points)} points, {len(warm.evaluated)} results" if warm else "none"
-        marks = {
-            **self.base_tags,
-            tags.NIGHT_FINGERPRINT: split.fingerprint,
-            tags.NIGHT_CHANGED: changed,
-            tags.NIGHT_BEFORE: champion or "none",
-            tags.NIGHT_WARM: warmed,
-        }
-        result = run_sweep(job, self.settings, warm=warm, marks=marks, watcher=self.watcher)
-        self.run_id = result.parent_run_id
-        return [*warnings, *self.after_sweep(result)]
+            if tonight is not None and tonight.status != "FAILED":
+                if can_resume(tonight.sweep_path, self.settings.storage_endpoint):
+                    self.run_id = tonight.run_id
+                    log.info("night %s: resuming its sweep %s", self.date, tonight.run_id)
+                    result = run_sweep(
+                        job, self.settings, resume_run=tonight.run_id, watcher=self.watcher
+                    )
+                    return self.after_sweep(result)
+                # Killed before Ray saved anything: that sweep ran no trial; start the night anew.
+                runs.close_open_runs(self.client, self.experiment_id, tonight.run_id, "FAILED")
+                runs.set_run_tags(
+                    self.client,
+                    tonight.run_id,
+                    {
+                        tags.NIGHT_OUTCOME: "failed",
+                        tags.NIGHT_ERROR: "interrupted before its sweep saved any state",
+                    },
+                )
+            previous_fingerprint = previous.tags.get(tags.NIGHT_FINGERPRINT) if previous else None
+            changed = (
+                "first"
+                if previous_fingerprint is None
+                else ("no" if previous_fingerprint == split.fingerprint else "yes")
+            )
+            champion = registry.model_aliases(self.client, self.model).get(registry.CHAMPION)
+            warm, warnings = warm_start(self.client, experiment, champion, previous)
+            warmed = f"{len(warm.points)} points, {len(warm.evaluated)} results" if warm else "none"
+            marks = {
+                **self.base_tags,
+                tags.NIGHT_FINGERPRINT: split.fingerprint,
+                tags.NIGHT_CHANGED: changed,
+                tags.NIGHT_BEFORE: champion or "none",
+                tags.NIGHT_WARM: warmed,
+            }
+            result = run_sweep(job, self.settings, warm=warm, marks=marks, watcher=self.watcher)
+            self.run_id = result.parent_run_id
+            return [*warnings, *self.after_sweep(result)]
 
     def after_sweep(self, result: SweepResult) -> list[str]:
         if result.interrupted:  # Ctrl-C or SIGTERM: rerunning the night resumes the sweep

@@ -4,6 +4,7 @@ Ray."""
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
@@ -23,6 +24,8 @@ from pipeline.tracking import runs, sweeps
 from pipeline.tracking.preflight import check_tracking_store, store_exists
 from pipeline.tracking.registry import RegisteredWinner, winner_of_sweep
 from pipeline.tracking.store import Client, open_client
+
+log = logging.getLogger(__name__)
 
 REPORT_PAGE = "report.html"
 
@@ -74,6 +77,23 @@ def write_sweep_report(
         output=output,
         notes=tuple(f"{s.title}: {s.note}" for s in report.sections if s.png is None),
     )
+
+
+def report_on(settings: Settings, experiment_name: str, parent_run_id: str) -> ReportFiles | None:
+    """Draw the finished sweep's report onto its parent run. A report that fails is a warning:
+    the sweep and the model it registered stand, and `report` can draw it again."""
+    try:
+        return write_sweep_report(settings, experiment_name, parent_run_id)
+    except Exception as exc:
+        log.warning(
+            "the sweep report failed (%s: %s); draw it again with: python -m pipeline report "
+            "--experiment %s --parent-run %s",
+            type(exc).__name__,
+            exc,
+            experiment_name,
+            parent_run_id,
+        )
+        return None
 
 
 def connect(settings: Settings, experiment_name: str) -> Client:

@@ -14,10 +14,9 @@ from secrets import token_hex
 from pipeline import storage
 from pipeline.config import Experiment, Scalar
 from pipeline.config.metrics import Mode
-from pipeline.core.checks import check_metrics, check_model
 from pipeline.core.data import Dataset, Split, TuningData, tuning_data
 from pipeline.core.decisions import best_trial, with_states
-from pipeline.core.sources import experiment_split, source_uri
+from pipeline.core.sources import source_uri
 from pipeline.core.trials import TrialRow
 from pipeline.distributed import cluster
 from pipeline.distributed.results import TunerResults
@@ -87,15 +86,6 @@ class OpenSweep:
     path: str  # where Ray keeps its trial state
     lock: StoreLock
     recorder: TrialRecorder | None  # a new sweep's trial writer (a resumed one's is Ray's)
-
-
-def sweep_data(experiment: Experiment, settings: Settings) -> tuple[Dataset, Split]:
-    """The experiment's data and split, and its model's pre-flight on them (`checks`): what a
-    sweep needs before anything is started or written."""
-    dataset, split = experiment_split(experiment, settings.data_dir)
-    check_model(experiment, dataset, split)
-    check_metrics(experiment, dataset, split)
-    return dataset, split
 
 
 def run_sweep(

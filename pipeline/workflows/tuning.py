@@ -7,25 +7,22 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline import storage, tags
 from pipeline.config import load_experiment
+from pipeline.core.checks import checked_split
 from pipeline.distributed import cluster
-from pipeline.distributed.tuner import SweepWatcher
 from pipeline.errors import PipelineError
 from pipeline.settings import Settings
 from pipeline.stopwatch import Stopwatch
 from pipeline.tracking.preflight import check_tracking_store, store_exists
-from pipeline.tracking.resume import (
-    abandon_sweep,
-    describe_sweep,
-    find_unfinished_sweep,
-    interrupted_sweeps,
-)
-from pipeline.tracking.store import find_experiment, open_client
-from pipeline.workflows.reporting import ReportFiles, write_sweep_report
-from pipeline.workflows.retraining import Registration, retrain_and_register
-from pipeline.workflows.sweep import SweepJob, SweepResult, run_sweep, sweep_data
+
+if TYPE_CHECKING:
+    from pipeline.distributed.tuner import SweepWatcher
+    from pipeline.workflows.reporting import ReportFiles
+    from pipeline.workflows.retraining import Registration
+    from pipeline.workflows.sweep import SweepResult
 
 log = logging.getLogger(__name__)
 
@@ -63,19 +60,25 @@ def tune_and_register(
     check_tracking_store(settings.tracking_uri)
     name = experiment_name or experiment.name
     resumed = sweep_to_resume(settings, name) if resume else None
-    dataset, split = sweep_data(experiment, settings)  # a bad loader or builder stops here
+    # A bad loader or builder stops here, before Ray starts.
+    dataset, split = checked_split(experiment, settings.data_dir)
     if not resume:
-        for sweep in settle_interrupted(settings, name, abandon=abandon):
-            log.warning("abandoned the interrupted %s", sweep)
+        for abandoned in settle_interrupted(settings, name, abandon=abandon):
+            log.warning("abandoned the interrupted %s", abandoned)
     watch.lap("config and data")
-    job = SweepJob(
+    with cluster.connecting_in_background(settings.ray_address, experiment.code.paths):
+        # Imported while Ray starts: the searcher, Tune and MLflow are most of the imports.
+        from pipeline.workflows import reporting, retraining, sweep
+
+        watch.lap("imports during ray start")
+    job = sweep.SweepJob(
         experiment=experiment,
         experiment_name=name,
         dataset=dataset,
         split=split,
         space_text=space.read_text(),
     )
-    result = run_sweep(job, settings, resume_run=resumed, watcher=watcher, stopwatch=watch)
+    result = sweep.run_sweep(job, settings, resume_run=resumed, watcher=watcher, stopwatch=watch)
     if on_sweep is not None:
         on_sweep(result)
     if result.interrupted:
@@ -84,38 +87,24 @@ def tune_and_register(
         raise PipelineError("no trial finished without diverging or failing; nothing registered")
     registration = None
     if retrain:  # a local Ray serves its second opinions, then stops while the refit runs
-        registration = retrain_and_register(settings, name, result.parent_run_id, watch)
+        registration = retraining.retrain_and_register(settings, name, result.parent_run_id, watch)
     # A cluster's work is done (or a local Ray's, without a retrain): leave it while the report
     # is drawn.
     cluster.disconnect_in_background()
-    report = report_on(settings, name, result.parent_run_id)
+    report = reporting.report_on(settings, name, result.parent_run_id)
     watch.lap("report")
     cluster.wait_disconnected()
     watch.lap("ray stop")
     return TuneOutcome(result, registration, report)
 
 
-def report_on(settings: Settings, experiment_name: str, parent_run_id: str) -> ReportFiles | None:
-    """Draw the finished sweep's report onto its parent run. A report that fails is a warning:
-    the sweep and the model it registered stand, and `report` can draw it again."""
-    try:
-        return write_sweep_report(settings, experiment_name, parent_run_id)
-    except Exception as exc:
-        log.warning(
-            "the sweep report failed (%s: %s); draw it again with: python -m pipeline report "
-            "--experiment %s --parent-run %s",
-            type(exc).__name__,
-            exc,
-            experiment_name,
-            parent_run_id,
-        )
-        return None
-
-
 def sweep_to_resume(settings: Settings, experiment_name: str) -> str:
     """The parent run of the experiment's latest interrupted sweep; an error when none is."""
     experiment_id = None
     if store_exists(settings.tracking_uri):
+        from pipeline.tracking.resume import find_unfinished_sweep
+        from pipeline.tracking.store import find_experiment, open_client
+
         client = open_client(settings.tracking_uri)
         experiment_id = find_experiment(client, experiment_name)
     if experiment_id is None:
@@ -124,11 +113,15 @@ def sweep_to_resume(settings: Settings, experiment_name: str) -> str:
 
 
 def settle_interrupted(settings: Settings, experiment_name: str, *, abandon: bool) -> list[str]:
-    """Before a new sweep: refuse while the experiment has an interrupted sweep, which `tune
-    --resume` would continue; with `abandon`, end those sweeps for good (runs KILLED, trial state
-    removed) and return their descriptions."""
+    """Before a new sweep, and before Ray starts: refuse while the experiment has an interrupted
+    sweep, which `tune --resume` would continue; with `abandon`, end those sweeps for good (runs
+    KILLED, trial state removed) and return their descriptions."""
     if not store_exists(settings.tracking_uri):  # a new store: nothing to settle, nothing made
         return []
+    # MLflow is imported here only for a store that exists; otherwise while Ray starts.
+    from pipeline.tracking.resume import abandon_sweep, describe_sweep, interrupted_sweeps
+    from pipeline.tracking.store import find_experiment, open_client
+
     client = open_client(settings.tracking_uri)
     experiment_id = find_experiment(client, experiment_name)
     waiting = interrupted_sweeps(client, experiment_id) if experiment_id else []
