@@ -26,6 +26,10 @@ CHATTER = {
     # A failed trial's traceback: the progress display gives its exception in one line, and
     # Ray keeps the traceback in the trial's error.txt.
     "ray.tune.execution.tune_controller": logging.CRITICAL,
+    # "Failed to fetch metrics for 1 trial(s)" at the end of a sweep resumed after a crash: a
+    # trial its killed driver had started, and that left no result, has no results folder; the
+    # resume reconciles the trial runs with Ray's saved state (`resume.reconcile_trial_runs`).
+    "ray.tune.analysis.experiment_analysis": logging.ERROR,
     # "Creating initial MLflow database tables..." on every new SQLite store.
     "mlflow.store.db.utils": logging.WARNING,
     "alembic": logging.WARNING,
