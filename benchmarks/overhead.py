@@ -15,7 +15,9 @@ validation), the efficiency (those seconds / (wall seconds x concurrent trials))
 per trial in seconds ((wall x concurrent - those seconds) / trials) and the share of wall time
 spent in MLflow calls: by the trial writer's thread, and by the driver's other threads (the
 experiment, the parent run, its artifacts, closing runs), next to the goals: efficiency >= 0.92
-(realistic) / 0.70 (tiny), MLflow share <= 3%. Logging and Tune's console output are set up as
+(realistic) / 0.70 (tiny), MLflow share <= 3%. For the tiny sweep it also runs Ray Tune alone on
+the same shape (benchmarks/floor.py) and prints its overhead per trial and efficiency: the floor
+Ray's own per-trial costs set on this machine. Logging and Tune's console output are set up as
 the CLI sets them up (`environment.configure`).
 
     .venv/bin/python benchmarks/overhead.py [--only realistic|tiny] [--trials N] [--repeat N]
@@ -48,6 +50,7 @@ import numpy as np
 import ray
 import yaml
 from common import positive
+from floor import Floor, tune_floor
 from mlflow.tracking import MlflowClient
 from rich.console import Console
 
@@ -66,6 +69,9 @@ DEFAULT_SPACE = ROOT / "search_spaces" / "default.yaml"
 SWEEPS = ("realistic", "tiny")
 GOAL_EFFICIENCY = {"realistic": 0.92, "tiny": 0.70}
 GOAL_MLFLOW_SHARE = 0.03
+# Ray Tune alone is run on these sweeps' shape too; the realistic sweep's trials train for
+# minutes, which a floor of the same shape would add again.
+FLOOR_SWEEPS = ("tiny",)
 DEFAULT_TRIALS = 32
 MAX_CONCURRENT = 2
 
@@ -117,6 +123,7 @@ class Figures:
     writer_seconds: float  # MLflow calls of the trial writer's thread
     driver_seconds: float  # MLflow calls of the driver's other threads
     concurrent: int
+    epochs: int  # per trial (FIFO: every trial trains them all)
     epoch_seconds: float  # median over trials of training seconds per epoch
     devices: str
 
@@ -287,6 +294,7 @@ def figures(result: SweepResult, experiment: Experiment, driver_seconds: float) 
         writer_seconds=result.tracking_seconds,
         driver_seconds=driver_seconds,
         concurrent=experiment.budget.max_concurrent,
+        epochs=experiment.budget.max_epochs,
         epoch_seconds=float(np.median(per_epoch)) if per_epoch else 0.0,
         devices=", ".join(sorted({t.device for t in trials if t.device})),
     )
@@ -327,12 +335,26 @@ def median_figures(runs: list[Figures]) -> dict[str, float]:
     return {key: statistics.median(get(f) for f in runs) for key, get in keys.items()}
 
 
+def floor_of(runs: list[Figures], cpus: float, workdir: Path) -> Floor:
+    """Ray Tune alone on a sweep's shape, its epochs as long as the sweep's median epoch."""
+    first = runs[0]
+    return tune_floor(
+        trials=first.trials,
+        epochs=first.epochs,
+        epoch_seconds=statistics.median(f.epoch_seconds for f in runs),
+        concurrent=first.concurrent,
+        cpus=cpus,
+        folder=workdir,
+    )
+
+
 def verdict(ok: bool) -> str:
     return "ok" if ok else "MISSED"
 
 
-def report(name: str, runs: list[Figures]) -> bool:
-    """Print one sweep's figures (medians over repeats); True when both goals are met."""
+def report(name: str, runs: list[Figures], floor: Floor | None = None) -> bool:
+    """Print one sweep's figures (medians over repeats), and Ray Tune's own on its shape when
+    measured; True when both goals are met."""
     m = median_figures(runs)
     first = runs[0]
     goal = GOAL_EFFICIENCY[name]
@@ -347,6 +369,12 @@ def report(name: str, runs: list[Figures]) -> bool:
         f"{verdict(efficiency_ok)}"
     )
     print(f"  overhead per trial       {m['overhead']:9.2f} s")
+    if floor is not None:
+        print(
+            f"    Ray Tune alone         {floor.overhead_per_trial:9.2f} s    efficiency "
+            f"{floor.efficiency:.3f} (the same trials computing for the median epoch, nothing "
+            "else: benchmarks/floor.py)"
+        )
     print(f"  median epoch (per trial) {m['epoch']:9.3f} s    on {first.devices}")
     print(
         f"  MLflow calls             {m['mlflow']:9.2f} s = {m['mlflow_share']:6.2%} of wall"
@@ -443,7 +471,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"running the {name} sweep{label} ...", flush=True)
                 resources = Resources(args.concurrent, args.cpus, args.gpus)
                 results[name].append(run_one(name, args.trials, resources, workdir))
-    met = [report(name, runs) for name, runs in results.items()]
+        floors: dict[str, Floor] = {}
+        for name in FLOOR_SWEEPS if not args.gpus else ():  # the floor computes on the CPU
+            if name in results:
+                print(f"running Ray Tune alone on the {name} sweep's shape ...", flush=True)
+                floors[name] = floor_of(results[name], args.cpus, workdir)
+    met = [report(name, runs, floors.get(name)) for name, runs in results.items()]
     return 1 if args.check and not all(met) else 0
 
 

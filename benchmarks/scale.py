@@ -19,6 +19,8 @@ tenth of the trials.
 Printed, next to the bars:
 - overhead per trial in slot-seconds: (wall x concurrent - the trials' summed `train_seconds`)
   / trials                                                                  goal <= 0.05
+  and next to it, Ray Tune alone on the same shape (benchmarks/floor.py): the same trials, each
+  keeping a core busy for the sweep's median epoch and doing nothing else
 - MLflow's share of the wall time: the trial writer's seconds in MLflow calls
   (`SweepResult.tracking_seconds`) plus the driver's other MLflow calls (parent run, artifacts,
   closing runs; measured as benchmarks/overhead.py does), over the wall     goal <= 5%
@@ -41,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from common import passed, positive
+from floor import Floor, tune_floor
 from overhead import (
     DriverMlflowClock,
     Figures,
@@ -134,7 +137,13 @@ def mean_ms(seconds: list[float]) -> float:
 
 
 def report(
-    result: Figures, searcher: SearcherClock, search: str, before: float, after: float, peak: float
+    result: Figures,
+    floor: Floor,
+    searcher: SearcherClock,
+    search: str,
+    before: float,
+    after: float,
+    peak: float,
 ) -> bool:
     """Print the figures next to the bars; True when every bar is met."""
     overhead_ok = result.overhead_per_trial <= GOAL_OVERHEAD
@@ -148,6 +157,10 @@ def report(
     print(
         f"  overhead per trial       {result.overhead_per_trial:9.3f} slot-s   goal <= "
         f"{GOAL_OVERHEAD} {passed(overhead_ok)}"
+    )
+    print(
+        f"    Ray Tune alone         {floor.overhead_per_trial:9.3f} slot-s   (the same trials "
+        f"computing for {result.epoch_seconds:.3f} s each, nothing else: benchmarks/floor.py)"
     )
     print(
         f"  MLflow calls             {result.tracking_seconds:9.2f} s = {result.mlflow_share:6.2%}"
@@ -206,8 +219,17 @@ def main(argv: list[str] | None = None) -> int:
         with DriverMlflowClock() as driver, SearcherClock().timing() as searcher:
             result = run_sweep(job, tracking_settings(workdir))
         after, peak = memory_mb()
-    met = report(figures(result, experiment, driver.seconds), searcher, args.search, before,
-                 after, peak)  # fmt: skip
+        measured = figures(result, experiment, driver.seconds)
+        print("running Ray Tune alone on the same shape ...", flush=True)
+        floor = tune_floor(
+            trials=args.trials,
+            epochs=1,
+            epoch_seconds=measured.epoch_seconds,
+            concurrent=args.concurrent,
+            cpus=experiment.resources.cpus,
+            folder=workdir,
+        )
+    met = report(measured, floor, searcher, args.search, before, after, peak)
     return 1 if args.check and not met else 0
 
 
