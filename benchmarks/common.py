@@ -8,9 +8,29 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class SlotUse:
+    """How a sweep used its trial slots: `concurrent` slots for `wall_seconds`, of which the
+    trials trained (or computed) for `train_seconds` in all."""
+
+    trials: int
+    wall_seconds: float
+    train_seconds: float
+    concurrent: int
+
+    @property
+    def efficiency(self) -> float:
+        return self.train_seconds / (self.wall_seconds * self.concurrent)
+
+    @property
+    def overhead_per_trial(self) -> float:
+        return (self.wall_seconds * self.concurrent - self.train_seconds) / self.trials
 
 
 def positive(text: str) -> int:

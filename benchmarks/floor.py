@@ -9,31 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common import SlotUse
 from ray import tune
 
 from pipeline.distributed.tuner import tune_settings
 
 BLOCK = bytes(1 << 20)  # hashed over and over: one core busy, the GIL released (as torch's kernels)
-
-
-@dataclass(frozen=True)
-class Floor:
-    wall_seconds: float
-    compute_seconds: float  # the trials' epochs, as asked
-    trials: int
-    concurrent: int
-
-    @property
-    def efficiency(self) -> float:
-        return self.compute_seconds / (self.wall_seconds * self.concurrent)
-
-    @property
-    def overhead_per_trial(self) -> float:
-        return (self.wall_seconds * self.concurrent - self.compute_seconds) / self.trials
 
 
 def compute_for(seconds: float) -> None:
@@ -51,7 +35,7 @@ def floor_trial(config: dict[str, Any]) -> None:
 
 def tune_floor(
     *, trials: int, epochs: int, epoch_seconds: float, concurrent: int, cpus: float, folder: Path
-) -> Floor:
+) -> SlotUse:
     """Run the bare sweep (reused actors, Tune's default random search over nothing, FIFO, our
     Tune settings) with its state under `folder`, and time it."""
     tuner = tune.Tuner(
@@ -66,4 +50,4 @@ def tune_floor(
         started = time.perf_counter()
         tuner.fit()
         wall = time.perf_counter() - started
-    return Floor(wall, trials * epochs * epoch_seconds, trials, concurrent)
+    return SlotUse(trials, wall, trials * epochs * epoch_seconds, concurrent)

@@ -49,8 +49,8 @@ from typing import Any
 import numpy as np
 import ray
 import yaml
-from common import positive
-from floor import Floor, tune_floor
+from common import SlotUse, positive
+from floor import tune_floor
 from mlflow.tracking import MlflowClient
 from rich.console import Console
 
@@ -114,26 +114,15 @@ class Resources:
 
 
 @dataclass(frozen=True)
-class Figures:
+class Figures(SlotUse):
     """What one sweep measured."""
 
-    trials: int
-    wall_seconds: float
-    train_seconds: float  # training and validation, inside the trials
+    # train_seconds: training and validation, inside the trials
     writer_seconds: float  # MLflow calls of the trial writer's thread
     driver_seconds: float  # MLflow calls of the driver's other threads
-    concurrent: int
     epochs: int  # per trial (FIFO: every trial trains them all)
     epoch_seconds: float  # median over trials of training seconds per epoch
     devices: str
-
-    @property
-    def efficiency(self) -> float:
-        return self.train_seconds / (self.wall_seconds * self.concurrent)
-
-    @property
-    def overhead_per_trial(self) -> float:
-        return (self.wall_seconds * self.concurrent - self.train_seconds) / self.trials
 
     @property
     def tracking_seconds(self) -> float:
@@ -335,7 +324,7 @@ def median_figures(runs: list[Figures]) -> dict[str, float]:
     return {key: statistics.median(get(f) for f in runs) for key, get in keys.items()}
 
 
-def floor_of(runs: list[Figures], cpus: float, workdir: Path) -> Floor:
+def floor_of(runs: list[Figures], cpus: float, workdir: Path) -> SlotUse:
     """Ray Tune alone on a sweep's shape, its epochs as long as the sweep's median epoch."""
     first = runs[0]
     return tune_floor(
@@ -352,7 +341,7 @@ def verdict(ok: bool) -> str:
     return "ok" if ok else "MISSED"
 
 
-def report(name: str, runs: list[Figures], floor: Floor | None = None) -> bool:
+def report(name: str, runs: list[Figures], floor: SlotUse | None = None) -> bool:
     """Print one sweep's figures (medians over repeats), and Ray Tune's own on its shape when
     measured; True when both goals are met."""
     m = median_figures(runs)
@@ -471,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"running the {name} sweep{label} ...", flush=True)
                 resources = Resources(args.concurrent, args.cpus, args.gpus)
                 results[name].append(run_one(name, args.trials, resources, workdir))
-        floors: dict[str, Floor] = {}
+        floors: dict[str, SlotUse] = {}
         for name in FLOOR_SWEEPS if not args.gpus else ():  # the floor computes on the CPU
             if name in results:
                 print(f"running Ray Tune alone on the {name} sweep's shape ...", flush=True)

@@ -42,8 +42,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from common import passed, positive
-from floor import Floor, tune_floor
+from common import SlotUse, passed, positive
+from floor import tune_floor
 from overhead import (
     DriverMlflowClock,
     Figures,
@@ -138,7 +138,7 @@ def mean_ms(seconds: list[float]) -> float:
 
 def report(
     result: Figures,
-    floor: Floor,
+    floor: SlotUse,
     searcher: SearcherClock,
     search: str,
     before: float,
