@@ -1,7 +1,8 @@
 """Checks before a sweep touches the cluster: a bad or unreachable Ray address fails at once,
 with the deadline passed to the connection attempt; an unreachable cluster or tracking server,
 or trials asking for GPUs the cluster lacks, are refused in one line before anything is written;
-what workers print reaches the console only with --verbose."""
+what workers print reaches the console only with --verbose; a local Ray started in the
+background (as `tune` starts it while it imports the rest) serves its driver until it is left."""
 
 from __future__ import annotations
 
@@ -162,3 +163,50 @@ def test_worker_output_reaches_the_console_only_when_verbose(mode: str) -> None:
     for collector in collectors:
         collector.join(timeout=10)
     assert echoed.is_set() == (mode == "verbose"), "".join(lines)[-3000:]
+
+
+# A local Ray started in the background while a block runs that fails: the block's error is the
+# one raised, the start is taken over (nothing left for a later `connect` to trip on), and Ray's
+# processes outlive the thread that started them until Ray is left, which releases it.
+BACKGROUND_START = """
+import threading, time
+import ray
+from pipeline.distributed import cluster
+try:
+    with cluster.connecting_in_background(None):
+        raise LookupError("refused while Ray starts")
+except LookupError as exc:
+    print("raised:", exc)
+print("left to take over:", len(cluster.starting), "held:", len(cluster.holding))
+cluster.connect(None)
+time.sleep(2)  # a process fate-sharing with an ended thread would be gone by now
+@ray.remote
+def answer() -> int:
+    return 42
+print("task:", ray.get(answer.remote(), timeout=60))
+cluster.disconnect_in_background()
+cluster.wait_disconnected()
+time.sleep(0.5)
+print("held after leaving:", len(cluster.holding), "start thread alive:",
+      any(t.name == "ray-start" for t in threading.enumerate()))
+"""
+
+
+@pytest.mark.slow
+def test_ray_started_in_the_background_serves_its_driver_until_left() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", BACKGROUND_START],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=START_WAIT_S,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == [
+        "raised: refused while Ray starts",
+        "left to take over: 0 held: 1",
+        "task: 42",
+        "held after leaving: 0 start thread alive: False",
+    ], done.stdout + done.stderr[-3000:]
+    assert "SIGTERM handler is not set" not in done.stderr

@@ -115,8 +115,18 @@ def connecting_in_background(address: str | None, code_paths: Sequence[str] = ()
     try:
         yield
     except BaseException:
-        start.ended.wait()
+        take_over(start)  # what the block raised is the error to tell, not the start's
         raise
+
+
+def take_over(start: BackgroundStart) -> Exception | None:
+    """Wait for a join begun in the background to end, and take it over (its thread is then
+    held until that Ray is left); returns what it raised."""
+    start.ended.wait()
+    starting.remove(start)
+    if start.failure is None:
+        holding.append(start.release)
+    return start.failure
 
 
 def connect(address: str | None, code_paths: Sequence[str] = ()) -> None:
@@ -124,11 +134,9 @@ def connect(address: str | None, code_paths: Sequence[str] = ()) -> None:
     (`connecting_in_background`) has ended; its error, if it failed, is raised here."""
     wait_disconnected()  # a Ray being left is not joined again
     while starting:
-        start = starting.pop()
-        start.ended.wait()
-        if start.failure is not None:
-            raise start.failure
-        holding.append(start.release)
+        failure = take_over(starting[0])
+        if failure is not None:
+            raise failure
     join(address, code_paths)
 
 
