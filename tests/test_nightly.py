@@ -1,6 +1,7 @@
 """Nightly reruns through the real CLI on a CSV data set that grows: three nights (the first
-stopped mid-sweep by SIGTERM to its process group, as systemd, `timeout` and scancel stop it,
-then run again; the third started by the crontab line `make schedule` installed, run by hand),
+stopped mid-sweep by SIGINT to its process group, as a terminal's Ctrl-C stops it, resumed and
+stopped again by SIGTERM to its group, as systemd, `timeout` and scancel stop it, then run
+again; the third started by the crontab line `make schedule` installed, run by hand),
 the same night twice, two nights at once, and a night whose driver is killed mid-sweep.
 Everything is read back from the MLflow store, the crontab and a local webhook."""
 
@@ -115,7 +116,8 @@ class Nights:
     hook: Hook
     cron_lines: dict[str, list[str]]  # the crontab after each step
     registry: dict[str, dict[str, Any]]  # aliases and version tags after a step
-    stopped: tuple[int, str, int, int]  # the night stopped: status, output, runs RUNNING, locks
+    # Each stop of the first night, by its signal: status, output, runs RUNNING, locks held.
+    stopped: dict[str, tuple[int, str, int, int]]
 
     def runs(self) -> list[Run]:
         experiment = self.client.get_experiment_by_name(EXPERIMENT)
@@ -138,9 +140,11 @@ class Nights:
         ]
 
 
-def stopped_night(folder: Path, args: list[str], env: dict[str, str]) -> tuple[int, str]:
-    """A night started in a session of its own and sent SIGTERM, to its whole process group,
-    as soon as it says a trial of its sweep ended (the others still to run); its status and
+def stopped_night(
+    folder: Path, args: list[str], env: dict[str, str], stop: signal.Signals
+) -> tuple[int, str]:
+    """A night started in a session of its own and sent `stop`, to its whole process group, as
+    soon as it says a trial of its sweep ended (the others still to run); its status and
     output."""
     night = subprocess.Popen(
         [sys.executable, "-m", "pipeline", *args],
@@ -156,7 +160,7 @@ def stopped_night(folder: Path, args: list[str], env: dict[str, str]) -> tuple[i
     for line in night.stdout:  # until a trial ended, or the night did
         said.append(line)
         if re.match(r"t\d+ (completed|stopped)", line):
-            os.killpg(night.pid, signal.SIGTERM)
+            os.killpg(night.pid, stop)
             break
     rest, _ = night.communicate(timeout=120)
     return night.returncode, "".join(said) + rest
@@ -179,14 +183,19 @@ def nights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nights]:
     crontab.write(["17 4 * * * /usr/bin/true  # someone else's line"])
     try:
         first = ["nightly", "--space", str(space), "--date", "2026-11-01"]
-        status, said = stopped_night(folder, first, cli_env(NIGHTLY_WEBHOOK_URL=hook.url))
         client = MlflowClient(f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}")
-        running = client.search_runs(
-            [client.get_experiment_by_name(EXPERIMENT).experiment_id],
-            "attributes.status = 'RUNNING'",
-        )
-        locks = client.search_registered_models("name LIKE 'pipeline-lock.%'")
-        stopped = (status, said, len(running), len(locks))
+        stopped = {}
+        # A terminal's Ctrl-C, then (the same night resumed) systemd's, timeout's or scancel's
+        # SIGTERM.
+        for stop in (signal.SIGINT, signal.SIGTERM):
+            env = cli_env(NIGHTLY_WEBHOOK_URL=hook.url)
+            status, said = stopped_night(folder, first, env, stop)
+            running = client.search_runs(
+                [client.get_experiment_by_name(EXPERIMENT).experiment_id],
+                "attributes.status = 'RUNNING'",
+            )
+            locks = client.search_registered_models("name LIKE 'pipeline-lock.%'")
+            stopped[stop.name] = (status, said, len(running), len(locks))
         for date in ("2026-11-01", "2026-11-02"):
             args = ["nightly", "--space", str(space), "--date", date]
             step(date, run_cli(folder, *args, NIGHTLY_WEBHOOK_URL=hook.url))
@@ -222,18 +231,21 @@ def test_every_step_succeeded(nights: Nights) -> None:
         assert code == 0, f"{name}: {nights.outputs[name][-3000:]}"
 
 
-def test_a_night_stopped_by_sigterm_to_its_group_stops_gracefully_and_resumes(
-    nights: Nights,
+@pytest.mark.parametrize(("stop", "expected"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_night_stopped_through_its_group_stops_gracefully_and_resumes(
+    nights: Nights, stop: str, expected: int
 ) -> None:
-    """SIGTERM to the night's whole process group (a local Ray's processes run in a session of
-    their own) reaches the driver alone: 143 after Tune saved its state, no run RUNNING, the
-    lock released; the same night run again resumes that sweep (night 1's tests below check
-    what it made)."""
-    status, said, running, locks = nights.stopped
-    assert status == 143, said[-3000:]
+    """SIGINT or SIGTERM to the night's whole process group (a local Ray's processes run in a
+    session of their own) reaches the driver alone: 130 or 143 after Tune saved its state, no
+    run RUNNING, the lock released; the same night run again resumes that sweep (night 1's
+    tests below check what it made)."""
+    status, said, running, locks = nights.stopped[stop]
+    assert status == expected, said[-3000:]
     assert "Experiment has been interrupted, but the most recent state was saved" in said
     assert "Traceback" not in said and "Failed to connect to GCS" not in said
     assert (running, locks) == (0, 0)
+    if stop == "SIGTERM":  # the night the SIGINT stopped, run again
+        assert "resuming its sweep" in said
     assert "resuming its sweep" in nights.outputs["2026-11-01"]
 
 

@@ -115,7 +115,8 @@ def connecting_in_background(address: str | None, code_paths: Sequence[str] = ()
     try:
         yield
     except BaseException:
-        take_over(start)  # what the block raised is the error to tell, not the start's
+        if start in starting:  # not taken over by a `connect` in the block
+            take_over(start)  # what the block raised is the error to tell, not the start's
         raise
 
 
