@@ -306,8 +306,9 @@ def damage_saved_state(storage: Path) -> int:
     leaves it: every checkpoint deleted (killed as Ray replaced one: seen in CI, the saved state
     then names a deleted one), the search state one trial ahead of the trial list (killed as Tune
     copied the two to storage), and the trial list in storage empty (a copy cut off at its
-    start; the killed driver's own copy, in Ray's staging folder, is whole). The checkpoints
-    deleted."""
+    start; the killed driver's own copy, in Ray's staging folder, is whole), and so is the
+    searcher's state (seen in CI: 0 bytes in storage after a kill, whole in staging). The
+    checkpoints deleted."""
     checkpoints = list(storage.glob("smoke-*/run_trial_*/checkpoint_*"))
     for folder in checkpoints:
         shutil.rmtree(folder)
@@ -318,6 +319,7 @@ def damage_saved_state(storage: Path) -> int:
     state["name:ConcurrencyLimiter"]["num_unfinished_live_trials"] += 1
     newest.write_bytes(cloudpickle.dumps(state))
     max(storage.glob("smoke-*/experiment_state-*.json")).write_bytes(b"")
+    max(storage.glob("smoke-*/searcher-state-*.pkl")).write_bytes(b"")
     return len(checkpoints)
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import pickle
 import signal
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -170,9 +171,14 @@ def align_search_state(sweep_path: str, endpoint: str | None = None) -> None:
         return
     saved = newest_trial_list(filesystem, path, trial_lists)
     trials = [json.loads(state) for state, _ in saved["trial_data"]]
+    # The searcher's own state (its model's trials) is copied the same way, and cut off the same.
+    searchers = fnmatch.filter(names, "searcher-state-*.pkl")
+    if searchers and whole_state(filesystem, path, max(searchers), ray.cloudpickle.loads) is None:
+        raise torn(path, "search state")
     search_path = f"{path}/{max(search_states)}"
-    with filesystem.open_input_stream(search_path) as stream:
-        search = ray.cloudpickle.loads(stream.readall())
+    search = whole_state(filesystem, path, max(search_states), ray.cloudpickle.loads)
+    if search is None:
+        raise torn(path, "search state")
     search["counter"] = max((tag_number(t["experiment_tag"]) for t in trials), default=0)
     limit = search.get("name:ConcurrencyLimiter")
     if limit is not None:
@@ -185,28 +191,44 @@ def align_search_state(sweep_path: str, endpoint: str | None = None) -> None:
 
 
 def newest_trial_list(filesystem: pafs.FileSystem, path: str, names: list[str]) -> dict[str, Any]:
-    """The newest whole trial list (one file per run of the sweep, named by its start). A list
-    the kill cut off mid-copy (empty or half-written) is replaced by the killed driver's own
-    whole copy where this machine still has it (Ray's staging folder), else set aside as
+    """The newest whole trial list (one file per run of the sweep, named by its start), see
+    `whole_state`. A list that is cut off with no whole copy left is set aside as
     `<name>.torn`, so that Tune resumes from the run before's, whose trials our reconciliation
     then squares with the tracking store; with no whole list left, the sweep cannot resume."""
     for name in reversed(names):
-        with filesystem.open_input_stream(f"{path}/{name}") as stream:
-            text = stream.readall()
-        for candidate in (text, *staged_copies(path, name)):
-            try:
-                saved: dict[str, Any] = json.loads(candidate)
-            except ValueError:
-                continue
-            if candidate is not text:  # the driver's own copy, whole: put it back in storage
-                with filesystem.open_output_stream(f"{path}/{name}.tmp") as stream:
-                    stream.write(candidate)
-                filesystem.move(f"{path}/{name}.tmp", f"{path}/{name}")
+        saved: dict[str, Any] | None = whole_state(filesystem, path, name, json.loads)
+        if saved is not None:
             return saved
         filesystem.move(f"{path}/{name}", f"{path}/{name}.torn")
-    raise PipelineError(
-        f"{path}: the sweep's saved trial list was cut off mid-write when it was killed, and no "
-        "earlier one is whole; start anew with --abandon"
+    raise torn(path, "trial list")
+
+
+def whole_state(
+    filesystem: pafs.FileSystem, path: str, name: str, parse: Callable[[bytes], Any]
+) -> Any | None:
+    """A state file of the sweep's, parsed; None when it is cut off (empty or half-written, a
+    copy the kill stopped) and no whole copy is left. Where the killed driver's own whole copy
+    is still on this machine (Ray's staging folder), it is put back in storage and used."""
+    with filesystem.open_input_stream(f"{path}/{name}") as stream:
+        text = stream.readall()
+    for candidate in (text, *staged_copies(path, name)):
+        try:
+            state = parse(candidate)
+        except (ValueError, EOFError, pickle.UnpicklingError):
+            continue
+        if candidate is not text:  # the driver's own copy, whole: put it back in storage
+            with filesystem.open_output_stream(f"{path}/{name}.tmp") as stream:
+                stream.write(candidate)
+            filesystem.move(f"{path}/{name}.tmp", f"{path}/{name}")
+        return state
+    return None
+
+
+def torn(path: str, what: str) -> PipelineError:
+    """The error of a sweep whose saved `what` was cut off, with no whole copy left."""
+    return PipelineError(
+        f"{path}: the sweep's saved {what} was cut off mid-write when it was killed, and no "
+        "whole copy is left; start anew with --abandon"
     )
 
 
