@@ -222,6 +222,9 @@ def test_a_driver_with_the_wrong_token_is_refused(cluster: Cluster, tmp_path: Pa
         RAY_ADDRESS=cluster.address,
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN="not-the-cluster-token",
+        # Ray asks 20 times, about 1 s apart, before it gives up on the refused connection;
+        # 2 times give the same refusal.
+        RAY_NUM_REDIS_GET_RETRIES="2",
     )
     # Ray's own words for the refused connection (it logs "InvalidAuthToken" only to stderr),
     # then the hint; another failure on the way does not earn the hint.
