@@ -168,7 +168,9 @@ class StoreLock:
                 )
                 break
             except MlflowException as exc:
-                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                # A create that the store's going away cut off (a connection reset mid-request)
+                # may have landed or not: the read below, once the store is back, tells.
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS" and not unreachable(exc):
                     raise
             current = self.read()
             if current is None:  # released meanwhile: try again
