@@ -89,8 +89,12 @@ def build(name: str) -> Path:
             shutil.rmtree(folder, ignore_errors=True)
             subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
             for arguments in installs(name):
+                # Without compiling every module to bytecode, most of an install's CPU (ray-node
+                # 87 s of CPU with it, 46 s without; mlflow-server 46 s, 24 s): the processes
+                # run from it write the bytecode of what they import (`running_env`).
+                pip_install = ["-m", "pip", "install", "-q", "--no-compile"]
                 subprocess.run(
-                    [str(folder / "bin" / "python"), "-m", "pip", "install", "-q", *arguments],
+                    [str(folder / "bin" / "python"), *pip_install, *arguments],
                     check=True,
                     timeout=1800,
                 )
@@ -98,6 +102,14 @@ def build(name: str) -> Path:
                 subprocess.run([str(folder / "bin" / "python"), str(UI_PAGE)], check=True)
             stamp.write_text(wanted)
     return folder / "bin"
+
+
+def running_env(bin_folder: Path, env: dict[str, str]) -> dict[str, str]:
+    """`env` for the processes of an image's venv: its bin folder first on PATH, and the
+    bytecode of what they import written once into the venv (as an image's own install holds
+    it), not compiled again by each process."""
+    kept = {key: value for key, value in env.items() if key != "PYTHONDONTWRITEBYTECODE"}
+    return {**kept, "PATH": f"{bin_folder}:{env.get('PATH', '/usr/bin:/bin')}"}
 
 
 IMAGES = ("ray-node", "mlflow-server")

@@ -133,9 +133,9 @@ class Deployment:
 
 def server_env(bin_folder: Path, database_url: str, s3: str, port: int) -> dict[str, str]:
     """The container's environment: the image's PATH, nothing of this test process's."""
+    bare = {"PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
     return {
-        "PATH": f"{bin_folder}:/usr/bin:/bin",
-        "HOME": str(Path.home()),
+        **image_envs.running_env(bin_folder, bare),
         "MLFLOW_BACKEND_STORE_URI": database_url,
         "MLFLOW_ARTIFACTS_DESTINATION": "s3://artifacts/mlflow",
         "MLFLOW_ADMIN_USERNAME": ADMIN,
