@@ -105,8 +105,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     temp_dir = Path("/tmp") / f"ray-test-{secrets.token_hex(4)}"
     bin_folder = node_image()
     ray = str(bin_folder / "ray")
-    env = cli_env(**auth)
-    env["PATH"] = f"{bin_folder}:{env['PATH']}"  # `python` in a job's entrypoint: the image's
+    env = image_envs.running_env(bin_folder, cli_env(**auth))  # a job's `python`: the image's
     node = [ray, "start", "--block", "--num-cpus", "1", "--disable-usage-stats"]
     driver_only = folder / "driver-only"
     driver_only.mkdir()
@@ -183,6 +182,40 @@ def user_space(folder: Path) -> Path:
     space = folder / "user" / "space.yaml"
     space.write_text(yaml.safe_dump(raw))
     return space
+
+
+# The user's residual MLP, each training step paced: a sweep's trials last as long as many
+# epochs of a larger job, while the test's machine does the work of a small one.
+PACED = """
+import time
+
+from torch import nn
+
+from wine_example import nets
+
+
+class Paced(nn.Module):
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x):
+        if self.training:
+            time.sleep(0.03)
+        return self.network(x)
+
+
+def build(spec, **params):
+    return Paced(nets.build(spec, **params))
+"""
+
+
+def pace(space: Path) -> None:
+    """The user space at `space` trains PACED's network instead of the residual MLP itself."""
+    (space.parent / "src" / "wine_example" / "paced.py").write_text(PACED)
+    raw = yaml.safe_load(space.read_text())
+    raw["model"] = {"builder": "wine_example.paced:build"}
+    space.write_text(yaml.safe_dump(raw))
 
 
 def test_code_a_node_cannot_import_is_refused_before_the_sweep(
@@ -312,12 +345,13 @@ def test_a_sweep_over_three_nodes_loses_one_and_still_costs_no_trial_and_no_epoc
     log = tmp_path / "node3.log"
     node3 = [cluster.ray, "start", "--block", "--num-cpus", "1", "--disable-usage-stats"]
     hidden = without(cluster.driver_only, [*node3, "--address", cluster.address])
-    # Three trials of 15-25 s (full digits in 5 folds, 100 epochs, a checkpoint every epoch), so
-    # that all three are surely under way at once, one per node: one-fold trials took 5 s, and the
-    # head's two could end before the third node's first worker had started.
-    epochs, samples = 100, 3
-    longer = ["--set", "data.limit=null", "--set", "data.cv_folds=5"]
-    longer += ["--set", f"budget.max_epochs={epochs}"]
+    # Three trials of about 20 s, so that all three are surely under way at once, one per node
+    # (trials of 5 s could end on the head before the third node's first worker had started):
+    # the user's network waits in each training step (PACED), not three cores' worth of work
+    # on this machine's two. Its first build took 5-fold trials of all of digits instead.
+    pace(space)
+    epochs, samples = 40, 3
+    longer = ["--set", f"budget.max_epochs={epochs}"]
     longer += ["--set", "scheduler.name=fifo", "--set", "budget.max_concurrent=3"]
     longer += ["--set", f"budget.num_samples={samples}", "--set", "budget.max_failures=2"]
     longer += ["--set", "search.n_initial_points=2", "--set", "budget.checkpoint_seconds=0"]
@@ -371,6 +405,6 @@ def test_a_sweep_over_three_nodes_loses_one_and_still_costs_no_trial_and_no_epoc
     assert retrain.info.status == "FINISHED" and retrain.data.metrics["test_acc"] > 0.5
     challenger = client.get_model_version_by_alias("smoke-digits-mlp", "challenger")
     assert str(challenger.version) == "1"
-    assert challenger.tags["builder"] == "wine_example.nets:build"
+    assert challenger.tags["builder"] == "wine_example.paced:build"
     # Trial state went to the configured storage (one machine here: shared by the nodes).
     assert list(sweeps.glob("smoke-*/*/params.json"))
