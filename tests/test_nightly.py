@@ -1,8 +1,8 @@
 """Nightly reruns through the real CLI on a CSV data set that grows: three nights (the first
-stopped mid-sweep by SIGINT to its process group, as a terminal's Ctrl-C stops it, resumed and
-stopped again by SIGTERM to its group, as systemd, `timeout` and scancel stop it, then run
-again; the third started by the crontab line `make schedule` installed, run by hand),
-the same night twice, two nights at once, and a night whose driver is killed mid-sweep.
+stopped mid-sweep by SIGINT to its process group, as a terminal's Ctrl-C stops it; resumed and
+stopped again by SIGTERM to its group, as systemd, `timeout` and scancel stop it; resumed and
+killed with its machine (SIGKILL); then run again while a second run of it is refused; the third
+started by the crontab line `make schedule` installed, run by hand) and the same night twice.
 Everything is read back from the MLflow store, the crontab and a local webhook."""
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import re
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,14 +29,12 @@ from tests.conftest import (
     REPO,
     Hook,
     PrivateCrontab,
-    background,
     cli_env,
-    finished_trial_runs,
     one_worker,
     private_crontab,
     registry_state,
     run_cli,
-    wait_until,
+    run_in_process,
 )
 
 pytestmark = [pytest.mark.slow, one_worker("nightly")]
@@ -118,6 +115,7 @@ class Nights:
     registry: dict[str, dict[str, Any]]  # aliases and version tags after a step
     # Each stop of the first night, by its signal: status, output, runs RUNNING, locks held.
     stopped: dict[str, tuple[int, str, int, int]]
+    refused: tuple[int, str]  # a second run of the first night, while one ran: status, output
 
     def runs(self) -> list[Run]:
         experiment = self.client.get_experiment_by_name(EXPERIMENT)
@@ -140,12 +138,14 @@ class Nights:
         ]
 
 
-def stopped_night(
-    folder: Path, args: list[str], env: dict[str, str], stop: signal.Signals
+def watched_night(
+    folder: Path,
+    args: list[str],
+    env: dict[str, str],
+    act: Callable[[str, subprocess.Popen[str]], bool],
 ) -> tuple[int, str]:
-    """A night started in a session of its own and sent `stop`, to its whole process group, as
-    soon as it says a trial of its sweep ended (the others still to run); its status and
-    output."""
+    """A night started in a session of its own, each line it says given to `act` as it says
+    it, until `act` returns True; its status and output."""
     night = subprocess.Popen(
         [sys.executable, "-m", "pipeline", *args],
         cwd=folder,
@@ -157,13 +157,27 @@ def stopped_night(
     )
     assert night.stdout is not None
     said = []
-    for line in night.stdout:  # until a trial ended, or the night did
+    for line in night.stdout:  # until `act` is done, or the night is
         said.append(line)
-        if re.match(r"t\d+ (completed|stopped)", line):
-            os.killpg(night.pid, stop)
+        if act(line, night):
             break
-    rest, _ = night.communicate(timeout=120)
+    rest, _ = night.communicate(timeout=600)
     return night.returncode, "".join(said) + rest
+
+
+def stopped_night(
+    folder: Path, args: list[str], env: dict[str, str], stop: signal.Signals
+) -> tuple[int, str]:
+    """A night sent `stop`, to its whole process group, as soon as it says a trial of its sweep
+    ended (the others still to run); its status and output."""
+
+    def stop_after_a_trial(line: str, night: subprocess.Popen[str]) -> bool:
+        if not re.match(r"t\d+ (completed|stopped)", line):
+            return False
+        os.killpg(night.pid, stop)
+        return True
+
+    return watched_night(folder, args, env, stop_after_a_trial)
 
 
 @pytest.fixture(scope="module")
@@ -186,8 +200,8 @@ def nights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nights]:
         client = MlflowClient(f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}")
         stopped = {}
         # A terminal's Ctrl-C, then (the same night resumed) systemd's, timeout's or scancel's
-        # SIGTERM.
-        for stop in (signal.SIGINT, signal.SIGTERM):
+        # SIGTERM, then (resumed again) its machine dying.
+        for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
             env = cli_env(NIGHTLY_WEBHOOK_URL=hook.url)
             status, said = stopped_night(folder, first, env, stop)
             running = client.search_runs(
@@ -196,9 +210,23 @@ def nights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nights]:
             )
             locks = client.search_registered_models("name LIKE 'pipeline-lock.%'")
             stopped[stop.name] = (status, said, len(running), len(locks))
-        for date in ("2026-11-01", "2026-11-02"):
-            args = ["nightly", "--space", str(space), "--date", date]
-            step(date, run_cli(folder, *args, NIGHTLY_WEBHOOK_URL=hook.url))
+        refused = []
+
+        def refuse_beside(line: str, night: subprocess.Popen[str]) -> bool:
+            """Once the night resumed holds its lock: the same night again, refused at the
+            lock, before Ray (so in this process, see `run_in_process`)."""
+            if "resuming its sweep" not in line:
+                return False
+            done = run_in_process(folder, *first)
+            refused.append((done.returncode, done.stdout + done.stderr))
+            return True
+
+        env = cli_env(NIGHTLY_WEBHOOK_URL=hook.url)
+        codes["2026-11-01"], outputs["2026-11-01"] = watched_night(
+            folder, first, env, refuse_beside
+        )
+        second = ["nightly", "--space", str(space), "--date", "2026-11-02"]
+        step("2026-11-02", run_cli(folder, *second, NIGHTLY_WEBHOOK_URL=hook.url))
         registry = {"2026-11-02": registry_state(client, MODEL)}
         # The third night: the data grew, the space gained a parameter, and cron starts it. Its
         # learning rate is now a constant too small to learn anything in three epochs: its
@@ -221,7 +249,9 @@ def nights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nights]:
         step("history", run_cli(folder, "history", "--model", MODEL))
         step("unschedule", make(folder, crontab, "unschedule", f"SPACE={space}"))
         cron_lines["unscheduled"] = crontab.lines()
-        yield Nights(folder, client, outputs, codes, hook, cron_lines, registry, stopped)
+        yield Nights(
+            folder, client, outputs, codes, hook, cron_lines, registry, stopped, refused[0]
+        )
     finally:
         hook.close()
 
@@ -356,10 +386,12 @@ def test_each_night_notified_the_webhook(nights: Nights) -> None:
     assert messages[TODAY]["metric"] == "test_acc"
 
 
-def test_history_shows_the_three_nights(nights: Nights) -> None:
+def test_history_shows_the_three_nights_and_the_refused_run(nights: Nights) -> None:
     lines = [line for line in nights.outputs["history"].splitlines() if "│" in line]
     rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in lines]
-    assert [row[0] for row in rows] == [TODAY, "2026-11-02", "2026-11-01"]
+    assert [row[0] for row in rows] == [TODAY, "2026-11-02", "2026-11-01", "2026-11-01"]
+    assert rows[2][5] == "skipped-locked"  # newer than the night it found running
+    del rows[2]
     for row in rows:
         tags = nights.night(row[0]).data.tags
         assert row[1] == "5" and row[5] == tags["night.outcome"]
@@ -378,47 +410,22 @@ def test_schedule_installs_one_line_and_unschedule_removes_only_it(nights: Night
     assert f"night {TODAY} of {MODEL}" in log
 
 
-# --- two at once, and a driver killed mid-sweep ------------------------------------------
-
-
-def test_two_nights_at_once_then_a_killed_night_resumes(tmp_path: Path) -> None:
-    data, space = tmp_path / "digits.csv", tmp_path / "space.yaml"
-    write_digits(data, 450)
-    write_space(space, data)
-    spec = yaml.safe_load(space.read_text())
-    spec["budget"] |= {"num_samples": 8, "max_epochs": 6}
-    spec["scheduler"] = {"name": "fifo"}  # every trial runs all epochs: time to kill mid-sweep
-    space.write_text(yaml.safe_dump(spec))
-    night = [sys.executable, "-m", "pipeline", "nightly", "--space", str(space)]
-    night += ["--date", "2026-11-05"]
-    db = tmp_path / "mlruns" / "mlflow.db"
-    with (
-        background(night, cli_env(), tmp_path, tmp_path / "a.log") as first,
-        background(night, cli_env(), tmp_path, tmp_path / "b.log") as second,
-    ):
-        wait_until(lambda: first.poll() is not None or second.poll() is not None, 120, "one night")
-        refused, running = (first, second) if first.poll() is not None else (second, first)
-        assert refused.returncode == 75
-        log = "a.log" if refused is first else "b.log"
-        assert "another run holds the lock" in (tmp_path / log).read_text()
-        wait_until(lambda: finished_trial_runs(db) >= 2, 300, "two finished trials", None, running)
-        os.killpg(running.pid, signal.SIGKILL)
-        running.wait()
-    time.sleep(1)
-    done = run_cli(tmp_path, "nightly", "--space", str(space), "--date", "2026-11-05")
-    assert done.returncode == 0, done.stderr[-3000:]
-    output = " ".join((done.stdout + done.stderr).split())
+def test_a_second_run_of_a_night_is_refused_and_a_killed_nights_lock_is_taken_over(
+    nights: Nights,
+) -> None:
+    """The first night killed with its machine (SIGKILL to its group) left its lock behind,
+    which the same night run again took over at once (its holder gone), resuming the sweep: one
+    run per trial, each finished. Meanwhile the same night started once more was refused (75,
+    naming the lock) and recorded as skipped."""
+    code, said = nights.refused
+    assert code == 75 and "another run holds the lock" in said, said[-3000:]
+    assert nights.stopped["SIGKILL"][0] == -signal.SIGKILL
+    output = " ".join(nights.outputs["2026-11-01"].split())
     assert "took over the stale lock" in output and "that process is gone" in output
     assert "resuming its sweep" in output
-    client = MlflowClient(f"sqlite:///{db}")
-    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
-    tonight = [r for r in runs if r.data.tags.get("night.date") == "2026-11-05"]
-    sweeps = [r for r in tonight if "sweep_path" in r.data.tags]
-    assert len(sweeps) == 1 and sweeps[0].data.tags["night.outcome"] == "promoted"
-    skipped = [r for r in tonight if "sweep_path" not in r.data.tags]
+    runs = [r for r in nights.runs() if r.data.tags.get("night.date") == "2026-11-01"]
+    skipped = [r for r in runs if "sweep_path" not in r.data.tags]
     assert [r.data.tags["night.outcome"] for r in skipped] == ["skipped-locked"]
-    assert [str(v.version) for v in client.search_model_versions(f"name = '{MODEL}'")] == ["1"]
-    assert not [r for r in runs if r.info.status == "RUNNING"]
-    trial_ids = [r.data.tags["trial_id"] for r in runs if "trial_id" in r.data.tags]
-    assert len(trial_ids) == len(set(trial_ids)) >= 8
-    assert all(r.info.status == "FINISHED" for r in runs)
+    trials = nights.trials(nights.night("2026-11-01"))
+    assert len({t.data.tags["trial_id"] for t in trials}) == len(trials) == 5
+    assert all(t.info.status == "FINISHED" for t in trials)
