@@ -166,7 +166,11 @@ def report(
         f"  MLflow calls             {result.tracking_seconds:9.2f} s = {result.mlflow_share:6.2%}"
         f" of wall   goal <= {GOAL_MLFLOW_SHARE:.0%} {passed(mlflow_ok)}"
     )
-    print(f"    trial writer thread    {result.writer_seconds:9.2f} s")
+    print(
+        f"    trial writer thread    {result.writer_seconds:9.2f} s, of which its own CPU "
+        f"{result.writer_cpu_seconds:.2f} s = "
+        f"{result.writer_cpu_seconds / result.wall_seconds:.2%} of wall"
+    )
     print(f"    driver (runs, artifacts){result.driver_seconds:8.2f} s")
     print(
         f"  searcher (driver)        {searcher.seconds:9.2f} s = "

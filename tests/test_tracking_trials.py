@@ -67,6 +67,8 @@ def test_a_trials_best_is_its_best_smoothed_epoch_not_its_last_nor_its_peak(
     recorder.end("t1", "completed", None)
     recorder.close()
     assert not recorder.errors
+    # The writer's time in the store's calls, and the part of it its thread computed.
+    assert 0 < recorder.cpu_seconds <= recorder.busy_seconds
     [run] = [r for r in client.search_runs([experiment_id]) if r.info.run_id != parent]
     assert run.data.metrics["best_epoch"] == 2
     assert run.data.metrics["best_val_acc"] == pytest.approx(sum(scores[:4]) / 4)

@@ -80,7 +80,8 @@ def print_sweep(result: SweepResult, top: int = 5) -> None:
     epochs = sum(row.epochs_trained for row in trials)
     out.print(f"trials: {', '.join(f'{n} {s}' for s, n in states)}; {epochs} epochs trained")
     out.print(
-        f"wall time {result.wall_seconds:.1f} s; MLflow writes {result.tracking_seconds:.2f} s"
+        f"wall time {result.wall_seconds:.1f} s; MLflow writes {result.tracking_seconds:.2f} s "
+        f"({result.tracking_cpu_seconds:.2f} s of CPU)"
     )
     if result.best is None:
         out.print("[red]no trial finished without diverging or failing[/red]")

@@ -181,6 +181,8 @@ class Sender:
         self.deliver = deliver
         self.errors = errors
         self.busy_seconds = 0.0  # time spent sending
+        self.cpu_seconds = 0.0  # of it, the thread's own CPU (the rest: waiting for the store,
+        # or for the interpreter lock it shares with the driver's loop)
         self.outage_since: float | None = None  # when the write that found the store away began
         self._backlog: deque[Write] = deque(spool.pending())  # what a killed driver left first
         self._seq = spool.last_seq()  # the last write numbered (by the thread that sends)
@@ -261,15 +263,20 @@ class Sender:
                 self.spool.mark_delivered(write["seq"])
                 marked = time.monotonic()
 
+    def _count(self, started: float, cpu: float) -> None:
+        """Book a call begun at `started` (perf_counter) and `cpu` (this thread's CPU time)."""
+        self.busy_seconds += time.perf_counter() - started
+        self.cpu_seconds += time.thread_time() - cpu
+
     def _deliver(self, write: Write) -> bool:
         """Send `write` until the store accepts or refuses it; False if given up meanwhile."""
         attempt = 0
         while True:
-            began, started = time.time(), time.perf_counter()
+            began, started, cpu = time.time(), time.perf_counter(), time.thread_time()
             try:
                 self.deliver(write)
             except Exception as error:
-                self.busy_seconds += time.perf_counter() - started
+                self._count(started, cpu)
                 if not unreachable(error):
                     self.errors.append(f"{type(error).__name__}: {error}")
                     log.warning("MLflow write failed: %s", error)
@@ -288,7 +295,7 @@ class Sender:
                     return False
                 attempt += 1
                 continue
-            self.busy_seconds += time.perf_counter() - started
+            self._count(started, cpu)
             break
         if self.outage_since is not None:
             log.warning(

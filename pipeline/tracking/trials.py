@@ -185,6 +185,7 @@ class TrialRecorder:
         self._open: set[str] = set()
         self.errors: list[str] = []
         self.busy_seconds = 0.0  # time spent inside MLflow calls
+        self.cpu_seconds = 0.0  # of it, the sending thread's own CPU
         self.undelivered = 0  # writes left in the spool at `close` (the store stayed away)
 
     # Ray pickles the sweep's callbacks (and so this recorder) with the sweep state, for resuming.
@@ -244,6 +245,7 @@ class TrialRecorder:
         self._open.clear()
         self.undelivered = self._sender.finish(self.outage_timeout)
         self.busy_seconds = self._sender.busy_seconds
+        self.cpu_seconds = self._sender.cpu_seconds
         self._sender = None
 
     # --- trial events (the driver's thread) ---------------------------------------------------

@@ -71,6 +71,7 @@ class SweepResult:
     mode: Mode
     wall_seconds: float
     tracking_seconds: float  # time the MLflow writer spent in MLflow calls
+    tracking_cpu_seconds: float  # of it, the writer's own CPU
     interrupted: bool  # stopped before every trial ended; `tune --resume` continues it
     terminated: bool = False  # stopped by SIGTERM (else, if interrupted, by Ctrl-C)
 
@@ -201,6 +202,7 @@ def run_sweep(
         mode=job.experiment.mode,
         wall_seconds=time.perf_counter() - started,
         tracking_seconds=recorder.busy_seconds if recorder else 0.0,
+        tracking_cpu_seconds=recorder.cpu_seconds if recorder else 0.0,
         interrupted=interrupted,
         terminated=results.terminated,
     )
