@@ -167,11 +167,13 @@ def test_worker_output_reaches_the_console_only_when_verbose(mode: str) -> None:
 
 # A local Ray started in the background while a block runs that fails: the block's error is the
 # one raised, the start is taken over (nothing left for a later `connect` to trip on), and Ray's
-# processes outlive the thread that started them until Ray is left, which releases it.
+# processes outlive the thread that started them until Ray is left, which releases it. An error
+# of ours that a task raises reaches the driver as itself.
 BACKGROUND_START = """
 import threading, time
 import ray
 from pipeline.distributed import cluster
+from pipeline.errors import PipelineError
 try:
     with cluster.connecting_in_background(None):
         raise LookupError("refused while Ray starts")
@@ -184,6 +186,12 @@ time.sleep(2)  # a process fate-sharing with an ended thread would be gone by no
 def answer() -> int:
     return 42
 print("task:", ray.get(answer.remote(), timeout=60))
+def refuse() -> None:
+    raise PipelineError("refused on a worker")
+try:
+    cluster.run_remote(refuse, 1, 0)
+except PipelineError as exc:
+    print("remote error:", type(exc).__name__, str(exc))
 cluster.disconnect_in_background()
 cluster.wait_disconnected()
 time.sleep(0.5)
@@ -207,6 +215,7 @@ def test_ray_started_in_the_background_serves_its_driver_until_left() -> None:
         "raised: refused while Ray starts",
         "left to take over: 0 held: 1",
         "task: 42",
+        "remote error: PipelineError refused on a worker",  # its line, not Ray's traceback
         "held after leaving: 0 start thread alive: False",
     ], done.stdout + done.stderr[-3000:]
     assert "SIGTERM handler is not set" not in done.stderr

@@ -330,8 +330,17 @@ def test_tune_ends_by_retraining_the_best_trial_and_registering_it(
     version = sweep.client.get_model_version("smoke-digits-mlp", "1")
     assert version.run_id == retrain.info.run_id
     output = " ".join(sweep.output.split())
-    # On the local Ray the sweep started, before it stops.
-    assert "second opinions on the sweep's best 3 trials, side by side as Ray tasks" in output
+    # On the local Ray the sweep started, before it stops; the report's pictures are drawn
+    # here while the winner is refit there (the log's lines, in order).
+    said = [
+        "second opinions on the sweep's best 3 trials, side by side as Ray tasks",
+        f"retraining {chosen.info.run_name} on ",
+        " epochs, as a Ray task",
+        "drawing the report's pictures while the winner is retrained",
+    ]
+    places = [output.find(line) for line in said]
+    assert -1 not in places and places == sorted(places), places
+    assert "registered smoke-digits-mlp version 1 as 'challenger'" in output
     assert "registered smoke-digits-mlp version 1 as 'challenger'" in output
     # One winner: the parent run, the version and the output name the registered trial, by its
     # run's name, and say why it was chosen.
@@ -384,6 +393,10 @@ def test_summary_names_the_experiment_and_the_parent_run(sweep: Sweep) -> None:
 
 def test_report_writes_a_self_contained_page_and_logs_it_to_the_parent_run(sweep: Sweep) -> None:
     output = sweep.folder / "out" / "report.html"
+    by_tune = sweep.client.download_artifacts(
+        sweep.parent.info.run_id, "report/report.html", str(sweep.folder / "by-tune")
+    )
+    drawn_by_tune = Path(by_tune).read_text()
     loaded, done = run_reporting(
         sweep.folder, "report", "--experiment", "smoke", "--output", str(output)
     )
@@ -411,8 +424,9 @@ def test_report_writes_a_self_contained_page_and_logs_it_to_the_parent_run(sweep
     copy = sweep.client.download_artifacts(
         sweep.parent.info.run_id, "report/report.html", str(output.parent)
     )
-    # The logged page is the one written here (the importance forest is seeded).
-    assert Path(copy).read_text() == page
+    # The logged page is the one written here (the importance forest is seeded), and the one
+    # tune drew while the winner was retrained, and finished once it was registered.
+    assert Path(copy).read_text() == page == drawn_by_tune
 
 
 def test_report_of_a_named_sweep(sweep: Sweep) -> None:

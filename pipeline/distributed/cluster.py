@@ -12,14 +12,14 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import ray
 from ray._private import services
 from ray._private.utils import detect_fate_sharing_support
-from ray.exceptions import AuthenticationError
+from ray.exceptions import AuthenticationError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline.config import Experiment
@@ -357,8 +357,27 @@ def run_remote(
 ) -> T:
     """Run `function(*args, **kwargs)` as one Ray task with these resources (a GPU node when
     gpus > 0) and hand its result back to the driver."""
+    return result(start_remote(function, cpus, gpus, *args, **kwargs))
+
+
+def start_remote(
+    function: Callable[P, T], cpus: float, gpus: float, *args: P.args, **kwargs: P.kwargs
+) -> ray.ObjectRef[T]:
+    """Start `function(*args, **kwargs)` as one Ray task with these resources (a GPU node when
+    gpus > 0); `result` waits for it."""
     task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(function)
-    return ray.get(task.remote(*args, **kwargs))
+    return task.remote(*args, **kwargs)
+
+
+def result(pending: ray.ObjectRef[T]) -> T:
+    """What a task begun with `start_remote` returned, once it has; an error of ours that it
+    raised is raised here as itself (its one line, not Ray's traceback of the task)."""
+    try:
+        return ray.get(pending)
+    except RayTaskError as exc:
+        if isinstance(exc.cause, PipelineError):
+            raise exc.cause from None
+        raise
 
 
 def run_remote_each(
@@ -372,6 +391,6 @@ def run_remote_each(
     """Run `function(**arguments, **shared)` for the arguments of each of `calls` as Ray tasks
     side by side, in that order, each with these resources, and hand their results back in the
     order of `calls`. The `shared` arguments (the data) go to the object store once."""
-    task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(function)
     stored = {name: ray.put(value) for name, value in (shared or {}).items()}
-    return cast(list[T], ray.get([task.remote(**arguments, **stored) for arguments in calls]))
+    pending = [start_remote(function, cpus, gpus, **arguments, **stored) for arguments in calls]
+    return [result(task) for task in pending]

@@ -19,13 +19,21 @@ from pipeline.report.importance import importance_note, importances, trained, wh
 from pipeline.report.page import page
 from pipeline.report.sweep import Report, Section, SweepData, Winner
 
-__all__ = ["Report", "Section", "SweepData", "Winner", "build_report"]
+__all__ = ["Report", "Section", "SweepData", "Winner", "build_report", "draw_sections"]
 
 
-def build_report(data: SweepData) -> Report:
-    """Draw every section of the report and write the HTML page that holds them."""
+def build_report(data: SweepData, sections: tuple[Section, ...] | None = None) -> Report:
+    """Draw every section of the report (unless given `sections`, drawn for the same trials and
+    winner) and write the HTML page that holds them."""
+    if sections is None:
+        sections = draw_sections(data)
+    return Report(page(data, sections), sections)
+
+
+def draw_sections(data: SweepData) -> tuple[Section, ...]:
+    """Each section of the report: its picture, or the note of why it has none."""
     importance = importances(data)
-    sections = (
+    return (
         Section(
             name="history",
             title="Optimization history",
@@ -70,7 +78,6 @@ def build_report(data: SweepData) -> Report:
             png=png(states_figure(data)),
         ),
     )
-    return Report(page(data, sections), sections)
 
 
 def breaking_note(data: SweepData) -> list[str]:

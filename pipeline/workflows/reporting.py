@@ -15,10 +15,10 @@ import pandas as pd
 
 from pipeline import tags
 from pipeline.config import Scalar, log_scaled, walk
-from pipeline.core.decisions import TRIAL_STATES, best_trial, rank_trials
+from pipeline.core.decisions import TRIAL_STATES, Selection, best_trial, rank_trials
 from pipeline.core.trials import TrialRow, is_summary, trial_frame
 from pipeline.errors import PipelineError
-from pipeline.report import SweepData, Winner, build_report
+from pipeline.report import Report, Section, SweepData, Winner, build_report, draw_sections
 from pipeline.settings import Settings
 from pipeline.tracking import runs, sweeps
 from pipeline.tracking.preflight import check_tracking_store, store_exists
@@ -58,8 +58,68 @@ def write_sweep_report(
     registered = winner_of_sweep(
         client, experiment.model_name, recorded.parent_run_id, experiment.mode
     )
-    data = sweep_data(recorded, experiment_name, registered)
-    report = build_report(data)
+    report = build_report(sweep_data(recorded, experiment_name, registered))
+    return log_sweep_report(client, recorded, experiment_name, report, output)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DrawnReport:
+    """A finished sweep's report drawn while its winner is retrained: its pictures, which mark
+    the winner, and what its page needs once the winner is registered."""
+
+    client: Client
+    experiment_name: str
+    recorded: sweeps.RecordedSweep
+    sections: tuple[Section, ...]
+
+
+def draw_report(
+    settings: Settings, experiment_name: str, parent_run_id: str, winner: str, selection: Selection
+) -> DrawnReport | None:
+    """Draw the pictures of a finished sweep's report for its `winner` (chosen by `selection`,
+    not registered yet), so that only its page is left once it is (`finish_report`). None if
+    they could not be drawn: `report_on` then draws the whole report, and says why it fails."""
+    log.info("drawing the report's pictures while the winner is retrained")
+    try:
+        client = connect(settings, experiment_name)
+        recorded = sweeps.read_sweep(client, experiment_name, parent_run_id)
+        # The version is on the page alone: the pictures mark the winner's trial.
+        to_register = RegisteredWinner(version="", trial_id=winner, selection=selection)
+        data = sweep_data(recorded, experiment_name, to_register)
+        sections = draw_sections(data)
+    except Exception as exc:
+        log.debug("drawing the report while the winner retrains failed: %s", exc)
+        return None
+    return DrawnReport(
+        client=client,
+        experiment_name=experiment_name,
+        recorded=recorded,
+        sections=sections,
+    )
+
+
+def finish_report(drawn: DrawnReport, registered: RegisteredWinner) -> ReportFiles | None:
+    """Write the page of a report drawn while its winner retrained, now `registered`, and log
+    it with the pictures to the sweep's parent run; as `report_on`, a failure is a warning."""
+    recorded = drawn.recorded
+    try:
+        data = sweep_data(recorded, drawn.experiment_name, registered)
+        report = build_report(data, drawn.sections)
+        return log_sweep_report(drawn.client, recorded, drawn.experiment_name, report)
+    except Exception as exc:
+        report_failed(exc, drawn.experiment_name, recorded.parent_run_id)
+        return None
+
+
+def log_sweep_report(
+    client: Client,
+    recorded: sweeps.RecordedSweep,
+    experiment_name: str,
+    report: Report,
+    output: Path | None = None,
+) -> ReportFiles:
+    """Log the report to its sweep's parent run under `report/` and, with `output`, also write
+    its page there."""
     files: dict[str, bytes | str] = {REPORT_PAGE: report.html, **report.pngs}
     if output is not None:
         try:
@@ -85,15 +145,20 @@ def report_on(settings: Settings, experiment_name: str, parent_run_id: str) -> R
     try:
         return write_sweep_report(settings, experiment_name, parent_run_id)
     except Exception as exc:
-        log.warning(
-            "the sweep report failed (%s: %s); draw it again with: python -m pipeline report "
-            "--experiment %s --parent-run %s",
-            type(exc).__name__,
-            exc,
-            experiment_name,
-            parent_run_id,
-        )
+        report_failed(exc, experiment_name, parent_run_id)
         return None
+
+
+def report_failed(exc: Exception, experiment_name: str, parent_run_id: str) -> None:
+    """Say that a sweep's report failed, and how to draw it again."""
+    log.warning(
+        "the sweep report failed (%s: %s); draw it again with: python -m pipeline report "
+        "--experiment %s --parent-run %s",
+        type(exc).__name__,
+        exc,
+        experiment_name,
+        parent_run_id,
+    )
 
 
 def connect(settings: Settings, experiment_name: str) -> Client:

@@ -4,6 +4,7 @@ them refit on train + validation, tested once, logged and registered as the chal
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -17,7 +18,7 @@ from pipeline.distributed import cluster
 from pipeline.retrain import check_same_data, log_retrain
 from pipeline.settings import Settings
 from pipeline.stopwatch import Stopwatch
-from pipeline.tracking.registry import register_challenger, version_link
+from pipeline.tracking.registry import RegisteredWinner, register_challenger, version_link
 from pipeline.tracking.runs import record_winner, run_link
 from pipeline.tracking.store import open_client
 from pipeline.tracking.sweeps import SweepRecord, find_sweep
@@ -40,21 +41,26 @@ class Registration:
     model_name: str
     version: str
 
+    @property
+    def registered(self) -> RegisteredWinner:
+        return RegisteredWinner(self.version, self.trial_id, self.selection)
+
 
 def retrain_and_register(
     settings: Settings,
     experiment_name: str,
     parent_run_id: str | None,
     stopwatch: Stopwatch | None = None,
+    meanwhile: Callable[[str, Selection], None] | None = None,
 ) -> Registration:
     """Retrain a sweep's best trial (the latest finished sweep's without `parent_run_id`) on
     train + validation, test it once, log it and register it as the challenger.
 
-    The second opinions run side by side as Ray tasks wherever this process is joined to a Ray
-    (on a GPU node if the space gives trials GPUs): a cluster, or the local Ray its sweep
-    started, which it then leaves in the background. The refit runs on the cluster, else in
-    this process (on its GPU, if it has one); the model comes back here to be logged.
-    Without a Ray, all runs here, one after another. `stopwatch` books each phase.
+    The second opinions and then the refit run as Ray tasks wherever this process is joined to
+    a Ray (on a GPU node if the space gives trials GPUs): a cluster, or the local Ray its sweep
+    started, which it then leaves in the background. The model comes back here to be logged.
+    Without a Ray, all runs here, one after another. `meanwhile` is told the winner (its trial
+    id, and the selection that chose it) while the refit runs; `stopwatch` books each phase.
     """
     watch = stopwatch or Stopwatch()
     uri = settings.tracking_uri
@@ -65,26 +71,32 @@ def retrain_and_register(
     check_same_data(sweep, split)
     if settings.ray_address:
         cluster.connect(settings.ray_address, experiment.code.paths)
-    selection = select_candidate(sweep, dataset, split, on_ray=cluster.connected())
-    if not settings.ray_address:  # the local Ray's work is done: it stops while the refit runs
-        cluster.disconnect_in_background()
+    on_ray = cluster.connected()
+    selection = select_candidate(sweep, dataset, split, on_ray=on_ray)
     watch.lap("second opinions")
     chosen = next(c for c in sweep.candidates if c.trial_id == selection.chosen.trial_id)
     sweep = replace(sweep, best=chosen)
     hp = Hyperparameters.from_params(chosen.params)
     log.info(
-        "retraining %s on %d rows for %d epochs",
+        "retraining %s on %d rows for %d epochs, %s",
         chosen.name,
         len(split.tuning_rows),
         sweep.epochs,
+        "as a Ray task" if on_ray else "here",
     )
-    if settings.ray_address:
+    if on_ray:  # on a worker of the second opinions, whose imports are done
         cpus, gpus = experiment.resources.cpus, experiment.resources.gpus
-        final = cluster.run_remote(
+        refit = cluster.start_remote(
             train_and_test, cpus, gpus, experiment, hp, dataset, split, epochs=sweep.epochs
         )
+    if meanwhile is not None:
+        meanwhile(chosen.trial_id, selection)
+    if on_ray:
+        final = cluster.result(refit)
     else:
         final = train_and_test(experiment, hp, dataset, split, epochs=sweep.epochs)
+    if not settings.ray_address:  # the local Ray's work is done: it stops while the model is logged
+        cluster.disconnect_in_background()
     watch.lap("retrain")
     source = source_uri(experiment.data, settings.data_dir)
     record = log_retrain(

@@ -19,6 +19,7 @@ from pipeline.stopwatch import Stopwatch
 from pipeline.tracking.preflight import check_tracking_store, store_exists
 
 if TYPE_CHECKING:
+    from pipeline.core.decisions import Selection
     from pipeline.distributed.tuner import SweepWatcher
     from pipeline.workflows.reporting import ReportFiles
     from pipeline.workflows.retraining import Registration
@@ -86,12 +87,23 @@ def tune_and_register(
     if result.best is None:
         raise PipelineError("no trial finished without diverging or failing; nothing registered")
     registration = None
-    if retrain:  # a local Ray serves its second opinions, then stops while the refit runs
-        registration = retraining.retrain_and_register(settings, name, result.parent_run_id, watch)
+    drawn: list[reporting.DrawnReport] = []
+
+    def draw(winner: str, selection: Selection) -> None:
+        if report := reporting.draw_report(settings, name, result.parent_run_id, winner, selection):
+            drawn.append(report)
+
+    if retrain:  # the report's pictures are drawn while the winner is refit
+        registration = retraining.retrain_and_register(
+            settings, name, result.parent_run_id, watch, meanwhile=draw
+        )
     # A cluster's work is done (or a local Ray's, without a retrain): leave it while the report
-    # is drawn.
+    # is finished.
     cluster.disconnect_in_background()
-    report = reporting.report_on(settings, name, result.parent_run_id)
+    if registration is not None and drawn:
+        report = reporting.finish_report(drawn[0], registration.registered)
+    else:
+        report = reporting.report_on(settings, name, result.parent_run_id)
     watch.lap("report")
     cluster.wait_disconnected()
     watch.lap("ray stop")
