@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -26,6 +27,7 @@ from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 from ray import cloudpickle
 
+from pipeline.distributed.tuner import staged_copies
 from tests.conftest import (
     SPACES,
     cli_env,
@@ -319,7 +321,10 @@ def damage_saved_state(storage: Path) -> int:
     for folder in checkpoints:
         shutil.rmtree(folder)
     newest = max(storage.glob("smoke-*/search_gen_state-*.json"))
-    state = cloudpickle.loads(newest.read_bytes())
+    try:
+        state = cloudpickle.loads(newest.read_bytes())
+    except (EOFError, pickle.UnpicklingError):  # the kill cut it off: damage the driver's copy
+        state = cloudpickle.loads(staged_copies(str(newest.parent), newest.name)[0])
     state["counter"] += 1
     state["name:ConcurrencyLimiter"]["live_trials"].add("00000000")
     state["name:ConcurrencyLimiter"]["num_unfinished_live_trials"] += 1
