@@ -6,6 +6,7 @@ creates something only when its request never reached the store."""
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 import threading
@@ -24,7 +25,7 @@ from sqlalchemy.engine import make_url
 
 from pipeline.errors import PipelineError
 from pipeline.tracking import preflight
-from pipeline.tracking.store import may_wait_for
+from pipeline.tracking.store import may_wait_for, wait_for_store
 from tests.conftest import free_port
 
 
@@ -205,3 +206,46 @@ def test_a_call_that_creates_is_made_again_only_if_it_never_reached_the_store(
     assert may_wait_for("get_run", unanswered.value)
     gone = MlflowException("Run 'x' not found", error_code="RESOURCE_DOES_NOT_EXIST")
     assert not may_wait_for("get_run", gone), "what the store answered is no outage"
+
+
+def test_an_outage_a_cut_off_create_leaves_is_waited_out_and_ended_by_the_next_call(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lock's create refused (the store away), then cut off (it may have landed: not made
+    again); the lock's read that follows waits on within the same patience, and whichever call
+    finds the store back says so: one line when the outage began, one when it ended."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
+    with pytest.raises(MlflowException) as refused:
+        MlflowClient(f"http://127.0.0.1:{free_port()}").create_registered_model("lock")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        with pytest.raises(MlflowException) as unanswered:
+            MlflowClient(f"http://127.0.0.1:{silent.getsockname()[1]}").create_registered_model(
+                "lock"
+            )
+    answers: list[BaseException | str] = [refused.value, unanswered.value]
+
+    def create() -> str:
+        raise answers.pop(0)
+
+    reads: list[BaseException | str] = [refused.value, "held by us"]
+
+    def read() -> str:
+        answer = reads.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    caplog.set_level(logging.INFO, logger="pipeline.tracking.store")
+    with pytest.raises(MlflowException):
+        wait_for_store(create, "create_registered_model", 30.0)
+    assert wait_for_store(read, "get_registered_model", 30.0) == "held by us"
+    said = [record.getMessage().split(" (")[0] for record in caplog.records]
+    assert said[0] == "tracking store unreachable" and len(said) == 2, said
+    assert said[1].startswith("tracking store back after "), said
+    assert answers == [] and reads == []
+    caplog.clear()
+    assert wait_for_store(lambda: "at once", "get_registered_model", 30.0) == "at once"
+    assert caplog.records == [], "the outage was ended: the next call owes no line"

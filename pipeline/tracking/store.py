@@ -119,6 +119,10 @@ class PatientClient(MlflowClient):
 
 class _Waiting(threading.local):
     inside = False  # a patient call runs on this thread: the calls it makes wait through it
+    # Since when the store has been away, as a call that could not be made again left it (a
+    # create cut off mid-outage): the next call on this thread waits on within the same
+    # patience and says when the store is back.
+    away: float | None = None
 
 
 WAITING = _Waiting()
@@ -140,10 +144,11 @@ def wait_for_store(
     method: Callable[..., Any], name: str, patience: float, *args: Any, **kwargs: Any
 ) -> Any:
     """`method(*args, **kwargs)`, made again while the store is away (`may_wait_for`), for up to
-    `patience` seconds from the first failure."""
+    `patience` seconds from the first failure (an earlier call's on this thread, which could not
+    be made again, included)."""
     if WAITING.inside:
         return method(*args, **kwargs)
-    away: float | None = None
+    away, WAITING.away = WAITING.away, None
     delay = 1.0
     with impatient():
         while True:
@@ -151,6 +156,10 @@ def wait_for_store(
                 result = method(*args, **kwargs)
             except Exception as exc:
                 if not may_wait_for(name, exc):
+                    if away is not None and unreachable(exc):
+                        WAITING.away = away  # still away: the caller's next call waits on
+                    elif away is not None:  # the store answered
+                        say_back(away)
                     raise
                 now = time.monotonic()
                 if away is None:
@@ -171,8 +180,12 @@ def wait_for_store(
                 delay = min(delay * 2, MAX_BACKOFF_S)
                 continue
             if away is not None:
-                log.warning("tracking store back after %.0f s", time.monotonic() - away)
+                say_back(away)
             return result
+
+
+def say_back(away: float) -> None:
+    log.warning("tracking store back after %.0f s", time.monotonic() - away)
 
 
 def open_client_waiting(tracking_uri: str, timeout: float) -> Client:
