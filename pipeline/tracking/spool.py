@@ -265,8 +265,11 @@ class Sender:
 
     def _count(self, started: float, cpu: float) -> None:
         """Book a call begun at `started` (perf_counter) and `cpu` (this thread's CPU time)."""
-        self.busy_seconds += time.perf_counter() - started
-        self.cpu_seconds += time.thread_time() - cpu
+        took = time.perf_counter() - started
+        self.busy_seconds += took
+        # The two clocks are read microseconds apart: a call that only computed may read a
+        # little more CPU than wall time.
+        self.cpu_seconds += min(time.thread_time() - cpu, took)
 
     def _deliver(self, write: Write) -> bool:
         """Send `write` until the store accepts or refuses it; False if given up meanwhile."""
