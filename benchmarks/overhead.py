@@ -13,8 +13,9 @@ For each sweep it prints the sweep's wall seconds, the trials' own training-and-
 seconds (summed `train_seconds`, measured inside the trials around each epoch's training and
 validation), the efficiency (those seconds / (wall seconds x concurrent trials)), the overhead
 per trial in seconds ((wall x concurrent - those seconds) / trials) and the share of wall time
-spent in MLflow calls: by the trial writer's thread, and by the driver's other threads (the
-experiment, the parent run, its artifacts, closing runs), next to the goals: efficiency >= 0.92
+spent in MLflow calls: by the trial writer (a thread of the driver's, or, from 100 trials, a
+process of its own), and by the driver's other threads (the experiment, the parent run, its
+artifacts, closing runs), next to the goals: efficiency >= 0.92
 (realistic) / 0.70 (tiny), MLflow share <= 3%. For the tiny sweep it also runs Ray Tune alone on
 the same shape (benchmarks/floor.py) and prints its overhead per trial and efficiency: the floor
 Ray's own per-trial costs set on this machine. Logging and Tune's console output are set up as
@@ -118,7 +119,7 @@ class Figures(SlotUse):
     """What one sweep measured."""
 
     # train_seconds: training and validation, inside the trials
-    writer_seconds: float  # MLflow calls of the trial writer's thread
+    writer_seconds: float  # MLflow calls of the trial writer (its thread, or its process)
     writer_cpu_seconds: float  # of them, the thread's own CPU (the rest waits: store, GIL)
     driver_seconds: float  # MLflow calls of the driver's other threads
     epochs: int  # per trial (FIFO: every trial trains them all)
@@ -373,7 +374,7 @@ def report(name: str, runs: list[Figures], floor: SlotUse | None = None) -> bool
         f"    goal <= {GOAL_MLFLOW_SHARE:.0%}  {verdict(mlflow_ok)}"
     )
     print(
-        f"    trial writer thread    {m['writer']:9.2f} s, of which its own CPU "
+        f"    trial writer           {m['writer']:9.2f} s, of which its own CPU "
         f"{m['writer_cpu']:.2f} s = {m['writer_cpu'] / m['wall']:.2%} of wall"
     )
     print(f"    driver (runs, artifacts){m['driver']:8.2f} s")

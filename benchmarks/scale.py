@@ -167,7 +167,7 @@ def report(
         f" of wall   goal <= {GOAL_MLFLOW_SHARE:.0%} {passed(mlflow_ok)}"
     )
     print(
-        f"    trial writer thread    {result.writer_seconds:9.2f} s, of which its own CPU "
+        f"    trial writer           {result.writer_seconds:9.2f} s, of which its own CPU "
         f"{result.writer_cpu_seconds:.2f} s = "
         f"{result.writer_cpu_seconds / result.wall_seconds:.2%} of wall"
     )

@@ -124,6 +124,18 @@ def refused_tune(folder: Path, *args: str, **settings: str) -> str:
     return " ".join(done.stderr.split())
 
 
+@contextmanager
+def http_serving(handler: Callable[..., BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A local HTTP server of `handler`, on a free port, while the block runs: its address."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def free_port() -> int:
     """A TCP port nothing listens on now (not 6379: Redis may hold Ray's default)."""
     with socket.socket() as probe:

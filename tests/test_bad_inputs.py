@@ -5,11 +5,9 @@ tracking store, the model registry and the trial storage exactly as they were.""
 from __future__ import annotations
 
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.core.sources import load_bundled
-from tests.conftest import ADMIN_URL, SPACES, admin_connection
+from tests.conftest import ADMIN_URL, SPACES, admin_connection, http_serving
 
 SMOKE = SPACES / "smoke.yaml"
 MODEL = "smoke-digits-mlp"
@@ -287,16 +285,6 @@ class NotMlflow(BaseHTTPRequestHandler):
         pass
 
 
-@contextmanager
-def not_mlflow() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), NotMlflow)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-
-
 def cases(folder: Path, web: str, missing_db: str) -> dict[str, Case]:
     space = str(SMOKE)
     tune = ["tune", "--space"]
@@ -521,7 +509,7 @@ def battery(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     client = seed_store(folder)
     admin_connection().close()  # PostgreSQL is here (or the test skips, or fails in CI)
     missing_db = make_url(ADMIN_URL).set(database="does_not_exist")
-    with not_mlflow() as web:
+    with http_serving(NotMlflow) as web:
         yield {
             "folder": folder,
             "client": client,

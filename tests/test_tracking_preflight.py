@@ -6,15 +6,13 @@ creates something only when its request never reached the store."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import socket
-import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ from sqlalchemy.engine import make_url
 from pipeline.errors import PipelineError
 from pipeline.tracking import preflight
 from pipeline.tracking.store import may_wait_for, wait_for_store
-from tests.conftest import free_port
+from tests.conftest import free_port, http_serving
 
 
 class Clock:
@@ -114,16 +112,8 @@ class Answer(BaseHTTPRequestHandler):
         pass
 
 
-@contextmanager
-def http_answering(status: int, body: bytes) -> Iterator[str]:
-    handler = type("Handler", (Answer,), {"status": status, "body": body})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
+def http_answering(status: int, body: bytes) -> contextlib.AbstractContextManager[str]:
+    return http_serving(type("Handler", (Answer,), {"status": status, "body": body}))
 
 
 @pytest.mark.parametrize(

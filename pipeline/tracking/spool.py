@@ -16,10 +16,13 @@ accepted.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -64,6 +67,7 @@ class Spool:
         self.path = path
         self.delivered_path = path.with_suffix(".delivered")
         self._fd: int | None = None  # opened for appending on first need
+        self._seq: int | None = None  # the last write numbered here, read on first need
 
     @classmethod
     def open(cls, spool_dir: Path, tracking_uri: str, key: str, header: dict[str, Any]) -> Spool:
@@ -87,17 +91,47 @@ class Spool:
         """The number of the last write appended (0: none)."""
         return max((write["seq"] for write in self._writes()), default=0)
 
-    def append(self, writes: list[Write]) -> None:
-        """Keep `writes` (each with its `seq`) in the file: a killed process loses none of
-        them; `sync` makes them survive the machine too, before any is sent."""
-        if writes:
-            self._append_lines(writes)
+    def keep(self, writes: list[Write]) -> None:
+        """Number `writes` (their `seq`, after the last one kept) and keep them in the file:
+        a killed process loses none of them; `sync` makes them survive the machine too, before
+        any is sent."""
+        if not writes:
+            return
+        if self._seq is None:
+            self._seq = self.last_seq()
+        for write in writes:
+            self._seq += 1
+            write["seq"] = self._seq
+        self._append_lines(writes)
 
     def sync(self) -> None:
-        """Put what was appended on disk (fsync): off the caller of `append`, which is the
-        driver's event loop."""
+        """Put what was kept on disk (fsync), by this process or another: off the caller of
+        `keep`, which is the driver's event loop."""
         if self._fd is not None:
             os.fsync(self._fd)
+            return
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def follow(self, after: int) -> Callable[[], list[Write]]:
+        """A reader of the writes kept after write `after`, each call returning those kept since
+        the last: for a sender in another process than the one that keeps them."""
+        lines = self.path.open("rb")
+        lines.readline()  # the header
+        partial = b""
+
+        def kept_since() -> list[Write]:
+            nonlocal partial
+            text = partial + lines.read()
+            complete = text.rfind(b"\n") + 1
+            partial = text[complete:]  # a line still being appended
+            writes = [json.loads(line) for line in text[:complete].splitlines()]
+            return [write for write in writes if write["seq"] > after]
+
+        return kept_since
 
     def pending(self) -> list[Write]:
         """The writes the store has not accepted yet, in order."""
@@ -185,7 +219,8 @@ class Sender:
         # or for the interpreter lock it shares with the driver's loop)
         self.outage_since: float | None = None  # when the write that found the store away began
         self._backlog: deque[Write] = deque(spool.pending())  # what a killed driver left first
-        self._seq = spool.last_seq()  # the last write numbered (by the thread that sends)
+        # The last write queued so far: those the spool keeps after it are still to queue.
+        self.queued_through = self._backlog[-1]["seq"] if self._backlog else spool.delivered()
         self._synced = 0  # the last write known to be on disk
         self._accepted = 0  # the last write the store accepted (marked at the latest at the end)
         self._changed = threading.Condition()
@@ -196,12 +231,12 @@ class Sender:
         self._thread.start()
 
     def send(self, writes: list[Write]) -> None:
-        """Number `writes`, keep them in the spool, and queue them (from one thread: the
-        driver's)."""
-        for write in writes:
-            self._seq += 1
-            write["seq"] = self._seq
-        self.spool.append(writes)  # outside the lock: the sender never waits on this file
+        """Keep `writes` in the spool, and queue them (from one thread: the driver's)."""
+        self.spool.keep(writes)  # outside the lock: the sender never waits on this file
+        self.queue(writes)
+
+    def queue(self, writes: list[Write]) -> None:
+        """Queue `writes` the spool keeps already."""
         with self._changed:
             self._backlog.extend(writes)
             self._changed.notify()
@@ -315,3 +350,118 @@ def spools_of(spool_dir: Path, tracking_uri: str) -> list[Spool]:
     folder = store_folder(spool_dir, tracking_uri)
     found = sorted(folder.glob("*.jsonl"), key=lambda path: path.stat().st_mtime)
     return [Spool(path) for path in found]
+
+
+class SenderProcess:
+    """A `Sender` in a process of its own (`command`, which runs `serve_sender`), fed through
+    the spool: it reads back the writes the driver keeps, so that the store's calls, and their
+    CPU, are off the interpreter lock of the driver's loop. Down a pipe the driver tells it the
+    number of each batch's last write, and when to finish; up another it says its log lines
+    (said here again) and, once finished, what it did.
+
+    It runs in a session of its own, so that the signals that stop a sweep gracefully (Ctrl-C,
+    SIGTERM to the driver's process group) leave it sending until the driver tells it to
+    finish; and it stops when its driver is gone: what it has not sent stays in the spool, as
+    it does when a sending thread dies with its driver."""
+
+    def __init__(
+        self, spool: Spool, command: list[str], setup: dict[str, Any], errors: list[str]
+    ) -> None:
+        self.spool = spool
+        self.errors = errors
+        self.busy_seconds = 0.0
+        self.cpu_seconds = 0.0
+        self._left: int | None = None  # told once it finished
+        self._process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self._tell({"setup": {**setup, "spool": str(spool.path)}})
+        self._listener = threading.Thread(target=self._listen, name="sender-listener", daemon=True)
+        self._listener.start()
+
+    def send(self, writes: list[Write]) -> None:
+        """Keep `writes` in the spool, and tell the process (from the driver's thread)."""
+        self.spool.keep(writes)
+        if writes:
+            self._tell({"kept": writes[-1]["seq"]})
+
+    def finish(self, outage_timeout: float) -> int:
+        """`Sender.finish`, in the process: the number of writes left undelivered."""
+        self._tell({"finish": outage_timeout})
+        assert self._process.stdin is not None
+        with contextlib.suppress(OSError):  # it is gone already
+            self._process.stdin.close()
+        code = self._process.wait()
+        self._listener.join()
+        self.spool.close()
+        if self._left is None:
+            self.errors.append(f"the trial writer's process ended with exit code {code}")
+            return len(self.spool.pending())
+        return self._left
+
+    def _tell(self, message: dict[str, Any]) -> None:
+        assert self._process.stdin is not None
+        try:
+            self._process.stdin.write(json.dumps(message) + "\n")
+            self._process.stdin.flush()
+        except OSError:  # it is gone: `finish` says so
+            pass
+
+    def _listen(self) -> None:
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            message = json.loads(line)
+            if "log" in message:
+                level, text = message["log"]
+                log.log(level, "%s", text)
+            elif "done" in message:
+                done = message["done"]
+                self.busy_seconds, self.cpu_seconds = done["busy_seconds"], done["cpu_seconds"]
+                self.errors.extend(done["errors"])
+                self._left = done["left"]
+
+
+class SaidUp(logging.Handler):
+    """Says a sender process's log records up its pipe (`SenderProcess._listen`)."""
+
+    def __init__(self, say: Callable[[dict[str, Any]], None]) -> None:
+        super().__init__(logging.INFO)
+        self.say = say
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.say({"log": [record.levelno, record.getMessage()]})
+
+
+def serve_sender(deliverer: Callable[[dict[str, Any], Spool], Callable[[Write], None]]) -> int:
+    """The process of a `SenderProcess`: a `Sender` of the spool the driver names, with the
+    `deliver` that `deliverer(setup, spool)` gives, queued what the driver says it kept."""
+    # The pipe up to the driver is this process's own: whatever else prints goes to stderr.
+    up = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    saying = threading.Lock()
+
+    def say(message: dict[str, Any]) -> None:
+        with saying:
+            up.write(json.dumps(message) + "\n")
+            up.flush()
+
+    logging.getLogger().addHandler(SaidUp(say))
+    logging.getLogger("pipeline").setLevel(logging.INFO)
+    setup = json.loads(sys.stdin.readline())["setup"]
+    spool = Spool(Path(setup["spool"]))
+    errors: list[str] = []
+    sender = Sender(spool, deliverer(setup, spool), errors)
+    kept_since = spool.follow(sender.queued_through)
+    for line in sys.stdin:
+        message = json.loads(line)
+        sender.queue(kept_since())
+        if "finish" in message:
+            left = sender.finish(float(message["finish"]))
+            figures = {"busy_seconds": sender.busy_seconds, "cpu_seconds": sender.cpu_seconds}
+            say({"done": {"left": left, "errors": errors, **figures}})
+            return 0
+    os._exit(1)  # the driver is gone without a word: stop now, as its thread would have

@@ -267,6 +267,7 @@ def open_sweep(
         outage_timeout=settings.outage_timeout,
         data=logged,
         warm_points=warm.points if warm else None,
+        trials=experiment.budget.num_samples,
     )
     return OpenSweep(
         client=client,
