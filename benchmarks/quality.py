@@ -104,6 +104,7 @@ class Outcome:
 def run_once(way: str, seed: int, keep: bool) -> Outcome:
     """`tune` in a fresh folder for this way and seed; the figures come from its store."""
     # MLflow loads only here, in the benchmark's own process.
+    from pipeline import tags
     from pipeline.tracking.registry import version_of_sweep
     from pipeline.tracking.store import open_client
     from pipeline.tracking.sweeps import sweep_trials
@@ -133,7 +134,8 @@ def run_once(way: str, seed: int, keep: bool) -> Outcome:
             retrain.get("test_acc_low", float("nan")),
             retrain.get("test_acc_high", float("nan")),
             retrain["test_loss"],
-            client.get_run(parent[1]).data.metrics["best_val_acc"],
+            # The sweep's top trial's score, as its parent run records it.
+            float(client.get_run(parent[1]).data.params[f"{tags.SWEEP_BEST}val_acc"]),
             sum(t.epochs_trained for t in trials),
             seconds,
         )
